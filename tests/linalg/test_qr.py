@@ -1,0 +1,94 @@
+"""Tests for orthokit.linalg.qr_basis: reduced QR with positive diag(R), float64 references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orthokit.linalg import qr_basis
+
+D = torch.float64
+
+
+def _gram_schmidt_reference(A: torch.Tensor) -> torch.Tensor:
+    """Modified Gram–Schmidt in float64 (gives diag(R) > 0 by construction)."""
+    A = A.double().clone()
+    m, n = A.shape
+    Q = torch.zeros(m, n, dtype=D)
+    for j in range(n):
+        v = A[:, j].clone()
+        for i in range(j):
+            v -= (Q[:, i] @ v) * Q[:, i]
+        Q[:, j] = v / v.norm()
+    return Q
+
+
+def test_matches_gram_schmidt_and_reconstructs() -> None:
+    A = torch.randn(9, 5, dtype=D)
+    Q, R = qr_basis(A, return_r=True)
+    torch.testing.assert_close(Q, _gram_schmidt_reference(A))
+    torch.testing.assert_close(Q @ R, A)
+    assert (torch.diagonal(R) > 0).all()
+    torch.testing.assert_close(R, R.triu())
+
+
+def test_unique_under_sign_flips_of_lapack() -> None:
+    A = torch.randn(6, 4, dtype=D)
+    # negating a column negates the corresponding column of Q (still diag(R) > 0)
+    s = torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=D)
+    torch.testing.assert_close(qr_basis(A * s), qr_basis(A) * s)
+
+
+def test_batched_wide_and_dtypes() -> None:
+    A = torch.randn(2, 3, 7, 4, dtype=D)
+    Q = qr_basis(A)
+    assert Q.shape == (2, 3, 7, 4)
+    torch.testing.assert_close(Q.mT @ Q, torch.eye(4, dtype=D).expand(2, 3, 4, 4))
+    W = torch.randn(3, 8, dtype=D)
+    Qw, Rw = qr_basis(W, return_r=True)
+    assert Qw.shape == (3, 3) and Rw.shape == (3, 8)
+    torch.testing.assert_close(Qw @ Rw, W)
+    Ab = torch.randn(16, 4).to(torch.bfloat16)
+    Qb = qr_basis(Ab)
+    assert Qb.dtype == torch.bfloat16
+    ref = _gram_schmidt_reference(Ab.double())
+    assert (Qb.double() - ref).abs().max() < 2e-2
+
+
+def test_ill_conditioned_columns() -> None:
+    # columns with condition number ~1e12: float64 QR stays orthonormal (Householder, unlike CGS)
+    U = torch.linalg.qr(torch.randn(50, 6, dtype=D)).Q
+    A = U @ torch.diag(torch.logspace(0, -12, 6, dtype=D)) @ torch.linalg.qr(torch.randn(6, 6, dtype=D)).Q
+    Q = qr_basis(A)
+    assert (Q.T @ Q - torch.eye(6, dtype=D)).abs().max() < 1e-13
+    assert torch.isfinite(Q).all()
+
+
+def test_errors() -> None:
+    with pytest.raises(ValueError, match="non-finite"):
+        qr_basis(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match="floating"):
+        qr_basis(torch.ones(3, 2, dtype=torch.int64))
+    with pytest.raises(ValueError, match="at least 2 dims"):
+        qr_basis(torch.ones(3))
+    with pytest.raises(TypeError):
+        qr_basis([[1.0]])  # type: ignore[arg-type]
+
+
+def test_gradcheck() -> None:
+    A = torch.randn(5, 3, dtype=D, requires_grad=True)
+    assert torch.autograd.gradcheck(qr_basis, (A,))
+
+
+@given(m=st.integers(1, 20), n=st.integers(1, 20), dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_property_orthonormal_positive_r(m: int, n: int, dtype: torch.dtype) -> None:
+    A = torch.randn(m, n, dtype=dtype)
+    Q, R = qr_basis(A, return_r=True)
+    k = min(m, n)
+    assert Q.shape == (m, k) and Q.dtype == dtype
+    tol = 1e-12 if dtype == D else 1e-5
+    assert (Q.mT @ Q - torch.eye(k, dtype=dtype)).abs().max() < tol
+    assert (torch.diagonal(R) >= 0).all()
+    assert (Q @ R - A).abs().max() < tol * 10 * max(1.0, float(A.abs().max()))
