@@ -1,0 +1,55 @@
+"""``orthokit.merge`` — model merging: a registry of tensor-level merge methods plus a streaming tool.
+
+* Methods (one file each, registered in :data:`MERGE_METHODS`): ``task_arithmetic``, ``ties``, ``dare_ties``,
+  ``dare_linear`` and the orthogonal/subspace mergers of the geometry track.
+* :func:`merge` merges in-memory state dicts or ``nn.Module`` s (notebooks).
+* ``orthokit merge CONFIG.yaml OUT_DIR`` (:mod:`orthokit.merge.cli`) merges checkpoints on disk, streaming one
+  tensor at a time from memory-mapped safetensors, with a mergekit-compatible YAML config.
+
+Example:
+    >>> import torch
+    >>> from orthokit.merge import merge
+    >>> base = {"w": torch.zeros(3)}
+    >>> fts = [{"w": torch.ones(3)}, {"w": 3 * torch.ones(3)}]
+    >>> merge(base, fts, "task_arithmetic", lambda_=0.5)["w"]
+    tensor([2., 2., 2.])
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from orthokit.merge import task_arithmetic as _task_arithmetic  # noqa: F401  (registers the method)
+from orthokit.merge.registry import (
+    MERGE_METHODS,
+    MethodSchema,
+    ParamSpec,
+    method_schema,
+    register_merge_method,
+    validate_params,
+)
+from orthokit.merge.task_arithmetic import task_arithmetic
+
+for _mod in ("ties", "dare", "orthomerge", "dc_merge", "do_merging", "diagnostics"):
+    try:
+        importlib.import_module(f"orthokit.merge.{_mod}")
+    except ModuleNotFoundError as _e:  # a module of the package that is not written yet
+        if _e.name != f"orthokit.merge.{_mod}":
+            raise
+
+try:
+    from orthokit.merge.api import merge
+except ModuleNotFoundError as _e:  # pragma: no cover
+    if _e.name != "orthokit.merge.api":
+        raise
+
+__all__ = [
+    "MERGE_METHODS",
+    "MethodSchema",
+    "ParamSpec",
+    "merge",
+    "method_schema",
+    "register_merge_method",
+    "task_arithmetic",
+    "validate_params",
+]
