@@ -1,0 +1,38 @@
+"""orthokit.optim — orthogonalized optimizers built from composable transforms.
+
+* :class:`OrthogonalOptimizer` — the runtime (param groups, AdamW groups, matrix views, gradient checks,
+  batched polar calls, DDP sharding); variants implement ``transforms(group)`` and ``@register_optimizer``.
+* :mod:`orthokit.optim.transforms` — ``momentum``, ``orthogonalize``, ``scale_by_shape``,
+  ``decoupled_weight_decay``, ``adam``.
+* :class:`Muon` and the registered variants (``OPTIMIZERS.names()``).
+* :func:`hybrid` — ONE optimizer routing hidden matrices to the orthogonalized rule and embeddings, heads, 1-D params
+  and the first conv to AdamW; :func:`describe` prints where each parameter went and why.
+
+Example:
+    >>> import torch
+    >>> from orthokit.optim import OPTIMIZERS, Muon
+    >>> "muon" in OPTIMIZERS
+    True
+"""
+
+from __future__ import annotations
+
+from orthokit.optim import transforms
+from orthokit.optim.base import ALGORITHMS, NonFiniteGradientError, OrthogonalOptimizer
+from orthokit.optim.muon import Muon
+from orthokit.optim.registry import OPTIMIZERS, create_optimizer, get_optimizer, register_optimizer
+
+# Variant modules (one file each); imported here so that they register themselves.
+# (added as each variant file is committed)
+
+__all__ = [
+    "ALGORITHMS",
+    "Muon",
+    "NonFiniteGradientError",
+    "OPTIMIZERS",
+    "OrthogonalOptimizer",
+    "create_optimizer",
+    "get_optimizer",
+    "register_optimizer",
+    "transforms",
+]

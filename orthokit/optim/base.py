@@ -1,0 +1,278 @@
+"""``OrthogonalOptimizer`` — the runtime every orthogonalized optimizer in orthokit is built on.
+
+A variant subclasses :class:`OrthogonalOptimizer`, validates its flat kwargs, and implements
+:meth:`OrthogonalOptimizer.transforms` returning its chain of :mod:`orthokit.optim.transforms`. The base class
+handles everything else, identically for every variant:
+
+* parameter groups (each group is run through its own chain, hyperparameters read from the group, so
+  ``torch.optim.lr_scheduler`` and per-group overrides work; tensor ``lr`` is supported);
+* ``algorithm="adamw"`` groups (embeddings, heads, norms, biases) run a bias-corrected AdamW chain inside the SAME
+  optimizer — this is how :func:`orthokit.optim.hybrid` returns one optimizer with one ``state_dict``;
+* matrix views of non-2-D parameters (conv kernels flattened to ``(out, in·kh·kw)``, 3-D expert stacks as
+  batches, fused QKV split into row blocks via the group key ``split``);
+* gradient checks: sparse/complex gradients raise ``ValueError`` naming the parameter; non-finite gradients raise
+  :class:`NonFiniteGradientError` (or, with ``skip_nonfinite=True``, the whole step is skipped with a warning)
+  BEFORE any state is touched;
+* lazy per-parameter state in ``optimizer.state[p]`` (torch-compatible ``state_dict``);
+* the final ``p ← p − lr·update`` with ``torch._foreach_*`` kernels;
+* DDP sharding of the orthogonalization (``distributed=True|"auto"``, see :mod:`orthokit.optim.distributed`).
+
+Example:
+    >>> import torch
+    >>> from orthokit.optim import Muon
+    >>> w = torch.nn.Parameter(torch.randn(8, 4))
+    >>> opt = Muon([w], lr=0.02)
+    >>> w.grad = torch.randn(8, 4); opt.step()
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from orthokit.optim.transforms import MatrixView, Transform, adam, decoupled_weight_decay
+
+__all__ = ["OrthogonalOptimizer", "NonFiniteGradientError", "ALGORITHMS"]
+
+logger = logging.getLogger("orthokit.optim")
+
+ALGORITHMS: tuple[str, ...] = ("ortho", "adamw")
+
+# AdamW defaults used by ``algorithm="adamw"`` groups that do not set them (Keller's MuonWithAuxAdam / Moonlight).
+ADAMW_GROUP_DEFAULTS: dict[str, Any] = {"betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.0}
+
+
+class NonFiniteGradientError(ValueError):
+    """Raised by ``step()`` when a gradient contains NaN/inf (no parameter or state was modified)."""
+
+
+def _check_lr(lr: Any, what: str = "lr") -> None:
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"tensor {what} must have exactly one element, got shape {tuple(lr.shape)}")
+        if not bool(lr.item() >= 0):
+            raise ValueError(f"{what} must be >= 0, got {lr.item()}")
+        return
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise TypeError(f"{what} must be a float or a 1-element tensor, got {type(lr).__name__}")
+    if not lr >= 0:
+        raise ValueError(f"{what} must be >= 0, got {lr}")
+
+
+class OrthogonalOptimizer(torch.optim.Optimizer):
+    """Base class of orthokit's orthogonalized optimizers (see module docstring).
+
+    Subclasses must implement :meth:`transforms` and may extend :meth:`validate_group`.
+
+    Args:
+        params: parameters, ``(name, parameter)`` pairs (names then appear in errors and ``describe``), or param
+            group dicts. Group keys understood by the base class: ``lr``, ``weight_decay``, ``algorithm``
+            (``"ortho"`` default or ``"adamw"``), ``betas``/``eps`` (AdamW groups), ``split`` (int, number of equal
+            row blocks orthogonalized separately, e.g. 3 for fused QKV), ``flatten`` (``None`` auto: 3-D params are
+            batches of matrices, ≥4-D are flattened to ``(out, rest)``; ``True``: always flatten; ``False``:
+            always batch over leading dims), ``batched``.
+        defaults: the subclass's default hyperparameters.
+        skip_nonfinite: skip (with a warning) instead of raising on non-finite gradients.
+        distributed: ``False``, ``True`` (requires an initialized process group) or ``"auto"`` (on when
+            ``torch.distributed`` is initialized with world size > 1).
+        process_group: process group for ``distributed`` (default: the world group).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        defaults: dict[str, Any],
+        *,
+        skip_nonfinite: bool = False,
+        distributed: bool | str = False,
+        process_group: Any = None,
+    ) -> None:
+        if not isinstance(skip_nonfinite, bool):
+            raise TypeError(f"skip_nonfinite must be a bool, got {type(skip_nonfinite).__name__}")
+        defaults = dict(defaults)
+        defaults.setdefault("algorithm", "ortho")
+        defaults.setdefault("split", 1)
+        defaults.setdefault("flatten", None)
+        defaults.setdefault("batched", True)
+        self.skip_nonfinite = skip_nonfinite
+        self._views: dict[Tensor, MatrixView] = {}
+        self._names: dict[Tensor, str] = {}
+        from orthokit.optim.distributed import resolve_dist_context
+
+        self.dist_context = resolve_dist_context(distributed, process_group)
+        super().__init__(params, defaults)
+
+    # ------------------------------------------------------------------ subclass API
+    def transforms(self, group: dict[str, Any]) -> Sequence[Transform]:
+        """The chain applied to the ``algorithm="ortho"`` params of ``group`` (read hyperparameters from it)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement transforms(group)")
+
+    def adamw_transforms(self, group: dict[str, Any]) -> Sequence[Transform]:
+        """The chain for ``algorithm="adamw"`` groups: bias-corrected Adam + decoupled weight decay."""
+        return [adam(), decoupled_weight_decay()]
+
+    def validate_group(self, group: dict[str, Any]) -> None:
+        """Validate one param group's hyperparameters (``ValueError``/``TypeError`` naming the problem)."""
+        _check_lr(group["lr"])
+        wd = group.get("weight_decay", 0.0)
+        if isinstance(wd, Tensor):
+            wd = float(wd.item())
+        if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not wd >= 0:
+            raise ValueError(f"weight_decay must be a float >= 0, got {group.get('weight_decay')!r}")
+        if group["algorithm"] not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {group['algorithm']!r}")
+        if group["algorithm"] == "adamw":
+            b = group["betas"]
+            if not (isinstance(b, (tuple, list)) and len(b) == 2 and all(0.0 <= float(x) < 1.0 for x in b)):
+                raise ValueError(f"AdamW betas must be two floats in [0, 1), got {b!r}")
+            if not float(group["eps"]) > 0:
+                raise ValueError(f"AdamW eps must be > 0, got {group['eps']!r}")
+        split = group.get("split", 1)
+        if isinstance(split, bool) or not isinstance(split, int) or split < 1:
+            raise ValueError(f"split must be a positive int, got {split!r}")
+        if group.get("flatten") not in (None, True, False):
+            raise ValueError(f"flatten must be None, True or False, got {group.get('flatten')!r}")
+
+    # ------------------------------------------------------------------ groups & views
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (torch semantics) and validate it; AdamW groups must set ``lr`` explicitly."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        if param_group.get("algorithm", self.defaults.get("algorithm")) == "adamw":
+            if "lr" not in param_group:
+                raise ValueError("a param group with algorithm='adamw' must set its own 'lr'")
+            for k, v in ADAMW_GROUP_DEFAULTS.items():
+                param_group.setdefault(k, v)
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        self.validate_group(group)
+        names = group.get("param_names")
+        for i, p in enumerate(group["params"]):
+            name = names[i] if names is not None else f"param_groups[{len(self.param_groups) - 1}][{i}]"
+            self._names[p] = name
+            if p.is_complex():
+                raise ValueError(
+                    f"parameter {name!r} is complex; orthokit optimizers support real parameters only"
+                )
+            if group["algorithm"] == "ortho":
+                self._views[p] = self._make_view(p, group, name)
+
+    def _make_view(self, p: Tensor, group: dict[str, Any], name: str) -> MatrixView:
+        shape = tuple(p.shape)
+        if p.dim() < 2:
+            raise ValueError(
+                f"parameter {name!r} has shape {shape}: orthogonalized updates need >= 2-D parameters; "
+                "route 1-D parameters (norms, biases) to AdamW (orthokit.optim.hybrid does this)"
+            )
+        flatten = group.get("flatten")
+        if p.dim() == 2:
+            mats, m, n = 1, shape[0], shape[1]
+        elif flatten is True or (flatten is None and p.dim() >= 4):
+            mats, m, n = 1, shape[0], p[0].numel()
+        else:
+            mats, m, n = int(torch.Size(shape[:-2]).numel()), shape[-2], shape[-1]
+        split = group.get("split", 1)
+        if split > 1:
+            if m % split:
+                raise ValueError(f"parameter {name!r}: {m} rows cannot be split into {split} equal blocks")
+            mats, m = mats * split, m // split
+        if m == 0 or n == 0 or mats == 0:
+            raise ValueError(f"parameter {name!r} has an empty matrix view of shape {shape}")
+        return MatrixView(shape, mats, m, n)
+
+    def matrix_view(self, p: Tensor) -> MatrixView:
+        """The ``[mats, m, n]`` view the orthogonalizer uses for ``p`` (``ValueError`` for non-ortho params)."""
+        try:
+            return self._views[p]
+        except KeyError:
+            raise ValueError(
+                f"parameter {self.param_name(p)!r} is not in an orthogonalized param group"
+            ) from None
+
+    def param_name(self, p: Tensor) -> str:
+        """The name given for ``p`` (via ``(name, param)`` pairs or :func:`hybrid`), else its group position."""
+        return self._names.get(p, f"<unnamed parameter of shape {tuple(p.shape)}>")
+
+    # ------------------------------------------------------------------ step
+    def _gather_work(self) -> list[tuple[dict[str, Any], list[Tensor]]]:
+        work = []
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                work.append((group, params))
+        return work
+
+    def _check_grads(self, work: list[tuple[dict[str, Any], list[Tensor]]]) -> bool:
+        """Validate gradients; return False when the step must be skipped (non-finite + skip_nonfinite)."""
+        grads: list[Tensor] = []
+        owners: list[Tensor] = []
+        for _, params in work:
+            for p in params:
+                g = p.grad
+                if g.is_sparse:
+                    raise ValueError(f"parameter {self.param_name(p)!r} has a sparse gradient (unsupported)")
+                if g.is_complex():
+                    raise ValueError(f"parameter {self.param_name(p)!r} has a complex gradient (unsupported)")
+                if g.shape != p.shape:
+                    raise ValueError(
+                        f"parameter {self.param_name(p)!r}: gradient shape {tuple(g.shape)} != "
+                        f"parameter shape {tuple(p.shape)}"
+                    )
+                grads.append(g)
+                owners.append(p)
+        norms = torch._foreach_norm(grads)
+        if bool(torch.stack([n.float() for n in norms]).isfinite().all()):
+            return True
+        bad = [self.param_name(p) for p, g in zip(owners, grads) if not bool(torch.isfinite(g).all())]
+        if not bad:  # the norm overflowed but every entry is finite
+            return True
+        msg = f"non-finite gradient (NaN or inf) in parameter(s) {', '.join(map(repr, bad))}"
+        if self.skip_nonfinite:
+            warnings.warn(f"{msg}; optimizer step skipped", RuntimeWarning, stacklevel=3)
+            logger.warning("%s; optimizer step skipped", msg)
+            return False
+        raise NonFiniteGradientError(
+            f"{msg}; no parameter or state was modified (pass skip_nonfinite=True to skip)"
+        )
+
+    def chain(self, group: dict[str, Any]) -> list[Transform]:
+        """The transforms for ``group`` (AdamW chain for ``algorithm="adamw"``), bound to this optimizer."""
+        ts = list(self.adamw_transforms(group) if group["algorithm"] == "adamw" else self.transforms(group))
+        for t in ts:
+            t.bind(self)
+        return ts
+
+    def _run_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        chain = self.chain(group)
+        states = [self.state[p] for p in params]
+        for p, st in zip(params, states):
+            if not st:
+                for t in chain:
+                    st.update(t.init(p, group))
+        updates: list[Tensor] = [p.grad for p in params]  # type: ignore[misc]
+        for t in chain:
+            updates = t.update(updates, states, params, group)
+        lr = group["lr"]
+        if isinstance(lr, Tensor):
+            torch._foreach_sub_(params, torch._foreach_mul(updates, lr))
+        elif lr != 0:
+            torch._foreach_add_(params, updates, alpha=-lr)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        """Perform one optimization step (``closure`` re-evaluates the loss, torch semantics)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = self._gather_work()
+        if not work or not self._check_grads(work):
+            return loss
+        for group, params in work:
+            self._run_group(group, params)
+        return loss

@@ -1,0 +1,114 @@
+"""The optimizer registry: every orthogonalized optimizer registers itself here with its capabilities.
+
+A variant is one file that defines a :class:`~orthokit.optim.base.OrthogonalOptimizer` subclass and decorates it
+with :func:`register_optimizer`. The conformance suite (``tests/optim/test_conformance.py``) iterates
+``OPTIMIZERS.names()`` and reads the capabilities to construct each optimizer, so registering is all a variant
+needs to be tested for loss decrease, checkpoint resume, dtype handling, schedulers, non-finite gradients and the
+batched-vs-reference equivalence.
+
+Capabilities understood by the framework and the conformance suite:
+
+* ``default_lr`` (float, required) — a learning rate that makes the optimizer decrease a small loss.
+* ``state_keys`` (tuple of str) — the per-parameter state entries of a 2-D parameter after one step.
+* ``supports_batched`` (bool, default True) — same-shape matrices can be stacked into one polar call.
+* ``supports_distributed`` (bool, default False) — honours ``distributed=True`` (DDP sharded orthogonalization).
+* ``deterministic`` (bool, default True) — two identical runs give identical results (False for randomized methods
+  that do not take a generator/seed).
+* ``extra_kwargs`` (dict) — constructor kwargs the conformance suite should pass (e.g. a rank for low-rank methods).
+
+Example:
+    >>> import torch
+    >>> from orthokit.optim import OPTIMIZERS, create_optimizer
+    >>> "muon" in OPTIMIZERS
+    True
+    >>> opt = create_optimizer("muon", [torch.nn.Parameter(torch.randn(4, 3))], lr=0.02)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from orthokit._registry import Registry
+
+__all__ = ["OPTIMIZERS", "register_optimizer", "get_optimizer", "create_optimizer"]
+
+OPTIMIZERS: Registry[Any] = Registry("optimizer")
+
+_C = TypeVar("_C")
+
+
+def register_optimizer(
+    name: str,
+    *,
+    default_lr: float,
+    aliases: tuple[str, ...] | list[str] = (),
+    state_keys: tuple[str, ...] = (),
+    supports_batched: bool = True,
+    supports_distributed: bool = False,
+    deterministic: bool = True,
+    extra_kwargs: dict[str, Any] | None = None,
+    **capabilities: Any,
+) -> Callable[[_C], _C]:
+    """Class decorator registering an optimizer under ``name`` with its capabilities.
+
+    Args:
+        name: canonical registry name (lower case, ``-`` and ``_`` are equivalent).
+        default_lr: learning rate the conformance suite uses on its small problems.
+        aliases: alternative names.
+        state_keys: per-parameter state entries created by one step on a 2-D parameter.
+        supports_batched: whether the class honours ``batched=True`` (stacked polar calls).
+        supports_distributed: whether the class honours ``distributed=True``.
+        deterministic: whether two identical runs are bit-identical.
+        extra_kwargs: extra constructor kwargs for the conformance suite.
+        **capabilities: any further metadata (e.g. ``paper="arXiv:2502.16982"``).
+
+    Example:
+        >>> from orthokit.optim.base import OrthogonalOptimizer
+        >>> @register_optimizer("my_muon_doc_example", default_lr=0.02)   # doctest: +SKIP
+        ... class MyMuon(OrthogonalOptimizer): ...
+    """
+    if not isinstance(default_lr, (int, float)) or default_lr <= 0:
+        raise ValueError(f"default_lr must be a positive number, got {default_lr!r}")
+    caps = dict(
+        default_lr=float(default_lr),
+        state_keys=tuple(state_keys),
+        supports_batched=bool(supports_batched),
+        supports_distributed=bool(supports_distributed),
+        deterministic=bool(deterministic),
+        extra_kwargs=dict(extra_kwargs or {}),
+        **capabilities,
+    )
+    return OPTIMIZERS.register(name, aliases=aliases, **caps)
+
+
+def get_optimizer(name: str) -> Any:
+    """The optimizer class registered as ``name`` (``ValueError`` listing valid names otherwise).
+
+    Example:
+        >>> get_optimizer("muon").__name__
+        'Muon'
+    """
+    _load_builtins()
+    return OPTIMIZERS.get(name)
+
+
+def create_optimizer(name: str, params: Iterable[Any], **kwargs: Any) -> Any:
+    """Construct the optimizer registered as ``name`` on ``params`` with flat ``kwargs``.
+
+    ``lr`` defaults to the registered ``default_lr`` when not given.
+
+    Example:
+        >>> import torch
+        >>> opt = create_optimizer("muon", [torch.nn.Parameter(torch.randn(4, 3))])
+        >>> opt.param_groups[0]["lr"]
+        0.02
+    """
+    cls = get_optimizer(name)
+    kwargs.setdefault("lr", OPTIMIZERS.capabilities(name)["default_lr"])
+    return cls(params, **kwargs)
+
+
+def _load_builtins() -> None:
+    # importing the package registers every shipped optimizer
+    import orthokit.optim  # noqa: F401
