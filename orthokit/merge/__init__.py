@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 
 from orthokit.merge import task_arithmetic as _task_arithmetic  # noqa: F401  (registers the method)
+from orthokit.merge.dare import dare_linear, dare_ties
 from orthokit.merge.registry import (
     MERGE_METHODS,
     MethodSchema,
@@ -29,8 +30,9 @@ from orthokit.merge.registry import (
     validate_params,
 )
 from orthokit.merge.task_arithmetic import task_arithmetic
+from orthokit.merge.ties import ties
 
-for _mod in ("ties", "dare", "orthomerge", "dc_merge", "do_merging", "diagnostics"):
+for _mod in ("orthomerge", "dc_merge", "do_merging", "diagnostics"):
     try:
         importlib.import_module(f"orthokit.merge.{_mod}")
     except ModuleNotFoundError as _e:  # a module of the package that is not written yet
@@ -46,6 +48,9 @@ except ModuleNotFoundError as _e:  # pragma: no cover
 __all__ = [
     "MERGE_METHODS",
     "MethodSchema",
+    "dare_linear",
+    "dare_ties",
+    "ties",
     "ParamSpec",
     "merge",
     "method_schema",
