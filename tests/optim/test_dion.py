@@ -1,0 +1,69 @@
+"""Dion (arXiv:2504.05295): power iteration + QR + error feedback against float64 SVD references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from orthokit.optim.dion import dion_init_q, dion_rank, dion_step
+
+
+def test_rank_rules() -> None:
+    assert dion_rank((3072, 768), 0.25) == 192
+    assert dion_rank((768, 768), 1.0) == 768
+    assert dion_rank((10, 7), 0.01) == 1
+    assert dion_rank((10, 7), 50) == 7
+    with pytest.raises(ValueError, match="fraction"):
+        dion_rank((10, 7), 1.5)
+    with pytest.raises(ValueError, match=">= 1"):
+        dion_rank((10, 7), 0)
+    with pytest.raises(TypeError, match="rank"):
+        dion_rank((10, 7), "8")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("shape", [(30, 12), (12, 30)])
+def test_full_rank_error_feedback_leaves_mu_times_momentum(shape: tuple[int, int]) -> None:
+    b = torch.randn(*shape, dtype=torch.float64)
+    q = dion_init_q(shape, min(shape), dtype=torch.float64)
+    m = b.clone()
+    delta, q2 = dion_step(m, q, mu=0.9)
+    torch.testing.assert_close(m, 0.9 * b)  # full rank: P Rᵀ = B, so M ← B − 0.1·B
+    assert delta.shape == b.shape and q2.shape == q.shape
+    assert delta.pow(2).sum().item() == pytest.approx(min(shape), rel=1e-6)  # ‖P Q'ᵀ‖_F² = r
+
+
+@pytest.mark.parametrize("shape", [(40, 24), (24, 40)])
+def test_power_iteration_converges_to_truncated_polar_factor(shape: tuple[int, int]) -> None:
+    r = 5
+    u, _, vh = torch.linalg.svd(torch.randn(*shape, dtype=torch.float64), full_matrices=False)
+    s = torch.tensor([10.0, 8, 6, 4, 3] + [0.3] * (min(shape) - 5), dtype=torch.float64)
+    b = u @ torch.diag(s) @ vh
+    q = dion_init_q(shape, r, seed=3, dtype=torch.float64)
+    for _ in range(60):
+        delta, q = dion_step(b.clone(), q, mu=0.95)
+    target = u[:, :r] @ vh[:r]
+    torch.testing.assert_close(delta, target, rtol=1e-6, atol=1e-6)
+
+
+def test_low_rank_error_feedback_keeps_uncaptured_residual() -> None:
+    b = torch.randn(20, 16, dtype=torch.float64)
+    q = dion_init_q(b.shape, 4, dtype=torch.float64)
+    m = b.clone()
+    dion_step(m, q, mu=0.95)
+    p = torch.linalg.qr(b @ q).Q
+    captured = p @ (p.T @ b)
+    torch.testing.assert_close(m, b - 0.05 * captured)
+
+
+def test_batched_equals_per_matrix_and_seeded_init() -> None:
+    torch.testing.assert_close(dion_init_q((3, 8, 6), 2, seed=1)[0], dion_init_q((3, 8, 6), 2, seed=1)[0])
+    b = torch.randn(3, 8, 6, dtype=torch.float64)
+    q = dion_init_q((8, 6), 2, dtype=torch.float64).expand(3, 6, 2).clone()
+    d, _ = dion_step(b.clone(), q.clone(), mu=0.9)
+    for i in range(3):
+        di, _ = dion_step(b[i].clone(), q[i].clone(), mu=0.9)
+        torch.testing.assert_close(d[i], di)
+    with pytest.raises(ValueError, match="warm start"):
+        dion_step(b.clone(), torch.zeros(3, 8, 2, dtype=torch.float64), mu=0.9)
+    with pytest.raises(ValueError, match="mu"):
+        dion_step(b.clone(), q, mu=1.0)
