@@ -23,7 +23,8 @@ from orthokit.optim.muon import Muon
 from orthokit.optim.registry import OPTIMIZERS, create_optimizer, get_optimizer, register_optimizer
 
 # Variant modules (one file each); imported here so that they register themselves.
-# (added as each variant file is committed)
+# Plain imports, added as each variant file is committed (list maintained by the framework owner).
+from orthokit.optim import adamuon, aro, auon, dion, fismo, namo, normuon, root  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "ALGORITHMS",

@@ -34,6 +34,7 @@ from orthokit.optim.transforms import (
     momentum,
     orthogonalize,
     resolve_ns_dtype,
+    resolve_polar_method,
     scale_by_shape,
 )
 
@@ -44,7 +45,8 @@ def validate_muon_kwargs(group: dict[str, Any]) -> None:
     """Validate the Muon-family keys of a param group (shared by variants that build on Muon's kwargs).
 
     Keys: ``momentum`` ∈ [0,1), ``nesterov`` bool, ``momentum_convention`` ∈ {"ema","sum"}, ``ns_method`` str,
-    ``ns_steps`` int in [1,100) or None, ``ns_dtype``, ``scale`` ∈ SCALE_MODES, ``eps`` > 0, ``batched`` bool.
+    ``ns_steps`` int in [1,100) or None, ``ns_dtype``, ``scale`` ∈ SCALE_MODES, ``eps`` > 0 (if present),
+    ``batched`` bool.
     """
     mu = group["momentum"]
     if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not 0.0 <= mu < 1.0:
@@ -55,24 +57,17 @@ def validate_muon_kwargs(group: dict[str, Any]) -> None:
         raise ValueError(
             f"momentum_convention must be one of {MOMENTUM_CONVENTIONS}, got {group['momentum_convention']!r}"
         )
-    if not isinstance(group["ns_method"], str):
-        raise TypeError(f"ns_method must be a string, got {type(group['ns_method']).__name__}")
-    try:
-        from orthokit.linalg.polar import POLAR_METHODS
-    except ImportError:
-        POLAR_METHODS = None
-    if POLAR_METHODS is not None and group["ns_method"] not in POLAR_METHODS:
-        names = POLAR_METHODS.names() if hasattr(POLAR_METHODS, "names") else sorted(POLAR_METHODS)
-        raise ValueError(f"unknown ns_method {group['ns_method']!r}; valid: {', '.join(names)}")
+    resolve_polar_method(group["ns_method"])
     st = group["ns_steps"]
     if st is not None and (isinstance(st, bool) or not isinstance(st, int) or not 1 <= st < 100):
         raise ValueError(f"ns_steps must be an int in [1, 100) or None, got {st!r}")
     resolve_ns_dtype(group["ns_dtype"], torch.device("cpu"))
     if group["scale"] not in SCALE_MODES:
         raise ValueError(f"scale must be one of {SCALE_MODES}, got {group['scale']!r}")
-    eps = group["eps"]
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(f"eps must be a float > 0, got {eps!r}")
+    if "eps" in group:
+        eps = group["eps"]
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+            raise ValueError(f"eps must be a float > 0, got {eps!r}")
     if not isinstance(group["batched"], bool):
         raise TypeError(f"batched must be a bool, got {type(group['batched']).__name__}")
 
@@ -100,13 +95,14 @@ class Muon(OrthogonalOptimizer):
         nesterov: Nesterov look-ahead (True).
         momentum_convention: ``"ema"`` (torch/Keller buffer) or ``"sum"`` (Moonlight/Dion buffer).
         weight_decay: decoupled λ (0.0, Keller's default; Moonlight uses 0.1): ``W ← W(1 − ηλ)``.
-        ns_method: ``orthokit.polar`` method (``"polar_express"``; ``"newton_schulz"``, ``"svd"``, ...).
+        ns_method: ``orthokit.polar`` method (``"polar_express"``; ``"svd"``, ``"eigh"``, ...) or a Newton–Schulz
+            schedule name (``"keller"`` = torch/Keller NS5, ``"quintic"``, ``"cans"``, ...). The normalization
+            (safety factor and ε) belongs to the method/schedule, so Muon has no separate ``eps``.
         ns_steps: polar iterations (None → the method's default, 5 for Polar Express).
         ns_dtype: iteration dtype: ``"auto"`` (bf16 on GPU, fp32 on CPU where bf16 matmul is ~18× slower),
             ``None`` (parameter dtype) or a torch dtype.
         scale: ``"keller"`` (√max(1,m/n)), ``"match_rms_adamw"`` (0.2·√max(m,n)), ``"spectral"`` (√(m/n)) or
             ``"none"``.
-        eps: numerical floor used by the polar normalization of zero updates (1e-7, like torch/Keller).
         skip_nonfinite: skip the step with a warning instead of raising on NaN/inf gradients.
         batched: stack same-shape matrices into one polar call (equal to the per-parameter path).
         distributed: ``False``/``True``/``"auto"`` — shard orthogonalization across DDP ranks.
@@ -134,7 +130,6 @@ class Muon(OrthogonalOptimizer):
         ns_steps: int | None = None,
         ns_dtype: torch.dtype | str | None = "auto",
         scale: str = "keller",
-        eps: float = 1e-7,
         skip_nonfinite: bool = False,
         batched: bool = True,
         distributed: bool | str = False,
@@ -150,7 +145,6 @@ class Muon(OrthogonalOptimizer):
             ns_steps=ns_steps,
             ns_dtype=ns_dtype,
             scale=scale,
-            eps=eps,
             batched=batched,
         )
         super().__init__(

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +51,7 @@ __all__ = [
     "decoupled_weight_decay",
     "adam",
     "resolve_ns_dtype",
-    "polar_fn",
+    "resolve_polar_method",
 ]
 
 SCALE_MODES: tuple[str, ...] = ("keller", "match_rms_adamw", "spectral", "none")
@@ -231,24 +231,32 @@ def resolve_ns_dtype(ns_dtype: torch.dtype | str | None, device: torch.device) -
     return dt
 
 
-def _svd_polar(G: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """Exact polar factor ``U Vᵀ`` via SVD in float32+ (zero matrices map to zero)."""
-    from orthokit.linalg._checks import compute_dtype
+def resolve_polar_method(method: str) -> tuple[str, dict[str, Any]]:
+    """Map an orthogonalizer name to ``(orthokit.polar method, options)``.
 
-    work = G.to(compute_dtype(G.dtype))
-    U, S, Vh = torch.linalg.svd(work, full_matrices=False)
-    out = U @ Vh
-    zero = (S.amax(dim=-1) == 0)[..., None, None]
-    return torch.where(zero, torch.zeros_like(out), out).to(G.dtype)
+    ``method`` is either a polar method (``"polar_express"``, ``"newton_schulz"``, ``"svd"``, ``"eigh"``,
+    ``"qr"``) or a Newton–Schulz schedule name (``"keller"``, ``"quintic"``, ``"cans"``, ``"deepseek_v4"``,
+    ``"cubic5"``, ``"polar_express_8"``) which selects ``method="newton_schulz", schedule=<name>``.
 
+    Example:
+        >>> resolve_polar_method("keller")
+        ('newton_schulz', {'schedule': 'keller'})
+    """
+    from orthokit.linalg.polar import POLAR_METHODS
+    from orthokit.linalg.schedules import SCHEDULES, get_schedule
 
-def polar_fn() -> Callable[..., Tensor]:
-    """The orthogonalization engine: ``orthokit.polar`` once ``orthokit/linalg/polar.py`` is available."""
-    try:
-        from orthokit.linalg.polar import polar
-    except ImportError:  # engine not available in this checkout: exact SVD polar
-        return lambda G, method="svd", steps=None, dtype=None: _svd_polar(G, dtype)
-    return polar
+    if not isinstance(method, str):
+        raise TypeError(f"orthogonalizer name must be a string, got {type(method).__name__}")
+    if method in POLAR_METHODS:
+        return method, {}
+    key = method.strip().lower().replace("-", "_")
+    if key in SCHEDULES:
+        get_schedule(key)  # raises for schedules marked unsafe
+        return "newton_schulz", {"schedule": key}
+    raise ValueError(
+        f"unknown orthogonalizer {method!r}; valid polar methods: {', '.join(POLAR_METHODS.names())}; "
+        f"valid Newton-Schulz schedules: {', '.join(sorted(SCHEDULES))}"
+    )
 
 
 class orthogonalize(Transform):
@@ -262,7 +270,8 @@ class orthogonalize(Transform):
     its share, and results are broadcast from their owner (``orthokit.optim.distributed``).
 
     Args:
-        method: orthokit polar method (``"polar_express"`` default; ``"newton_schulz"``, ``"svd"``, ...).
+        method: orthokit polar method (``"polar_express"`` default; ``"newton_schulz"``, ``"svd"``, ...) or a
+            Newton–Schulz schedule name (``"keller"``, ``"quintic"``, ...; see :func:`resolve_polar_method`).
         steps: iteration count (``None`` → the method's default).
         dtype: iteration dtype (``"auto"``, ``None`` or a torch dtype; see :func:`resolve_ns_dtype`).
         batched: stack same-shape matrices into one call.
@@ -286,8 +295,7 @@ class orthogonalize(Transform):
         dtype: torch.dtype | str | None = "auto",
         batched: bool = True,
     ) -> None:
-        if not isinstance(method, str):
-            raise TypeError(f"orthogonalize method must be a string, got {type(method).__name__}")
+        self._polar_method, self._polar_options = resolve_polar_method(method)
         if steps is not None and (
             not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps < 100
         ):
@@ -299,9 +307,10 @@ class orthogonalize(Transform):
         self.batched = bool(batched)
 
     def _polar(self, X: Tensor) -> Tensor:
-        fn = polar_fn()
+        from orthokit.linalg.polar import polar
+
         dt = resolve_ns_dtype(self.dtype, X.device)
-        return fn(X, method=self.method, steps=self.steps, dtype=dt)
+        return polar(X, method=self._polar_method, steps=self.steps, dtype=dt, **self._polar_options)
 
     def compute(self, updates: Sequence[Tensor], views: Sequence[MatrixView]) -> list[Tensor]:
         """Orthogonalize ``updates`` (local, no communication); output ``i`` has ``updates[i]``'s shape/dtype."""
