@@ -106,6 +106,8 @@ class ParamSpec:
         t = "|".join(map(repr, self.choices)) if self.choices else self.type.__name__
         scope = "per-model" if self.per_model else "global"
         d = "required" if self.required else f"default {self.default!r}"
+        if self.name == "weights" and self.default is None:
+            d = "default 1.0"
         return f"{self.config_name} ({scope} {t}, {d})"
 
 

@@ -121,7 +121,7 @@ def ties(
     tensors: Sequence[Tensor],
     *,
     weights: Sequence[float] | None = None,
-    density: Sequence[float] | float | None = None,
+    density: Sequence[float] | float = 1.0,
     lambda_: float = 1.0,
     normalize: bool = True,
     rescale: bool = False,

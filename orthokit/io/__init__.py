@@ -1,0 +1,50 @@
+"""``orthokit.io`` — checkpoint and config I/O shared by the tools.
+
+* :mod:`orthokit.io.safetensors_io` — lazy memory-mapped safetensors readers (single file, sharded index,
+  Hugging Face folder, PEFT LoRA adapter) and a streaming, sharded, atomic writer.
+* :mod:`orthokit.io.config` — YAML loading with clear errors (duplicate keys, syntax errors with line numbers).
+
+Example:
+    >>> from orthokit.io import open_checkpoint, save_sharded, load_yaml  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from orthokit.io.config import ConfigError, load_yaml
+from orthokit.io.safetensors_io import (
+    INDEX_NAME,
+    LoraAdapter,
+    LoraAppliedCheckpoint,
+    SafetensorsError,
+    SafetensorsFile,
+    ShardedCheckpoint,
+    StateDictSource,
+    StreamingShardWriter,
+    TensorInfo,
+    TensorSource,
+    atomic_output_dir,
+    load_file,
+    open_checkpoint,
+    plan_shards,
+    save_sharded,
+)
+
+__all__ = [
+    "ConfigError",
+    "INDEX_NAME",
+    "LoraAdapter",
+    "LoraAppliedCheckpoint",
+    "SafetensorsError",
+    "SafetensorsFile",
+    "ShardedCheckpoint",
+    "StateDictSource",
+    "StreamingShardWriter",
+    "TensorInfo",
+    "TensorSource",
+    "atomic_output_dir",
+    "load_file",
+    "load_yaml",
+    "open_checkpoint",
+    "plan_shards",
+    "save_sharded",
+]

@@ -1,0 +1,305 @@
+"""The Python API: merge in-memory state dicts / modules, or run a config on checkpoints on disk (streaming).
+
+* :func:`merge` — notebooks: ``merge(base, [ft1, ft2], "ties", density=0.2, lambda_=0.5)`` on state dicts or
+  ``nn.Module`` s; returns a state dict (or a new module of the base's class with the merged weights).
+* :func:`run_merge` — the engine behind ``orthokit merge``: streams one tensor at a time from memory-mapped
+  inputs through the method into precomputed output shards inside a temporary folder that is renamed to
+  ``out_dir`` only when everything succeeded.
+
+Example:
+    >>> import torch
+    >>> from orthokit.merge.api import merge
+    >>> base = {"w": torch.zeros(4), "step": torch.tensor(3)}
+    >>> fts = [{"w": torch.tensor([1.0, -1, 0, 2]), "step": torch.tensor(3)},
+    ...        {"w": torch.tensor([3.0, 1, 0, 0]), "step": torch.tensor(3)}]
+    >>> merge(base, fts, "ties", density=0.5)["w"]
+    tensor([ 2., -1.,  0.,  2.])
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from orthokit.io.safetensors_io import StreamingShardWriter, atomic_output_dir
+from orthokit.merge.config import MergeConfig, load_config, parse_dtype
+from orthokit.merge.plan import MergePlan, build_plan
+from orthokit.merge.registry import MERGE_METHODS, method_schema, validate_params
+
+__all__ = ["merge", "run_merge", "MergeResult", "tensor_seed", "COPIED_FILES"]
+
+#: Files copied from the base (or first) model folder into the output.
+COPIED_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+)
+
+
+def tensor_seed(seed: int, name: str) -> int:
+    """A 63-bit seed derived from (seed, tensor name): stochastic merges don't depend on processing order.
+
+    Example:
+        >>> tensor_seed(0, "a") == tensor_seed(0, "a") != tensor_seed(1, "a")
+        True
+    """
+    h = hashlib.sha256(f"{int(seed)}\x00{name}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def _state(x: Mapping[str, Tensor] | nn.Module, what: str) -> dict[str, Tensor]:
+    if isinstance(x, nn.Module):
+        return {k: v.detach() for k, v in x.state_dict().items()}
+    if isinstance(x, Mapping):
+        out = {}
+        for k, v in x.items():
+            if not isinstance(v, Tensor):
+                raise TypeError(f"{what}: entry {k!r} is a {type(v).__name__}, not a tensor")
+            out[str(k)] = v.detach()
+        return out
+    raise TypeError(
+        f"{what} must be a state dict (mapping of tensors) or an nn.Module, got {type(x).__name__}"
+    )
+
+
+def _method_kwargs(method: str, name: str, seed: int, device: torch.device | None) -> dict[str, Any]:
+    schema = method_schema(method)
+    kw: dict[str, Any] = {}
+    if schema.takes_generator:
+        g = torch.Generator(device=device if device is not None else "cpu")
+        g.manual_seed(tensor_seed(seed, name))
+        kw["generator"] = g
+    if schema.takes_name:
+        kw["name"] = name
+    return kw
+
+
+@torch.no_grad()
+def merge(
+    base: Mapping[str, Tensor] | nn.Module | None,
+    models: Sequence[Mapping[str, Tensor] | nn.Module],
+    method: str,
+    *,
+    dtype: torch.dtype | str | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    **params: Any,
+) -> Any:
+    """Merge in-memory models tensor by tensor with a registered method.
+
+    Args:
+        base: the pre-trained model θ₀ (state dict or module); ``None`` only for methods without ``needs_base``.
+        models: the fine-tuned models (same tensor names and shapes as the base).
+        method: a name in :data:`orthokit.merge.MERGE_METHODS` (``"task_arithmetic"``, ``"ties"``, ...).
+        dtype: compute dtype for floating tensors (default: each tensor's own dtype; mixed dtypes → error).
+        seed: seeds stochastic methods, one generator per tensor from (seed, name).
+        device: where to compute (results are returned on the base's device).
+        **params: method parameters, Python or config spelling (``weights``/``weight``, ``lambda_``/``lambda``);
+            per-model ones as scalars or sequences aligned with ``models``.
+
+    Returns:
+        A state dict ``{name: tensor}`` — or, if ``base`` is an ``nn.Module``, a deep copy of it with the merged
+        weights loaded. Floating tensors are merged (output dtype = input dtype); non-floating buffers are copied
+        from the base and must be equal in every model.
+
+    Raises:
+        ValueError / TypeError: unknown method or parameter (named), missing/extra tensors (named), shape or
+        dtype mismatches.
+
+    Example:
+        >>> import torch
+        >>> m0 = torch.nn.Linear(2, 2); m1 = torch.nn.Linear(2, 2)
+        >>> merged = merge(m0, [m1], "task_arithmetic", lambda_=0.0)
+        >>> torch.equal(merged.weight, m0.weight)
+        True
+
+    Reference: the methods' own papers (see each method's docstring).
+    """
+    entry = MERGE_METHODS.entry(method)
+    caps = entry.capabilities
+    if isinstance(models, (Mapping, nn.Module)) or not isinstance(models, Sequence) or not models:
+        raise TypeError("models must be a non-empty sequence of state dicts or modules")
+    sds = [_state(m, f"models[{i}]") for i, m in enumerate(models)]
+    bsd = _state(base, "base") if base is not None else None
+    if bsd is None and caps.get("needs_base"):
+        raise ValueError(f"merge method {entry.name!r} needs a base model")
+    kw = validate_params(entry.name, params, len(sds))
+    cd = parse_dtype(dtype) if dtype is not None else None
+    dev = torch.device(device) if device is not None else None
+    ref = bsd if bsd is not None else sds[0]
+    for i, sd in enumerate(sds):
+        miss = [k for k in ref if k not in sd]
+        if miss:
+            raise ValueError(f"models[{i}] is missing tensor {miss[0]!r}")
+        extra = [k for k in sd if k not in ref]
+        if extra:
+            raise ValueError(f"models[{i}] has tensor {extra[0]!r}, which the base does not have")
+    out: dict[str, Tensor] = {}
+    for name, r in ref.items():
+        ins = [sd[name] for sd in sds]
+        if not r.is_floating_point():
+            for i, t in enumerate(ins):
+                if t.shape != r.shape or not torch.equal(t.to(r.device), r):
+                    raise ValueError(f"non-floating tensor {name!r} differs between the base and models[{i}]")
+            out[name] = r.clone()
+            continue
+        target = cd or r.dtype
+        for i, t in enumerate(ins):
+            if t.shape != r.shape:
+                raise ValueError(
+                    f"tensor {name!r}: models[{i}] has shape {list(t.shape)}, expected {list(r.shape)}"
+                )
+            if cd is None and t.dtype != r.dtype:
+                raise TypeError(
+                    f"tensor {name!r}: models[{i}] is {t.dtype}, base is {r.dtype} (pass dtype=...)"
+                )
+        b = bsd[name].to(device=dev or r.device, dtype=target) if bsd is not None else None
+        fts = [t.to(device=dev or r.device, dtype=target) for t in ins]
+        res = entry.obj(b, fts, **kw, **_method_kwargs(entry.name, name, seed, dev))
+        out[name] = res.to(device=r.device)
+    if isinstance(base, nn.Module):
+        new = copy.deepcopy(base)
+        new.load_state_dict(out)
+        return new
+    return out
+
+
+@dataclass
+class MergeResult:
+    """What :func:`run_merge` did: output folder, files, tensor count, bytes written and wall time."""
+
+    out_dir: Path
+    files: list[str]
+    tensors: int
+    bytes_written: int
+    seconds: float
+
+
+def _copy_files(src: Path | None, dst: Path) -> list[str]:
+    copied = []
+    if src is None or not src.is_dir():
+        return copied
+    for fname in COPIED_FILES:
+        f = src / fname
+        if f.is_file():
+            shutil.copy2(f, dst / fname)
+            copied.append(fname)
+    return copied
+
+
+def run_merge(
+    config: MergeConfig | str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    max_shard_bytes: int | None = 5 * 10**9,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
+    copy_files: bool = True,
+    plan: MergePlan | None = None,
+) -> MergeResult:
+    """Run a merge config on checkpoints on disk, streaming, writing ``out_dir`` atomically.
+
+    Steps: plan (validate everything, lay out shards) → for each tensor in order: read the inputs (zero-copy
+    memory maps; cast only if ``dtype`` differs; moved to ``device`` if given), merge, cast to the output dtype,
+    write into its shard → write the index, copy ``config.json``/tokenizer files from the base folder, save the
+    config as ``merge_config.yml`` → rename the temporary folder to ``out_dir``.
+
+    Args:
+        config: a :class:`MergeConfig` or a YAML path. out_dir: the output folder.
+        overwrite: replace an existing ``out_dir`` (atomically) instead of failing.
+        max_shard_bytes: output shard size in bytes (``None`` = one file). device: compute device (``"cuda"``).
+        seed: seeds stochastic methods per tensor. progress: tqdm bar (default: when stderr is a terminal).
+        copy_files: copy config/tokenizer files. plan: a prebuilt plan (else built here).
+
+    Returns:
+        A :class:`MergeResult`.
+
+    Raises:
+        FileExistsError: ``out_dir`` exists and not ``overwrite`` (checked before any work).
+        ConfigError / SafetensorsError / ValueError: invalid config or inputs (nothing is written).
+    """
+    t0 = time.perf_counter()
+    cfg = load_config(config) if not isinstance(config, MergeConfig) else config
+    out = Path(out_dir).absolute()
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"output folder {out} already exists (use --overwrite to replace it)")
+    plan = plan or build_plan(cfg, max_shard_bytes)
+    entry = MERGE_METHODS.entry(cfg.merge_method)
+    dev = torch.device(device) if device is not None else None
+    show = sys.stderr.isatty() if progress is None else progress
+    try:
+        with atomic_output_dir(out, overwrite=overwrite) as tmp:
+            writer = StreamingShardWriter(tmp, plan.shards, metadata={"merged_by": "orthokit"})
+            bar = None
+            if show:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=len(plan.tasks), unit="tensor", desc=f"merge ({cfg.merge_method})")
+            try:
+                for task in plan.tasks:
+                    name = task.name
+                    if not task.merge:
+                        ref = plan.base if plan.base is not None else plan.models[0]
+                        r = ref.get(name)
+                        for m, src in zip(cfg.models, plan.models):
+                            if not torch.equal(src.get(name), r):
+                                raise ValueError(
+                                    f"non-floating tensor {name!r} differs between the base and {m.spec!r}"
+                                )
+                        writer.write(name, r)
+                    else:
+                        kw = cfg.resolve(name, task.t)
+                        b = (
+                            plan.base.get(name).to(device=dev, dtype=task.compute_dtype)
+                            if plan.base is not None
+                            else None
+                        )
+                        fts = [src.get(name).to(device=dev, dtype=task.compute_dtype) for src in plan.models]
+                        res = entry.obj(b, fts, **kw, **_method_kwargs(entry.name, name, seed, dev))
+                        del b, fts
+                        writer.write(name, res.to(dtype=task.out.dtype))
+                        del res
+                    if bar is not None:
+                        bar.update(1)
+                writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+            finally:
+                if bar is not None:
+                    bar.close()
+            files = [s.filename for s in plan.shards] + ["model.safetensors.index.json"]
+            if copy_files:
+                files += _copy_files(plan.copy_from, tmp)
+            import yaml
+
+            (tmp / "merge_config.yml").write_text(
+                yaml.safe_dump(json.loads(json.dumps(cfg.raw, default=str)), sort_keys=False)
+            )
+            files.append("merge_config.yml")
+            written = writer.bytes_written
+    finally:
+        plan.close()
+    return MergeResult(out, files, len(plan.tasks), written, time.perf_counter() - t0)
