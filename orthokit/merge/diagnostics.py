@@ -284,7 +284,7 @@ def _combine(base: StateDict, tvs: Sequence[StateDict], alphas: Sequence[float])
 
 
 def weight_disentanglement_error(
-    forward: Callable[[StateDict, Tensor], Tensor],
+    forward: Callable[[StateDict, Tensor], Tensor] | Sequence[Callable[[StateDict, Tensor], Tensor]],
     base: StateDict,
     task_vecs: Sequence[StateDict],
     task_inputs: Sequence[Tensor],
@@ -298,7 +298,8 @@ def weight_disentanglement_error(
     outputs. Zero ⇔ each task's behaviour is unaffected by adding the other task vectors.
 
     Args:
-        forward: ``forward(params, x) -> outputs [N, C]`` (e.g. ``lambda p, x: torch.func.functional_call(model, p, x)``).
+        forward: ``forward(params, x) -> outputs [N, C]`` (e.g. ``lambda p, x: torch.func.functional_call(model, p, x)``),
+            or one such callable per task (e.g. a shared backbone with per-task heads).
         base: pre-trained parameters θ_0.
         task_vecs: task vectors τ_t (:func:`task_vectors`), keys a subset of ``base``.
         task_inputs: one input batch ``x ∈ D_t`` per task.
@@ -323,6 +324,9 @@ def weight_disentanglement_error(
         )
     if T == 0:
         raise ValueError("need at least one task vector")
+    fwds = list(forward) if isinstance(forward, Sequence) else [forward] * T
+    if len(fwds) != T:
+        raise ValueError(f"got {len(fwds)} forward functions for {T} tasks")
     _check_state_dicts(task_vecs, "task_vecs")
     missing = [k for k in task_vecs[0] if k not in base]
     if missing:
@@ -332,7 +336,7 @@ def weight_disentanglement_error(
         total = 0.0
         for t in range(T):
             single = _combine(base, [task_vecs[t]], [alphas[t]])
-            total += _distance(forward(single, task_inputs[t]), forward(joint, task_inputs[t]), distance)
+            total += _distance(fwds[t](single, task_inputs[t]), fwds[t](joint, task_inputs[t]), distance)
     return total
 
 

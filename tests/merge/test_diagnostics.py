@@ -114,6 +114,13 @@ def test_weight_disentanglement_error_on_a_model() -> None:
     assert 0.0 < e <= 2.0
     grid = disentanglement_grid(f, base, [tv1, tv3], [xd, xd], [0.0, 1.0])
     assert grid[0, 0].item() == 0.0 and grid[1, 1].item() == pytest.approx(e)
+    # per-task forward functions (shared backbone, task heads): same value when all heads are equal
+    assert weight_disentanglement_error([f, f], base, [tv1, tv3], [xd, xd], [1.0, 1.0]) == pytest.approx(e)
+    g = lambda p, x: -f(p, x)  # a different "head" for task 2 changes its term only
+    e2 = weight_disentanglement_error([f, g], base, [tv1, tv3], [xd, xd], [1.0, 1.0])
+    assert 0.0 < e2 <= 2.0
+    with pytest.raises(ValueError, match="forward functions"):
+        weight_disentanglement_error([f], base, [tv1, tv2], [x1, x2], [1.0, 1.0])
     with pytest.raises(ValueError, match="one input batch"):
         weight_disentanglement_error(f, base, [tv1, tv2], [x1], [1.0, 1.0])
     with pytest.raises(ValueError, match="pair"):
