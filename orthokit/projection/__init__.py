@@ -1,0 +1,36 @@
+"""orthokit.projection — keep updates out of (or scaled down inside) protected subspaces.
+
+Core pieces:
+
+* :class:`SubspaceMemory` — per-layer orthonormal bases of input activations (GPM family), gradients (OGD) or the
+  weight's top singular directions (OSFT), with GPM's energy criterion, per-layer threshold schedules,
+  ``state_dict`` and ``summary()``;
+* :class:`Projected` — wraps any ``torch.optim.Optimizer`` so the **applied update** is projected;
+* :data:`PROJECTIONS` — registry of methods (``@register_projection``), each one file: GPM, SGP, OGD, ...
+
+Example:
+    >>> from orthokit.projection import GPM
+    >>> gpm = GPM(model, threshold=[0.95, 0.99, 0.99])
+    >>> gpm.after_task(task1_batches)
+    >>> opt = gpm.wrap(torch.optim.AdamW(model.parameters(), lr=1e-3))
+"""
+
+from __future__ import annotations
+
+from orthokit.projection import gpm  # noqa: F401  (registers)
+from orthokit.projection.gpm import GPM
+from orthokit.projection.memory import LayerSummary, SubspaceMemory, energy_rank, sgp_importance
+from orthokit.projection.projected import Projected
+from orthokit.projection.registry import PROJECTIONS, ProjectionMethod, register_projection
+
+__all__ = [
+    "PROJECTIONS",
+    "register_projection",
+    "ProjectionMethod",
+    "SubspaceMemory",
+    "LayerSummary",
+    "Projected",
+    "GPM",
+    "energy_rank",
+    "sgp_importance",
+]

@@ -1,0 +1,96 @@
+"""The projection-method registry and the small protocol every method follows.
+
+Every method lives in one file of ``orthokit/projection`` and registers a class with
+``@register_projection(name, subspace=..., optimizer_agnostic=..., guarantee=..., paper=...)``. The class is
+constructed as ``Method(model, layers=None, **hyperparameters)`` and exposes:
+
+* ``.memory`` — its :class:`~orthokit.projection.memory.SubspaceMemory`;
+* ``.after_task(batches, **kw)`` — update the memory from the finished task's data;
+* ``.wrap(optimizer)`` — the optimizer to train the next task with (usually
+  :class:`~orthokit.projection.projected.Projected`);
+* ``.state_dict()`` / ``.load_state_dict(d)``.
+
+Capabilities recorded at registration (the conformance tests read them):
+
+* ``subspace``: ``"activation"`` | ``"gradient"`` | ``"weight"`` — what the memory stores;
+* ``optimizer_agnostic``: ``True`` when the guarantee holds for any wrapped optimizer;
+* ``guarantee``: ``"exact"`` (old-task outputs on stored inputs are unchanged up to rounding),
+  ``"first_order"`` (unchanged to first order) or ``"soft"`` (only reduced);
+* ``paper``: citation string.
+
+Example:
+    >>> from orthokit.projection import PROJECTIONS
+    >>> PROJECTIONS.names(subspace="activation")  # doctest: +SKIP
+    ['gpm', 'sgp']
+    >>> gpm = PROJECTIONS.get("gpm")(model, threshold=0.97)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from orthokit._registry import Registry
+
+__all__ = ["PROJECTIONS", "register_projection", "ProjectionMethod", "REQUIRED_CAPABILITIES"]
+
+PROJECTIONS: Registry[Any] = Registry("projection method")
+REQUIRED_CAPABILITIES = ("subspace", "optimizer_agnostic", "guarantee", "paper")
+
+
+def register_projection(name: str, *, aliases: tuple[str, ...] = (), **capabilities: Any) -> Any:
+    """Class decorator registering a projection method in :data:`PROJECTIONS`.
+
+    Raises ``ValueError`` when one of :data:`REQUIRED_CAPABILITIES` is missing or has an invalid value.
+
+    Example:
+        >>> @register_projection("mine", subspace="activation", optimizer_agnostic=True,
+        ...                      guarantee="exact", paper="Me et al., 2026")
+        ... class Mine(ProjectionMethod): ...
+    """
+    missing = [c for c in REQUIRED_CAPABILITIES if c not in capabilities]
+    if missing:
+        raise ValueError(f"projection method {name!r} must declare capabilities {missing}")
+    if capabilities["subspace"] not in ("activation", "gradient", "weight"):
+        raise ValueError(f"subspace must be activation/gradient/weight, got {capabilities['subspace']!r}")
+    if capabilities["guarantee"] not in ("exact", "first_order", "soft"):
+        raise ValueError(f"guarantee must be exact/first_order/soft, got {capabilities['guarantee']!r}")
+    return PROJECTIONS.register(name, aliases=aliases, **capabilities)
+
+
+class ProjectionMethod:
+    """Base class: holds ``self.memory`` and implements the state/wrap plumbing shared by all methods.
+
+    Subclasses set ``self.memory`` in ``__init__`` and implement :meth:`after_task`; most keep the default
+    :meth:`wrap` (``Projected(optimizer, self.memory, mode=self.mode, ...)``).
+    """
+
+    memory: Any
+    mode: str = "hard"
+    scale_alpha: float | None = None
+
+    def after_task(self, batches: Iterable[Any], **kwargs: Any) -> dict[str, int]:
+        """Update the memory from the data of the task that just finished."""
+        raise NotImplementedError
+
+    def wrap(self, optimizer: torch.optim.Optimizer, *, where: str = "update") -> torch.optim.Optimizer:
+        """Wrap ``optimizer`` so its applied update respects the memory (:class:`Projected`)."""
+        from orthokit.projection.projected import Projected
+
+        return Projected(optimizer, self.memory, mode=self.mode, scale_alpha=self.scale_alpha, where=where)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The memory's state (bases, importances, counters)."""
+        return {"memory": self.memory.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+        if "memory" not in state:
+            raise ValueError("state dict has no 'memory' entry")
+        self.memory.load_state_dict(state["memory"])
+
+    def summary(self) -> list[Any]:
+        """Per-layer ``k/n`` of the memory."""
+        return self.memory.summary()
