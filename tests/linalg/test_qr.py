@@ -82,8 +82,14 @@ def test_gradcheck() -> None:
     assert torch.autograd.gradcheck(qr_basis, (A,))
 
 
-@given(m=st.integers(1, 20), n=st.integers(1, 20), dtype=st.sampled_from([torch.float32, torch.float64]))
-def test_property_orthonormal_positive_r(m: int, n: int, dtype: torch.dtype) -> None:
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    m=st.integers(1, 20),
+    n=st.integers(1, 20),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_property_orthonormal_positive_r(seed: int, m: int, n: int, dtype: torch.dtype) -> None:
+    torch.manual_seed(seed)
     A = torch.randn(m, n, dtype=dtype)
     Q, R = qr_basis(A, return_r=True)
     k = min(m, n)

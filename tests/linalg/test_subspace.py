@@ -208,13 +208,15 @@ def test_extend_without_scales_and_ill_conditioned_float32() -> None:
 
 
 @given(
+    seed=st.integers(0, 2**31 - 1),
     n=st.integers(2, 24),
     s=st.integers(1, 30),
     k=st.integers(0, 6),
     eps=st.floats(0.0, 1.0),
     dtype=st.sampled_from([torch.float32, torch.float64]),
 )
-def test_extend_properties(n: int, s: int, k: int, eps: float, dtype: torch.dtype) -> None:
+def test_extend_properties(seed: int, n: int, s: int, k: int, eps: float, dtype: torch.dtype) -> None:
+    torch.manual_seed(seed)
     k = min(k, n)
     S = Subspace(_orthonormal(n, k, dtype)) if k else Subspace.empty(n, dtype=dtype)
     R = (torch.randn(n, s, dtype=torch.float64) * torch.logspace(0, -4, s, dtype=torch.float64)).to(dtype)
