@@ -143,24 +143,36 @@ def _gram_ns(X: torch.Tensor, coeffs: Sequence[Triple], restarts: Sequence[int])
 
 
 def _resolve_batch_mode(batch_mode: str, X: torch.Tensor) -> str:
+    """``"auto"``: loop on CPU (except tiny matrices), batch elsewhere.
+
+    Measured on this project's CPU (1 thread, median of 7, batched time / loop time): bf16 8×96×96 0.97;
+    fp32 8×256×256 1.22, 4×512×512 1.05, 32×64×256 0.98; fp64 8×128×128 1.12 — one ``bmm`` per product is
+    never meaningfully faster than a loop of ``mm`` on CPU once a matrix has ≳16k entries (and is slower for
+    bf16 with more threads, where the loop's GEMMs parallelize better). On GPUs batching wins (one launch
+    per product instead of one per matrix), so everything else batches.
+    """
     if batch_mode not in ("auto", "batched", "loop"):
         raise ValueError(f"batch_mode must be 'auto', 'batched' or 'loop', got {batch_mode!r}")
     if batch_mode != "auto":
         return batch_mode
-    # Measured (benchmarks/polar.py, docs/linalg/polar.md): on CPU bf16/fp16 bmm runs ~0.6x the speed of a loop of mm.
-    if X.device.type == "cpu" and X.dtype in _HALF:
+    if X.device.type == "cpu" and (X.dtype in _HALF or X.shape[-2] * X.shape[-1] >= 16384):
         return "loop"
     return "batched"
 
 
 def _resolve_gram(gram: bool | str, m: int, n: int, X: torch.Tensor) -> bool:
+    """``"auto"``: Gram NS only for fp32/fp64 iterations with aspect ratio ``n ≥ 8m`` (wide after transposing).
+
+    Measured on CPU (1 thread, PE-5, restarts (2, 4); Gram time / standard time): fp32 128×1024 0.74,
+    128×2048 0.54, 256×2048 0.61, but 256×512 0.96 and 256×1024 1.02; bf16 64×128 1.31, 64×256 1.12 with a
+    worse σ_min (0.824 vs 0.861) — so half precision never picks it automatically. The σ-range at fp32 was
+    identical to the standard path in every case.
+    """
     if gram is True or gram is False:
         return bool(gram)
     if gram != "auto":
         raise ValueError(f"gram must be True, False or 'auto', got {gram!r}")
-    # Measured on CPU (benchmarks/polar.py, docs/linalg/polar.md): never faster than the standard loop -> off on CPU.
-    # On CUDA the published speedups (Gram NS blog, DeepSpeed, xtuner) start at aspect ratio ~4 in fp16/bf16.
-    return X.device.type == "cuda" and X.dtype in _HALF and n >= 4 * m
+    return X.dtype in (torch.float32, torch.float64) and n >= 8 * m
 
 
 def _run_ns(
@@ -234,7 +246,7 @@ def newton_schulz(
     normalize: Normalize = "frobenius",
     schedule: str | Schedule = "keller",
     batch_mode: BatchMode = "auto",
-    gram: bool | Literal["auto"] = False,
+    gram: bool | Literal["auto"] = "auto",
     gram_restarts: Sequence[int] = (2, 4),
     unsafe: bool = False,
 ) -> torch.Tensor:
@@ -251,10 +263,10 @@ def newton_schulz(
         normalize: ``"frobenius"`` (cheap, default), ``"spectral"`` (exact σ_max, costs an SVD) or ``"none"``
             (caller guarantees σ_max ≤ 1).
         schedule: schedule name or :class:`~orthokit.linalg.Schedule` (default ``"keller"``, Muon's NS5).
-        batch_mode: ``"auto"`` (CPU + bf16/fp16 → loop over the stack, otherwise one batched matmul per
-            product), ``"batched"`` or ``"loop"``.
+        batch_mode: ``"auto"`` (CPU → loop over the stack unless matrices are tiny, other devices → one
+            batched matmul per product), ``"batched"`` or ``"loop"``.
         gram: use the Gram NS path (iterate on the ``m×m`` Gram, restarts at ``gram_restarts``); ``"auto"`` =
-            only on CUDA, half precision and aspect ratio ≥ 4 (on CPU we measured it slower; see docs).
+            fp32/fp64 iterations with aspect ratio ≥ 8 (where it measured faster at the same σ-range; see docs).
         gram_restarts: 0-based step indices at which the Gram path re-forms ``X`` and ``R``.
         unsafe: allow schedules marked unsafe.
 
@@ -303,7 +315,7 @@ def polar_express(
     safety: float = 0.02,
     cushion: float = 0.02,
     batch_mode: BatchMode = "auto",
-    gram: bool | Literal["auto"] = False,
+    gram: bool | Literal["auto"] = "auto",
     gram_restarts: Sequence[int] = (2, 4),
 ) -> torch.Tensor:
     """Polar Express: Newton–Schulz with per-step minimax-optimal odd quintics.
