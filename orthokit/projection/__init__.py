@@ -17,11 +17,13 @@ Example:
 
 from __future__ import annotations
 
-from orthokit.projection import gpm  # noqa: F401  (registers)
+from orthokit.projection import gpm, ogd, sgp  # noqa: F401  (import registers the methods)
 from orthokit.projection.gpm import GPM
 from orthokit.projection.memory import LayerSummary, SubspaceMemory, energy_rank, sgp_importance
+from orthokit.projection.ogd import OGD
 from orthokit.projection.projected import Projected
 from orthokit.projection.registry import PROJECTIONS, ProjectionMethod, register_projection
+from orthokit.projection.sgp import SGP
 
 __all__ = [
     "PROJECTIONS",
@@ -31,6 +33,8 @@ __all__ = [
     "LayerSummary",
     "Projected",
     "GPM",
+    "SGP",
+    "OGD",
     "energy_rank",
     "sgp_importance",
 ]
