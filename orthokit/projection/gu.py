@@ -1,0 +1,280 @@
+"""GU — Geometric-disentanglement Unlearning (Zhou et al., arXiv 2511.17100).
+
+Unlearning trades a *forget* objective ``L_f`` against a *retain* objective ``L_r``. To first order the
+retain loss is unchanged by an update ``Δθ`` iff ``⟨∇L_r, Δθ⟩ = 0``. GU decomposes the forget update
+into the part tangential to the retain-gradient span and the part normal to it and executes only the
+normal part. Because the optimiser applies a preconditioner (Adam: ``Δθ = −η g / D`` with
+``D = √v̂ + ε``), orthogonality must hold in the optimiser's metric: with ``s = √D`` and coordinates
+``x̃ = x / s``, ``⟨∇L_r, Δθ⟩ = −η ⟨g̃_r, g̃⟩``. For retain gradients ``g_r^{(1..K)}`` with orthonormal
+basis ``Q`` of ``span{g̃_r^{(i)}}`` (Gram–Schmidt twice) the executed direction is
+
+.. math::
+
+    \\tilde d = γ\\,(I - QQ^\\top)\\,\\tilde g_f + α\\,\\overline{\\tilde g_r}, \\qquad d = s \\odot \\tilde d,
+
+which for ``K = 1`` is the paper's rank-1 surgery ``γ(g̃_f − c g̃_r) + α g̃_r`` with
+``c = ⟨g̃_f, g̃_r⟩ / ‖g̃_r‖²`` — the *joint* forget+retain direction whose forget part is retain-invariant
+(``mode="gu"``); ``mode="pcgrad"`` removes the tangential part only when ``⟨g̃_f, g̃_r⟩ < 0`` (rank 1).
+``d`` is written to ``.grad`` and the optimiser then applies its own preconditioning.
+
+The metric is exact only when the optimiser is a pure diagonal preconditioner at the step: the GU code
+therefore refuses momentum (β₁ ≠ 0), weight decay and AMSGrad; :class:`GeometricUnlearning` does the
+same (SGD without momentum/weight decay uses the Euclidean metric). The preconditioner ``D`` is taken from
+the optimiser state *before* the step (identity where no state exists yet), as in the reference code.
+
+Reference: Zhou et al., "Geometric-disentanglement Unlearning", arXiv:2511.17100 (v2/v3); code
+github.com/Lemutisme/geo-unlearning (``optimizer_geometry.py``, ``gradient_surgery.py``, ``orthograd.py``).
+
+Example:
+    >>> opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.0, 0.999))
+    >>> gu = GeometricUnlearning(model, opt)
+    >>> info = gu.step(forget_loss=-nll(model, forget_batch), retain_losses=nll(model, retain_batch))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["gu_direction", "optimizer_metric", "GeometricUnlearning", "GU_MODES"]
+
+GU_MODES = ("gu", "pcgrad")
+
+
+def _flat(ts: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in ts])
+
+
+def gu_direction(
+    g_forget: torch.Tensor,
+    g_retain: torch.Tensor,
+    scale: torch.Tensor | None = None,
+    forget_weight: float = 1.0,
+    retain_weight: float = 1.0,
+    mode: str = "gu",
+    rtol: float = 1e-6,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The GU update direction on flattened vectors.
+
+    Args:
+        g_forget: ``[d]`` gradient of the forget objective (the loss to *minimise*, e.g. ``−NLL`` for ascent).
+        g_retain: ``[d]`` (rank-1 GU) or ``[K, d]`` retain gradients (per-sample "Orthograd" basis).
+        scale: ``[d]`` metric scale ``s = √(√v̂ + ε)``; ``None`` = Euclidean.
+        forget_weight: ``γ``.
+        retain_weight: ``α`` (multiplies the *mean* retain gradient in metric coordinates).
+        mode: ``"gu"`` (always remove the tangential part) or ``"pcgrad"`` (only if it conflicts; K = 1).
+        rtol: retain directions whose Gram–Schmidt residual is ≤ ``rtol`` × norm are dropped.
+
+    Returns:
+        ``(d, info)``: the raw-space direction to write into ``.grad`` and diagnostics
+        ``{"cos": cos(g̃_f, mean g̃_r), "tangential_fraction": ‖QQᵀg̃_f‖/‖g̃_f‖, "rank": K_eff}``.
+
+    Example:
+        >>> d, info = gu_direction(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 0.0]), retain_weight=0.0)
+        >>> d
+        tensor([0., 1.])
+    """
+    if mode not in GU_MODES:
+        raise ValueError(f"unknown GU mode {mode!r}; valid: {', '.join(GU_MODES)}")
+    if g_forget.dim() != 1:
+        raise ValueError(f"g_forget must be a flat vector, got shape {tuple(g_forget.shape)}")
+    gr = g_retain.unsqueeze(0) if g_retain.dim() == 1 else g_retain
+    if gr.dim() != 2 or gr.shape[1] != g_forget.shape[0] or gr.shape[0] == 0:
+        raise ValueError(
+            f"g_retain must be [d] or [K, d] with d={g_forget.shape[0]}, got shape {tuple(g_retain.shape)}"
+        )
+    if mode == "pcgrad" and gr.shape[0] != 1:
+        raise ValueError("mode='pcgrad' is defined for a single retain gradient (K = 1)")
+    for name, t in (("g_forget", g_forget), ("g_retain", gr)):
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{name} contains non-finite values")
+    s = torch.ones_like(g_forget) if scale is None else scale
+    if s.shape != g_forget.shape or not bool((s > 0).all()):
+        raise ValueError("scale must be a positive vector with the shape of g_forget")
+    gf_t = g_forget / s
+    gr_t = gr / s
+    basis: list[torch.Tensor] = []
+    for v in gr_t:
+        n0 = v.norm()
+        if n0 == 0:
+            continue
+        w = v.clone()
+        for _ in range(2):
+            for b in basis:
+                w = w - (b @ w) * b
+        if w.norm() > rtol * n0:
+            basis.append(w / w.norm())
+    tang = torch.zeros_like(gf_t)
+    for b in basis:
+        tang = tang + (b @ gf_t) * b
+    mean_r = gr_t.mean(0)
+    dot = float(gf_t @ mean_r)
+    if mode == "pcgrad" and dot >= 0:
+        tang = torch.zeros_like(gf_t)
+    d_t = forget_weight * (gf_t - tang) + retain_weight * mean_r
+    nf = float(gf_t.norm())
+    info = {
+        "cos": dot / max(nf * float(mean_r.norm()), 1e-30),
+        "tangential_fraction": float(tang.norm()) / max(nf, 1e-30),
+        "rank": float(len(basis)),
+    }
+    return d_t * s, info
+
+
+def optimizer_metric(
+    optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor], next_grad: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """The GU metric scale ``s = √(√v̂ + ε)`` for Adam/AdamW (``None`` for plain SGD = Euclidean).
+
+    With ``next_grad`` (flattened) the second moment is the one Adam will use *in* the coming step,
+    ``v' = β₂ v + (1 − β₂) g²`` with bias correction ``1 − β₂^{t+1}`` (the reference code uses the pre-step
+    ``v``; the difference is the ``O(1 − β₂)`` drift that :class:`GeometricUnlearning` removes by iterating).
+
+    Validates the optimiser: Adam/AdamW need β₁ = 0, weight_decay = 0 and amsgrad = False; SGD needs
+    momentum = 0 and weight_decay = 0. Anything else raises ``ValueError``/``TypeError`` (the projection
+    would not be retain-invariant). Parameters without state yet get ``s = 1`` (first-step behaviour of the
+    reference implementation).
+    """
+    if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        for g in optimizer.param_groups:
+            if g["betas"][0] != 0.0:
+                raise ValueError(f"GU needs Adam beta1 = 0 (got {g['betas'][0]}): momentum breaks the metric")
+            if g.get("weight_decay", 0.0) != 0.0:
+                raise ValueError("GU needs weight_decay = 0: decay moves retain-relevant directions")
+            if g.get("amsgrad", False):
+                raise ValueError("GU does not support amsgrad")
+        group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+        dt = torch.float32
+        for p in params:
+            dt = torch.promote_types(dt, p.dtype)
+        out = []
+        off = 0
+        for p in params:
+            st = optimizer.state.get(p, {})
+            g = group_of[id(p)]
+            b2 = g["betas"][1]
+            n = p.numel()
+            if next_grad is None:
+                if "exp_avg_sq" not in st:
+                    out.append(torch.ones(n, dtype=dt, device=p.device))
+                    continue
+                step = float(st["step"])
+                v = st["exp_avg_sq"].to(dt).reshape(-1)
+            else:
+                gn = next_grad[off : off + n].to(dt)
+                step = float(st["step"]) + 1 if "exp_avg_sq" in st else 1.0
+                v0 = st["exp_avg_sq"].to(dt).reshape(-1) if "exp_avg_sq" in st else torch.zeros_like(gn)
+                v = b2 * v0 + (1.0 - b2) * gn * gn
+            off += n
+            bc2 = 1.0 - b2**step
+            denom = (v / bc2).sqrt() + g["eps"]
+            out.append(denom.sqrt())
+        return torch.cat(out)
+    if isinstance(optimizer, torch.optim.SGD):
+        for g in optimizer.param_groups:
+            if g.get("momentum", 0.0) != 0.0 or g.get("weight_decay", 0.0) != 0.0:
+                raise ValueError("GU with SGD needs momentum = 0 and weight_decay = 0")
+        return None
+    raise TypeError(
+        f"GU supports torch.optim.Adam/AdamW (beta1=0) and SGD (no momentum), got {type(optimizer).__name__}"
+    )
+
+
+class GeometricUnlearning:
+    """Unlearning step that executes only the retain-normal part of the forget update (GU).
+
+    Args:
+        model: the network.
+        optimizer: Adam/AdamW with ``betas[0] == 0``, ``weight_decay == 0`` or SGD without momentum/decay.
+        forget_weight: ``γ``.
+        retain_weight: ``α`` (0 = pure retain-invariant forgetting).
+        mode: ``"gu"`` or ``"pcgrad"``.
+        geometry: ``"auto"`` (the optimiser's metric) or ``"euclidean"`` (ablation: ignores the preconditioner).
+        metric_iters: fixed-point refinements of the Adam metric with the second moment *including* the new
+            direction (``0`` = the reference code's pre-step metric). Makes the realised Adam step retain-invariant
+            to first order, not only up to the ``O(1 − β₂)`` drift of ``v``.
+
+    Example:
+        >>> gu = GeometricUnlearning(model, torch.optim.Adam(model.parameters(), 1e-3, betas=(0.0, 0.999)))
+        >>> info = gu.step(forget_loss, retain_losses=[l1, l2])   # a list = per-sample retain basis
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        forget_weight: float = 1.0,
+        retain_weight: float = 1.0,
+        mode: str = "gu",
+        geometry: str = "auto",
+        metric_iters: int = 10,
+    ) -> None:
+        if metric_iters < 0:
+            raise ValueError(f"metric_iters must be >= 0, got {metric_iters}")
+        self.metric_iters = metric_iters
+        if mode not in GU_MODES:
+            raise ValueError(f"unknown GU mode {mode!r}; valid: {', '.join(GU_MODES)}")
+        if geometry not in ("auto", "euclidean"):
+            raise ValueError(f"geometry must be 'auto' or 'euclidean', got {geometry!r}")
+        ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        self.params = [p for p in model.parameters() if p.requires_grad and id(p) in ids]
+        if not self.params:
+            raise ValueError("the optimizer holds none of model's trainable parameters")
+        optimizer_metric(optimizer, self.params)  # validate now, not at the first step
+        self.model = model
+        self.optimizer = optimizer
+        self.forget_weight = forget_weight
+        self.retain_weight = retain_weight
+        self.mode = mode
+        self.geometry = geometry
+        self._dtype = torch.float32
+        for p in self.params:  # accumulate in fp32 at least (GU keeps FP32 buffers), fp64 for fp64 models
+            self._dtype = torch.promote_types(self._dtype, p.dtype)
+
+    def _grad(self, loss: torch.Tensor, retain_graph: bool) -> torch.Tensor:
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            raise ValueError("losses must be scalar tensors")
+        gs = torch.autograd.grad(loss, self.params, retain_graph=retain_graph, allow_unused=True)
+        flat = _flat([torch.zeros_like(p) if g is None else g for g, p in zip(gs, self.params)])
+        return flat.to(self._dtype)
+
+    def direction(
+        self, forget_loss: torch.Tensor, retain_losses: torch.Tensor | Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Compute (but do not apply) the flattened GU direction and its diagnostics."""
+        rl = [retain_losses] if isinstance(retain_losses, torch.Tensor) else list(retain_losses)
+        if not rl:
+            raise ValueError("retain_losses must contain at least one loss")
+        gf = self._grad(forget_loss, retain_graph=True)
+        gr = torch.stack([self._grad(loss, retain_graph=True) for loss in rl])
+        scale = None if self.geometry == "euclidean" else optimizer_metric(self.optimizer, self.params)
+        if scale is not None:
+            scale = scale.to(self._dtype)
+        d, info = gu_direction(gf, gr, scale, self.forget_weight, self.retain_weight, self.mode)
+        if scale is not None and self.metric_iters:
+            # fixed point: use the second moment Adam will hold *after* absorbing d (exact retain invariance of
+            # the realised step instead of the pre-step metric)
+            for _ in range(self.metric_iters):
+                scale = optimizer_metric(self.optimizer, self.params, next_grad=d)
+                assert scale is not None
+                d, info = gu_direction(
+                    gf, gr, scale.to(self._dtype), self.forget_weight, self.retain_weight, self.mode
+                )
+        return d, info
+
+    def step(
+        self, forget_loss: torch.Tensor, retain_losses: torch.Tensor | Sequence[torch.Tensor]
+    ) -> dict[str, Any]:
+        """Write the GU direction into ``.grad`` and step the optimiser; returns diagnostics."""
+        d, info = self.direction(forget_loss, retain_losses)
+        off = 0
+        for p in self.params:
+            n = p.numel()
+            p.grad = d[off : off + n].view_as(p).to(p.dtype).clone()
+            off += n
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return info
