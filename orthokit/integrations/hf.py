@@ -1,0 +1,169 @@
+"""Hugging Face ``transformers`` integration for :mod:`orthokit.projection`.
+
+Two ways to protect a subspace while training with ``transformers.Trainer``:
+
+1. :class:`ProjectionCallback` — no change to how the Trainer builds its optimizer. In
+   ``on_pre_optimizer_step`` (fires **after gradient clipping**, right before ``optimizer.step()``; transformers
+   PR #33444) it snapshots the protected parameters, and in ``on_optimizer_step`` (after the step, before
+   ``zero_grad``; PR #31095) it replaces each parameter change ``ΔW`` by its projection — the same
+   update-space guarantee as :class:`~orthokit.projection.Projected` (exact for AdamW incl. weight decay).
+   With ``where="gradient"`` it instead projects ``p.grad`` in ``on_pre_optimizer_step`` (GPM-style; exact for
+   plain SGD only). Note that clipping has already used the *unprojected* gradient norm.
+2. :func:`projected_optimizer_for_trainer` — builds ``(Projected(AdamW), scheduler)`` for
+   ``Trainer(optimizers=(opt, sched))``; the optimizer itself projects, so it also works outside the Trainer.
+
+Under DeepSpeed ZeRO-3 / FSDP parameters are sharded and these hooks see shards; they are not supported there
+(reference §12.8). DDP works (every rank holds the same basis and the same reduced gradients).
+
+Example:
+    >>> from orthokit.projection import SubspaceMemory
+    >>> from orthokit.integrations.hf import ProjectionCallback
+    >>> mem = SubspaceMemory(model, layers=["transformer.h.0.mlp.c_fc"])
+    >>> mem.collect_activations(model, old_batches, threshold=0.99)
+    >>> trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[ProjectionCallback(mem)])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import TrainerCallback, get_scheduler
+
+from orthokit.projection.memory import SubspaceMemory
+from orthokit.projection.projected import Projected
+
+__all__ = ["ProjectionCallback", "projected_optimizer_for_trainer"]
+
+
+class ProjectionCallback(TrainerCallback):
+    """Keep the Trainer's parameter updates out of (or scaled inside) ``memory``'s protected subspaces.
+
+    Math: with ``W_old`` captured in ``on_pre_optimizer_step`` and ``W_new`` after ``optimizer.step()``, sets
+    ``W ← W_old + P(W_new − W_old)`` where ``P(Δ) = Δ(I − MMᵀ)`` (hard) or ``Δ(I − MΛMᵀ)`` (scaled, SGP).
+
+    Args:
+        memory: the :class:`SubspaceMemory` (built on the same model the Trainer trains).
+        mode: ``"hard"`` or ``"scaled"``.
+        scale_alpha: see :class:`~orthokit.projection.Projected`.
+        where: ``"update"`` (default) or ``"gradient"``.
+        check_finite: raise ``ValueError`` on NaN/inf gradients of protected parameters before the step.
+
+    Example:
+        >>> trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[ProjectionCallback(mem)])
+
+    Reference: GPM (Saha et al., ICLR 2021); HF callback events: transformers PR #33444 / #31095.
+    """
+
+    def __init__(
+        self,
+        memory: SubspaceMemory,
+        *,
+        mode: str = "hard",
+        scale_alpha: float | None = None,
+        where: str = "update",
+        check_finite: bool = True,
+    ) -> None:
+        if not isinstance(memory, SubspaceMemory):
+            raise TypeError(f"memory must be a SubspaceMemory, got {type(memory).__name__}")
+        if mode not in ("hard", "scaled"):
+            raise ValueError(f"mode must be 'hard' or 'scaled', got {mode!r}")
+        if where not in ("update", "gradient"):
+            raise ValueError(f"where must be 'update' or 'gradient', got {where!r}")
+        self.memory = memory
+        self.mode = mode
+        self.scale_alpha = scale_alpha
+        self.where = where
+        self.check_finite = check_finite
+        self._snapshot: dict[nn.Parameter, torch.Tensor] | None = None
+
+    def _params(self) -> list[nn.Parameter]:
+        return [p for p in self.memory.protected_parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Snapshot (``where="update"``) or project gradients (``where="gradient"``)."""
+        self._snapshot = None
+        if self.memory.is_empty:
+            return
+        params = self._params()
+        if self.check_finite:
+            names = self.memory._param_names
+            for p in params:
+                if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                    raise ValueError(f"non-finite gradient in protected parameter {names.get(id(p), '?')!r}")
+        if self.where == "gradient":
+            grads = {}
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                grads[p] = p.grad
+            self.memory.project_(grads, mode=self.mode, scale_alpha=self.scale_alpha)
+        else:
+            self._snapshot = {p: p.detach().clone() for p in params}
+
+    @torch.no_grad()
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Project the parameter change made by ``optimizer.step()``."""
+        if self._snapshot is None:
+            return
+        old = self._snapshot
+        self._snapshot = None
+        deltas = {p: p.detach() - o for p, o in old.items()}
+        self.memory.project_(deltas, mode=self.mode, scale_alpha=self.scale_alpha)
+        for p, d in deltas.items():
+            p.copy_(old[p].add_(d))
+
+
+def projected_optimizer_for_trainer(
+    model: nn.Module,
+    memory: SubspaceMemory,
+    *,
+    optimizer_cls: type[torch.optim.Optimizer] = torch.optim.AdamW,
+    lr: float = 5e-5,
+    weight_decay: float = 0.0,
+    num_training_steps: int | None = None,
+    scheduler: str = "linear",
+    warmup_steps: int = 0,
+    mode: str = "hard",
+    scale_alpha: float | None = None,
+    where: str = "update",
+    **optimizer_kwargs: Any,
+) -> tuple[Projected, Any]:
+    """Build ``(Projected(optimizer), lr_scheduler)`` for ``Trainer(optimizers=(opt, sched))``.
+
+    Parameters are grouped like the Trainer does: weight decay on ≥ 2-D parameters, none on biases and norm
+    weights (1-D). The scheduler comes from ``transformers.get_scheduler(scheduler, ...)`` on the wrapper (which
+    *is* a ``torch.optim.Optimizer`` sharing the inner ``param_groups``).
+
+    Args:
+        model: the model being trained (trainable parameters only are optimized).
+        memory: the protected subspaces.
+        optimizer_cls: inner optimizer class (AdamW default; any ``torch.optim.Optimizer`` such as orthokit Muon).
+        lr, weight_decay: inner optimizer settings; extra ``optimizer_kwargs`` are passed through.
+        num_training_steps: total steps for the scheduler (required unless ``scheduler="constant"``).
+        scheduler, warmup_steps: ``transformers.get_scheduler`` arguments.
+        mode, scale_alpha, where: see :class:`~orthokit.projection.Projected`.
+
+    Example:
+        >>> opt, sched = projected_optimizer_for_trainer(model, mem, lr=1e-4, num_training_steps=1000)
+        >>> trainer = Trainer(model=model, args=args, train_dataset=ds, optimizers=(opt, sched))
+    """
+    if num_training_steps is None and scheduler != "constant":
+        raise ValueError("num_training_steps is required for scheduler != 'constant'")
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [
+        g
+        for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0})
+        if g["params"]
+    ]
+    if not groups:
+        raise ValueError("the model has no trainable parameters")
+    inner = optimizer_cls(groups, lr=lr, **optimizer_kwargs)
+    opt = Projected(inner, memory, mode=mode, scale_alpha=scale_alpha, where=where)
+    sched = get_scheduler(
+        scheduler, optimizer=opt, num_warmup_steps=warmup_steps, num_training_steps=num_training_steps
+    )
+    return opt, sched
