@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from orthokit.optim import transforms
 from orthokit.optim.base import ALGORITHMS, NonFiniteGradientError, OrthogonalOptimizer
+from orthokit.optim.hybrid import describe, hybrid, route_parameters
 from orthokit.optim.muon import Muon
 from orthokit.optim.registry import OPTIMIZERS, create_optimizer, get_optimizer, register_optimizer
 
@@ -33,7 +34,10 @@ __all__ = [
     "OPTIMIZERS",
     "OrthogonalOptimizer",
     "create_optimizer",
+    "describe",
     "get_optimizer",
+    "hybrid",
     "register_optimizer",
+    "route_parameters",
     "transforms",
 ]

@@ -1,0 +1,322 @@
+"""Parameter routing: ONE optimizer that orthogonalizes hidden matrices and runs AdamW on everything else.
+
+:func:`hybrid` classifies every parameter of a model and builds a single optimizer (one object, one
+``state_dict``) whose ``algorithm="ortho"`` groups use the chosen orthogonalized rule and whose
+``algorithm="adamw"`` groups use bias-corrected AdamW. :func:`describe` prints which parameter went where and why.
+
+Routing rules (first match wins; reasons are recorded verbatim):
+
+1. ``requires_grad=False`` → not optimized.
+2. user overrides ``adamw=[patterns]`` / ``ortho=[patterns]`` (regex searched in the parameter name).
+3. fewer than 2 dims (norm gains, biases, scalars) → AdamW, no weight decay (``decay_1d=False``).
+4. ``nn.Embedding``/``nn.EmbeddingBag`` weights, and any parameter tied to one (e.g. a tied LM head) → AdamW.
+5. output heads: the owning module is named ``lm_head``/``head``/``classifier``/``output``/``score``, or it is
+   the LAST ``nn.Linear`` and its ``out_features`` equals an embedding's ``num_embeddings`` → AdamW.
+6. embedding-like raw parameters by name (``*emb*``, ``wte``, ``wpe``, ``cls_token``, ``mask_token``) → AdamW.
+7. the first convolution (the input layer, Keller: "all convolutional filters except the first one") → AdamW
+   (``first_conv="adamw"``).
+8. everything else with ≥ 2 dims → orthogonalized: ``nn.Conv*`` kernels as ``(out, in·k…)`` with that fan-in for
+   the scale, other 3-D tensors as ``[experts, m, n]`` batches, ``nn.MultiheadAttention.in_proj_weight`` and
+   ``split_qkv={pattern: blocks}`` matches split into equal row blocks orthogonalized separately.
+
+Example:
+    >>> import torch
+    >>> from orthokit.bench.models import CharGPT
+    >>> from orthokit.optim import hybrid, describe
+    >>> opt = hybrid(CharGPT(65, d_model=32, n_layer=1, n_head=2, block_size=16), lr=0.02, adamw_lr=3e-3)
+    >>> print(describe(opt))   # doctest: +SKIP
+
+References: Jordan et al. 2024 (routing guidance: hidden ≥2-D weights → Muon; embeddings, classifier head,
+gains/biases → AdamW; first conv → AdamW); Liu et al. 2025, arXiv:2502.16982 (Moonlight: embeddings and
+lm_head on AdamW).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from orthokit.optim.base import OrthogonalOptimizer
+from orthokit.optim.registry import OPTIMIZERS, get_optimizer
+from orthokit.optim.transforms import shape_scale
+
+__all__ = ["hybrid", "describe", "Route", "route_parameters"]
+
+_HEAD_NAMES = {"lm_head", "head", "classifier", "output", "score", "out_head"}
+_EMB_NAME = re.compile(r"(^|[._])(\w*emb\w*|wte|wpe|cls_token|mask_token)($|[._])", re.IGNORECASE)
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one parameter goes: ``rule`` ∈ {"ortho", "adamw", "frozen"}, the reason, and its view options."""
+
+    name: str
+    shape: tuple[int, ...]
+    rule: str
+    reason: str
+    flatten: bool | None = None
+    split: int = 1
+    decay: bool = True
+
+
+def _compile(patterns: Iterable[str] | str | None) -> list[re.Pattern[str]]:
+    if patterns is None:
+        return []
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    return [re.compile(p) for p in patterns]
+
+
+def route_parameters(
+    model: nn.Module,
+    *,
+    adamw: Iterable[str] | str | None = None,
+    ortho: Iterable[str] | str | None = None,
+    split_qkv: Mapping[str, int] | None = None,
+    first_conv: str = "adamw",
+) -> list[tuple[Route, torch.Tensor]]:
+    """Classify every (deduplicated) parameter of ``model``; see the module docstring for the rules.
+
+    Returns ``[(Route, parameter), ...]`` in ``model.named_parameters()`` order.
+
+    Example:
+        >>> m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+        >>> [(r.name, r.rule) for r, _ in route_parameters(m)]
+        [('0.weight', 'ortho'), ('0.bias', 'adamw'), ('1.weight', 'ortho'), ('1.bias', 'adamw')]
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if first_conv not in ("adamw", "ortho"):
+        raise ValueError(f"first_conv must be 'adamw' or 'ortho', got {first_conv!r}")
+    force_adamw, force_ortho = _compile(adamw), _compile(ortho)
+    splits: list[tuple[re.Pattern[str], int]] = []
+    for pat, k in (split_qkv or {}).items():
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"split_qkv[{pat!r}] must be a positive int (number of row blocks), got {k!r}")
+        splits.append((re.compile(pat), k))
+
+    owner: dict[int, tuple[str, nn.Module, str]] = {}  # id(param) -> (module name, module, attr) first owner
+    emb_ids: dict[int, str] = {}
+    vocab_sizes: set[int] = set()
+    linears: list[nn.Linear] = []
+    convs: list[nn.Module] = []
+    for mname, mod in model.named_modules():
+        if isinstance(mod, (nn.Embedding, nn.EmbeddingBag)):
+            emb_ids[id(mod.weight)] = f"{mname}.weight" if mname else "weight"
+            vocab_sizes.add(mod.num_embeddings)
+        if isinstance(mod, nn.Linear):
+            linears.append(mod)
+        if isinstance(mod, _CONV):
+            convs.append(mod)
+        for attr, p in mod.named_parameters(recurse=False):
+            owner.setdefault(id(p), (mname, mod, attr))
+    last_linear = linears[-1] if linears else None
+    first_conv_mod = convs[0] if convs else None
+    aliases: dict[int, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(p), []).append(n)
+
+    out: list[tuple[Route, torch.Tensor]] = []
+    for name, p in model.named_parameters():
+        shape = tuple(p.shape)
+        mname, mod, attr = owner[id(p)]
+        leaf = mname.rsplit(".", 1)[-1] if mname else ""
+
+        def R(rule: str, reason: str, **kw: Any) -> None:
+            out.append((Route(name, shape, rule, reason, **kw), p))  # noqa: B023
+
+        if not p.requires_grad:
+            R("frozen", "requires_grad=False: not optimized")
+            continue
+        if p.is_complex():
+            raise ValueError(
+                f"parameter {name!r} is complex; orthokit optimizers support real parameters only"
+            )
+        split = next((k for pat, k in splits if pat.search(name)), 1)
+        if isinstance(mod, nn.MultiheadAttention) and attr == "in_proj_weight" and split == 1:
+            split = 3
+        flatten = True if isinstance(mod, _CONV) else None
+        if any(pat.search(name) for pat in force_adamw):
+            R("adamw", "forced by adamw= pattern", decay=p.dim() >= 2)
+        elif any(pat.search(name) for pat in force_ortho):
+            R("ortho", "forced by ortho= pattern", flatten=flatten, split=split)
+        elif p.dim() < 2:
+            R("adamw", f"{p.dim()}-D parameter (norm gain / bias / scalar)", decay=False)
+        elif id(p) in emb_ids and len(aliases[id(p)]) > 1:
+            others = [a for a in aliases[id(p)] if a != name]
+            R("adamw", f"embedding table (tied with {', '.join(others)})")
+        elif id(p) in emb_ids:
+            R("adamw", "embedding table (lookup, not a linear map)")
+        elif leaf in _HEAD_NAMES:
+            R("adamw", f"output head (module named {leaf!r})")
+        elif mod is last_linear and isinstance(mod, nn.Linear) and mod.out_features in vocab_sizes:
+            R("adamw", f"final Linear with out_features={mod.out_features} = an embedding's num_embeddings")
+        elif _EMB_NAME.search(name.rsplit(".", 1)[-1]) or (attr == name and _EMB_NAME.search(name)):
+            R("adamw", "embedding-like parameter (by name)")
+        elif mod is first_conv_mod and first_conv == "adamw":
+            R("adamw", "first convolution (input layer)")
+        elif isinstance(mod, _CONV):
+            R(
+                "ortho",
+                f"conv kernel as (out, in·k) = ({shape[0]}, {p[0].numel()})",
+                flatten=True,
+                split=split,
+            )
+        elif p.dim() == 2:
+            R(
+                "ortho",
+                "hidden matrix" + (f", split into {split} row blocks" if split > 1 else ""),
+                split=split,
+            )
+        else:
+            R("ortho", f"{p.dim()}-D stack as a batch of {shape[-2]}×{shape[-1]} matrices", split=split)
+    return out
+
+
+def hybrid(
+    model: nn.Module,
+    optimizer: str = "muon",
+    lr: float | None = None,
+    *,
+    adamw_lr: float | None = None,
+    adamw_betas: tuple[float, float] = (0.9, 0.95),
+    adamw_eps: float = 1e-8,
+    adamw_wd: float = 0.0,
+    decay_1d: bool = False,
+    adamw: Iterable[str] | str | None = None,
+    ortho: Iterable[str] | str | None = None,
+    split_qkv: Mapping[str, int] | None = None,
+    first_conv: str = "adamw",
+    **kwargs: Any,
+) -> OrthogonalOptimizer:
+    """Build ONE optimizer: hidden matrices → ``optimizer`` (orthogonalized), the rest → AdamW.
+
+    Args:
+        model: the ``nn.Module`` whose parameters are routed (see :func:`route_parameters` for the rules).
+        optimizer: registry name of the orthogonalized rule (``"muon"``, ``"normuon"``, ...).
+        lr: lr of the orthogonalized groups (default: the registry's ``default_lr``).
+        adamw_lr: lr of the AdamW groups (default: ``lr`` when ``scale="match_rms_adamw"`` — the point of that
+            convention — else 3e-4, Keller's auxiliary-Adam default).
+        adamw_betas, adamw_eps: AdamW hyperparameters (Keller/Moonlight use betas (0.9, 0.95)).
+        adamw_wd: decoupled weight decay of ≥2-D AdamW params (embeddings, heads, first conv).
+        decay_1d: also decay 1-D params (norm gains, biases) with ``adamw_wd``.
+        adamw, ortho: regex patterns forcing parameters to AdamW / the orthogonalized rule (forcing a 1-D
+            parameter to the orthogonalized rule raises ``ValueError`` naming it).
+        split_qkv: ``{name_regex: blocks}`` — orthogonalize matching weights as ``blocks`` equal row blocks
+            (fused QKV: 3).
+        first_conv: ``"adamw"`` (default) or ``"ortho"`` for the first convolution.
+        **kwargs: flat kwargs of the orthogonalized optimizer (``weight_decay``, ``momentum``, ``ns_method``,
+            ``scale``, ``batched``, ``distributed``, ...).
+
+    Returns:
+        An instance of the registered optimizer class, with groups tagged ``role`` ∈ {"ortho", "adamw",
+        "adamw_no_decay"} and a routing table for :func:`describe`.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 10))
+        >>> opt = hybrid(model, "muon", lr=0.02, adamw_lr=1e-3)
+        >>> [g["role"] for g in opt.param_groups]
+        ['ortho', 'adamw', 'adamw_no_decay']
+    """
+    cls = get_optimizer(optimizer)
+    if lr is None:
+        lr = OPTIMIZERS.capabilities(optimizer)["default_lr"]
+    if adamw_lr is None:
+        adamw_lr = lr if kwargs.get("scale") == "match_rms_adamw" else 3e-4
+    routes = route_parameters(model, adamw=adamw, ortho=ortho, split_qkv=split_qkv, first_conv=first_conv)
+    ortho_groups: dict[tuple[Any, int], list[tuple[str, torch.Tensor]]] = {}
+    adamw_decay: list[tuple[str, torch.Tensor]] = []
+    adamw_nodecay: list[tuple[str, torch.Tensor]] = []
+    for r, p in routes:
+        if r.rule == "ortho":
+            ortho_groups.setdefault((r.flatten, r.split), []).append((r.name, p))
+        elif r.rule == "adamw":
+            (adamw_decay if (r.decay or decay_1d) else adamw_nodecay).append((r.name, p))
+    groups: list[dict[str, Any]] = []
+    for (flatten, split), ps in ortho_groups.items():
+        groups.append({"params": ps, "role": "ortho", "flatten": flatten, "split": split})
+    common = {"algorithm": "adamw", "lr": adamw_lr, "betas": tuple(adamw_betas), "eps": adamw_eps}
+    if adamw_decay:
+        groups.append({"params": adamw_decay, "role": "adamw", "weight_decay": adamw_wd, **common})
+    if adamw_nodecay:
+        groups.append({"params": adamw_nodecay, "role": "adamw_no_decay", "weight_decay": 0.0, **common})
+    if not groups:
+        raise ValueError("model has no trainable parameters")
+    opt = cls(groups, lr=lr, **kwargs)
+    opt._routes = [r for r, _ in routes]  # type: ignore[attr-defined]
+    return opt
+
+
+def _fmt_lr(x: Any) -> str:
+    return f"{float(x):.3g}"
+
+
+def describe(optimizer: torch.optim.Optimizer, *, printed: bool = False) -> str:
+    """A table of every parameter: rule (ortho/adamw/frozen), matrix view, lr, shape scale, wd and the reason.
+
+    Works for any :class:`OrthogonalOptimizer` (reasons come from :func:`hybrid` when it built the optimizer).
+
+    Args:
+        optimizer: the optimizer to describe.
+        printed: also ``print`` the table.
+
+    Example:
+        >>> m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8))
+        >>> "hidden matrix" in describe(hybrid(m))
+        True
+    """
+    if not isinstance(optimizer, OrthogonalOptimizer):
+        raise TypeError(f"describe() needs an orthokit OrthogonalOptimizer, got {type(optimizer).__name__}")
+    reasons = {r.name: r.reason for r in getattr(optimizer, "_routes", [])}
+    rows = [("parameter", "shape", "rule", "matrices", "lr", "scale", "wd", "reason")]
+    seen: set[str] = set()
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            name = optimizer.param_name(p)
+            seen.add(name)
+            if group["algorithm"] == "ortho":
+                v = optimizer.matrix_view(p)
+                view = f"{v.mats}×{v.m}×{v.n}" if v.mats > 1 else f"{v.m}×{v.n}"
+                mode = group.get("scale", "keller")
+                scale = (
+                    f"{mode}={shape_scale(mode, v.m, v.n):.3g}"
+                    if mode in ("keller", "match_rms_adamw", "spectral", "none")
+                    else str(mode)
+                )
+                rule = type(optimizer).__name__.lower()
+            else:
+                view, scale, rule = "-", "-", "adamw"
+            default_reason = "orthogonalized group" if group["algorithm"] == "ortho" else "adamw group"
+            rows.append(
+                (
+                    name,
+                    "×".join(map(str, p.shape)),
+                    rule,
+                    view,
+                    _fmt_lr(group["lr"]),
+                    scale,
+                    _fmt_lr(group.get("weight_decay", 0.0)),
+                    reasons.get(name, default_reason),
+                )
+            )
+    for r in getattr(optimizer, "_routes", []):
+        if r.rule == "frozen" and r.name not in seen:
+            rows.append((r.name, "×".join(map(str, r.shape)), "frozen", "-", "-", "-", "-", r.reason))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    n_ortho = sum(p.numel() for g in optimizer.param_groups if g["algorithm"] == "ortho" for p in g["params"])
+    n_all = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+    lines.append(
+        f"{n_ortho:,} of {n_all:,} parameters ({100.0 * n_ortho / max(n_all, 1):.1f}%) orthogonalized"
+    )
+    text = "\n".join(lines)
+    if printed:
+        print(text)
+    return text

@@ -1,0 +1,205 @@
+"""hybrid(): one optimizer, correct routing (embeddings, heads, tied weights, 1-D, first conv, QKV, experts)."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from orthokit.bench.models import CharGPT, SmallCNN
+from orthokit.optim import Muon, describe, hybrid, route_parameters
+
+
+def _routes(model, **kw):
+    return {r.name: r for r, _ in route_parameters(model, **kw)}
+
+
+def test_chargpt_routing():
+    model = CharGPT(30, d_model=16, n_layer=2, n_head=2, block_size=8)
+    r = _routes(model)
+    for i in range(2):
+        for k in ("qkv", "proj", "fc", "fc_out"):
+            assert r[f"blocks.{i}.{k}.weight"].rule == "ortho"
+        for k in ("ln1.weight", "ln1.bias", "ln2.weight"):
+            assert r[f"blocks.{i}.{k}"].rule == "adamw" and not r[f"blocks.{i}.{k}"].decay
+    assert r["tok_emb.weight"].rule == "adamw" and "embedding" in r["tok_emb.weight"].reason
+    assert r["pos_emb.weight"].rule == "adamw"
+    assert r["lm_head.weight"].rule == "adamw" and "head" in r["lm_head.weight"].reason
+
+
+class _TiedLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(11, 6)
+        self.hidden = nn.Linear(6, 6)
+        self.proj = nn.Linear(6, 11, bias=False)
+        self.proj.weight = self.emb.weight
+
+    def forward(self, idx):
+        return self.proj(torch.tanh(self.hidden(self.emb(idx))))
+
+
+class _UntiedVocabOut(nn.Module):
+    """Final Linear onto the vocabulary with an unusual name: detected by out_features == num_embeddings."""
+
+    def __init__(self):
+        super().__init__()
+        self.tokens = nn.Embedding(13, 6)
+        self.mix = nn.Linear(6, 6)
+        self.to_vocab = nn.Linear(6, 13)
+        self.pos = nn.Parameter(torch.zeros(4, 6))  # raw parameter, not an embedding by name
+
+
+def test_tied_and_untied_heads():
+    r = _routes(_TiedLM())
+    assert "proj.weight" not in r  # deduplicated
+    assert r["emb.weight"].rule == "adamw" and "tied with proj.weight" in r["emb.weight"].reason
+    assert r["hidden.weight"].rule == "ortho"
+    r = _routes(_UntiedVocabOut())
+    assert r["to_vocab.weight"].rule == "adamw" and "num_embeddings" in r["to_vocab.weight"].reason
+    assert r["mix.weight"].rule == "ortho"
+    assert r["pos"].rule == "ortho"  # nothing marks it as an embedding → a plain matrix
+    assert _routes(_UntiedVocabOut(), adamw=["^pos$"])["pos"].rule == "adamw"
+
+
+def test_cnn_first_conv_adamw_rest_flattened():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.Flatten(), nn.Linear(16, 10))
+    r = _routes(model)
+    assert r["0.weight"].rule == "adamw" and "first convolution" in r["0.weight"].reason
+    assert r["2.weight"].rule == "ortho" and r["2.weight"].flatten is True
+    assert r["4.weight"].rule == "ortho"  # no embedding ⇒ the classifier named '4' is a matrix like any other
+    assert _routes(model, adamw=r"^4\.")["4.weight"].rule == "adamw"
+    assert _routes(model, first_conv="ortho")["0.weight"].rule == "ortho"
+    opt = hybrid(model, lr=0.02)
+    v = opt.matrix_view(model[2].weight)
+    assert (v.m, v.n) == (16, 8 * 9)
+
+
+def test_small_cnn_trains_with_hybrid():
+    model = SmallCNN()
+    opt = hybrid(model, lr=0.02, adamw_lr=3e-3)
+    x = torch.randn(8, 1, 28, 28)
+    y = torch.randint(0, 10, (8,))
+    losses = []
+    for _ in range(5):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_conv1d_flattened_and_experts_batched_and_qkv_split():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv1d(2, 4, 3)
+            self.conv = nn.Conv1d(4, 8, 3)
+            self.experts = nn.Parameter(torch.randn(3, 8, 5))
+            self.attn = nn.MultiheadAttention(8, 2)
+            self.qkv = nn.Linear(8, 24)
+
+    m = M()
+    opt = hybrid(m, split_qkv={r"qkv\.weight$": 3})
+    assert (lambda v: (v.mats, v.m, v.n))(opt.matrix_view(m.conv.weight)) == (1, 8, 12)
+    assert (lambda v: (v.mats, v.m, v.n))(opt.matrix_view(m.experts)) == (3, 8, 5)
+    assert (lambda v: (v.mats, v.m, v.n))(opt.matrix_view(m.attn.in_proj_weight)) == (3, 8, 8)
+    assert (lambda v: (v.mats, v.m, v.n))(opt.matrix_view(m.qkv.weight)) == (3, 8, 8)
+    with pytest.raises(ValueError, match="split_qkv"):
+        hybrid(m, split_qkv={"qkv": 0})
+
+
+def test_one_optimizer_one_state_dict_and_resume():
+    torch.manual_seed(0)
+    model = CharGPT(20, d_model=16, n_layer=1, n_head=2, block_size=8)
+    opt = hybrid(model, lr=0.02, adamw_lr=3e-3, weight_decay=0.01, adamw_wd=0.1)
+    assert isinstance(opt, Muon)
+    roles = {g["role"]: g for g in opt.param_groups}
+    assert set(roles) == {"ortho", "adamw", "adamw_no_decay"}
+    assert roles["adamw"]["lr"] == 3e-3 and roles["adamw"]["weight_decay"] == 0.1
+    assert roles["adamw_no_decay"]["weight_decay"] == 0.0
+    assert roles["ortho"]["weight_decay"] == 0.01
+    idx = torch.randint(0, 20, (4, 8))
+
+    def step(m, o):
+        o.zero_grad()
+        m(idx, idx)[1].backward()
+        o.step()
+
+    for _ in range(2):
+        step(model, opt)
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
+    sd = opt.state_dict()
+    assert len(sd["state"]) == len(list(model.parameters()))
+    for _ in range(2):
+        step(model, opt)
+    buf.seek(0)
+    ck = torch.load(buf, weights_only=True)
+    model2 = CharGPT(20, d_model=16, n_layer=1, n_head=2, block_size=8)
+    model2.load_state_dict(ck["model"])
+    opt2 = hybrid(model2, lr=0.02, adamw_lr=3e-3, weight_decay=0.01, adamw_wd=0.1)
+    opt2.load_state_dict(ck["opt"])
+    for _ in range(2):
+        step(model2, opt2)
+    for (n, a), b in zip(model.named_parameters(), model2.parameters()):
+        assert torch.equal(a, b), n
+
+
+def test_adamw_lr_default_follows_scale_convention():
+    m = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    assert [g["lr"] for g in hybrid(m, lr=0.02).param_groups] == [0.02, 3e-4]
+    assert [g["lr"] for g in hybrid(m, lr=1e-3, scale="match_rms_adamw").param_groups] == [1e-3, 1e-3]
+
+
+def test_forcing_1d_into_muon_raises_naming_param():
+    m = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    with pytest.raises(ValueError, match="'1.weight'"):
+        hybrid(m, ortho=[r"^1\.weight$"])
+
+
+def test_frozen_params_excluded_and_described():
+    m = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    m[0].weight.requires_grad_(False)
+    opt = hybrid(m)
+    assert all(p is not m[0].weight for g in opt.param_groups for p in g["params"])
+    text = describe(opt)
+    assert "0.weight" in text and "frozen" in text
+
+
+def test_describe_table():
+    model = CharGPT(30, d_model=16, n_layer=1, n_head=2, block_size=8)
+    text = describe(hybrid(model, lr=0.02, scale="match_rms_adamw"))
+    lines = {ln.split()[0]: ln for ln in text.splitlines()[2:-1]}
+    assert (
+        "muon" in lines["blocks.0.fc.weight"]
+        and f"match_rms_adamw={0.2 * math.sqrt(64):.3g}" in lines["blocks.0.fc.weight"]
+    )
+    assert "adamw" in lines["tok_emb.weight"] and "embedding" in lines["tok_emb.weight"]
+    n_ortho = sum(p.numel() for n, p in model.named_parameters() if n.startswith("blocks") and p.dim() == 2)
+    assert f"{n_ortho:,} of" in text.splitlines()[-1]
+    with pytest.raises(TypeError):
+        describe(torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_describe_plain_muon_without_routes():
+    w = torch.nn.Parameter(torch.randn(6, 3))
+    text = describe(Muon([("w", w)]))
+    assert "w" in text and "6×3" in text and "orthogonalized group" in text
+
+
+def test_bad_inputs():
+    with pytest.raises(TypeError, match="nn.Module"):
+        hybrid([torch.nn.Parameter(torch.randn(2, 2))])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="first_conv"):
+        hybrid(nn.Linear(2, 2), first_conv="sgd")
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        hybrid(nn.Linear(2, 2), optimizer="adamw_plus")
+    frozen = nn.Linear(2, 2)
+    frozen.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable"):
+        hybrid(frozen)
