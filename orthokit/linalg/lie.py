@@ -53,8 +53,8 @@ def expm_skew(A: torch.Tensor, *, project: bool = False, atol: float | None = No
     Example:
         >>> A = torch.tensor([[0.0, -math.pi / 2], [math.pi / 2, 0.0]], dtype=torch.float64)
         >>> expm_skew(A).round(decimals=12)
-        tensor([[0., -1.],
-                [1., 0.]], dtype=torch.float64)
+        tensor([[ 0., -1.],
+                [ 1.,  0.]], dtype=torch.float64)
     """
     _square(A, "A")
     cd = compute_dtype(A.dtype)
