@@ -6,7 +6,8 @@ Core pieces:
   weight's top singular directions (OSFT), with GPM's energy criterion, per-layer threshold schedules,
   ``state_dict`` and ``summary()``;
 * :class:`Projected` — wraps any ``torch.optim.Optimizer`` so the **applied update** is projected;
-* :data:`PROJECTIONS` — registry of methods (``@register_projection``), each one file: GPM, SGP, OGD, ...
+* :data:`PROJECTIONS` — registry of methods (``@register_projection``), each one file: GPM, SGP, OGD, ...;
+  OGPSA and GU (:class:`GeometricUnlearning`) are optimizer wrappers of their own.
 
 Example:
     >>> from orthokit.projection import GPM
@@ -17,10 +18,12 @@ Example:
 
 from __future__ import annotations
 
-from orthokit.projection import gpm, ogd, sgp  # noqa: F401  (import registers the methods)
+from orthokit.projection import gpm, gu, ogd, ogpsa, sgp  # noqa: F401  (import registers the methods)
 from orthokit.projection.gpm import GPM
+from orthokit.projection.gu import GeometricUnlearning
 from orthokit.projection.memory import LayerSummary, SubspaceMemory, energy_rank, sgp_importance
 from orthokit.projection.ogd import OGD
+from orthokit.projection.ogpsa import OGPSA
 from orthokit.projection.projected import Projected
 from orthokit.projection.registry import PROJECTIONS, ProjectionMethod, register_projection
 from orthokit.projection.sgp import SGP
@@ -35,6 +38,8 @@ __all__ = [
     "GPM",
     "SGP",
     "OGD",
+    "OGPSA",
+    "GeometricUnlearning",
     "energy_rank",
     "sgp_importance",
 ]
