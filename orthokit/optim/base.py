@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -173,9 +174,9 @@ class OrthogonalOptimizer(torch.optim.Optimizer):
         if p.dim() == 2:
             mats, m, n = 1, shape[0], shape[1]
         elif flatten is True or (flatten is None and p.dim() >= 4):
-            mats, m, n = 1, shape[0], p[0].numel()
+            mats, m, n = 1, shape[0], math.prod(shape[1:])
         else:
-            mats, m, n = int(torch.Size(shape[:-2]).numel()), shape[-2], shape[-1]
+            mats, m, n = math.prod(shape[:-2]), shape[-2], shape[-1]
         split = group.get("split", 1)
         if split > 1:
             if m % split:

@@ -30,7 +30,13 @@ from torch import Tensor
 if TYPE_CHECKING:  # pragma: no cover
     from orthokit.optim.transforms import MatrixView, orthogonalize
 
-__all__ = ["DistContext", "resolve_dist_context", "assign_owners", "sharded_orthogonalize"]
+__all__ = [
+    "DistContext",
+    "resolve_dist_context",
+    "context_from_dtensor",
+    "assign_owners",
+    "sharded_orthogonalize",
+]
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,20 @@ def resolve_dist_context(distributed: bool | str, process_group: Any = None) -> 
     if ws == 1 and distributed == "auto":
         return None
     return DistContext(dist.get_rank(process_group), ws, process_group)
+
+
+def context_from_dtensor(t: Tensor) -> DistContext:
+    """``DistContext`` over the process group of a 1-D-mesh DTensor (FSDP2 parameters).
+
+    Raises ``ValueError`` for multi-dimensional meshes (HSDP/TP), which are not supported.
+    """
+    import torch.distributed as dist
+
+    mesh = t.device_mesh  # type: ignore[attr-defined]
+    if mesh.ndim != 1:
+        raise ValueError(f"only 1-D device meshes (FSDP2 shard mesh) are supported, got a {mesh.ndim}-D mesh")
+    group = mesh.get_group()
+    return DistContext(dist.get_rank(group), dist.get_world_size(group), group)
 
 
 def assign_owners(sizes: Sequence[int], world_size: int) -> list[int]:

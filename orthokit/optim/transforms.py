@@ -139,7 +139,7 @@ class Transform:
         if self.optimizer is None:
             if p.dim() < 2:
                 raise ValueError(f"{self.name} needs a matrix parameter, got shape {tuple(p.shape)}")
-            return MatrixView(tuple(p.shape), 1, p.shape[0], p[0].numel())
+            return MatrixView(tuple(p.shape), 1, p.shape[0], math.prod(p.shape[1:]))
         return self.optimizer.matrix_view(p)
 
 
@@ -259,6 +259,10 @@ def resolve_polar_method(method: str) -> tuple[str, dict[str, Any]]:
     )
 
 
+def _is_dtensor(t: Tensor) -> bool:
+    return type(t).__name__ == "DTensor"
+
+
 class orthogonalize(Transform):
     r"""Replace each (matrix view of an) update by its polar factor :math:`\mathrm{polar}(U) ≈ U_s V_sᵀ`.
 
@@ -335,10 +339,15 @@ class orthogonalize(Transform):
     ) -> list[Tensor]:
         views = [self._view(p) for p in params]
         opt = self.optimizer
-        if opt is not None and opt.dist_context is not None:
+        ctx = opt.dist_context if opt is not None else None
+        if ctx is None and updates and _is_dtensor(updates[0]):
+            from orthokit.optim.distributed import context_from_dtensor
+
+            ctx = context_from_dtensor(updates[0])  # FSDP2 parameters: gather, orthogonalize, reshard
+        if ctx is not None:
             from orthokit.optim.distributed import sharded_orthogonalize
 
-            return sharded_orthogonalize(self, updates, views, opt.dist_context)
+            return sharded_orthogonalize(self, updates, views, ctx)
         return self.compute(updates, views)
 
     def __repr__(self) -> str:
