@@ -23,8 +23,10 @@ Shared engine rules: input ``[..., m, n]`` (batched over leading dims), tall inp
 from __future__ import annotations
 
 import functools
+import sys
+import types
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -536,3 +538,19 @@ def polar(
                 f"polar method {method!r} does not accept option(s) {sorted(options)}: {e}"
             ) from e
         raise
+
+
+class _CallableModule(types.ModuleType):
+    """Makes ``orthokit.linalg.polar`` callable even when Python has bound the *submodule* to that name.
+
+    The package lazily exports the function ``polar`` from the submodule ``polar``; importing the submodule
+    for any other name (e.g. ``POLAR_METHODS``) makes the import system set ``orthokit.linalg.polar`` to the
+    module, shadowing the lazy export. Calling the module forwards to :func:`polar`, so
+    ``from orthokit.linalg import polar; polar(G)`` works in every import order.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return polar(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
