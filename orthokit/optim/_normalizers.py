@@ -34,6 +34,9 @@ __all__ = [
     "second_moment_normalize",
     "soft_threshold",
     "abs_quantile",
+    "check_unit_interval",
+    "check_positive",
+    "state_dtype",
 ]
 
 
@@ -165,3 +168,37 @@ def abs_quantile(x: torch.Tensor, q: float) -> torch.Tensor:
     n = flat.shape[-1]
     k = min(max(math.ceil(q * n), 1), n)
     return flat.kthvalue(k, dim=-1).values[..., None, None]
+
+
+def check_unit_interval(name: str, value: object, *, closed_right: bool = False) -> float:
+    """Validate a coefficient in ``[0, 1)`` (or ``[0, 1]``); return it as float, else raise ``ValueError``.
+
+    Example:
+        >>> check_unit_interval("beta2", 0.95)
+        0.95
+    """
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        v = float(value)  # type: ignore[arg-type]
+        ok = 0.0 <= v <= 1.0 if closed_right else 0.0 <= v < 1.0
+    if not ok:
+        interval = "[0, 1]" if closed_right else "[0, 1)"
+        raise ValueError(f"{name} must be a float in {interval}, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_positive(name: str, value: object) -> float:
+    """Validate a float ``> 0``; return it, else raise ``ValueError``.
+
+    Example:
+        >>> check_positive("eps", 1e-8)
+        1e-08
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value) > 0:
+        raise ValueError(f"{name} must be a float > 0, got {value!r}")
+    return float(value)
+
+
+def state_dtype(param_dtype: torch.dtype) -> torch.dtype:
+    """dtype of statistics state (second moments, factors): float64 for float64 params, else float32."""
+    return work_dtype(param_dtype)

@@ -18,12 +18,31 @@ available here as ``sign_stabilize=True``. Defaults of the official code: lr 0.0
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
+from torch import Tensor
 
-from orthokit.optim._normalizers import rescale_to_norm, second_moment_normalize
+from orthokit.optim._normalizers import (
+    check_positive,
+    check_unit_interval,
+    rescale_to_norm,
+    second_moment_normalize,
+    state_dtype,
+)
+from orthokit.optim.base import OrthogonalOptimizer
+from orthokit.optim.muon import validate_muon_kwargs
+from orthokit.optim.registry import register_optimizer
+from orthokit.optim.transforms import (
+    Transform,
+    decoupled_weight_decay,
+    momentum,
+    orthogonalize,
+    scale_by_shape,
+)
 
-__all__ = ["adamuon_normalize", "sign_stabilize"]
+__all__ = ["AdaMuon", "adamuon_normalize", "sign_stabilize", "sign_input", "elementwise_normalize"]
 
 
 def sign_stabilize(u: torch.Tensor) -> torch.Tensor:
@@ -71,3 +90,159 @@ def adamuon_normalize(
     y = second_moment_normalize(o, v, beta2, reduce_last=False, eps=eps, step=step)
     target = math.sqrt(min(o.shape[-2], o.shape[-1]))
     return rescale_to_norm(y, target, eps=eps).to(o.dtype)
+
+
+class sign_input(Transform):
+    """Transform: ``U ← sign(U)`` before the polar factor (AdaMuon v2's sign stabilization).
+
+    Example:
+        >>> sign_input().update([torch.tensor([[-0.5, 2.0]])], [{}], [torch.zeros(1, 2)], {})[0]
+        tensor([[-1.,  1.]])
+    """
+
+    name = "sign_input"
+
+    def update(
+        self, updates: list[Tensor], states: list[dict[str, Any]], params: list[Tensor], group: dict[str, Any]
+    ) -> list[Tensor]:
+        return [torch.sign(u) for u in updates]
+
+
+class elementwise_normalize(Transform):
+    """Transform: AdaMuon's element-wise second moment + ``sqrt(min(m, n))`` Frobenius rescale per matrix view.
+
+    State: ``exp_avg_sq`` (float32/float64, parameter-shaped) and ``adamuon_step`` (0-d float32 counter).
+    Reads ``beta2`` and ``eps`` from the group.
+
+    Example:
+        >>> t = elementwise_normalize()
+        >>> sorted(t.init(torch.zeros(3, 2), {}))
+        ['adamuon_step', 'exp_avg_sq']
+    """
+
+    name = "elementwise_normalize"
+    state_keys = ("exp_avg_sq", "adamuon_step")
+
+    def init(self, param: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        return {
+            "exp_avg_sq": torch.zeros(param.shape, dtype=state_dtype(param.dtype), device=param.device),
+            "adamuon_step": torch.tensor(0.0, dtype=torch.float32),
+        }
+
+    def update(
+        self, updates: list[Tensor], states: list[dict[str, Any]], params: list[Tensor], group: dict[str, Any]
+    ) -> list[Tensor]:
+        out = []
+        for u, st, p in zip(updates, states, params):
+            v = self._view(p)
+            st["adamuon_step"].add_(1.0)
+            step = int(st["adamuon_step"].item())
+            vm = st["exp_avg_sq"].view(v.mats, v.m, v.n)
+            o = adamuon_normalize(v.as_matrices(u), vm, step, group["beta2"], group["eps"])
+            out.append(o.reshape(v.shape))
+        return out
+
+
+@register_optimizer(
+    "adamuon",
+    default_lr=0.1,
+    state_keys=("momentum_buffer", "exp_avg_sq", "adamuon_step"),
+    supports_batched=True,
+    supports_distributed=True,
+    paper="Si, Zhang, Shen 2025, arXiv:2507.11005",
+)
+class AdaMuon(OrthogonalOptimizer):
+    """AdaMuon: element-wise second moment on the orthogonalized update, RMS-aligned to Adam.
+
+    Chain: ``momentum → [sign_input] → orthogonalize → elementwise_normalize → scale_by_shape →
+    decoupled_weight_decay`` (see the module docstring for the equations). With the default
+    ``scale="match_rms_adamw"`` every update has RMS exactly ``0.2·lr``.
+
+    Args:
+        params: parameters / ``(name, param)`` pairs / param groups.
+        lr: learning rate (official 0.02).
+        momentum: β₁ (0.95).
+        beta2: element-wise second-moment β₂ (0.999).
+        eps: stabilizer (1e-8).
+        sign_stabilize: orthogonalize ``sign(U)`` (paper v2/v3) instead of ``U`` (official code, v1).
+        weight_decay: decoupled λ (official 0.01).
+        nesterov, momentum_convention, ns_method, ns_steps, ns_dtype, scale, skip_nonfinite, batched,
+            distributed, process_group: as in :class:`orthokit.optim.Muon`.
+
+    Example:
+        >>> model = torch.nn.Linear(16, 32, bias=False)
+        >>> opt = AdaMuon(model.parameters(), lr=0.02, sign_stabilize=True)
+        >>> model(torch.randn(4, 16)).square().mean().backward(); opt.step()
+
+    Ref: Si, Zhang, Shen 2025, arXiv:2507.11005; github.com/Chongjie-Si/AdaMuon.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float | torch.Tensor = 0.02,
+        momentum: float = 0.95,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+        sign_stabilize: bool = False,
+        nesterov: bool = True,
+        momentum_convention: str = "ema",
+        weight_decay: float = 0.01,
+        ns_method: str = "polar_express",
+        ns_steps: int | None = None,
+        ns_dtype: torch.dtype | str | None = "auto",
+        scale: str = "match_rms_adamw",
+        skip_nonfinite: bool = False,
+        batched: bool = True,
+        distributed: bool | str = False,
+        process_group: Any = None,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            beta2=beta2,
+            eps=eps,
+            sign_stabilize=sign_stabilize,
+            nesterov=nesterov,
+            momentum_convention=momentum_convention,
+            weight_decay=weight_decay,
+            ns_method=ns_method,
+            ns_steps=ns_steps,
+            ns_dtype=ns_dtype,
+            scale=scale,
+            batched=batched,
+        )
+        super().__init__(
+            params,
+            defaults,
+            skip_nonfinite=skip_nonfinite,
+            distributed=distributed,
+            process_group=process_group,
+        )
+
+    def validate_group(self, group: dict[str, Any]) -> None:
+        """Muon's checks plus ``beta2`` ∈ [0, 1), ``eps`` > 0, ``sign_stabilize`` bool."""
+        super().validate_group(group)
+        if group["algorithm"] == "ortho":
+            validate_muon_kwargs(group)
+            check_unit_interval("beta2", group["beta2"])
+            check_positive("eps", group["eps"])
+            if not isinstance(group["sign_stabilize"], bool):
+                raise TypeError(
+                    f"sign_stabilize must be a bool, got {type(group['sign_stabilize']).__name__}"
+                )
+
+    def transforms(self, group: dict[str, Any]) -> Sequence[Transform]:
+        """``momentum → [sign_input] → orthogonalize → elementwise_normalize → scale_by_shape → weight decay``."""
+        chain: list[Transform] = [
+            momentum(group["momentum"], group["nesterov"], group["momentum_convention"])
+        ]
+        if group["sign_stabilize"]:
+            chain.append(sign_input())
+        chain += [
+            orthogonalize(group["ns_method"], group["ns_steps"], group["ns_dtype"], group["batched"]),
+            elementwise_normalize(),
+            scale_by_shape(group["scale"]),
+            decoupled_weight_decay(),
+        ]
+        return chain

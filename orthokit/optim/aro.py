@@ -23,9 +23,18 @@ Householder QR, and we rotate on the smaller side (``s = min(m, n)``, transposin
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-__all__ = ["ARO_BASE_PROJECTIONS", "aro_base_projection", "aro_rotation_step"]
+import torch
+from torch import Tensor
+
+from orthokit.optim._normalizers import check_unit_interval, state_dtype
+from orthokit.optim.base import OrthogonalOptimizer
+from orthokit.optim.registry import register_optimizer
+from orthokit.optim.transforms import SCALE_MODES, Transform, decoupled_weight_decay, momentum, scale_by_shape
+
+__all__ = ["ARO", "ARO_BASE_PROJECTIONS", "aro_base_projection", "aro_rotation_step", "adaptive_rotate"]
 
 ARO_BASE_PROJECTIONS = ("sign", "sinkhorn")
 
@@ -95,3 +104,103 @@ def aro_rotation_step(
     delta = r_new @ aro_base_projection(r_new.mT @ x, kind)
     delta = delta.mT if transpose else delta
     return delta, r_new.to(rot.dtype)
+
+
+class adaptive_rotate(Transform):
+    """Transform: ARO's rotation update and rotated base projection (:func:`aro_rotation_step`) per matrix view.
+
+    State: ``aro_rotation`` ``[mats, s, s]`` (identity at start; float32, float64 for float64 params). Reads
+    ``base`` from the group.
+
+    Example:
+        >>> adaptive_rotate().init(torch.zeros(6, 4), {})["aro_rotation"].shape
+        torch.Size([1, 4, 4])
+    """
+
+    name = "adaptive_rotate"
+    state_keys = ("aro_rotation",)
+
+    def init(self, param: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        v = self._view(param)
+        s = min(v.m, v.n)
+        eye = torch.eye(s, dtype=state_dtype(param.dtype), device=param.device)
+        return {"aro_rotation": eye.expand(v.mats, s, s).clone()}
+
+    def update(
+        self, updates: list[Tensor], states: list[dict[str, Any]], params: list[Tensor], group: dict[str, Any]
+    ) -> list[Tensor]:
+        out = []
+        for u, st, p in zip(updates, states, params):
+            v = self._view(p)
+            rot = st["aro_rotation"]
+            delta, r_new = aro_rotation_step(v.as_matrices(u).to(rot.dtype), rot, group["base"])
+            rot.copy_(r_new)
+            out.append(delta.to(u.dtype).reshape(v.shape))
+        return out
+
+
+@register_optimizer(
+    "aro",
+    default_lr=0.005,
+    state_keys=("momentum_buffer", "aro_rotation"),
+    supports_batched=True,
+    supports_distributed=False,
+    paper="Gong et al. 2026, arXiv:2602.09006",
+)
+class ARO(OrthogonalOptimizer):
+    """ARO: steepest descent under a base norm (sign / Sinkhorn) in an adaptively rotated frame.
+
+    Chain: ``momentum(ema, no Nesterov) → adaptive_rotate → scale_by_shape("none") → decoupled_weight_decay``.
+    Update RMS ≈ 1 (Adam-like), so use Adam-like learning rates.
+
+    Args:
+        params: parameters / ``(name, param)`` pairs / param groups.
+        lr: learning rate (Adam-like, 1e-3).
+        momentum: β (0.9).
+        base: ``"sinkhorn"`` (default, the paper's strongest) or ``"sign"``.
+        weight_decay: decoupled λ (0.0).
+        scale: shape scale (``"none"``).
+        skip_nonfinite: skip the step with a warning on NaN/inf gradients.
+
+    Example:
+        >>> model = torch.nn.Linear(16, 32, bias=False)
+        >>> opt = ARO(model.parameters(), lr=1e-3)
+        >>> model(torch.randn(4, 16)).square().mean().backward(); opt.step()
+
+    Ref: Gong et al. 2026, arXiv:2602.09006.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float | torch.Tensor = 1e-3,
+        momentum: float = 0.9,
+        base: str = "sinkhorn",
+        weight_decay: float = 0.0,
+        scale: str = "none",
+        skip_nonfinite: bool = False,
+        batched: bool = True,
+    ) -> None:
+        defaults = dict(
+            lr=lr, momentum=momentum, base=base, weight_decay=weight_decay, scale=scale, batched=batched
+        )
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+
+    def validate_group(self, group: dict[str, Any]) -> None:
+        """Base checks plus ``momentum`` ∈ [0, 1), ``base`` ∈ {"sign", "sinkhorn"}, ``scale`` ∈ SCALE_MODES."""
+        super().validate_group(group)
+        if group["algorithm"] == "ortho":
+            check_unit_interval("momentum", group["momentum"])
+            if group["base"] not in ARO_BASE_PROJECTIONS:
+                raise ValueError(f"base must be one of {ARO_BASE_PROJECTIONS}, got {group['base']!r}")
+            if group["scale"] not in SCALE_MODES:
+                raise ValueError(f"scale must be one of {SCALE_MODES}, got {group['scale']!r}")
+
+    def transforms(self, group: dict[str, Any]) -> Sequence[Transform]:
+        """``momentum → adaptive_rotate → scale_by_shape → decoupled_weight_decay``."""
+        return [
+            momentum(group["momentum"], False, "ema"),
+            adaptive_rotate(),
+            scale_by_shape(group["scale"]),
+            decoupled_weight_decay(),
+        ]

@@ -25,11 +25,25 @@ the "trust region" brake only acts on tiny matrices. :func:`cosh_rms` lets the b
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from typing import Any
+
 import torch
+from torch import Tensor
 
-from orthokit.optim._normalizers import fro_norm, work_dtype
+from orthokit.optim._normalizers import check_positive, fro_norm, work_dtype
+from orthokit.optim.base import OrthogonalOptimizer
+from orthokit.optim.muon import validate_muon_kwargs
+from orthokit.optim.registry import register_optimizer
+from orthokit.optim.transforms import (
+    Transform,
+    decoupled_weight_decay,
+    momentum,
+    orthogonalize,
+    scale_by_shape,
+)
 
-__all__ = ["cosh_rms", "auon_normalize"]
+__all__ = ["AuON", "HybridAuON", "cosh_rms", "auon_normalize", "cosh_normalize"]
 
 
 def cosh_rms(x: torch.Tensor, gamma: float = 1.0, eps: float = 1e-7) -> torch.Tensor:
@@ -83,3 +97,201 @@ def auon_normalize(u: torch.Tensor, gamma: float = 1.0, normalize: bool = True) 
     if normalize:
         uf = uf / (fro_norm(uf) + 1e-7)
     return (uf / (r + 1e-8)).to(u.dtype)
+
+
+class cosh_normalize(Transform):
+    """Transform: :func:`auon_normalize` on each matrix view (reads ``gamma`` and ``normalize`` from the group).
+
+    Example:
+        >>> y = cosh_normalize().update([torch.randn(8, 8)], [{}], [torch.zeros(8, 8)], {"gamma": 1.0, "normalize": True})
+        >>> float(y[0].norm()) < 1.0
+        True
+    """
+
+    name = "cosh_normalize"
+
+    def update(
+        self, updates: list[Tensor], states: list[dict[str, Any]], params: list[Tensor], group: dict[str, Any]
+    ) -> list[Tensor]:
+        out = []
+        for u, p in zip(updates, params):
+            v = self._view(p)
+            out.append(auon_normalize(v.as_matrices(u), group["gamma"], group["normalize"]).reshape(v.shape))
+        return out
+
+
+def _validate_auon(group: dict[str, Any]) -> None:
+    validate_muon_kwargs(group)
+    check_positive("gamma", group["gamma"])
+    if not isinstance(group["normalize"], bool):
+        raise TypeError(f"normalize must be a bool, got {type(group['normalize']).__name__}")
+
+
+@register_optimizer(
+    "auon",
+    default_lr=0.1,
+    state_keys=("momentum_buffer",),
+    supports_batched=True,
+    supports_distributed=False,
+    paper="Maity 2025, arXiv:2509.24320",
+)
+class AuON(OrthogonalOptimizer):
+    """AuON: linear-time cosh-RMS normalized Nesterov momentum (no polar factor).
+
+    Chain: ``momentum → cosh_normalize → scale_by_shape → decoupled_weight_decay``. With the paper form
+    (``normalize=True``) ``‖ΔW‖_F ≈ lr·s(m,n)``; since the cosh factor is ``1 + O(1/mn)`` this is
+    Frobenius-normalized Nesterov SGD at realistic sizes (module docstring).
+
+    Args:
+        params: parameters / ``(name, param)`` pairs / param groups.
+        lr: learning rate (README: 0.08 for the code form).
+        momentum: μ (0.95).
+        gamma: cosh sharpness γ (paper 1.0; current code 1.5).
+        normalize: Frobenius-normalize the momentum first (paper) — ``False`` reproduces the current code.
+        nesterov, momentum_convention, weight_decay, scale, skip_nonfinite, batched: as in Muon
+            (``scale="keller"`` default per the paper form; the current code uses ``"none"``).
+
+    Example:
+        >>> model = torch.nn.Linear(16, 32, bias=False)
+        >>> opt = AuON(model.parameters(), lr=0.1)
+        >>> model(torch.randn(4, 16)).square().mean().backward(); opt.step()
+
+    Ref: Maity 2025, arXiv:2509.24320; github.com/ryyzn9/AuON.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float | torch.Tensor = 0.08,
+        momentum: float = 0.95,
+        gamma: float = 1.0,
+        normalize: bool = True,
+        nesterov: bool = True,
+        momentum_convention: str = "ema",
+        weight_decay: float = 0.0,
+        scale: str = "keller",
+        skip_nonfinite: bool = False,
+        batched: bool = True,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            gamma=gamma,
+            normalize=normalize,
+            nesterov=nesterov,
+            momentum_convention=momentum_convention,
+            weight_decay=weight_decay,
+            ns_method="polar_express",  # unused by AuON; kept so Muon's validation applies unchanged
+            ns_steps=None,
+            ns_dtype="auto",
+            scale=scale,
+            batched=batched,
+        )
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+
+    def validate_group(self, group: dict[str, Any]) -> None:
+        """Muon's checks plus ``gamma`` > 0 and ``normalize`` bool."""
+        super().validate_group(group)
+        if group["algorithm"] == "ortho":
+            _validate_auon(group)
+
+    def transforms(self, group: dict[str, Any]) -> Sequence[Transform]:
+        """``momentum → cosh_normalize → scale_by_shape → decoupled_weight_decay``."""
+        return [
+            momentum(group["momentum"], group["nesterov"], group["momentum_convention"]),
+            cosh_normalize(),
+            scale_by_shape(group["scale"]),
+            decoupled_weight_decay(),
+        ]
+
+
+@register_optimizer(
+    "hybrid_auon",
+    aliases=("hybridauon",),
+    default_lr=0.02,
+    state_keys=("momentum_buffer",),
+    supports_batched=True,
+    supports_distributed=True,
+    paper="Maity 2025, arXiv:2509.24320",
+)
+class HybridAuON(OrthogonalOptimizer):
+    """Hybrid-AuON: ``ns_steps`` Newton–Schulz iterations (Keller coefficients, 1 per the paper's v1 abstract)
+    on the Nesterov momentum, then AuON's cosh-RMS divisor.
+
+    Chain: ``momentum → orthogonalize("keller", ns_steps) → cosh_normalize(normalize=False) → scale_by_shape →
+    decoupled_weight_decay``. One NS step maps normalized singular values by ``3.4445σ − 4.775σ³ + 2.0315σ⁵``
+    (far from orthogonal for small σ); ``ns_steps=5`` is the current repository code, i.e. Muon-with-KJ-NS.
+
+    Args:
+        params: parameters / ``(name, param)`` pairs / param groups.
+        lr: learning rate.
+        momentum: μ (0.95).
+        ns_steps: Newton–Schulz iterations (1).
+        ns_method: coefficient schedule (``"keller"``).
+        gamma: cosh sharpness (1.0).
+        nesterov, momentum_convention, weight_decay, ns_dtype, scale, skip_nonfinite, batched, distributed,
+            process_group: as in Muon.
+
+    Example:
+        >>> model = torch.nn.Linear(16, 32, bias=False)
+        >>> opt = HybridAuON(model.parameters(), lr=0.02)
+        >>> model(torch.randn(4, 16)).square().mean().backward(); opt.step()
+
+    Ref: Maity 2025, arXiv:2509.24320 (v1 abstract: "a single Newton-Schulz iteration").
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float | torch.Tensor = 0.02,
+        momentum: float = 0.95,
+        ns_steps: int = 1,
+        ns_method: str = "keller",
+        gamma: float = 1.0,
+        nesterov: bool = True,
+        momentum_convention: str = "ema",
+        weight_decay: float = 0.0,
+        ns_dtype: torch.dtype | str | None = "auto",
+        scale: str = "keller",
+        skip_nonfinite: bool = False,
+        batched: bool = True,
+        distributed: bool | str = False,
+        process_group: Any = None,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            gamma=gamma,
+            normalize=False,
+            nesterov=nesterov,
+            momentum_convention=momentum_convention,
+            weight_decay=weight_decay,
+            ns_method=ns_method,
+            ns_steps=ns_steps,
+            ns_dtype=ns_dtype,
+            scale=scale,
+            batched=batched,
+        )
+        super().__init__(
+            params,
+            defaults,
+            skip_nonfinite=skip_nonfinite,
+            distributed=distributed,
+            process_group=process_group,
+        )
+
+    def validate_group(self, group: dict[str, Any]) -> None:
+        """Muon's checks plus ``gamma`` > 0."""
+        super().validate_group(group)
+        if group["algorithm"] == "ortho":
+            _validate_auon(group)
+
+    def transforms(self, group: dict[str, Any]) -> Sequence[Transform]:
+        """``momentum → orthogonalize → cosh_normalize → scale_by_shape → decoupled_weight_decay``."""
+        return [
+            momentum(group["momentum"], group["nesterov"], group["momentum_convention"]),
+            orthogonalize(group["ns_method"], group["ns_steps"], group["ns_dtype"], group["batched"]),
+            cosh_normalize(),
+            scale_by_shape(group["scale"]),
+            decoupled_weight_decay(),
+        ]

@@ -20,10 +20,18 @@ Cholesky-QR for tall ``P`` (a GPU speed trick); we use Householder QR (exact, fi
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
+from torch import Tensor
 
-__all__ = ["dion_rank", "dion_init_q", "dion_step"]
+from orthokit.optim._normalizers import check_positive, check_unit_interval, state_dtype
+from orthokit.optim.base import OrthogonalOptimizer
+from orthokit.optim.registry import register_optimizer
+from orthokit.optim.transforms import SCALE_MODES, Transform, decoupled_weight_decay, scale_by_shape
+
+__all__ = ["Dion", "dion_rank", "dion_init_q", "dion_step", "low_rank_orthonormalize"]
 
 
 def dion_rank(shape: torch.Size | tuple[int, ...], rank: int | float) -> int:
@@ -106,7 +114,128 @@ def dion_step(
     p = torch.linalg.qr(b @ qw).Q  # [.., big, r]
     r = b.mT @ p  # [.., small, r]
     b.sub_(p @ r.mT, alpha=1.0 - mu)
-    q_new = r / (torch.linalg.vector_norm(r, dim=-2, keepdim=True) + eps)
+    norms = torch.linalg.vector_norm(r, dim=-2, keepdim=True)
+    q_new = r / (norms + eps)
     delta = p @ q_new.mT
     delta = delta.mT if transpose else delta
-    return delta, q_new.to(q.dtype)
+    # zero-momentum guard (reference code: fix_all_zero_or_nan): a column of R that vanished keeps its previous
+    # warm start, otherwise the power iteration would be stuck at Q = 0 forever
+    q_next = torch.where(norms > 0, q_new, qw)
+    return delta, q_next.to(q.dtype)
+
+
+class low_rank_orthonormalize(Transform):
+    """Transform: Dion's momentum accumulation + one power-iteration/QR step + error feedback (:func:`dion_step`).
+
+    Replaces ``momentum → orthogonalize``: consumes the raw gradient. State: ``momentum_buffer`` (float32 for
+    half-precision params, else the param dtype) and ``dion_q`` (``[mats, min(m,n), r]`` warm start, seeded by
+    the group's ``seed`` so that restarts and the batched path agree). Reads ``rank``, ``momentum``, ``eps``.
+
+    Example:
+        >>> t = low_rank_orthonormalize()
+        >>> st = t.init(torch.zeros(12, 8), {"rank": 0.5, "seed": 0})
+        >>> st["dion_q"].shape
+        torch.Size([1, 8, 4])
+    """
+
+    name = "low_rank_orthonormalize"
+    state_keys = ("momentum_buffer", "dion_q")
+
+    def init(self, param: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        v = self._view(param)
+        r = dion_rank((v.m, v.n), group["rank"])
+        dt = state_dtype(param.dtype)
+        return {
+            "momentum_buffer": torch.zeros(param.shape, dtype=dt, device=param.device),
+            "dion_q": dion_init_q((v.mats, v.m, v.n), r, seed=group["seed"], dtype=dt, device=param.device),
+        }
+
+    def update(
+        self, updates: list[Tensor], states: list[dict[str, Any]], params: list[Tensor], group: dict[str, Any]
+    ) -> list[Tensor]:
+        out = []
+        for g, st, p in zip(updates, states, params):
+            v = self._view(p)
+            buf = st["momentum_buffer"]
+            buf.add_(g.to(buf.dtype))
+            m = buf.view(v.mats, v.m, v.n)
+            delta, q = dion_step(m, st["dion_q"], group["momentum"], group["eps"])
+            st["dion_q"].copy_(q)
+            out.append(delta.reshape(v.shape).to(p.dtype))
+        return out
+
+
+@register_optimizer(
+    "dion",
+    default_lr=0.05,
+    state_keys=("momentum_buffer", "dion_q"),
+    supports_batched=True,
+    supports_distributed=False,
+    extra_kwargs={"rank": 0.5},
+    paper="Ahn et al. 2025, arXiv:2504.05295",
+)
+class Dion(OrthogonalOptimizer):
+    """Dion: low-rank orthonormalized updates by one warm-started power iteration + QR, with error feedback.
+
+    Chain: ``low_rank_orthonormalize → scale_by_shape("spectral") → decoupled_weight_decay`` (module docstring
+    for the equations). Per step it costs ``O(mnr)`` instead of Muon's ``O(mn·min(m,n))`` per NS step.
+
+    Args:
+        params: parameters / ``(name, param)`` pairs / param groups.
+        lr: learning rate (reference default 0.01).
+        rank: ``int`` rank or fraction of ``min(m, n)`` in (0, 1] (default 0.25, the README's 3B setting).
+        momentum: μ (0.95); only the captured rank-``r`` component of the buffer decays.
+        eps: column-normalization stabilizer (1e-8).
+        seed: seed of the warm-start initialization (deterministic across runs and restarts).
+        weight_decay: decoupled λ (reference 0.01).
+        scale: shape scale (``"spectral"``: ``sqrt(m/n)``, Dion's default).
+        skip_nonfinite: skip the step with a warning on NaN/inf gradients.
+
+    Example:
+        >>> model = torch.nn.Linear(64, 128, bias=False)
+        >>> opt = Dion(model.parameters(), lr=0.01, rank=16)
+        >>> model(torch.randn(4, 64)).square().mean().backward(); opt.step()
+
+    Ref: Ahn et al. 2025, arXiv:2504.05295; github.com/microsoft/dion (``dion_simple.py``).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float | torch.Tensor = 0.01,
+        rank: int | float = 0.25,
+        momentum: float = 0.95,
+        eps: float = 1e-8,
+        seed: int = 0,
+        weight_decay: float = 0.01,
+        scale: str = "spectral",
+        skip_nonfinite: bool = False,
+        batched: bool = True,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            rank=rank,
+            momentum=momentum,
+            eps=eps,
+            seed=seed,
+            weight_decay=weight_decay,
+            scale=scale,
+            batched=batched,
+        )
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+
+    def validate_group(self, group: dict[str, Any]) -> None:
+        """Base checks plus ``rank`` (int ≥ 1 or fraction in (0, 1]), ``momentum`` ∈ [0, 1), ``eps`` > 0."""
+        super().validate_group(group)
+        if group["algorithm"] == "ortho":
+            dion_rank((2, 2), group["rank"])  # type/range check
+            check_unit_interval("momentum", group["momentum"])
+            check_positive("eps", group["eps"])
+            if isinstance(group["seed"], bool) or not isinstance(group["seed"], int):
+                raise TypeError(f"seed must be an int, got {type(group['seed']).__name__}")
+            if group["scale"] not in SCALE_MODES:
+                raise ValueError(f"scale must be one of {SCALE_MODES}, got {group['scale']!r}")
+
+    def transforms(self, group: dict[str, Any]) -> Sequence[Transform]:
+        """``low_rank_orthonormalize → scale_by_shape → decoupled_weight_decay``."""
+        return [low_rank_orthonormalize(), scale_by_shape(group["scale"]), decoupled_weight_decay()]

@@ -17,24 +17,42 @@ with sum-momentum ``M ← μM + G``, ``U = G + μM`` (reference code).
 **Safety of the published shape table (our finding, reproduced by the tests).** The (2048, 2048) triple
 (3.4916, −4.8224, 2.1095) is unstable: its single-step maximum on [0, 1] is ≈ 1.2246 and ``p(1.2246) > 1.2246``,
 so a normalized singular value near 0.56 is driven to ≈ 3.3 after 5 steps. ROOT therefore only uses a shape
-entry whose 5-step scalar map passes :func:`root_schedule_is_safe` (iterates stay in ``(0, 1.5]`` on
-``[1e-3, 1]`` and land in ``[0.5, 1.5]`` on ``[0.1, 1]``; when the engine's ``orthokit.linalg.validate_schedule``
-is available it is consulted as well) and otherwise falls back to the default triple and says so
+entry whose 5-step scalar map passes the polar engine's validation (:func:`root_schedule_is_safe`, i.e.
+``orthokit.linalg.validate_schedule`` on ``[1e-3, 1]``) and otherwise falls back to the default triple and says so
 (``root_coefficients(..., return_reason=True)``).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
+from torch import Tensor
 
-from orthokit.optim._normalizers import abs_quantile, fro_norm, work_dtype
+from orthokit.linalg.polar import polar
+from orthokit.linalg.schedules import Schedule, validate_schedule
+from orthokit.optim._normalizers import abs_quantile, work_dtype
+from orthokit.optim.base import OrthogonalOptimizer
+from orthokit.optim.muon import validate_muon_kwargs
+from orthokit.optim.registry import register_optimizer
+from orthokit.optim.transforms import (
+    Transform,
+    decoupled_weight_decay,
+    momentum,
+    resolve_ns_dtype,
+    scale_by_shape,
+)
 
 __all__ = [
+    "ROOT",
+    "robust_orthogonalize",
     "ROOT_SHAPE_COEFFICIENTS",
     "ROOT_DEFAULT_COEFFICIENTS",
     "root_split",
+    "root_schedule",
     "root_schedule_is_safe",
     "root_coefficients",
     "newton_schulz_constant",
@@ -77,52 +95,40 @@ def root_split(u: torch.Tensor, quantile: float = 0.9) -> tuple[torch.Tensor, to
     return torch.minimum(torch.maximum(u, -t), t), tau
 
 
-def _scalar_map(coeffs: tuple[float, float, float], x: torch.Tensor, steps: int) -> torch.Tensor:
-    a, b, c = coeffs
-    for _ in range(steps):
-        x2 = x * x
-        x = x * (a + x2 * (b + c * x2))
-    return x
+def root_schedule(coeffs: tuple[float, float, float], steps: int = 5, name: str = "root") -> Schedule:
+    """An engine :class:`~orthokit.linalg.Schedule` applying one constant quintic ``steps`` times.
+
+    Normalization ``X / (‖X‖_F + 1e-7)`` (no safety factor), as in ROOT's reference code.
+
+    Example:
+        >>> root_schedule((3.4445, -4.7750, 2.0315)).steps
+        5
+    """
+    return Schedule(
+        name,
+        (tuple(float(t) for t in coeffs),),
+        tail="stationary",
+        default_steps=steps,
+        norm_eps=1e-7,
+        citation="ROOT, arXiv:2511.20626 (shape-adaptive Newton coefficients)",
+    )
 
 
 def root_schedule_is_safe(coeffs: tuple[float, float, float], steps: int = 5) -> bool:
-    """Whether ``steps`` applications of the odd quintic ``p(x) = ax + bx³ + cx⁵`` are a safe polar iteration.
+    """Whether ``steps`` applications of ``p(x) = ax + bx³ + cx⁵`` pass the polar engine's scalar-map validation.
 
-    Criterion on the scalar map (float64, 20 001 log-spaced points): every iterate of ``x ∈ [1e-3, 1]`` stays in
-    ``(0, 1.5]`` (no sign flip, no blow-up) and the final image of ``[0.1, 1]`` lies in ``[0.5, 1.5]``. If the
-    polar engine exports ``orthokit.linalg.validate_schedule`` and it rejects the table, this returns False too.
+    Delegates to :func:`orthokit.linalg.validate_schedule` on ``[1e-3, 1]``: every iterate must stay positive
+    (no sign flip of a singular value), intermediates ``≤ 2`` and outputs ``≤ 1.5``.
 
     Example:
         >>> root_schedule_is_safe((3.4445, -4.7750, 2.0315)), root_schedule_is_safe((3.4916, -4.8224, 2.1095))
         (True, False)
     """
-    x = torch.logspace(-3, 0, 20001, dtype=torch.float64)
-    a, b, c = (float(t) for t in coeffs)
-    y = x
-    for _ in range(steps):
-        y2 = y * y
-        y = y * (a + y2 * (b + c * y2))
-        if not bool(((y > 0) & (y <= 1.5)).all()):
-            return False
-    tail = y[x >= 0.1]
-    if not bool(((tail >= 0.5) & (tail <= 1.5)).all()):
+    try:
+        validate_schedule(root_schedule(coeffs, steps), steps, lower=1e-3)
+    except ValueError:
         return False
-    engine_ok = _engine_validates(coeffs, steps)
-    return engine_ok is not False
-
-
-def _engine_validates(coeffs: tuple[float, float, float], steps: int) -> bool | None:
-    """The polar engine's verdict (None when the engine or a compatible signature is unavailable)."""
-    try:
-        from orthokit.linalg import validate_schedule
-    except (ImportError, AttributeError, ModuleNotFoundError):
-        return None
-    try:
-        res = validate_schedule([tuple(coeffs)] * steps)
-    except (TypeError, ValueError) as exc:  # engine rejects the table outright
-        return False if isinstance(exc, ValueError) else None
-    ok = getattr(res, "ok", getattr(res, "passed", res))
-    return bool(ok) if isinstance(ok, (bool, int)) else None
+    return True
 
 
 _SAFE_CACHE: dict[tuple[float, float, float], bool] = {}
@@ -168,20 +174,19 @@ def newton_schulz_constant(
     x: torch.Tensor,
     coeffs: tuple[float, float, float],
     steps: int = 5,
-    eps: float = 1e-7,
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    r"""Newton–Schulz with one constant quintic (ROOT's "AdaNewton" for a given shape), batched.
+    r"""Newton–Schulz with one constant quintic (ROOT's "AdaNewton" for a given shape), batched, via the engine.
 
-    ``X ← X/(‖X‖_F + eps)`` (transposed to wide), then ``steps`` times
-    ``A = XXᵀ, X ← aX + (bA + cA²)X`` — singular values follow ``σ ↦ aσ + bσ³ + cσ⁵``.
+    ``X ← X/(‖X‖_F + 1e-7)`` (transposed to wide), then ``steps`` times ``A = XXᵀ, X ← aX + (bA + cA²)X`` —
+    singular values follow ``σ ↦ aσ + bσ³ + cσ⁵``. Runs ``orthokit.polar(method="newton_schulz")`` with
+    :func:`root_schedule`.
 
     Args:
         x: ``[..., m, n]``.
         coeffs: ``(a, b, c)``.
         steps: iterations (ROOT: 5).
-        eps: normalization stabilizer.
-        dtype: iteration dtype (default: the input dtype promoted to float32 — ROOT iterates in fp32).
+        dtype: iteration dtype (``None``: the input dtype promoted to float32 — ROOT iterates in fp32).
 
     Returns:
         Same shape and dtype as ``x``.
@@ -193,17 +198,146 @@ def newton_schulz_constant(
 
     Ref: arXiv:2511.20626; Keller Jordan's Muon for the iteration form.
     """
-    a, b, c = (float(t) for t in coeffs)
     it = dtype or work_dtype(x.dtype)
-    X = x.to(it)
-    tall = X.shape[-2] > X.shape[-1]
-    if tall:
-        X = X.mT
-    X = X / (fro_norm(X).to(it) + eps)
-    for _ in range(steps):
-        A = X @ X.mT
-        B = b * A + c * (A @ A)
-        X = a * X + B @ X
-    if tall:
-        X = X.mT
-    return X.to(x.dtype)
+    return polar(x, method="newton_schulz", steps=steps, dtype=it, schedule=root_schedule(coeffs, steps))
+
+
+_WARNED: set[tuple[int, int]] = set()
+
+
+class robust_orthogonalize(Transform):
+    """Transform: ROOT's ``clamp(U, −τ, τ)`` (``τ`` = ``quantile`` of ``|U|`` per matrix) followed by the
+    shape-adaptive constant-coefficient Newton–Schulz (:func:`root_coefficients`, engine-validated).
+
+    Same-shape matrix views are stacked into one engine call when the group's ``batched`` is True (identical
+    results to the per-parameter path). Reads ``quantile``, ``ns_steps``, ``ns_dtype``, ``batched``, ``shape_table``.
+    A fallback from an unsafe published entry is warned about once per shape.
+
+    Example:
+        >>> t = robust_orthogonalize()
+        >>> g = {"quantile": 0.9, "ns_steps": 5, "ns_dtype": None, "batched": True, "shape_table": True}
+        >>> t.update([torch.randn(6, 4)], [{}], [torch.zeros(6, 4)], g)[0].shape
+        torch.Size([6, 4])
+    """
+
+    name = "robust_orthogonalize"
+
+    def update(
+        self, updates: list[Tensor], states: list[dict[str, Any]], params: list[Tensor], group: dict[str, Any]
+    ) -> list[Tensor]:
+        views = [self._view(p) for p in params]
+        steps = group["ns_steps"] or 5
+        out: list[Tensor | None] = [None] * len(updates)
+        buckets: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+        for i, (u, v) in enumerate(zip(updates, views)):
+            key = (v.m, v.n, u.dtype, u.device) if group["batched"] else (i,)
+            buckets[key].append(i)
+        for idx in buckets.values():
+            v0 = views[idx[0]]
+            mats = [views[i].as_matrices(updates[i]) for i in idx]
+            x = mats[0] if len(mats) == 1 else torch.cat(mats, dim=0)
+            b, _ = root_split(x, group["quantile"])
+            if group["shape_table"]:
+                coeffs, reason = root_coefficients((v0.m, v0.n), return_reason=True)
+                key = (min(v0.m, v0.n), max(v0.m, v0.n))
+                if reason == "unsafe table entry" and key not in _WARNED:
+                    _WARNED.add(key)
+                    warnings.warn(
+                        f"ROOT: the published coefficients for shape {key} fail the engine's scalar-map "
+                        f"validation; using {ROOT_DEFAULT_COEFFICIENTS}",
+                        stacklevel=2,
+                    )
+            else:
+                coeffs = ROOT_DEFAULT_COEFFICIENTS
+            dt = resolve_ns_dtype(group["ns_dtype"], x.device)
+            o = newton_schulz_constant(b, coeffs, steps=steps, dtype=dt)
+            for i, oi in zip(idx, o.split([views[i].mats for i in idx], dim=0)):
+                out[i] = oi.reshape(views[i].shape)
+        return out  # type: ignore[return-value]
+
+
+@register_optimizer(
+    "root",
+    default_lr=0.02,
+    state_keys=("momentum_buffer",),
+    supports_batched=True,
+    supports_distributed=False,
+    paper="arXiv:2511.20626 (ROOT, Huawei Noah's Ark)",
+)
+class ROOT(OrthogonalOptimizer):
+    """ROOT: outlier-clipped (soft-threshold) momentum orthogonalized with shape-adaptive Newton–Schulz.
+
+    Chain: ``momentum(sum, Nesterov) → robust_orthogonalize → scale_by_shape("match_rms_adamw") →
+    decoupled_weight_decay`` (module docstring for the equations and the shape-table safety finding).
+
+    Args:
+        params: parameters / ``(name, param)`` pairs / param groups.
+        lr: learning rate (reference default 1e-3 with Moonlight scaling, AdamW-like).
+        momentum: μ (0.95), sum convention ``M ← μM + G`` as in the reference code.
+        quantile: threshold quantile ``q`` of ``|U|`` (0.9); ``1.0`` disables the outlier clipping.
+        shape_table: use the published per-shape coefficients where they pass validation (True); False always
+            uses Keller's triple.
+        ns_steps: Newton–Schulz steps (5).
+        ns_dtype: iteration dtype (``"auto"``; ROOT iterates in fp32).
+        weight_decay: decoupled λ (reference 0.1).
+        nesterov, momentum_convention, scale, skip_nonfinite, batched: as in Muon.
+
+    Example:
+        >>> model = torch.nn.Linear(16, 32, bias=False)
+        >>> opt = ROOT(model.parameters(), lr=1e-3)
+        >>> model(torch.randn(4, 16)).square().mean().backward(); opt.step()
+
+    Ref: arXiv:2511.20626; github.com/huawei-noah/noah-research (ROOT).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float | torch.Tensor = 1e-3,
+        momentum: float = 0.95,
+        quantile: float = 0.9,
+        shape_table: bool = True,
+        ns_steps: int = 5,
+        ns_dtype: torch.dtype | str | None = "auto",
+        nesterov: bool = True,
+        momentum_convention: str = "sum",
+        weight_decay: float = 0.1,
+        scale: str = "match_rms_adamw",
+        skip_nonfinite: bool = False,
+        batched: bool = True,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            quantile=quantile,
+            shape_table=shape_table,
+            nesterov=nesterov,
+            momentum_convention=momentum_convention,
+            weight_decay=weight_decay,
+            ns_method="keller",  # validated name; the coefficients themselves are chosen per shape
+            ns_steps=ns_steps,
+            ns_dtype=ns_dtype,
+            scale=scale,
+            batched=batched,
+        )
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+
+    def validate_group(self, group: dict[str, Any]) -> None:
+        """Muon's checks plus ``quantile`` ∈ (0, 1] and ``shape_table`` bool."""
+        super().validate_group(group)
+        if group["algorithm"] == "ortho":
+            validate_muon_kwargs(group)
+            q = group["quantile"]
+            if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 < q <= 1.0:
+                raise ValueError(f"quantile must be a float in (0, 1], got {q!r}")
+            if not isinstance(group["shape_table"], bool):
+                raise TypeError(f"shape_table must be a bool, got {type(group['shape_table']).__name__}")
+
+    def transforms(self, group: dict[str, Any]) -> Sequence[Transform]:
+        """``momentum → robust_orthogonalize → scale_by_shape → decoupled_weight_decay``."""
+        return [
+            momentum(group["momentum"], group["nesterov"], group["momentum_convention"]),
+            robust_orthogonalize(),
+            scale_by_shape(group["scale"]),
+            decoupled_weight_decay(),
+        ]

@@ -51,3 +51,35 @@ def test_bad_inputs() -> None:
         adamuon_normalize(torch.randn(3, 4), torch.zeros(4, 3), step=1)
     with pytest.raises(ValueError, match="step"):
         adamuon_normalize(torch.randn(3, 4), torch.zeros(3, 4), step=0)
+
+
+@pytest.mark.parametrize("sign", [False, True])
+def test_optimizer_step_equals_manual_float64(sign: bool) -> None:
+    from orthokit.optim.adamuon import AdaMuon
+
+    w0 = torch.randn(10, 6, dtype=torch.float64)
+    grads = [torch.randn(10, 6, dtype=torch.float64) for _ in range(3)]
+    lr, mu, wd = 0.05, 0.9, 0.01
+    w = torch.nn.Parameter(w0.clone())
+    opt = AdaMuon([w], lr=lr, momentum=mu, weight_decay=wd, ns_method="svd", sign_stabilize=sign)
+    m, v, ref = torch.zeros_like(w0), torch.zeros_like(w0), w0.clone()
+    for t, g in enumerate(grads, start=1):
+        w.grad = g.clone()
+        opt.step()
+        m = mu * m + (1 - mu) * g
+        u = (1 - mu) * g + mu * m
+        o = adamuon_normalize(_polar64(torch.sign(u) if sign else u), v, step=t)
+        ref = ref * (1 - lr * wd) - lr * 0.2 * math.sqrt(10) * o
+    torch.testing.assert_close(w.detach(), ref, rtol=1e-10, atol=1e-10)
+    rms = ((w0 * (1 - lr * wd) ** 3 - w.detach()).pow(2).mean().sqrt()).item()
+    assert 0 < rms < 3 * 0.2 * lr  # RMS-aligned steps: each step has RMS exactly 0.2·lr
+
+
+def test_optimizer_rejects_bad_hyperparameters() -> None:
+    from orthokit.optim.adamuon import AdaMuon
+
+    p = [torch.nn.Parameter(torch.randn(4, 3))]
+    with pytest.raises(ValueError, match="beta2"):
+        AdaMuon(p, beta2=-0.1)
+    with pytest.raises(TypeError, match="sign_stabilize"):
+        AdaMuon(p, sign_stabilize="yes")

@@ -45,3 +45,53 @@ def test_auon_direction_paper_and_code_forms() -> None:
 def test_bad_input() -> None:
     with pytest.raises(ValueError, match="m, n"):
         cosh_rms(torch.randn(5))
+
+
+def test_auon_step_equals_manual_float64() -> None:
+    from orthokit.optim.auon import AuON
+
+    w0 = torch.randn(12, 6, dtype=torch.float64)
+    grads = [torch.randn(12, 6, dtype=torch.float64) for _ in range(2)]
+    lr, mu, wd = 0.1, 0.9, 0.01
+    w = torch.nn.Parameter(w0.clone())
+    opt = AuON([w], lr=lr, momentum=mu, weight_decay=wd, gamma=1.2)
+    m, ref = torch.zeros_like(w0), w0.clone()
+    for g in grads:
+        w.grad = g.clone()
+        opt.step()
+        m = mu * m + (1 - mu) * g
+        u = (1 - mu) * g + mu * m
+        r = cosh_rms(u, 1.2)
+        ref = ref * (1 - lr * wd) - lr * math.sqrt(2) * (u / (u.norm() + 1e-7)) / (r + 1e-8)
+    torch.testing.assert_close(w.detach(), ref, rtol=1e-10, atol=1e-10)
+
+
+def test_hybrid_auon_single_newton_schulz_step() -> None:
+    # one Keller NS step maps normalized singular values by p(σ) = 3.4445σ − 4.775σ³ + 2.0315σ⁵ — far from 1
+    from orthokit.optim.auon import HybridAuON
+
+    w0 = torch.zeros(16, 16, dtype=torch.float64)
+    g = torch.randn(16, 16, dtype=torch.float64)
+    w = torch.nn.Parameter(w0.clone())
+    opt = HybridAuON([w], lr=1.0, momentum=0.0, ns_dtype=None)
+    w.grad = g.clone()
+    opt.step()
+    upd = -w.detach()
+    u, s, vh = torch.linalg.svd(g)
+    x = s / (g.norm() + 1e-7)
+    p = 3.4445 * x - 4.7750 * x**3 + 2.0315 * x**5
+    o = u @ torch.diag(p) @ vh
+    ref = o / (cosh_rms(o, 1.0) + 1e-8)
+    torch.testing.assert_close(upd, ref, rtol=1e-6, atol=1e-8)
+    sv = torch.linalg.svdvals(upd)
+    assert (sv.max() / sv.min()).item() > 5  # one step is nowhere near orthogonal
+
+
+def test_optimizer_rejects_bad_hyperparameters() -> None:
+    from orthokit.optim.auon import AuON, HybridAuON
+
+    p = [torch.nn.Parameter(torch.randn(4, 3))]
+    with pytest.raises(ValueError, match="gamma"):
+        AuON(p, gamma=0.0)
+    with pytest.raises(ValueError, match="ns_steps"):
+        HybridAuON(p, ns_steps=0)

@@ -39,7 +39,7 @@ def test_power_iteration_converges_to_truncated_polar_factor(shape: tuple[int, i
     s = torch.tensor([10.0, 8, 6, 4, 3] + [0.3] * (min(shape) - 5), dtype=torch.float64)
     b = u @ torch.diag(s) @ vh
     q = dion_init_q(shape, r, seed=3, dtype=torch.float64)
-    for _ in range(60):
+    for _ in range(25):
         delta, q = dion_step(b.clone(), q, mu=0.95)
     target = u[:, :r] @ vh[:r]
     torch.testing.assert_close(delta, target, rtol=1e-6, atol=1e-6)
@@ -67,3 +67,41 @@ def test_batched_equals_per_matrix_and_seeded_init() -> None:
         dion_step(b.clone(), torch.zeros(3, 8, 2, dtype=torch.float64), mu=0.9)
     with pytest.raises(ValueError, match="mu"):
         dion_step(b.clone(), q, mu=1.0)
+
+
+def test_optimizer_step_equals_manual_float64_and_zero_grad_guard() -> None:
+    from orthokit.optim.dion import Dion
+
+    w0 = torch.randn(16, 10, dtype=torch.float64)
+    grads = [torch.randn(16, 10, dtype=torch.float64) for _ in range(3)]
+    lr, mu, wd = 0.02, 0.9, 0.01
+    w = torch.nn.Parameter(w0.clone())
+    opt = Dion([w], lr=lr, rank=4, momentum=mu, weight_decay=wd, seed=7)
+    m = torch.zeros_like(w0)
+    q = dion_init_q((1, 16, 10), 4, seed=7, dtype=torch.float64)
+    ref = w0.clone()
+    for g in grads:
+        w.grad = g.clone()
+        opt.step()
+        m = m + g
+        d, q = dion_step(m.view(1, 16, 10), q, mu)
+        ref = ref * (1 - lr * wd) - lr * (16 / 10) ** 0.5 * d[0]
+    torch.testing.assert_close(w.detach(), ref, rtol=1e-10, atol=1e-10)
+    # a zero momentum gives a zero update and keeps the warm start (no collapse to Q = 0)
+    m0 = torch.zeros(12, 6, dtype=torch.float64)
+    q0 = dion_init_q(m0.shape, 3, dtype=torch.float64)
+    d0, q1 = dion_step(m0, q0, 0.9)
+    assert d0.abs().max().item() == 0.0
+    torch.testing.assert_close(q1, q0)
+
+
+def test_optimizer_rejects_bad_hyperparameters() -> None:
+    from orthokit.optim.dion import Dion
+
+    p = [torch.nn.Parameter(torch.randn(4, 3))]
+    with pytest.raises(ValueError, match="rank"):
+        Dion(p, rank=0)
+    with pytest.raises(ValueError, match="momentum"):
+        Dion(p, momentum=1.0)
+    with pytest.raises(ValueError, match="scale"):
+        Dion(p, scale="bogus")

@@ -80,3 +80,59 @@ def test_aro_bad_kind_and_shape() -> None:
         aro_base_projection(torch.randn(3, 3), "adam")
     with pytest.raises(ValueError, match="rotation"):
         aro_rotation_step(torch.randn(3, 5), torch.eye(5))
+
+
+def _polar64(x: torch.Tensor) -> torch.Tensor:
+    u, _, vh = torch.linalg.svd(x, full_matrices=False)
+    return u @ vh
+
+
+def test_fismo_step_equals_manual_float64() -> None:
+    from orthokit.optim.fismo import FISMO
+
+    w0 = torch.randn(8, 5, dtype=torch.float64)
+    grads = [torch.randn(8, 5, dtype=torch.float64) for _ in range(3)]
+    lr, mu, gam, dmp = 0.05, 0.9, 0.7, 0.2
+    w = torch.nn.Parameter(w0.clone())
+    opt = FISMO([w], lr=lr, momentum=mu, fisher_beta=gam, damping=dmp, ns_method="svd")
+    p, q = torch.eye(8, dtype=torch.float64), torch.eye(5, dtype=torch.float64)
+    m, ref = torch.zeros_like(w0), w0.clone()
+    for g in grads:
+        w.grad = g.clone()
+        opt.step()
+        pi, qi = fismo_update_factors(g, p, q, gam, dmp)
+        m = mu * m + (1 - mu) * (pi @ g @ qi)
+        ref = ref - lr * (8 / 5) ** 0.5 * (pi @ _polar64(m) @ qi)
+    torch.testing.assert_close(w.detach(), ref, rtol=1e-9, atol=1e-9)
+
+
+def test_aro_step_equals_manual_float64() -> None:
+    from orthokit.optim.aro import ARO
+
+    w0 = torch.randn(9, 6, dtype=torch.float64)
+    grads = [torch.randn(9, 6, dtype=torch.float64) for _ in range(3)]
+    lr, mu, wd = 0.01, 0.8, 0.1
+    w = torch.nn.Parameter(w0.clone())
+    opt = ARO([w], lr=lr, momentum=mu, weight_decay=wd, base="sinkhorn")
+    rot = torch.eye(6, dtype=torch.float64)
+    m, ref = torch.zeros_like(w0), w0.clone()
+    for g in grads:
+        w.grad = g.clone()
+        opt.step()
+        m = mu * m + (1 - mu) * g
+        d, rot = aro_rotation_step(m, rot, "sinkhorn")
+        ref = ref * (1 - lr * wd) - lr * d
+    torch.testing.assert_close(w.detach(), ref, rtol=1e-10, atol=1e-10)
+
+
+def test_optimizers_reject_bad_hyperparameters() -> None:
+    from orthokit.optim.aro import ARO
+    from orthokit.optim.fismo import FISMO
+
+    p = [torch.nn.Parameter(torch.randn(4, 3))]
+    with pytest.raises(ValueError, match="damping"):
+        FISMO(p, damping=-1.0)
+    with pytest.raises(ValueError, match="fisher_beta"):
+        FISMO(p, fisher_beta=1.5)
+    with pytest.raises(ValueError, match="base"):
+        ARO(p, base="adam")

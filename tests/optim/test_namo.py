@@ -71,3 +71,44 @@ def test_bad_inputs() -> None:
         namo_scale(g, g, torch.zeros(1, 1), 1, 1.0, 0.9)
     with pytest.raises(ValueError, match="step"):
         namo_d_diagonal(g, g, torch.zeros(1, 2), 0, 0.9, 0.9)
+
+
+def _polar64(x: torch.Tensor) -> torch.Tensor:
+    u, _, vh = torch.linalg.svd(x.double(), full_matrices=False)
+    return u @ vh
+
+
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_optimizer_step_equals_manual_float64(diagonal: bool) -> None:
+    from orthokit.optim.namo import NAMO, NAMOD
+
+    w0 = torch.randn(9, 5, dtype=torch.float64)
+    grads = [torch.randn(9, 5, dtype=torch.float64) for _ in range(3)]
+    lr, b1, b2, wd = 0.05, 0.9, 0.95, 0.1
+    w = torch.nn.Parameter(w0.clone())
+    cls = NAMOD if diagonal else NAMO
+    opt = cls([w], lr=lr, momentum=b1, beta2=b2, weight_decay=wd, ns_method="svd", clamp=0.7)
+    m, ref = torch.zeros_like(w0), w0.clone()
+    v = torch.zeros(1, 5 if diagonal else 1, dtype=torch.float64)
+    for t, g in enumerate(grads, start=1):
+        w.grad = g.clone()
+        opt.step()
+        m = b1 * m + (1 - b1) * g
+        o = _polar64(m)
+        if diagonal:
+            s = namo_d_diagonal(m, g, v, t, b1, b2, clamp=0.7)
+            sbar = s.mean()
+        else:
+            s = sbar = namo_scale(m, g, v, t, b1, b2)
+        ref = ref - lr * sbar * wd * ref - lr * (9 / 5) ** 0.5 * o * s
+    torch.testing.assert_close(w.detach(), ref, rtol=1e-10, atol=1e-10)
+
+
+def test_optimizer_rejects_bad_hyperparameters() -> None:
+    from orthokit.optim.namo import NAMO, NAMOD
+
+    p = [torch.nn.Parameter(torch.randn(4, 3))]
+    with pytest.raises(ValueError, match="clamp"):
+        NAMOD(p, clamp=1.5)
+    with pytest.raises(ValueError, match="beta2"):
+        NAMO(p, beta2=1.0)

@@ -83,3 +83,39 @@ def test_bad_inputs() -> None:
         normuon_normalize(torch.randn(4, 3), torch.zeros(4, 1), beta2=1.0)
     with pytest.raises(ValueError, match="matrices"):
         normuon_normalize(torch.randn(4), torch.zeros(4, 1))
+
+
+def _step(opt_cls, w0: torch.Tensor, grads: list[torch.Tensor], **kw) -> torch.Tensor:
+    w = torch.nn.Parameter(w0.clone())
+    opt = opt_cls([w], **kw)
+    for g in grads:
+        w.grad = g.clone()
+        opt.step()
+    return w.detach()
+
+
+def test_optimizer_step_equals_manual_float64() -> None:
+    from orthokit.optim.normuon import NorMuon
+
+    w0 = torch.randn(12, 7, dtype=torch.float64)
+    g1, g2 = torch.randn(12, 7, dtype=torch.float64), torch.randn(12, 7, dtype=torch.float64)
+    lr, mu, wd = 0.05, 0.9, 0.1
+    w = _step(NorMuon, w0, [g1, g2], lr=lr, momentum=mu, weight_decay=wd, ns_method="svd", beta2=0.8)
+    m, v, ref = torch.zeros_like(w0), torch.zeros(12, 1, dtype=torch.float64), w0.clone()
+    for g in (g1, g2):
+        m = mu * m + (1 - mu) * g
+        o = normuon_normalize(_polar64((1 - mu) * g + mu * m), v, beta2=0.8)
+        ref = ref * (1 - lr * wd) - lr * (12 / 7) ** 0.5 * o
+    torch.testing.assert_close(w, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_optimizer_rejects_bad_hyperparameters() -> None:
+    from orthokit.optim.normuon import NorMuon
+
+    p = [torch.nn.Parameter(torch.randn(4, 3))]
+    with pytest.raises(ValueError, match="beta2"):
+        NorMuon(p, beta2=1.5)
+    with pytest.raises(ValueError, match="axis"):
+        NorMuon(p, axis="col")
+    with pytest.raises(ValueError, match="eps"):
+        NorMuon(p, eps=0.0)
