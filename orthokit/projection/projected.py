@@ -177,15 +177,27 @@ class Projected(torch.optim.Optimizer):
     # -- stepping ----------------------------------------------------------------------------------------------
     def _check_grads(self) -> None:
         names = self.memory._param_names
-        for group in self.optimizer.param_groups:
-            for p in group["params"]:
-                g = p.grad
-                if g is not None and not bool(torch.isfinite(g).all()):
-                    n = int((~torch.isfinite(g)).sum())
-                    raise ValueError(
-                        f"non-finite gradient ({n} NaN/inf values) in parameter "
-                        f"{names.get(id(p), tuple(p.shape))!r}; no update was applied"
-                    )
+        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        # one fused max-abs reduction per device/dtype group and a single host sync (NaN and inf propagate)
+        try:
+            norms = torch._foreach_norm([p.grad for p in params], float("inf"))
+            ok = torch.isfinite(torch.stack([n.float().to(norms[0].device) for n in norms])).tolist()
+        except (RuntimeError, NotImplementedError):  # e.g. sparse gradients: check one by one
+            ok = [
+                bool(torch.isfinite(p.grad.coalesce().values() if p.grad.is_sparse else p.grad).all())
+                for p in params
+            ]
+        if all(ok):
+            return
+        for p, good in zip(params, ok):
+            if not good:
+                n = int((~torch.isfinite(p.grad)).sum())
+                raise ValueError(
+                    f"non-finite gradient ({n} NaN/inf values) in parameter "
+                    f"{names.get(id(p), tuple(p.shape))!r}; no update was applied"
+                )
 
     def _optimized(self) -> set[int]:
         return {id(p) for g in self.optimizer.param_groups for p in g["params"]}

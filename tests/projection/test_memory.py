@@ -391,3 +391,20 @@ def test_weight_kind_two_sided() -> None:
     assert float((gd @ vh[:3].T).abs().max()) < 1e-5
     with pytest.raises(ValueError, match="exactly one"):
         mem.collect_weights()
+
+
+def test_subspace_view_and_repr() -> None:
+    from orthokit.linalg import Subspace
+
+    model = _mlp()
+    mem = SubspaceMemory(model)
+    assert mem.subspace("0").dim == 0 and mem.is_empty
+    x, basis = _low_rank(12, 3, 50)
+    mem.collect_activations(model, [x], threshold=0.9999, criterion="minimal")
+    sub = mem.subspace("0")
+    assert isinstance(sub, Subspace) and sub.dim == 3 and sub.ambient_dim == 12
+    xp = sub.complement_project(x)
+    assert float(xp.abs().max()) < 1e-5 * float(x.abs().max())
+    text = repr(mem)
+    assert "3/12" in text and "free 9" in text
+    assert mem.num_floats() >= 12 * 3
