@@ -198,12 +198,12 @@ def _run_ns(
         X = X.mT
         m, n = n, m
     use_gram = _resolve_gram(gram, m, n, X)
+    mode = _resolve_batch_mode(batch_mode, X)
     batch_shape = X.shape[:-2]
     if X.dim() == 2:
         out = _gram_ns(X, coeffs, gram_restarts) if use_gram else _ns_2d(X, coeffs)
     else:
         X3 = X.reshape(-1, m, n)
-        mode = _resolve_batch_mode(batch_mode, X3)
         if use_gram:
             if mode == "loop":
                 out = torch.stack([_gram_ns(x, coeffs, gram_restarts) for x in X3.unbind(0)])
@@ -464,7 +464,8 @@ def qr_orthonormalize(
 
     Math: for tall ``G = QR`` (reduced, ``R`` with positive diagonal) returns ``Q`` (``m×n``, ``QᵀQ = I``); for
     wide ``G`` returns ``(QR of Gᵀ).Qᵀ``. ``Q`` spans the same subspace as ``U Vᵀ`` but differs from it by a
-    rotation, so it is cheaper but not a steepest-descent direction. Computed in float64 (fp32 on MPS).
+    rotation, so it is cheaper but not a steepest-descent direction. Columns whose pivot ``|R_ii|`` is below
+    ``max(m,n)·eps·max|R_jj|`` are zeroed (a zero matrix maps to zeros). Computed in float64 (fp32 on MPS).
 
     Args:
         G: ``[..., m, n]`` (never modified).
@@ -487,6 +488,9 @@ def qr_orthonormalize(
     Q, R = torch.linalg.qr(Gd, mode="reduced")
     d = torch.diagonal(R, dim1=-2, dim2=-1)
     sign = torch.where(d < 0, -torch.ones_like(d), torch.ones_like(d))
+    # columns whose pivot vanishes (rank-deficient / zero input) carry no information: zero them
+    tol = d.abs().amax(dim=-1, keepdim=True) * (max(Gd.shape[-2:]) * torch.finfo(Gd.dtype).eps)
+    sign = torch.where(d.abs() > tol, sign, torch.zeros_like(sign))
     Q = Q * sign.unsqueeze(-2)
     if wide:
         Q = Q.mT
