@@ -11,10 +11,21 @@ from orthokit.linalg._checks import check_finite, compute_dtype
 
 __all__ = ["hadamard_transform", "hadamard_matrix"]
 
-# On CPU a dense BLAS matmul with a cached H beats a Python-level butterfly up to d ≈ 4096
-# (reference nn.md §C8; re-measured by benchmarks/bench_linalg_primitives.py); above this size,
-# or off-CPU, the O(n log n) butterfly is used. The cached matrix costs n²·4 bytes (4 MiB at 1024).
-_DENSE_MAX = 1024
+# On CPU a dense BLAS matmul with a cached H beats the reshape butterfly for small d; measured
+# here (benchmarks/linalg_primitives.py, 1 thread, 2^20 floats per call) the crossover is at
+# d ≈ 1024 (dense/fwht time ratio 0.36 at d=64, 0.89 at 512, 1.23 at 1024, 3.3 at 2048).
+# Above this size, or off-CPU, the O(n log n) butterfly is used. The cached matrix costs n²·4 bytes.
+_DENSE_MAX = 512
+
+
+def _check_finite_fast(x: torch.Tensor, name: str) -> None:
+    """``check_finite`` with an O(1)-memory fast path: a finite sum proves every entry is finite
+    (NaN/±inf propagate through addition); only when the sum is non-finite (bad entry or overflow)
+    does the exact element-wise check run (≈100× cheaper than ``isfinite(x).all()`` on CPU)."""
+    acc = torch.promote_types(x.dtype, torch.float32)
+    if bool(torch.isfinite(x.detach().sum(dtype=acc))):
+        return
+    check_finite(x, name)
 
 
 def _is_pow2(n: int) -> bool:
@@ -69,8 +80,9 @@ def hadamard_transform(x: torch.Tensor, dim: int = -1, *, method: str = "auto") 
     ``x``. The fast transform (FWHT) is the ``log₂ n``-stage butterfly
     ``(a, b) → (a + b, a − b)``, ``O(n log n)`` per vector, implemented by reshapes on a copy
     (never in place). ``method="dense"`` multiplies by the cached ``H_n/√n`` instead, which is faster
-    on CPU for ``n ≤ 1024`` (BLAS beats a Python-level butterfly; nn.md §C8); ``"auto"`` picks dense on
-    CPU up to 1024 and the butterfly otherwise. Used for incoherence rotations (QuaRot, Ashkboos et
+    on CPU for ``n ≤ 512`` (BLAS beats the reshape butterfly there; nn.md §C8 and
+    ``benchmarks/linalg_primitives.py``); ``"auto"`` picks dense on CPU up to 512 and the butterfly
+    otherwise. Used for incoherence rotations (QuaRot, Ashkboos et
     al. 2024; QuIP#, Tseng et al. 2024). Computed in ≥ float32, returned in the input dtype;
     differentiable (it is linear).
 
@@ -104,7 +116,7 @@ def hadamard_transform(x: torch.Tensor, dim: int = -1, *, method: str = "auto") 
         raise ValueError(f"hadamard_transform needs a power-of-two size along dim {dim}, got {n}")
     if method not in ("auto", "fwht", "dense"):
         raise ValueError(f"method must be 'auto', 'fwht' or 'dense', got {method!r}")
-    check_finite(x, "x")
+    _check_finite_fast(x, "x")
     cd = compute_dtype(x.dtype)
     y = x.to(cd).movedim(dim, -1)
     use_dense = method == "dense" or (method == "auto" and y.device.type == "cpu" and n <= _DENSE_MAX)

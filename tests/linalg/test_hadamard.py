@@ -91,6 +91,21 @@ def test_errors() -> None:
         hadamard_transform([1.0, 2.0])  # type: ignore[arg-type]
 
 
+def test_fast_finite_check_paths() -> None:
+    from orthokit.linalg.hadamard import _check_finite_fast
+
+    _check_finite_fast(torch.full((4,), 3e38), "x")  # finite, sum overflows: exact check passes
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        x = torch.randn(3, 8)
+        x[1, 2] = bad
+        with pytest.raises(ValueError, match="1 non-finite"):
+            hadamard_transform(x)
+    y = torch.full((2, 4), 3e38)
+    y[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="non-finite"):
+        _check_finite_fast(y, "y")
+
+
 def test_input_not_modified_and_gradcheck() -> None:
     x = torch.randn(2, 8, dtype=D)
     x0 = x.clone()

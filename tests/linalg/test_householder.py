@@ -98,6 +98,10 @@ def test_errors() -> None:
         householder_apply(torch.randn(2, 4), torch.randn(3, 5))
     with pytest.raises(ValueError, match="floating"):
         householder_apply(torch.randn(2, 4), torch.ones(3, 4, dtype=torch.int64))
+    Xbad = torch.randn(3, 4)
+    Xbad[2, 3] = float("nan")
+    with pytest.raises(ValueError, match="X contains 1 non-finite"):
+        householder_apply(torch.randn(2, 4), Xbad)
 
 
 def test_gradcheck() -> None:
