@@ -34,13 +34,18 @@ __all__ = ["dare_ties", "dare_linear", "random_drop"]
 
 
 def random_drop(
-    delta: Tensor, density: float, rescale: bool = True, generator: torch.Generator | None = None
+    delta: Tensor,
+    density: float,
+    rescale: bool = True,
+    generator: torch.Generator | None = None,
+    *,
+    inplace: bool = False,
 ) -> Tensor:
     """Keep each entry of ``delta`` independently with probability ``density``; optionally L1-rescale.
 
     ``density ≥ 1`` returns ``delta`` unchanged. Computed in float32 for float16 CPU tensors (``bernoulli`` has
     no float16 CPU kernel), in the tensor dtype otherwise (mergekit also downcasts float64 to float32 on CPU;
-    we keep float64 — identical for float32/bfloat16/float16).
+    we keep float64 — identical for float32/bfloat16/float16). ``inplace`` overwrites ``delta``.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -54,11 +59,18 @@ def random_drop(
         return delta
     work = torch.float32 if (delta.device.type == "cpu" and delta.dtype == torch.float16) else delta.dtype
     mask = torch.bernoulli(torch.full_like(delta, density, dtype=work), generator=generator)
-    d = delta.to(work)
-    masked = d * mask
+    if work != delta.dtype:
+        d = delta.to(work)
+        res = l1_rescale(d, d * mask) if rescale else d * mask
+        return delta.copy_(res) if inplace else res.to(delta.dtype)
+    before = delta.abs().sum() if rescale else None
+    out = delta.mul_(mask) if inplace else delta * mask
     del mask
-    res = l1_rescale(d, masked) if rescale else masked
-    return res.to(delta.dtype)
+    if before is not None:
+        after = out.abs().sum()
+        if not (bool(before < 1e-7) or bool(after < 1e-7)):
+            out = out.mul_(before / after)
+    return out
 
 
 def _dare(
@@ -80,7 +92,7 @@ def _dare(
         base,
         tensors,
         w,
-        sparsify=lambda d, i: random_drop(d, dens[i], rescale, gen),
+        sparsify=lambda d, i: random_drop(d, dens[i], rescale, gen, inplace=True),
         consensus=consensus,
         normalize=normalize,
         lambda_=float(lambda_),

@@ -271,10 +271,18 @@ def register_merge_method(
 
 
 def method_schema(name: str) -> MethodSchema:
-    """The config schema of merge method ``name`` (derived from its signature and registration)."""
+    """The config schema of merge method ``name`` (derived from its signature and registration; cached)."""
     entry = MERGE_METHODS.entry(name)
+    cached = _SCHEMA_CACHE.get(entry.name)
+    if cached is not None and cached[0] is entry.obj:
+        return cached[1]
     caps = entry.capabilities
-    return _build_schema(entry.name, entry.obj, caps.get("per_model_params", ("weights",)), caps)
+    schema = _build_schema(entry.name, entry.obj, caps.get("per_model_params", ("weights",)), caps)
+    _SCHEMA_CACHE[entry.name] = (entry.obj, schema)
+    return schema
+
+
+_SCHEMA_CACHE: dict[str, tuple[Any, MethodSchema]] = {}
 
 
 def _coerce_scalar(value: Any, spec: ParamSpec, where: str) -> Any:

@@ -16,6 +16,7 @@ Reference: G. Ilharco et al., "Editing Models with Task Arithmetic", ICLR 2023, 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -45,8 +46,10 @@ def generalized_task_arithmetic(
     the merged delta Σ m_t d_t and the divisor Σ m_t w_t (0 → 1). With ``normalize`` the merged delta is divided
     by the divisor; finally θ = θ₀ + λ · delta, in the base's dtype.
 
-    Memory: a [T, ...] buffer of weighted deltas plus the result (and the T-entry sign mask with consensus):
-    the same as mergekit, and independent of the number of tensors in the model.
+    Memory (per output tensor of size S, T models): without consensus and T ≤ 4, the running sum plus one delta
+    (2S); otherwise a [T, ...] buffer of weighted deltas (TS) plus a boolean mask (TS/4 bytes) and the result.
+
+    ``sparsify(delta, t)`` receives a fresh buffer it may modify in place; it returns the sparsified delta.
 
     Args:
         base: θ₀. tensors: θ₁…θ_T (validated by the caller). weights: w_t (floats).
@@ -66,36 +69,74 @@ def generalized_task_arithmetic(
     """
     dtype = base.dtype
     n = len(tensors)
-    # One [T, ...] buffer of weighted deltas, reduced with ``sum(0)``: the same reduction mergekit uses, so the
-    # floating-point summation order (which torch varies with the tensor size) is identical.
-    deltas = torch.empty((n, *base.shape), dtype=dtype, device=base.device)
-    for i, t in enumerate(tensors):
-        if sparsify is None:
-            torch.sub(t, base, out=deltas[i])
-        else:
-            deltas[i] = sparsify(t - base, i)
+    acc_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    # Reductions over the model axis must round exactly like mergekit's ``stacked.sum(dim=0)``. For T ≤ 4 that
+    # equals sequential accumulation (in float32 for half types) — verified for random sizes and dtypes — which
+    # needs no [T, ...] buffer for the plain sum; for T > 4 torch's reduction order varies with the tensor
+    # size, so the stacked buffer and ``sum(0)`` are used.
+    sequential = n <= 4
     wt = torch.tensor([float(w) for w in weights], dtype=dtype, device=base.device)
-    wt = wt.reshape(n, *([1] * base.dim()))
-    deltas.mul_(wt)
-    if consensus:
-        positive = deltas.sum(dim=0) >= 0
-        keep = torch.where(positive, deltas > 0, deltas < 0)
+    wt_b = wt.reshape(n, *([1] * base.dim()))
+
+    def weighted_delta(i: int, out: Tensor | None = None) -> Tensor:
+        d = torch.sub(tensors[i], base, out=out) if out is not None else tensors[i] - base
+        if sparsify is not None:
+            r = sparsify(d, i)
+            if out is not None and r.data_ptr() != out.data_ptr():
+                out.copy_(r)
+                r = out
+            d = r
+        return d if float(weights[i]) == 1.0 else d.mul_(wt[i])  # x·1 is exact: skip the pass
+
+    def seq_sum(parts: Any) -> Tensor:
+        acc: Tensor | None = None
+        for p in parts:
+            if acc is None:
+                acc = p.to(acc_dtype, copy=True)
+            else:
+                acc.add_(p)
+        assert acc is not None
+        return acc.to(dtype) if acc.dtype != dtype else acc
+
+    if not consensus:
+        if sequential:
+            mixed = seq_sum(weighted_delta(i) for i in range(n))
+        else:
+            deltas = torch.empty((n, *base.shape), dtype=dtype, device=base.device)
+            for i in range(n):
+                weighted_delta(i, out=deltas[i])
+            mixed = deltas.sum(dim=0)
+            del deltas
+        if normalize:
+            divisor = wt_b.sum(dim=0)
+            divisor[divisor.abs() < 1e-8] = 1
+            mixed.div_(divisor)
+    else:
+        deltas = torch.empty((n, *base.shape), dtype=dtype, device=base.device)
+        for i in range(n):
+            weighted_delta(i, out=deltas[i])
+        sign_sum = seq_sum(deltas[i] for i in range(n)) if sequential else deltas.sum(dim=0)
+        positive = sign_sum >= 0
+        del sign_sum
+        # mergekit: keep_t = [sign(d_t) == (+1 if positive else −1)]; zeros never match.
+        keep = deltas > 0
+        keep.eq_(positive)
         del positive
-        mixed = deltas.mul_(keep).sum(dim=0)
+        nonzero = deltas != 0
+        keep.logical_and_(nonzero)
+        del nonzero
+        deltas.mul_(keep)
+        mixed = seq_sum(deltas[i] for i in range(n)) if sequential else deltas.sum(dim=0)
         del deltas
         if normalize:
-            divisor = (wt * keep).sum(dim=0)
+            if sequential:
+                divisor = seq_sum(keep[i].to(dtype).mul_(wt[i]) for i in range(n))
+            else:
+                divisor = (wt_b * keep).sum(dim=0)
             divisor[divisor == 0] = 1
             mixed.div_(divisor)
             del divisor
         del keep
-    else:
-        mixed = deltas.sum(dim=0)
-        del deltas
-        if normalize:
-            divisor = wt.sum(dim=0)
-            divisor[divisor.abs() < 1e-8] = 1
-            mixed.div_(divisor)
     if lambda_ != 1:
         mixed = mixed.mul_(lambda_)
     return (base + mixed).to(dtype)

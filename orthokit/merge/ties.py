@@ -67,7 +67,7 @@ def kth_largest(values: Tensor, k: int) -> float:
     return float(torch.kthvalue(values.float(), n - k + 1).values)
 
 
-def magnitude_trim(delta: Tensor, density: float, rescale: bool = False) -> Tensor:
+def magnitude_trim(delta: Tensor, density: float, rescale: bool = False, *, inplace: bool = False) -> Tensor:
     """Keep the k = max(1, ⌊density · n⌋) largest-magnitude entries of ``delta`` and zero the rest.
 
     ``density ≥ 1`` returns ``delta`` unchanged, ``density ≤ 0`` returns zeros (mergekit's conventions).
@@ -76,6 +76,7 @@ def magnitude_trim(delta: Tensor, density: float, rescale: bool = False) -> Tens
 
     Args:
         delta: a task vector (any shape). density: fraction to keep. rescale: match the L1 norm.
+        inplace: overwrite ``delta`` (saves one tensor of memory).
 
     Example:
         >>> magnitude_trim(torch.tensor([0.1, -2.0, 0.5, 3.0]), 0.5)
@@ -87,24 +88,37 @@ def magnitude_trim(delta: Tensor, density: float, rescale: bool = False) -> Tens
         return delta
     n = delta.numel()
     if density <= 0 or n == 0:
-        return torch.zeros_like(delta)
+        return delta.zero_() if inplace else torch.zeros_like(delta)
     k = max(1, int(density * n))
     w = delta.abs().reshape(-1)
     if w.device.type == "cpu" and w.dtype not in (torch.float32, torch.float64):
         w = w.float()
-    thr = kth_largest(w, k)
-    if thr == 0:
-        keep = w > 0
+    if w.device.type == "cpu":
+        arr = w.numpy()
+        arr.partition(n - k)  # introselect in place on our own temporary
+        thr = float(arr[n - k])
+        del arr
     else:
-        keep = w >= thr
-        n_keep = int(keep.sum())
+        thr = float(torch.kthvalue(w.float(), n - k + 1).values)
+    del w
+    mag = delta.abs()
+    if thr == 0:
+        keep = mag > 0
+    else:
+        keep = mag >= thr
+        n_keep = int(torch.count_nonzero(keep))
         if n_keep > k:  # ties at the threshold: keep the lowest indices
-            tied = torch.nonzero(w == thr).squeeze(1)
-            keep[tied[tied.numel() - (n_keep - k) :]] = False
-    masked = delta * keep.reshape(delta.shape)
-    if rescale:
-        return l1_rescale(delta, masked)
-    return masked
+            tied = torch.nonzero((mag == thr).reshape(-1)).squeeze(1)
+            keep.view(-1)[tied[tied.numel() - (n_keep - k) :]] = False
+    before = mag.sum() if rescale else None
+    del mag
+    out = delta.mul_(keep) if inplace else delta * keep
+    del keep
+    if before is not None:
+        after = out.abs().sum()
+        if not (bool(before < 1e-7) or bool(after < 1e-7)):
+            out = out.mul_(before / after)
+    return out
 
 
 @register_merge_method(
@@ -158,7 +172,7 @@ def ties(
         base,
         tensors,
         w,
-        sparsify=lambda d, i: magnitude_trim(d, dens[i], rescale),
+        sparsify=lambda d, i: magnitude_trim(d, dens[i], rescale, inplace=True),
         consensus=True,
         normalize=normalize,
         lambda_=float(lambda_),
