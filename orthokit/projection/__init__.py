@@ -7,7 +7,8 @@ Core pieces:
   ``state_dict`` and ``summary()``;
 * :class:`Projected` — wraps any ``torch.optim.Optimizer`` so the **applied update** is projected;
 * :data:`PROJECTIONS` — registry of methods (``@register_projection``), each one file: GPM, SGP, OGD, ...;
-  OGPSA and GU (:class:`GeometricUnlearning`) are optimizer wrappers of their own.
+  OGPSA, GU (:class:`GeometricUnlearning`) and OSFT (:class:`OSFTOptimizer`, :func:`apply_osft`) are optimizer
+  wrappers / parameterisations of their own.
 
 Example:
     >>> from orthokit.projection import GPM
@@ -18,12 +19,13 @@ Example:
 
 from __future__ import annotations
 
-from orthokit.projection import gpm, gu, ogd, ogpsa, sgp  # noqa: F401  (import registers the methods)
+from orthokit.projection import gpm, gu, ogd, ogpsa, osft, sgp  # noqa: F401  (import registers the methods)
 from orthokit.projection.gpm import GPM
 from orthokit.projection.gu import GeometricUnlearning
 from orthokit.projection.memory import LayerSummary, SubspaceMemory, energy_rank, sgp_importance
 from orthokit.projection.ogd import OGD
 from orthokit.projection.ogpsa import OGPSA
+from orthokit.projection.osft import OSFTLinear, OSFTOptimizer, apply_osft
 from orthokit.projection.projected import Projected
 from orthokit.projection.registry import PROJECTIONS, ProjectionMethod, register_projection
 from orthokit.projection.sgp import SGP
@@ -40,6 +42,9 @@ __all__ = [
     "OGD",
     "OGPSA",
     "GeometricUnlearning",
+    "OSFTLinear",
+    "OSFTOptimizer",
+    "apply_osft",
     "energy_rank",
     "sgp_importance",
 ]
