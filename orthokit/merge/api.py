@@ -119,7 +119,7 @@ def merge(
 
     Returns:
         A state dict ``{name: tensor}`` — or, if ``base`` is an ``nn.Module``, a deep copy of it with the merged
-        weights loaded. Floating tensors are merged (output dtype = input dtype); non-floating buffers are copied
+        weights loaded. Floating tensors are merged (output dtype = ``dtype`` if given — as in mergekit — else the input dtype); non-floating buffers are copied
         from the base and must be equal in every model.
 
     Raises:
