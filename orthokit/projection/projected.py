@@ -215,7 +215,13 @@ class Projected(torch.optim.Optimizer):
             self.optimizer.step()
             return loss
         in_opt = self._optimized()
-        params = [p for p in self.memory.protected_parameters() if id(p) in in_opt and p.requires_grad]
+        protected = self.memory.protected_parameters()
+        params = [p for p in protected if id(p) in in_opt and p.requires_grad]
+        if protected and not any(id(p) in in_opt for p in protected):
+            raise ValueError(
+                "none of the memory's protected parameters is optimized by the wrapped optimizer — were the "
+                "memory and the optimizer built on different models (e.g. a copy)?"
+            )
         if self.where == "gradient":
             grads: dict[nn.Parameter, torch.Tensor] = {}
             for p in params:

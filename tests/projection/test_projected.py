@@ -244,3 +244,14 @@ def test_constructor_errors() -> None:
         Projected(inner, mem, where="params")
     with pytest.raises(TypeError, match="already Projected"):
         Projected(Projected(inner, mem), mem)
+
+
+def test_memory_of_another_model_is_an_error() -> None:
+    model, other = _model(), _model()
+    mem = _memory(model, _old_inputs())
+    opt = Projected(torch.optim.SGD(other.parameters(), lr=0.1), mem)
+    other(torch.randn(4, 16)).sum().backward()
+    before = [p.detach().clone() for p in other.parameters()]
+    with pytest.raises(ValueError, match="different models"):
+        opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(other.parameters(), before))
