@@ -41,7 +41,8 @@ def randomized_svd(
         rank: number of singular triplets ``k``, ``1 ≤ k ≤ min(m, n)``.
         oversample: extra random columns ``p ≥ 0`` (HMT recommend 5–10).
         power_iters: number of subspace iterations ``q ≥ 0``.
-        generator: optional ``torch.Generator`` (on ``A``'s device) for reproducible ``Ω``.
+        generator: optional ``torch.Generator`` for reproducible ``Ω`` (``Ω`` is drawn on the generator's
+            device and moved to ``A``'s, so a CPU generator gives the same sketch for CPU and GPU inputs).
 
     Returns:
         ``(U [..., m, k], S [..., k] descending, Vh [..., k, n])`` like a truncated reduced
@@ -72,7 +73,8 @@ def randomized_svd(
     cd = compute_dtype(A.dtype)
     a = A.to(cd)
     ell = min(rank + oversample, m, n)
-    omega = torch.randn((*a.shape[:-2], n, ell), generator=generator, dtype=cd, device=a.device)
+    draw_on = generator.device if generator is not None else a.device
+    omega = torch.randn((*a.shape[:-2], n, ell), generator=generator, dtype=cd, device=draw_on).to(a.device)
     q = _orth(a @ omega)
     at = a.mT
     for _ in range(power_iters):
