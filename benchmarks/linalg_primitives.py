@@ -250,7 +250,7 @@ def bench_expm_accuracy() -> list[list[Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="smaller sizes (about a minute on one core)")
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes on one loaded core)")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
