@@ -8,7 +8,8 @@ Two testbeds, each run for several seeds (every seed retrains the base model and
   digits 5–9, and scikit-learn's 8×8 ``digits`` upscaled to 20×20 and centred in 28×28. Experts = linear probe
   then full fine-tune (the heads are frozen afterwards and only the backbone is merged, as with CLIP's zero-shot
   heads in FusionBench's TA8). A second set of experts is trained with rank-8 LoRA adapters on the three backbone
-  matrices (same probe heads) for the LoRA track.
+  matrices (same probe heads) for the LoRA track, and a third with OFT adapters (block-diagonal Cayley rotations
+  of each layer's input, block 16) for the OFT track, where ``orthomerge_oft`` merges the rotations on SO(16).
 * **Language (char-level).** A small :class:`~orthokit.bench.models.CharGPT` pre-trained on a Tiny Shakespeare +
   WikiText-2 mixture and fine-tuned separately on each corpus; every tensor (embeddings, attention, MLP, norms,
   LM head) is merged.
@@ -66,6 +67,8 @@ class VisionConfig:
     probe_steps: int = 150
     finetune_steps: int = 300
     lora_rank: int = 8
+    oft_block: int = 16
+    karcher: bool = True  # also run the (slower) Karcher-mean variant of orthomerge_oft
     train_per_task: int = 4000
     val_per_task: int = 1000
     test_per_task: int = 2000
@@ -87,18 +90,20 @@ class LMConfig:
 
 
 QUICK_VISION = VisionConfig(
-    pretrain_steps=300,
-    probe_steps=60,
-    finetune_steps=120,
-    train_per_task=2000,
+    pretrain_steps=250,
+    probe_steps=50,
+    finetune_steps=100,
+    train_per_task=1500,
     val_per_task=500,
     test_per_task=1000,
+    karcher=False,
 )
-QUICK_LM = LMConfig(pretrain_steps=150, finetune_steps=80, eval_batches=3)
+QUICK_LM = LMConfig(pretrain_steps=120, finetune_steps=60, eval_batches=3)
 
 # λ grids (validation picks one point per method and seed)
 TA_GRID = [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0]
 MEAN_GRID = [0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0]
+ROT_GRID = [0.25, 0.5, 1.0, 1.5, 2.0, 3.0]
 DO_GRID = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0]
 
 
@@ -123,6 +128,37 @@ class Backbone(nn.Module):
             if self.lora_rank:
                 y = y + F.linear(F.linear(x, self.A[i]), self.B[i])
             x = F.gelu(y)
+        return x
+
+
+def cayley_blocks(P: Tensor) -> Tensor:
+    """Block rotations ``R = (I − S)⁻¹(I + S)``, ``S = (P − Pᵀ)/2`` (OFT's Cayley parametrization), ``[nb, b, b]``."""
+    S = 0.5 * (P - P.transpose(-1, -2))
+    eye = torch.eye(P.shape[-1], dtype=P.dtype).expand_as(P)
+    return torch.linalg.solve(eye - S, eye + S)
+
+
+class OFTBackbone(nn.Module):
+    """Frozen :class:`Backbone` with OFT adapters: each layer uses ``W_0 · blockdiag(R_1 … R_nb)`` (block size b).
+
+    Reference: Qiu et al., "Controlling Text-to-Image Diffusion by Orthogonal Finetuning", NeurIPS 2023.
+    """
+
+    def __init__(self, base: Backbone, block: int) -> None:
+        super().__init__()
+        self.base = base
+        self.block = block
+        self.P = nn.ParameterList(
+            nn.Parameter(torch.zeros(layer.in_features // block, block, block)) for layer in base.layers
+        )
+
+    def rotations(self) -> list[Tensor]:
+        return [cayley_blocks(p) for p in self.P]
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer, R in zip(self.base.layers, self.rotations()):
+            xb = x.reshape(x.shape[0], R.shape[0], self.block)
+            x = F.gelu(layer(torch.einsum("kcd,nkd->nkc", R, xb).reshape(x.shape[0], -1)))
         return x
 
 
@@ -289,7 +325,7 @@ def _full_candidates(base: StateDict, fts: Sequence[StateDict], seed: int, T: in
                 "orthomerge", base, fts, {"lambda_": 0.0, "residual_lambda": 1.0, **common}, seed
             )
             out = {}
-            for lr in (0.25, 0.5, 1.0, 2.0):
+            for lr in (0.1, 0.25, 0.5, 1.0, 2.0):
                 rot = _merge_sd(
                     "orthomerge", base, fts, {"lambda_": lr, "residual_lambda": 0.0, **common}, seed
                 )
@@ -332,6 +368,8 @@ def _vision_seed(cfg: VisionConfig, seed: int, log: Callable[[str], None]) -> di
     base_sd = {k: v.detach().clone() for k, v in base.state_dict().items()}
 
     experts, heads, lora_experts, lora_heads = [], [], [], []
+    oft_experts: list[list[Tensor]] = []
+    oft_heads: list[nn.Module] = []
     for task in tasks:
         head = nn.Linear(cfg.hidden, task.n_classes)
         nb_t = _batches(*task.train, cfg.batch, g)
@@ -367,6 +405,19 @@ def _vision_seed(cfg: VisionConfig, seed: int, log: Callable[[str], None]) -> di
         _train(list(lb.A) + list(lb.B) + list(lh.parameters()), lora_loss, cfg.finetune_steps, 2e-3)
         lora_experts.append([(lb.A[i].detach().clone(), lb.B[i].detach().clone()) for i in range(3)])
         lora_heads.append(lh.requires_grad_(False))
+        # OFT fine-tune (block-diagonal Cayley rotations of each layer's input side) from the same probe head
+        oh = nn.Linear(cfg.hidden, task.n_classes)
+        oh.load_state_dict(probe_sd)
+        ob = OFTBackbone(base, cfg.oft_block)
+
+        def oft_loss(b: nn.Module = ob, h: nn.Module = oh, nbt: Callable = nb_t) -> Tensor:
+            x, y = nbt()
+            return F.cross_entropy(h(b(x)), y)
+
+        _train(list(ob.P) + list(oh.parameters()), oft_loss, cfg.finetune_steps, 5e-3)
+        with torch.no_grad():
+            oft_experts.append([R.detach().clone() for R in ob.rotations()])
+        oft_heads.append(oh.requires_grad_(False))
     train_s = time.perf_counter() - t0
 
     def model_of(sd: StateDict) -> Backbone:
@@ -417,6 +468,17 @@ def _vision_seed(cfg: VisionConfig, seed: int, log: Callable[[str], None]) -> di
     def with_base(w: StateDict) -> StateDict:
         return {**base_sd, **w}
 
+    def lin_lora_from(
+        dense: Sequence[StateDict], name: str, grid: Sequence[float], **p: Any
+    ) -> Callable[[], dict[str, StateDict]]:
+        def b() -> dict[str, StateDict]:
+            m1 = _merge_sd(
+                name, wbase, [{k: e[k] for k in wkeys} for e in dense], {"lambda_": 1.0, **p}, seed
+            )
+            return {f"λ={x}": with_base(_scaled(wbase, m1, x)) for x in grid}
+
+        return b
+
     def lin_lora(name: str, grid: Sequence[float], **p: Any) -> Callable[[], dict[str, StateDict]]:
         def b() -> dict[str, StateDict]:
             m1 = _merge_sd(
@@ -445,6 +507,52 @@ def _vision_seed(cfg: VisionConfig, seed: int, log: Callable[[str], None]) -> di
         Candidate("do_merging", "do_merging (no orthogonalization)", do_lora(orthogonalize=False)),
     ]
     lora = _select(lora_c, scorer("val", lora_heads, lexp_val), scorer("test", lora_heads, lexp_test))
+
+    # OFT track: rotations merged on SO(b) (orthomerge_oft) vs task arithmetic on the materialized weights
+    def oft_dense(Rs: Sequence[Tensor]) -> StateDict:
+        return {**base_sd, **{k: base_sd[k] @ torch.block_diag(*R) for k, R in zip(wkeys, Rs)}}
+
+    oft_full = [oft_dense(r) for r in oft_experts]
+    oexp_val = [_acc(model_of(e), h, *t.val) for e, h, t in zip(oft_full, oft_heads, tasks)]
+    oexp_test = [_acc(model_of(e), h, *t.test) for e, h, t in zip(oft_full, oft_heads, tasks)]
+
+    def oft_merge(**p: Any) -> Callable[[], dict[str, StateDict]]:
+        fn = MERGE_METHODS.get("orthomerge_oft")
+
+        def b() -> dict[str, StateDict]:
+            out = {}
+            for lam in ROT_GRID:
+                out[f"λ={lam}"] = oft_dense(
+                    [
+                        fn(None, [oft_experts[i][j] for i in range(T)], lambda_=lam, **p)
+                        for j in range(len(wkeys))
+                    ]
+                )
+            return out
+
+        return b
+
+    oft_c = [
+        Candidate("task_arithmetic", "task_arithmetic", lin_lora_from(oft_full, "task_arithmetic", TA_GRID)),
+        Candidate("orthomerge_oft", "orthomerge_oft (Lie, magnitude-corrected)", oft_merge()),
+        *(
+            [
+                Candidate(
+                    "orthomerge_oft",
+                    "orthomerge_oft (Karcher, magnitude-corrected)",
+                    oft_merge(mean="karcher"),
+                )
+            ]
+            if cfg.karcher
+            else []
+        ),
+        Candidate(
+            "orthomerge_oft",
+            "orthomerge_oft (Lie mean, no correction)",
+            oft_merge(magnitude_correction=False),
+        ),
+    ]
+    oft = _select(oft_c, scorer("val", oft_heads, oexp_val), scorer("test", oft_heads, oexp_test))
 
     # diagnostics of the full fine-tunes' task vectors
     tvs = task_vectors(base_sd, experts)
@@ -486,6 +594,8 @@ def _vision_seed(cfg: VisionConfig, seed: int, log: Callable[[str], None]) -> di
         "pretrained_test": base_test,
         "full": full,
         "lora": lora,
+        "oft": oft,
+        "oft_expert_test": oexp_test,
         "diagnostics": diag,
         "train_s": train_s,
     }
@@ -644,6 +754,7 @@ def run(
         "summary": {
             "vision_full": _summary(vision, "full"),
             "vision_lora": _summary(vision, "lora"),
+            "vision_oft": _summary(vision, "oft"),
             "lm": _summary(lm, "full"),
         },
         "wall_s": time.perf_counter() - t0,
@@ -721,6 +832,16 @@ def markdown(res: dict[str, Any], png: str | None = None, level: int = 1) -> str
         "",
         md_table(hdr, _fmt_rows(res["summary"]["vision_lora"], n)),
         "",
+        f"{h}# Vision, OFT fine-tunes (block-diagonal Cayley rotations, block {res['vision_config']['oft_block']}) "
+        "of the same backbone",
+        "",
+        "Task arithmetic adds the materialized deltas W0·R_t − W0; orthomerge_oft merges the rotations R_t on SO(b) "
+        "and returns an exactly orthogonal adapter. OFT expert test accuracies (seed 0): "
+        + ", ".join(f"{t} {a:.3f}" for t, a in zip(v0["tasks"], v0["oft_expert_test"]))
+        + ".",
+        "",
+        md_table(hdr, _fmt_rows(res["summary"]["vision_oft"], n)),
+        "",
         f"{h}# Language: CharGPT ({res['lm_config']['d_model']}-d, {res['lm_config']['n_layer']} layers) "
         "fine-tuned on Tiny Shakespeare vs WikiText-2",
         "",
@@ -763,8 +884,13 @@ def _plot(res: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tracks = [("vision_full", "Vision, full fine-tunes"), ("vision_lora", "Vision, LoRA"), ("lm", "Char-LM")]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5.5))
+    tracks = [
+        ("vision_full", "Vision, full fine-tunes"),
+        ("vision_lora", "Vision, LoRA"),
+        ("vision_oft", "Vision, OFT"),
+        ("lm", "Char-LM"),
+    ]
+    fig, axes = plt.subplots(1, 4, figsize=(21, 5.5))
     for ax, (key, title) in zip(axes, tracks):
         rows = res["summary"][key]
         labels = [r["label"] for r in rows]
