@@ -1,5 +1,6 @@
-"""Optimizer benchmark: step cost + training quality (see orthokit/bench/optim.py). Usage: python benchmarks/optim.py [--quick]."""
+"""Optimizer benchmark (step cost + training quality, see orthokit/bench/optim.py): python benchmarks/optim.py [--quick]."""
 
 from orthokit.bench.optim import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -660,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--workers and --seeds must be >= 1")
     out_dir = Path(args.out) if args.out else results_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = "optim_quick" if args.quick else "optim"
+    stem = "optim" + ("_quick" if args.quick else "") + (f"_{args.only}" if args.only else "")
     results: dict[str, Any] = {"machine": machine_info(), "quick": args.quick}
     t0 = time.perf_counter()
     if args.only in (None, "step"):
