@@ -257,11 +257,21 @@ class _Layer:
         self.out = int(w.shape[1] if self.layout == "hf_conv1d" else w.shape[0])
         # stored subspace
         self.kind: str | None = None
-        self.basis: torch.Tensor | None = None  # activation: [dim, k]; gradient (layer scope): [D, k]
+        self._basis: torch.Tensor | None = None  # activation: [dim, k]; gradient (layer scope): [D, k]
+        self._wob: torch.Tensor | None = None  # cache of weight_only_basis()
         self.sigma: torch.Tensor | None = None  # activation: singular value at insertion [k]
         self.importance: torch.Tensor | None = None  # SGP λ [k]
         self.u: torch.Tensor | None = None  # weight kind: left basis [out, k]
         self.collections = 0
+
+    @property
+    def basis(self) -> torch.Tensor | None:
+        return self._basis
+
+    @basis.setter
+    def basis(self, value: torch.Tensor | None) -> None:
+        self._basis = value
+        self._wob = None
 
     # -- parameters -------------------------------------------------------------------------------------------
     @property
@@ -335,13 +345,11 @@ class _Layer:
     def weight_only_basis(self) -> torch.Tensor:
         """Orthonormal basis of ``span(M[:n])`` — the input parts of the augmented basis ``M`` — used when the
         bias receives no update: ``ΔW x = 0`` for every old ``x`` then needs exactly ``ΔW ⟂ span(M[:n])``."""
-        key = (id(self.basis), self.k)
-        if getattr(self, "_wob_key", None) != key:
+        if self._wob is None:
             top = self.basis[: self.fan_in].to(torch.float64)  # type: ignore[index]
             u, s, _ = torch.linalg.svd(top, full_matrices=False)
             tol = max(top.shape) * torch.finfo(self.basis.dtype).eps * (float(s[0]) if s.numel() else 0.0)  # type: ignore[union-attr]
             self._wob = u[:, : int((s > tol).sum())].to(self.basis.dtype)  # type: ignore[union-attr]
-            self._wob_key = key
         return self._wob
 
     def state(self) -> dict[str, Any]:
