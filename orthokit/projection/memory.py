@@ -547,6 +547,8 @@ class SubspaceMemory:
 
     # -- threshold handling -----------------------------------------------------------------------------------
     def _threshold_for(self, threshold: Threshold, index: int, name: str, task: int) -> float:
+        if isinstance(threshold, (str, bytes)):
+            raise TypeError(f"threshold must be a float, list, dict or callable, got {type(threshold).__name__}")
         if callable(threshold):
             eps = threshold(task, name)
         elif isinstance(threshold, Mapping):

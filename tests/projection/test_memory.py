@@ -159,6 +159,8 @@ def test_threshold_forms_and_errors() -> None:
         mem.collect_activations(model, [x], threshold=1.5)
     with pytest.raises(ValueError, match="no entry for layer"):
         mem.collect_activations(model, [x], threshold={"0": 0.9})
+    with pytest.raises(TypeError, match="threshold must be"):
+        mem.collect_activations(model, [x], threshold="0.9")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no batches"):
         mem.collect_activations(model, [], threshold=0.9)
     assert mem.task_count == 3  # failed calls changed nothing
