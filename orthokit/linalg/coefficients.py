@@ -77,8 +77,8 @@ def optimal_quintic(
 
     Example:
         >>> a, b, c = optimal_quintic(1e-3, 1.0)
-        >>> round(a, 3), round(b, 3), round(c, 3)
-        (8.289, -23.596, 17.301)
+        >>> round(a, 3), round(b, 3), round(c, 3)  # = the first CANS step (Grishina et al. 2025)
+        (8.47, -25.108, 18.629)
         >>> optimal_quintic(1.0, 1.0)
         (1.875, -1.25, 0.375)
 

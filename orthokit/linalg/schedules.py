@@ -294,8 +294,8 @@ def scalar_map(
         float64 tensor of the shape of ``x`` (or the trajectory).
 
     Example:
-        >>> float(scalar_map("keller", 1.0, steps=1))  # 3.4445 - 4.775 + 2.0315
-        0.7010000000000001
+        >>> round(float(scalar_map("keller", 1.0, steps=1)), 6)  # 3.4445 - 4.775 + 2.0315
+        0.701
     """
     sched = _as_schedule(schedule)
     v = torch.as_tensor(np.asarray(x, dtype=np.float64) if not isinstance(x, torch.Tensor) else x)
