@@ -144,6 +144,10 @@ def default_forward(model: nn.Module, batch: Any) -> Any:
 
     ``Tensor`` → ``model(batch)``; ``(x, y, ...)`` tuple/list → ``model(x)``; ``Mapping`` (Hugging Face style) →
     ``model(**batch)`` without ``labels``.
+
+    Example:
+        >>> default_forward(nn.Linear(3, 2), (torch.randn(4, 3), torch.zeros(4))).shape
+        torch.Size([4, 2])
     """
     if isinstance(batch, torch.Tensor):
         return model(batch)
@@ -207,7 +211,13 @@ def _supported(module: nn.Module) -> bool:
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass
 class LayerSummary:
-    """One row of :meth:`SubspaceMemory.summary`: protected dimension ``k`` out of ``n`` (``free = n − k``)."""
+    """One row of :meth:`SubspaceMemory.summary`: protected dimension ``k`` out of ``n`` (``free = n − k``).
+
+    Example:
+        >>> s = LayerSummary("fc1", "activation", 542, 784)
+        >>> s.free, round(s.fraction, 3)
+        (242, 0.691)
+    """
 
     name: str
     kind: str
@@ -548,7 +558,9 @@ class SubspaceMemory:
     # -- threshold handling -----------------------------------------------------------------------------------
     def _threshold_for(self, threshold: Threshold, index: int, name: str, task: int) -> float:
         if isinstance(threshold, (str, bytes)):
-            raise TypeError(f"threshold must be a float, list, dict or callable, got {type(threshold).__name__}")
+            raise TypeError(
+                f"threshold must be a float, list, dict or callable, got {type(threshold).__name__}"
+            )
         if callable(threshold):
             eps = threshold(task, name)
         elif isinstance(threshold, Mapping):
@@ -678,6 +690,10 @@ class SubspaceMemory:
 
         Distributed: the ``C`` matrices are all-reduced (summed) and the resulting bases broadcast from rank 0,
         so every rank holds bit-identical bases.
+
+        Example:
+            >>> mem.collect_activations(model, loader, threshold=lambda t, name: 0.97 + 0.003 * t, max_samples=125)
+            {'features.0': 11, 'features.3': 52, 'fc': 37}
         """
         if criterion not in ("gpm", "minimal"):
             raise ValueError(f"criterion must be 'gpm' or 'minimal', got {criterion!r}")
@@ -792,6 +808,11 @@ class SubspaceMemory:
             ``{scope name: number of directions added}``.
 
         Distributed: gradient vectors of all ranks are all-gathered, so every rank builds the same basis.
+
+        Example:
+            >>> gtl = lambda m, b: m(b[0]).gather(1, b[1][:, None]).squeeze(1)   # OGD ground-truth logits
+            >>> mem.collect_gradients(model, gtl, [(x, y)], scope="model")
+            {'__model__': 20}
         """
         if scope not in ("model", "layer"):
             raise ValueError(f"scope must be 'model' or 'layer', got {scope!r}")
@@ -1026,6 +1047,10 @@ class SubspaceMemory:
         hard mode projects ``ΔW`` off ``span(M[:n])`` (the old inputs' ``x``-parts), which is again exact;
         scaled mode then drops the bias part of ``[ΔW | 0](I − MΛMᵀ)``. ``freeze`` bias mode zeroes the bias
         update of a layer holding a basis.
+
+        Example:
+            >>> g = {model[0].weight: model[0].weight.grad}
+            >>> mem.project_(g)                       # now g[W] @ M ≈ 0
         """
         if mode not in ("hard", "scaled"):
             raise ValueError(f"mode must be 'hard' or 'scaled', got {mode!r}")
