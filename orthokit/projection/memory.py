@@ -115,7 +115,7 @@ def sgp_importance(s: torch.Tensor, alpha: float) -> torch.Tensor:
 
     Example:
         >>> sgp_importance(torch.tensor([4.0, 1.0]), alpha=10.0)
-        tensor([1.0000, 0.3143])
+        tensor([1.0000, 0.7857])
     """
     if alpha < 0:
         raise ValueError(f"SGP alpha (scale coefficient) must be >= 0, got {alpha}")
