@@ -72,6 +72,31 @@ def test_polar_express_converges_to_svd_reference(
     assert float(err) < (1e-4 if dtype == torch.float32 else 1e-8)
 
 
+@settings(max_examples=15)
+@given(
+    m=st.integers(1, 24),
+    n=st.integers(1, 24),
+    batch=st.sampled_from([(), (2,)]),
+    dtype=st.sampled_from([torch.bfloat16, torch.float16, torch.float32]),
+    log_cond=st.floats(0.0, 2.0),
+    seed=st.integers(0, 2**16),
+)
+def test_default_polar_band_property(
+    m: int, n: int, batch: tuple[int, ...], dtype: torch.dtype, log_cond: float, seed: int
+) -> None:
+    """Any shape/dtype, condition number up to 100: PE-5 output σ within the scalar-map band (+ round-off)."""
+    k = min(m, n)
+    G, U, V = _with_spectrum(m, n, torch.logspace(0, -log_cond, k), batch, seed)
+    X = polar(G.to(dtype))
+    assert X.dtype == dtype and X.shape == G.shape
+    s = _sv(X)
+    slack = 0.0 if dtype == torch.float32 else 0.03
+    assert float(s.min()) > 0.858 - slack - 1e-4 and float(s.max()) < 1.142 + slack + 1e-4
+    # right singular subspace preserved: X ≈ U f(Σ) Vᵀ ⇒ Uᵀ X V is (nearly) diagonal and positive
+    D = U.mT @ X.to(F64) @ V
+    assert bool((torch.diagonal(D, dim1=-2, dim2=-1) > 0.8 - slack).all())
+
+
 @pytest.mark.parametrize("shape", [(48, 48), (32, 80), (80, 32), (3, 24, 40)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_default_polar_sigma_band_on_ill_conditioned_input(
