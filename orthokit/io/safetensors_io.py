@@ -23,7 +23,7 @@ Example:
     >>> import torch, tempfile, pathlib
     >>> from orthokit.io.safetensors_io import save_sharded, open_checkpoint
     >>> d = pathlib.Path(tempfile.mkdtemp()) / "ckpt"
-    >>> save_sharded({"a": torch.ones(2, 3), "b": torch.zeros(4)}, d, max_shard_bytes=30)
+    >>> _ = save_sharded({"a": torch.ones(2, 3), "b": torch.zeros(4)}, d, max_shard_bytes=30)
     >>> ck = open_checkpoint(d)
     >>> sorted(ck.keys()), ck.get("a").sum().item()
     (['a', 'b'], 6.0)
@@ -163,7 +163,7 @@ class SafetensorsFile:
         >>> import torch, tempfile, pathlib
         >>> from orthokit.io.safetensors_io import save_sharded, SafetensorsFile
         >>> d = pathlib.Path(tempfile.mkdtemp()) / "m"
-        >>> save_sharded({"w": torch.arange(6.0).reshape(2, 3)}, d)
+        >>> _ = save_sharded({"w": torch.arange(6.0).reshape(2, 3)}, d)
         >>> SafetensorsFile(d / "model.safetensors").get("w")[1]
         tensor([3., 4., 5.])
     """
@@ -286,7 +286,7 @@ class ShardedCheckpoint:
         >>> import torch, tempfile, pathlib
         >>> from orthokit.io.safetensors_io import save_sharded, ShardedCheckpoint
         >>> d = pathlib.Path(tempfile.mkdtemp()) / "m"
-        >>> save_sharded({"a": torch.ones(4), "b": torch.ones(4)}, d, max_shard_bytes=16)
+        >>> _ = save_sharded({"a": torch.ones(4), "b": torch.ones(4)}, d, max_shard_bytes=16)
         >>> len(set(ShardedCheckpoint(d / "model.safetensors.index.json").weight_map.values()))
         2
     """

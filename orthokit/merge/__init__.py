@@ -17,9 +17,9 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-
-from orthokit.merge import task_arithmetic as _task_arithmetic  # noqa: F401  (registers the method)
+# Importing a method module registers its methods in MERGE_METHODS.
+from orthokit.merge import dc_merge, diagnostics, do_merging, orthomerge  # noqa: F401  (geometry track)
+from orthokit.merge.api import merge, run_merge
 from orthokit.merge.dare import dare_linear, dare_ties
 from orthokit.merge.registry import (
     MERGE_METHODS,
@@ -32,29 +32,17 @@ from orthokit.merge.registry import (
 from orthokit.merge.task_arithmetic import task_arithmetic
 from orthokit.merge.ties import ties
 
-for _mod in ("orthomerge", "dc_merge", "do_merging", "diagnostics"):
-    try:
-        importlib.import_module(f"orthokit.merge.{_mod}")
-    except ModuleNotFoundError as _e:  # a module of the package that is not written yet
-        if _e.name != f"orthokit.merge.{_mod}":
-            raise
-
-try:
-    from orthokit.merge.api import merge
-except ModuleNotFoundError as _e:  # pragma: no cover
-    if _e.name != "orthokit.merge.api":
-        raise
-
 __all__ = [
     "MERGE_METHODS",
     "MethodSchema",
+    "ParamSpec",
     "dare_linear",
     "dare_ties",
-    "ties",
-    "ParamSpec",
     "merge",
     "method_schema",
     "register_merge_method",
+    "run_merge",
     "task_arithmetic",
+    "ties",
     "validate_params",
 ]

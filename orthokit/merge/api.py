@@ -10,10 +10,10 @@ Example:
     >>> import torch
     >>> from orthokit.merge.api import merge
     >>> base = {"w": torch.zeros(4), "step": torch.tensor(3)}
-    >>> fts = [{"w": torch.tensor([1.0, -1, 0, 2]), "step": torch.tensor(3)},
+    >>> fts = [{"w": torch.tensor([1.0, -3, 0, 2]), "step": torch.tensor(3)},
     ...        {"w": torch.tensor([3.0, 1, 0, 0]), "step": torch.tensor(3)}]
     >>> merge(base, fts, "ties", density=0.5)["w"]
-    tensor([ 2., -1.,  0.,  2.])
+    tensor([ 3., -3.,  0.,  2.])
 """
 
 from __future__ import annotations

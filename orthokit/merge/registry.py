@@ -247,9 +247,12 @@ def register_merge_method(
 
     Example:
         >>> from orthokit.merge.registry import register_merge_method
-        >>> @register_merge_method("my_mean_docexample", needs_base=False)
-        ... def my_mean(base, tensors, *, weights=None, generator=None):
-        ...     return sum(tensors) / len(tensors)
+        >>> @register_merge_method("weighted_mean", needs_base=False)  # doctest: +SKIP
+        ... def weighted_mean(base: Tensor | None, tensors: Sequence[Tensor], *,
+        ...                   weights: Sequence[float] | None = None,
+        ...                   generator: torch.Generator | None = None) -> Tensor:
+        ...     w = check_merge_inputs(base, tensors, weights, needs_base=False)
+        ...     return sum(wi * t for wi, t in zip(w, tensors)) / sum(w)
     """
     if inputs not in INPUT_KINDS:
         raise ValueError(f"inputs must be one of {INPUT_KINDS}, got {inputs!r}")

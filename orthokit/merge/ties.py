@@ -161,7 +161,7 @@ def ties(
         >>> b = torch.zeros(4)
         >>> ft = [torch.tensor([1.0, -1.0, 0.1, 2.0]), torch.tensor([3.0, 0.5, -0.2, 0.0])]
         >>> ties(b, ft, density=0.5)
-        tensor([ 2., -1.,  0.,  2.])
+        tensor([2.0000, 0.5000, 0.0000, 2.0000])
 
     Reference: Yadav et al., "TIES-Merging", NeurIPS 2023, arXiv:2306.01708.
     """
