@@ -180,20 +180,22 @@ class Projected(torch.optim.Optimizer):
         params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
         if not params:
             return
-        # one fused max-abs reduction per device/dtype group and a single host sync (NaN and inf propagate)
+        # fast path: one fused 2-norm per device/dtype group and a single host sync (NaN/inf propagate; a
+        # huge-but-finite gradient may overflow the norm, so flagged tensors are re-checked exactly)
         try:
-            norms = torch._foreach_norm([p.grad for p in params], float("inf"))
+            norms = torch._foreach_norm([p.grad for p in params], 2)
             ok = torch.isfinite(torch.stack([n.float().to(norms[0].device) for n in norms])).tolist()
         except (RuntimeError, NotImplementedError):  # e.g. sparse gradients: check one by one
-            ok = [
-                bool(torch.isfinite(p.grad.coalesce().values() if p.grad.is_sparse else p.grad).all())
-                for p in params
-            ]
+            ok = [False] * len(params)
         if all(ok):
             return
         for p, good in zip(params, ok):
-            if not good:
-                n = int((~torch.isfinite(p.grad)).sum())
+            if good:
+                continue
+            g = p.grad.coalesce().values() if p.grad.is_sparse else p.grad
+            finite = torch.isfinite(g)
+            if not bool(finite.all()):
+                n = int((~finite).sum())
                 raise ValueError(
                     f"non-finite gradient ({n} NaN/inf values) in parameter "
                     f"{names.get(id(p), tuple(p.shape))!r}; no update was applied"
