@@ -1128,6 +1128,42 @@ class SubspaceMemory:
                 elif new_b is not None:
                     db.copy_(new_b.to(db.dtype))
 
+    @torch.no_grad()
+    def interference(self, updates: Mapping[nn.Parameter, torch.Tensor] | None = None) -> dict[str, float]:
+        """Per-layer interference ratio ``‖P(Δ)‖_F / ‖Δ‖_F`` — the fraction of an update (default: the current
+        ``.grad`` of the protected parameters) that lies inside the protected subspace, i.e. what hard projection
+        removes (0 = no conflict with old tasks, 1 = the update would only move protected directions).
+
+        Example:
+            >>> loss.backward()
+            >>> mem.interference()          # {'0': 0.83, '2': 0.41}
+        """
+        out: dict[str, float] = {}
+        if updates is None:
+            updates = {p: p.grad for p in self.protected_parameters() if p.grad is not None}
+        if self.flat_basis is not None:
+            params = self._scope_params("model")
+            vec = torch.cat(
+                [
+                    (updates[p] if p in updates else torch.zeros_like(p)).reshape(-1).to(torch.float64)
+                    for p in params
+                ]
+            )
+            s = self.flat_basis.to(device=vec.device, dtype=torch.float64)
+            norm = float(vec.norm())
+            out[_MODEL_SCOPE] = float((s.T @ vec).norm()) / norm if norm > 0 else 0.0
+            return out
+        for name, lay in self._layers.items():
+            if lay.k == 0 or lay.module.weight not in updates:
+                continue
+            ts = {p: updates[p].detach().clone() for p in lay.params if p in updates}
+            before = torch.cat([t.reshape(-1).to(torch.float64) for t in ts.values()])
+            self.project_(ts)
+            after = torch.cat([t.reshape(-1).to(torch.float64) for t in ts.values()])
+            norm = float(before.norm())
+            out[name] = float((before - after).norm()) / norm if norm > 0 else 0.0
+        return out
+
     def _scaled_lambda(self, lay: _Layer, scale_alpha: float | None) -> torch.Tensor:
         if scale_alpha is not None:
             if lay.sigma is None:

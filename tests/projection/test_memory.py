@@ -410,3 +410,21 @@ def test_subspace_view_and_repr() -> None:
     text = repr(mem)
     assert "3/12" in text and "free 9" in text
     assert mem.num_floats() >= 12 * 3
+
+
+def test_interference_ratio() -> None:
+    model = nn.Sequential(nn.Linear(8, 4, bias=False))
+    mem = SubspaceMemory(model)
+    basis = torch.linalg.qr(torch.randn(8, 3))[0]
+    mem.set_basis("0", basis)
+    w = model[0].weight
+    inside = torch.randn(4, 3) @ basis.T
+    outside = torch.randn(4, 8)
+    outside = outside - outside @ basis @ basis.T
+    assert mem.interference({w: inside})["0"] == pytest.approx(1.0, abs=1e-5)
+    assert mem.interference({w: outside})["0"] == pytest.approx(0.0, abs=1e-5)
+    mixed = inside + outside
+    expected = float(inside.norm() / mixed.norm())
+    w.grad = mixed.clone()
+    assert mem.interference()["0"] == pytest.approx(expected, rel=1e-4)
+    assert torch.equal(w.grad, mixed)  # diagnostics never modify gradients
