@@ -524,11 +524,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-mergekit", action="store_true", help="time orthokit only")
     ap.add_argument("--keep-outputs", action="store_true")
+    ap.add_argument(
+        "--stem", default=None, help="results file stem (default merge_speed / merge_speed_quick)"
+    )
     args = ap.parse_args(argv)
     out = Path(args.out) if args.out else results_dir()
     if args.only in (None, "speed"):
         sizes = args.sizes or (["minilm"] if args.quick else list(SIZES))
-        stem = "merge_speed_quick" if args.quick else "merge_speed"
+        stem = args.stem or ("merge_speed_quick" if args.quick else "merge_speed")
 
         def save(partial: dict[str, Any]) -> None:
             atomic_write_json(out / f"{stem}.json", partial)
