@@ -273,6 +273,32 @@ def test_spectral_normalization() -> None:
     torch.testing.assert_close(_sv(X), expected, atol=1e-8, rtol=0)
 
 
+@pytest.mark.parametrize("gram", [False, True])
+@pytest.mark.parametrize(
+    ("method", "schedule"), [("polar_express", "polar_express"), ("newton_schulz", "keller")]
+)
+def test_schatten4_normalization_follows_scalar_map(gram: bool, method: str, schedule: str) -> None:
+    """X₁ = X₀ / ((1+s)‖X₀‖_S4) with ‖X₀‖_S4 = ‖X₀X₀ᵀ‖_F^{1/2} = (Σσ⁴)^{1/4} (fused into step 1)."""
+    sigma = torch.tensor([2.0, 1.0, 0.5, 0.1, 0.01], dtype=F64)
+    G, _, _ = _with_spectrum(5, 40, sigma)
+    kwargs = {"schedule": schedule} if method == "newton_schulz" else {}
+    X = polar(G, method=method, normalize="schatten4", gram=gram, **kwargs)
+    sched = SCHEDULES[schedule]
+    x0 = sigma / (sigma.norm() + sched.norm_eps)
+    xn = x0 / ((1 + sched.norm_safety) * x0.pow(4).sum().pow(0.25))
+    expected = scalar_map(sched, xn).sort(descending=True).values
+    torch.testing.assert_close(_sv(X), expected, atol=1e-9, rtol=1e-9)
+
+
+def test_schatten4_lifts_small_singular_values_of_square_gaussians() -> None:
+    G = torch.randn(64, 64, dtype=F64)
+    fro = _sv(polar(G))
+    s4 = _sv(polar(G, normalize="schatten4"))
+    assert float(s4.min()) > float(fro.min()) + 0.05  # tighter bound on σ_max ⇒ larger normalized σ_min
+    assert float(s4.max()) < 1.15
+    assert torch.equal(polar(torch.zeros(2, 3, 4), normalize="schatten4"), torch.zeros(2, 3, 4))
+
+
 def test_qr_method_is_a_basis_not_the_polar_factor() -> None:
     assert POLAR_METHODS.capabilities("qr")["returns"] == "basis"
     G = torch.randn(10, 4, dtype=F64)
