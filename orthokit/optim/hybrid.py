@@ -43,7 +43,7 @@ from torch import nn
 
 from orthokit.optim.base import OrthogonalOptimizer
 from orthokit.optim.registry import OPTIMIZERS, get_optimizer
-from orthokit.optim.transforms import shape_scale
+from orthokit.optim.transforms import SCALE_MODES, shape_scale
 
 __all__ = ["hybrid", "describe", "Route", "route_parameters"]
 
@@ -283,11 +283,9 @@ def describe(optimizer: torch.optim.Optimizer, *, printed: bool = False) -> str:
             if group["algorithm"] == "ortho":
                 v = optimizer.matrix_view(p)
                 view = f"{v.mats}×{v.m}×{v.n}" if v.mats > 1 else f"{v.m}×{v.n}"
-                mode = group.get("scale", "keller")
+                mode = group.get("scale")
                 scale = (
-                    f"{mode}={shape_scale(mode, v.m, v.n):.3g}"
-                    if mode in ("keller", "match_rms_adamw", "spectral", "none")
-                    else str(mode)
+                    f"{mode}={shape_scale(mode, v.m, v.n):.3g}" if mode in SCALE_MODES else str(mode or "-")
                 )
                 rule = type(optimizer).__name__.lower()
             else:
