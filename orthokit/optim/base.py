@@ -109,6 +109,16 @@ class OrthogonalOptimizer(torch.optim.Optimizer):
         self.dist_context = resolve_dist_context(distributed, process_group)
         super().__init__(params, defaults)
 
+    _EXTRA_STATE = ("skip_nonfinite", "_views", "_names", "dist_context", "_routes")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """torch's picklable state plus orthokit's (views, names, flags) so ``copy.deepcopy``/pickle round-trip."""
+        d = super().__getstate__()
+        for k in self._EXTRA_STATE:
+            if k in self.__dict__:
+                d[k] = self.__dict__[k]
+        return d
+
     # ------------------------------------------------------------------ subclass API
     def transforms(self, group: dict[str, Any]) -> Sequence[Transform]:
         """The chain applied to the ``algorithm="ortho"`` params of ``group`` (read hyperparameters from it)."""

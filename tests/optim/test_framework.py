@@ -304,3 +304,26 @@ def test_resolve_dist_context_single_process():
         resolve_dist_context(True)
     with pytest.raises(ValueError, match="distributed"):
         resolve_dist_context("always")
+
+
+def test_deepcopy_and_pickle_keep_views_and_names():
+    import copy
+    import io
+
+    w = torch.nn.Parameter(torch.randn(12, 4))
+    opt = Muon([{"params": [("qkv", w)], "split": 3}], lr=0.05)
+    w.grad = torch.randn(12, 4)
+    opt.step()
+    twin = copy.deepcopy(opt)
+    p2 = twin.param_groups[0]["params"][0]
+    assert p2 is not w and torch.equal(p2, w)
+    assert twin.matrix_view(p2).mats == 3 and twin.param_name(p2) == "qkv"
+    p2.grad = w.grad.clone()
+    twin.step()
+    opt.step()
+    assert torch.equal(p2, w)
+    buf = io.BytesIO()
+    torch.save(opt, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert loaded.matrix_view(loaded.param_groups[0]["params"][0]).mats == 3
