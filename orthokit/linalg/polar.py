@@ -157,20 +157,19 @@ def _gram_ns(
             Q = None
         Z = (c * (R @ R) if c != 0.0 else torch.zeros_like(R)).add_(R, alpha=b).add_(eye, alpha=a)
         Q = Z if Q is None else Z @ Q
-        if k != last:
+        if k != last and (k + 1) not in restarts:  # a restart re-forms R from X anyway
             R = Z @ (R @ Z)
             R = 0.5 * (R + R.mT)  # keep it symmetric (round-off otherwise breaks the commutation)
     return X if Q is None else Q @ X
 
 
 def _resolve_batch_mode(batch_mode: str, X: torch.Tensor) -> str:
-    """``"auto"``: loop on CPU (except tiny matrices), batch elsewhere.
+    """``"auto"``: on CPU loop over the stack for half precision or matrices with ≥ 16 384 entries; else batch.
 
-    Measured on this project's CPU (1 thread, median of 7, batched time / loop time): bf16 8×96×96 0.97;
-    fp32 8×256×256 1.22, 4×512×512 1.05, 32×64×256 0.98; fp64 8×128×128 1.12 — one ``bmm`` per product is
-    never meaningfully faster than a loop of ``mm`` on CPU once a matrix has ≳16k entries (and is slower for
-    bf16 with more threads, where the loop's GEMMs parallelize better). On GPUs batching wins (one launch
-    per product instead of one per matrix), so everything else batches.
+    Measured on this project's CPU (1 thread, process CPU time, median of 9 interleaved runs; batched time /
+    loop time): bf16 8×96×96 0.99; fp32 8×256×256 1.07, 32×64×256 0.98, 64×32×64 0.44; fp64 8×128×128 1.04 —
+    one ``bmm`` per product only pays off on CPU for tiny matrices (per-call overhead). On GPUs batching wins
+    (one launch per product instead of one per matrix), so every non-CPU device batches.
     """
     if batch_mode not in ("auto", "batched", "loop"):
         raise ValueError(f"batch_mode must be 'auto', 'batched' or 'loop', got {batch_mode!r}")
@@ -182,18 +181,18 @@ def _resolve_batch_mode(batch_mode: str, X: torch.Tensor) -> str:
 
 
 def _resolve_gram(gram: bool | str, m: int, n: int, X: torch.Tensor) -> bool:
-    """``"auto"``: Gram NS only for fp32/fp64 iterations with aspect ratio ``n ≥ 8m`` (wide after transposing).
+    """``"auto"``: Gram NS only for fp32/fp64 iterations with aspect ratio ``n ≥ 4m`` (wide after transposing).
 
-    Measured on CPU (1 thread, PE-5, restarts (2, 4); Gram time / standard time): fp32 128×1024 0.74,
-    128×2048 0.54, 256×2048 0.61, but 256×512 0.96 and 256×1024 1.02; bf16 64×128 1.31, 64×256 1.12 with a
-    worse σ_min (0.824 vs 0.861) — so half precision never picks it automatically. The σ-range at fp32 was
-    identical to the standard path in every case.
+    Measured on CPU (1 thread, PE-5, restarts (2, 4), process CPU time, median of 9; Gram / standard): fp32
+    256×512 1.02, 256×1024 0.84, 128×1024 0.77, 128×2048 0.73, 256×2048 0.63, all with an identical σ-range;
+    bf16 64×256 0.89, 64×512 0.69 but with a worse σ_min (0.824 vs 0.858), so half precision never picks it
+    automatically (pass ``gram=True`` to trade accuracy for speed).
     """
     if gram is True or gram is False:
         return bool(gram)
     if gram != "auto":
         raise ValueError(f"gram must be True, False or 'auto', got {gram!r}")
-    return X.dtype in (torch.float32, torch.float64) and n >= 8 * m
+    return X.dtype in (torch.float32, torch.float64) and n >= 4 * m
 
 
 def _run_ns(
@@ -290,7 +289,7 @@ def newton_schulz(
         batch_mode: ``"auto"`` (CPU → loop over the stack unless matrices are tiny, other devices → one
             batched matmul per product), ``"batched"`` or ``"loop"``.
         gram: use the Gram NS path (iterate on the ``m×m`` Gram, restarts at ``gram_restarts``); ``"auto"`` =
-            fp32/fp64 iterations with aspect ratio ≥ 8 (where it measured faster at the same σ-range; see docs).
+            fp32/fp64 iterations with aspect ratio ≥ 4 (where it measured faster at the same σ-range; see docs).
         gram_restarts: 0-based step indices at which the Gram path re-forms ``X`` and ``R``.
         unsafe: allow schedules marked unsafe.
 
