@@ -1,6 +1,6 @@
 """GPM core validation on permuted MNIST (the GPM protocol), through the public orthokit.projection API.
 
-Protocol (reference notes §10/§11; GPM repo): 10 tasks, every task a fixed pixel permutation (first task permuted
+Protocol (reference notes §10/§11; GPM repo): inputs normalised with the MNIST mean/std as in GPM's loader, 10 tasks, every task a fixed pixel permutation (first task permuted
 too; permutations from ``torch.Generator`` seed 0), MLP 784-100-100-10 without bias, model seed 1, SGD lr 0.01,
 batch 10, first 54,000 training images per task, evaluation on the 10,000 test images under each permutation.
 GPM: ε = [0.95, 0.99, 0.99], 300 random training samples per task for the representation, a fresh SGD per task.
@@ -36,7 +36,9 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def run(method: str, args: argparse.Namespace) -> dict:
     (xtr, ytr), (xte, yte) = load_mnist(flatten=True)
-    xtr, ytr = xtr[: args.train], ytr[: args.train]
+    # GPM's loader normalises with the MNIST mean/std (transforms.Normalize((0.1307,), (0.3081,)))
+    xtr, xte = (xtr[: args.train] - 0.1307) / 0.3081, (xte - 0.1307) / 0.3081
+    ytr = ytr[: args.train]
     g = torch.Generator().manual_seed(0)
     perms = [torch.randperm(784, generator=g) for _ in range(args.tasks)]
     torch.manual_seed(1)
@@ -81,6 +83,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--tasks", type=int, default=10)
     p.add_argument("--train", type=int, default=54000)
     p.add_argument("--methods", default="finetune,gpm")
+    p.add_argument("--out", default="projection_gpm_pmnist", help="results file stem in benchmarks/results")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     results = [run(m, args) for m in args.methods.split(",")]
@@ -107,9 +110,9 @@ def main(argv: list[str]) -> int:
         ]
     )
     out = results_dir()
-    atomic_write_text(out / "projection_gpm_pmnist.md", text)
+    atomic_write_text(out / f"{args.out}.md", text)
     atomic_write_json(
-        out / "projection_gpm_pmnist.json",
+        out / f"{args.out}.json",
         {"args": vars(args), "results": results, "machine": machine_info()},
     )
     print(text)
