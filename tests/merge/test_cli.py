@@ -216,3 +216,22 @@ def test_lora_matches_peft_merge_and_unload(tmp_path: Path) -> None:
     ck = open_checkpoint(tmp_path / "adapter", base=paths[0])
     for k in ck.keys():
         torch.testing.assert_close(ck.get(k), merged[k], rtol=1e-5, atol=1e-6)
+
+
+def test_dtype_and_out_dtype(ckpts: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = ckpts["root"]
+    monkeypatch.chdir(root)
+    cfg = root / "d.yml"
+    cfg.write_text(
+        "merge_method: task_arithmetic\nbase_model: base\nmodels:\n  - model: ft_sharded\n"
+        "parameters: {lambda: 0.5}\ndtype: float64\nout_dtype: bfloat16\n"
+    )
+    assert main([str(cfg), "out", "--no-progress", "--device", "auto"]) == 0
+    got = open_checkpoint(root / "out")
+    b, ft = ckpts["base"], ckpts["fts"][0]
+    for k, v in b.items():
+        if v.is_floating_point():
+            exp = (v.double() + 0.5 * (ft[k].double() - v.double())).to(torch.bfloat16)
+            assert got.info(k).dtype == torch.bfloat16 and torch.equal(got.get(k), exp), k
+        else:
+            assert got.info(k).dtype == v.dtype
