@@ -61,7 +61,7 @@ def _check_input(G: torch.Tensor) -> None:
 
 def _iter_dtype(G: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
     if dtype is None:
-        return G.dtype
+        return G.dtype if G.dtype in _ITER_DTYPES else torch.float32  # e.g. float8 storage: iterate in fp32
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype or None, got {type(dtype).__name__}")
     if dtype not in _ITER_DTYPES:
@@ -208,7 +208,12 @@ def _run_ns(
     gram_restarts: Sequence[int],
 ) -> torch.Tensor:
     _check_input(G)
+    out_dtype = G.dtype
     it_dtype = _iter_dtype(G, dtype)
+    if (
+        G.dtype not in _ITER_DTYPES
+    ):  # float8 & co.: no arithmetic promotion; upcast once (a copy, never a view)
+        G = G.to(torch.float32)
     m, n = G.shape[-2], G.shape[-1]
     X = _normalized(G, normalize, 0.0 if normalize == "schatten4" else safety, eps, it_dtype)
     s4 = safety if normalize == "schatten4" else None
@@ -237,7 +242,7 @@ def _run_ns(
         out = out.reshape(*batch_shape, m, n)
     if tall:
         out = out.mT
-    return out if out.dtype == G.dtype else out.to(G.dtype)
+    return out if out.dtype == out_dtype else out.to(out_dtype)
 
 
 def _check_steps(steps: int | None) -> None:
@@ -417,8 +422,8 @@ def polar_svd(
     """
     _check_input(G)
     _iter_dtype(G, dtype)
-    check_finite(G, "G")
     Gd = G.to(_exact_dtype(G.device))
+    check_finite(Gd, "G")
     U, S, Vh = torch.linalg.svd(Gd, full_matrices=False)
     mask = _rank_mask(S, G.shape[-2], G.shape[-1]).to(Gd.dtype)
     P = (U * mask.unsqueeze(-2)) @ Vh
@@ -454,8 +459,8 @@ def polar_eigh(
     """
     _check_input(G)
     _iter_dtype(G, dtype)
-    check_finite(G, "G")
     Gd = G.to(_exact_dtype(G.device))
+    check_finite(Gd, "G")
     tall = Gd.shape[-2] > Gd.shape[-1]
     if tall:
         Gd = Gd.mT
@@ -501,8 +506,8 @@ def qr_orthonormalize(
     """
     _check_input(G)
     _iter_dtype(G, dtype)
-    check_finite(G, "G")
     Gd = G.to(_exact_dtype(G.device))
+    check_finite(Gd, "G")
     wide = Gd.shape[-2] < Gd.shape[-1]
     if wide:
         Gd = Gd.mT

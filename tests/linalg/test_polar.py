@@ -264,6 +264,15 @@ def test_dtype_argument_sets_iteration_precision_and_output_keeps_input_dtype() 
     assert X16.dtype == torch.float32 and bool(torch.isfinite(X16).all())
 
 
+@pytest.mark.parametrize("method", POLAR_METHODS.names())
+def test_float8_storage_is_upcast_and_returned_in_its_dtype(method: str) -> None:
+    G8 = torch.randn(6, 10).to(torch.float8_e4m3fn)
+    X = polar(G8, method=method)
+    assert X.dtype == torch.float8_e4m3fn
+    ref = polar(G8.float(), method=method).to(torch.float8_e4m3fn)
+    torch.testing.assert_close(X.float(), ref.float(), atol=0.07, rtol=0)
+
+
 def test_spectral_normalization() -> None:
     sigma = torch.tensor([1.0, 0.5, 0.2], dtype=F64)
     G, _, _ = _with_spectrum(3, 8, sigma)
