@@ -33,13 +33,15 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["gu_direction", "optimizer_metric", "GeometricUnlearning", "GU_MODES"]
+from orthokit.projection.registry import ProjectionMethod, register_projection
+
+__all__ = ["gu_direction", "optimizer_metric", "GeometricUnlearning", "GUProjection", "GU_MODES"]
 
 GU_MODES = ("gu", "pcgrad")
 
@@ -278,3 +280,90 @@ class GeometricUnlearning:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return info
+
+
+@register_projection(
+    "gu",
+    aliases=("geometric_unlearning",),
+    subspace="gradient",
+    optimizer_agnostic=True,
+    guarantee="first_order",
+    paper="Zhou et al., Geometric-disentanglement Unlearning, arXiv 2511.17100",
+)
+class GUProjection(ProjectionMethod):
+    """GU's retain-invariance as a registered projection method: a model-scope retain-gradient subspace.
+
+    ``after_task(retain_batches)`` stores one retain-loss gradient per batch (GU's "Orthograd" per-sample basis
+    with batches as samples), Gram–Schmidt-orthonormalised twice together with the existing basis;
+    ``wrap(optimizer)`` projects the **applied update** ``Δθ ← Δθ − S Sᵀ Δθ``, which makes
+    ``⟨∇L_retain, Δθ⟩ = 0`` for *any* inner optimizer (the update-space form of GU's metric condition:
+    ``⟨g_r, Δθ⟩`` is the first-order retain change whatever preconditioner produced ``Δθ``). For the per-step
+    surgery with fresh retain gradients and the joint forget+retain direction use :class:`GeometricUnlearning`.
+
+    Args:
+        model: the network.
+        layers: protected layers (as for :class:`SubspaceMemory`; the flat basis covers their parameters).
+        loss_fn: ``loss_fn(model, batch)`` retain loss (default: cross-entropy of ``model(x)`` vs ``y``).
+        max_directions: cap on the stored directions (oldest kept).
+
+    Example:
+        >>> gu = GUProjection(model)
+        >>> gu.after_task(retain_batches)
+        >>> opt = gu.wrap(torch.optim.AdamW(model.parameters(), lr=1e-4))
+        >>> (-nll(model, forget_batch)).backward(); opt.step()     # gradient ascent, retain-invariant
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Any = None,
+        *,
+        loss_fn: Any = None,
+        max_directions: int = 64,
+    ) -> None:
+        from orthokit.projection.memory import SubspaceMemory
+
+        if max_directions < 1:
+            raise ValueError(f"max_directions must be >= 1, got {max_directions}")
+        self.model = model
+        self.memory = SubspaceMemory(model, layers, bias="augment")
+        self.loss_fn = loss_fn
+        self.max_directions = max_directions
+
+    def _loss(self, batch: Any) -> torch.Tensor:
+        if self.loss_fn is not None:
+            return self.loss_fn(self.model, batch)
+        if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+            raise TypeError("GUProjection's default loss needs (x, y) batches; pass loss_fn otherwise")
+        out = self.model(batch[0])
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        return torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), batch[1].reshape(-1))
+
+    def after_task(self, batches: Iterable[Any], **kwargs: Any) -> dict[str, int]:
+        """Add the retain gradients of ``batches`` to the flat basis. Returns ``{"__model__": added}``."""
+        params = [p for n in self.memory.layer_names for p in self.memory.layer(n).params]
+        old = self.memory.flat_basis
+        basis = [] if old is None else list(old.double().T)
+        k0 = len(basis)
+        with torch.enable_grad():
+            for b in batches:
+                gs = torch.autograd.grad(self._loss(b), params, allow_unused=True)
+                v = torch.cat(
+                    [
+                        (torch.zeros_like(p) if g is None else g).reshape(-1).double()
+                        for g, p in zip(gs, params)
+                    ]
+                )
+                n0 = v.norm()
+                if n0 == 0 or len(basis) >= self.max_directions:
+                    continue
+                for _ in range(2):
+                    for q in basis:
+                        v = v - (q @ v) * q
+                if v.norm() > 1e-6 * n0:
+                    basis.append(v / v.norm())
+        if basis:
+            self.memory.set_basis("__model__", torch.stack(basis, 1), orthonormalize=False)
+        self.memory.task_count += 1
+        return {"__model__": len(basis) - k0}

@@ -31,13 +31,15 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["OGPSA", "reference_gradient_bases", "project_out", "OGPSA_MODES"]
+from orthokit.projection.registry import ProjectionMethod, register_projection
+
+__all__ = ["OGPSA", "OGPSAProjection", "reference_gradient_bases", "project_out", "OGPSA_MODES"]
 
 OGPSA_MODES = ("orthogonal", "threshold")
 
@@ -288,3 +290,148 @@ class OGPSA:
         self.optimizer.load_state_dict(state["optimizer"])
         self.bases = dict(state["bases"])
         self.steps = int(state["steps"])
+
+
+def _layer_reference_bases(
+    memory: Any,
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+    batches: Sequence[Any],
+    rank: int,
+) -> dict[str, torch.Tensor]:
+    """Per protected layer (weight and bias flattened together) orthonormal bases of ``rank`` reference gradients."""
+    names = memory.layer_names
+    params = [p for n in names for p in memory.layer(n).params]
+    groups = [list(range(len(batches)))[i::rank] for i in range(rank)]
+    cols: list[torch.Tensor] = []
+    for grp in groups:
+        acc = None
+        for i in grp:
+            loss = loss_fn(model, batches[i])
+            if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+                raise ValueError("loss_fn must return a scalar tensor")
+            gs = torch.autograd.grad(loss, params, allow_unused=True)
+            flat = torch.cat(
+                [(torch.zeros_like(p) if g is None else g).reshape(-1).double() for g, p in zip(gs, params)]
+            )
+            acc = flat if acc is None else acc + flat
+        assert acc is not None
+        cols.append(acc)
+    G = torch.stack(cols, dim=1)
+    out, off = {}, 0
+    for n in names:
+        d = sum(p.numel() for p in memory.layer(n).params)
+        out[n] = _orthonormal_columns(G[off : off + d])
+        off += d
+    return out
+
+
+def _default_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+    if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+        raise TypeError("OGPSA's default loss needs (x, y) batches; pass loss_fn for other formats")
+    out = model(batch[0])
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    return torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), batch[1].reshape(-1))
+
+
+@register_projection(
+    "ogpsa",
+    subspace="gradient",
+    optimizer_agnostic=True,
+    guarantee="first_order",
+    paper="Sun et al., Safety Alignment as Continual Learning: Mitigating the Alignment Tax via Orthogonal "
+    "Gradient Projection, arXiv 2602.07892 (2026)",
+)
+class OGPSAProjection(ProjectionMethod):
+    """OGPSA as a registered projection method (per-layer reference-gradient subspace, periodic refresh).
+
+    ``after_task(reference_batches)`` stores the reference (general-capability) data and builds, for every
+    protected layer, the orthonormal basis of ``rank`` reference-loss gradients (weight and bias flattened);
+    ``wrap(optimizer)`` returns a :class:`~orthokit.projection.projected.Projected` optimizer that projects the
+    applied update off these bases and recomputes them every ``refresh_every`` steps (the paper's periodic
+    refresh) — so the reference loss is unchanged to first order at every step, for any inner optimizer.
+    :class:`OGPSA` is the standalone per-tensor optimizer wrapper covering every trainable tensor.
+
+    Args:
+        model: the network.
+        layers: protected layers (as for :class:`SubspaceMemory`).
+        rank: reference directions per layer.
+        refresh_every: refresh period in optimiser steps (0 = never; paper: 30 SFT, 5 DPO).
+        loss_fn: ``loss_fn(model, batch)`` reference loss (default: cross-entropy of ``model(x)`` vs ``y``).
+
+    Example:
+        >>> ogpsa = OGPSAProjection(model, rank=2, refresh_every=30)
+        >>> ogpsa.after_task(general_capability_batches)
+        >>> opt = ogpsa.wrap(torch.optim.AdamW(model.parameters(), lr=1e-5))
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Any = None,
+        *,
+        rank: int = 1,
+        refresh_every: int = 30,
+        loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+    ) -> None:
+        if not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"rank must be a positive int, got {rank!r}")
+        if not isinstance(refresh_every, int) or refresh_every < 0:
+            raise ValueError(f"refresh_every must be a non-negative int, got {refresh_every!r}")
+        from orthokit.projection.memory import SubspaceMemory
+
+        self.model = model
+        self.memory = SubspaceMemory(model, layers, bias="augment")
+        self.rank, self.refresh_every = rank, refresh_every
+        self.loss_fn = loss_fn or _default_loss
+        self.reference: list[Any] = []
+        self.steps = 0
+        self.refreshes = 0
+
+    def refresh(self) -> dict[str, int]:
+        """Recompute every layer's basis from the stored reference batches at the current parameters."""
+        if len(self.reference) < self.rank:
+            raise ValueError(f"need at least rank={self.rank} reference batches, got {len(self.reference)}")
+        with torch.enable_grad():
+            bases = _layer_reference_bases(self.memory, self.model, self.loss_fn, self.reference, self.rank)
+        for n, B in bases.items():
+            self.memory.set_basis(n, B if B.shape[1] else None, kind="gradient", orthonormalize=False)
+        self.refreshes += 1
+        return {n: int(B.shape[1]) for n, B in bases.items()}
+
+    def after_task(self, batches: Iterable[Any], **kwargs: Any) -> dict[str, int]:
+        """Store ``batches`` as the reference set and build the bases. Returns directions per layer."""
+        self.reference = list(batches)
+        added = self.refresh()
+        self.memory.task_count += 1
+        return added
+
+    def on_step(self) -> None:
+        """Called by the wrapped optimizer before each step: refresh when due."""
+        if self.refresh_every and self.reference and self.steps > 0 and self.steps % self.refresh_every == 0:
+            self.refresh()
+        self.steps += 1
+
+    def wrap(self, optimizer: torch.optim.Optimizer, *, where: str = "update") -> torch.optim.Optimizer:
+        """A :class:`Projected` optimizer that refreshes the reference bases every ``refresh_every`` steps."""
+        from orthokit.projection.projected import Projected
+
+        method = self
+
+        class _Refreshing(Projected):
+            def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
+                method.on_step()
+                return super().step(closure)
+
+        return _Refreshing(optimizer, self.memory, mode="hard", where=where)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Memory, reference batches and the step counter."""
+        return {"memory": self.memory.state_dict(), "reference": list(self.reference), "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+        super().load_state_dict(state)
+        self.reference = list(state.get("reference", []))
+        self.steps = int(state.get("steps", 0))

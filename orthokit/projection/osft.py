@@ -40,7 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["OSFTLinear", "apply_osft", "OSFTOptimizer", "select_rank"]
+from orthokit.projection.registry import ProjectionMethod, register_projection
+
+__all__ = ["OSFTLinear", "apply_osft", "OSFTOptimizer", "OSFTProjection", "select_rank"]
 
 
 def select_rank(
@@ -272,3 +274,57 @@ class OSFTOptimizer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Inverse of :meth:`state_dict`."""
         self.optimizer.load_state_dict(state)
+
+
+@register_projection(
+    "osft",
+    aliases=("sculpting_subspaces",),
+    subspace="weight",
+    optimizer_agnostic=True,
+    guarantee="exact",
+    paper="Nayak et al., Sculpting Subspaces: Constrained Full Fine-Tuning in LLMs for Continual Learning, "
+    "arXiv 2504.07097 (ICLR 2026)",
+)
+class OSFTProjection(ProjectionMethod):
+    """OSFT without re-parametrisation: freeze each weight's top singular directions through the update.
+
+    ``after_task()`` stores the top-k singular pairs ``(U_h, V_h)`` of every protected weight (the current
+    weights; data are not needed, batches are ignored) and ``wrap(optimizer)`` projects every applied update
+    two-sided, ``ΔW ← (I − U_hU_hᵀ) ΔW (I − V_hV_hᵀ)``, so ``W V_hᵀ = U_h diag(S_h)`` and ``U_hᵀ W = diag(S_h) V_h``
+    stay exact — the same invariant as :class:`OSFTLinear` (which trains the factored complement instead).
+
+    Args:
+        model: the network.
+        layers: protected layers (as for :class:`SubspaceMemory`).
+        preserve_ratio: fraction of ``min(m, n)`` preserved per weight (released code: 0.5).
+        rank: absolute preserved rank instead (PEFT ``effective_rank``).
+
+    Example:
+        >>> osft = OSFTProjection(model, preserve_ratio=0.5)
+        >>> osft.after_task()
+        >>> opt = osft.wrap(torch.optim.AdamW(model.parameters(), lr=1e-5))
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Any = None,
+        *,
+        preserve_ratio: float | None = 0.5,
+        rank: int | None = None,
+    ) -> None:
+        from orthokit.projection.memory import SubspaceMemory
+
+        if rank is not None:
+            preserve_ratio = None
+        if preserve_ratio is None and rank is None:
+            raise ValueError("give preserve_ratio or rank")
+        if preserve_ratio is not None and not 0.0 < preserve_ratio <= 1.0:
+            raise ValueError(f"preserve_ratio must be in (0, 1], got {preserve_ratio}")
+        self.model = model
+        self.memory = SubspaceMemory(model, layers, bias="augment")
+        self.preserve_ratio, self.rank = preserve_ratio, rank
+
+    def after_task(self, batches: Iterable[Any] = (), **kwargs: Any) -> dict[str, int]:
+        """(Re)compute the preserved singular directions of the current weights."""
+        return self.memory.collect_weights(rank=self.rank, rank_ratio=self.preserve_ratio)
