@@ -77,7 +77,8 @@ class OrthogonalOptimizer(torch.optim.Optimizer):
             (``"ortho"`` default or ``"adamw"``), ``betas``/``eps`` (AdamW groups), ``split`` (int, number of equal
             row blocks orthogonalized separately, e.g. 3 for fused QKV), ``flatten`` (``None`` auto: 3-D params are
             batches of matrices, ≥4-D are flattened to ``(out, rest)``; ``True``: always flatten; ``False``:
-            always batch over leading dims), ``batched``.
+            always batch over leading dims), ``layout`` (``"out_in"`` default, nn.Linear; ``"in_out"`` for 2-D
+            weights stored transposed such as HuggingFace ``Conv1D`` — only the shape scale changes), ``batched``.
         defaults: the subclass's default hyperparameters.
         skip_nonfinite: skip (with a warning) instead of raising on non-finite gradients.
         distributed: ``False``, ``True`` (requires an initialized process group) or ``"auto"`` (on when
@@ -147,6 +148,8 @@ class OrthogonalOptimizer(torch.optim.Optimizer):
         split = group.get("split", 1)
         if isinstance(split, bool) or not isinstance(split, int) or split < 1:
             raise ValueError(f"split must be a positive int, got {split!r}")
+        if group.get("layout", "out_in") not in ("out_in", "in_out"):
+            raise ValueError(f"layout must be 'out_in' or 'in_out', got {group.get('layout')!r}")
         if group.get("flatten") not in (None, True, False):
             raise ValueError(f"flatten must be None, True or False, got {group.get('flatten')!r}")
 
@@ -188,14 +191,23 @@ class OrthogonalOptimizer(torch.optim.Optimizer):
             mats, m, n = 1, shape[0], math.prod(shape[1:])
         else:
             mats, m, n = math.prod(shape[:-2]), shape[-2], shape[-1]
+        transposed = group.get("layout", "out_in") == "in_out"
+        if transposed and p.dim() != 2:
+            raise ValueError(
+                f"parameter {name!r}: layout='in_out' is only supported for 2-D weights, got {shape}"
+            )
         split = group.get("split", 1)
+        if split > 1 and transposed:
+            raise ValueError(
+                f"parameter {name!r}: split is not supported with layout='in_out' (blocks would be column blocks)"
+            )
         if split > 1:
             if m % split:
                 raise ValueError(f"parameter {name!r}: {m} rows cannot be split into {split} equal blocks")
             mats, m = mats * split, m // split
         if m == 0 or n == 0 or mats == 0:
             raise ValueError(f"parameter {name!r} has an empty matrix view of shape {shape}")
-        return MatrixView(shape, mats, m, n)
+        return MatrixView(shape, mats, m, n, transposed)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch semantics; afterwards matrix views are rebuilt from the loaded groups' ``split``/``flatten``."""

@@ -16,7 +16,7 @@ Routing rules (first match wins; reasons are recorded verbatim):
 7. the first convolution (the input layer, Keller: "all convolutional filters except the first one") → AdamW
    (``first_conv="adamw"``).
 8. everything else with ≥ 2 dims → orthogonalized: ``nn.Conv*`` kernels as ``(out, in·k…)`` with that fan-in for
-   the scale, other 3-D tensors as ``[experts, m, n]`` batches, ``nn.MultiheadAttention.in_proj_weight`` and
+   the scale, HuggingFace ``Conv1D`` weights (stored ``(in, out)``) with ``layout="in_out"``, other 3-D tensors as ``[experts, m, n]`` batches, ``nn.MultiheadAttention.in_proj_weight`` and
    ``split_qkv={pattern: blocks}`` matches split into equal row blocks orthogonalized separately.
 
 Example:
@@ -63,6 +63,12 @@ class Route:
     flatten: bool | None = None
     split: int = 1
     decay: bool = True
+    layout: str = "out_in"
+
+
+def _is_hf_conv1d(mod: nn.Module) -> bool:
+    """HuggingFace ``transformers.pytorch_utils.Conv1D`` (a Linear with weight stored as ``(in, out)``)."""
+    return type(mod).__name__ == "Conv1D" and type(mod).__module__.startswith("transformers")
 
 
 def _compile(patterns: Iterable[str] | str | None) -> list[re.Pattern[str]]:
@@ -161,6 +167,8 @@ def route_parameters(
             R("adamw", "embedding-like parameter (by name)")
         elif mod is first_conv_mod and first_conv == "adamw":
             R("adamw", "first convolution (input layer)")
+        elif _is_hf_conv1d(mod) and p.dim() == 2 and attr == "weight":
+            R("ortho", f"HF Conv1D stored (in, out) = {shape}: fan-in = rows", layout="in_out")
         elif isinstance(mod, _CONV):
             R(
                 "ortho",
@@ -230,17 +238,20 @@ def hybrid(
     if adamw_lr is None:
         adamw_lr = lr if kwargs.get("scale") == "match_rms_adamw" else 3e-4
     routes = route_parameters(model, adamw=adamw, ortho=ortho, split_qkv=split_qkv, first_conv=first_conv)
-    ortho_groups: dict[tuple[Any, int], list[tuple[str, torch.Tensor]]] = {}
+    ortho_groups: dict[tuple[Any, int, str], list[tuple[str, torch.Tensor]]] = {}
     adamw_decay: list[tuple[str, torch.Tensor]] = []
     adamw_nodecay: list[tuple[str, torch.Tensor]] = []
     for r, p in routes:
         if r.rule == "ortho":
-            ortho_groups.setdefault((r.flatten, r.split), []).append((r.name, p))
+            ortho_groups.setdefault((r.flatten, r.split, r.layout), []).append((r.name, p))
         elif r.rule == "adamw":
             (adamw_decay if (r.decay or decay_1d) else adamw_nodecay).append((r.name, p))
     groups: list[dict[str, Any]] = []
-    for (flatten, split), ps in ortho_groups.items():
-        groups.append({"params": ps, "role": "ortho", "flatten": flatten, "split": split})
+    for (flatten, split, layout), ps in ortho_groups.items():
+        g: dict[str, Any] = {"params": ps, "role": "ortho", "flatten": flatten, "split": split}
+        if layout != "out_in":
+            g["layout"] = layout
+        groups.append(g)
     common = {"algorithm": "adamw", "lr": adamw_lr, "betas": tuple(adamw_betas), "eps": adamw_eps}
     if adamw_decay:
         groups.append({"params": adamw_decay, "role": "adamw", "weight_decay": adamw_wd, **common})
@@ -283,9 +294,13 @@ def describe(optimizer: torch.optim.Optimizer, *, printed: bool = False) -> str:
             if group["algorithm"] == "ortho":
                 v = optimizer.matrix_view(p)
                 view = f"{v.mats}×{v.m}×{v.n}" if v.mats > 1 else f"{v.m}×{v.n}"
+                if v.transposed:
+                    view += " (in×out)"
                 mode = group.get("scale")
                 scale = (
-                    f"{mode}={shape_scale(mode, v.m, v.n):.3g}" if mode in SCALE_MODES else str(mode or "-")
+                    f"{mode}={shape_scale(mode, v.fan_out, v.fan_in):.3g}"
+                    if mode in SCALE_MODES
+                    else str(mode or "-")
                 )
                 rule = type(optimizer).__name__.lower()
             else:

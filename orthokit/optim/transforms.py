@@ -65,7 +65,9 @@ class MatrixView:
     ``m`` is the fan-out (rows, output features), ``n`` the fan-in (columns). Reshaping the (contiguous) update
     with ``u.reshape(mats, m, n)`` gives the matrices; this covers plain 2-D weights ``(1, out, in)``, conv kernels
     flattened to ``(1, out, in·kh·kw)``, 3-D expert stacks ``(E, m, n)`` and fused QKV weights split into row blocks
-    ``(3, out/3, in)``.
+    ``(3, out/3, in)``. ``transposed=True`` marks weights stored as ``(in, out)`` (HuggingFace ``Conv1D``): the
+    matrices keep their storage layout (the polar factor is transpose-equivariant) and :attr:`fan_out` /
+    :attr:`fan_in` give the semantic sizes used for shape scaling.
 
     Example:
         >>> MatrixView(shape=(64, 3, 3, 3), mats=1, m=64, n=27).n
@@ -76,6 +78,17 @@ class MatrixView:
     mats: int
     m: int
     n: int
+    transposed: bool = False
+
+    @property
+    def fan_out(self) -> int:
+        """Output features of each matrix (``m``, or ``n`` for ``transposed`` in×out storage like HF ``Conv1D``)."""
+        return self.n if self.transposed else self.m
+
+    @property
+    def fan_in(self) -> int:
+        """Input features of each matrix (``n``, or ``m`` for ``transposed`` storage)."""
+        return self.m if self.transposed else self.n
 
     def as_matrices(self, t: Tensor) -> Tensor:
         """``t`` (shaped like the parameter) reshaped to ``[mats, m, n]``."""
@@ -358,7 +371,7 @@ class orthogonalize(Transform):
 
 
 class scale_by_shape(Transform):
-    """Multiply each update by :func:`shape_scale` of its matrix view (``mode`` ∈ :data:`SCALE_MODES`).
+    """Multiply each update by :func:`shape_scale` of its matrix view's ``(fan_out, fan_in)``.
 
     The scale uses the per-matrix fan-out/fan-in of the view: conv kernels use ``n = in·kh·kw`` (not Keller's
     last-two-dims quirk, reference notes §3), split QKV blocks use ``m = out/3``.
@@ -388,7 +401,7 @@ class scale_by_shape(Transform):
         out = []
         for p in params:
             v = self._view(p)
-            out.append(shape_scale(self.mode, v.m, v.n))
+            out.append(shape_scale(self.mode, v.fan_out, v.fan_in))
         return out
 
     def __repr__(self) -> str:

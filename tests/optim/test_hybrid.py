@@ -203,3 +203,39 @@ def test_bad_inputs():
     frozen.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable"):
         hybrid(frozen)
+
+
+def test_hf_conv1d_in_out_layout_matches_linear_transposed():
+    """GPT-2's Conv1D stores (in, out): routed with layout='in_out', its update is the Linear update transposed."""
+    pytest.importorskip("transformers")
+    from transformers.pytorch_utils import Conv1D
+
+    class HF(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c_fc = Conv1D(64, 16)  # nf=64 outputs, nx=16 inputs → weight (16, 64)
+
+    class Lin(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(16, 64, bias=False)
+
+    hf, lin = HF(), Lin()
+    with torch.no_grad():
+        lin.fc.weight.copy_(hf.c_fc.weight.T)
+    r = _routes(hf)
+    assert r["c_fc.weight"].rule == "ortho" and r["c_fc.weight"].layout == "in_out"
+    o_hf = hybrid(hf, lr=0.1, ns_method="svd", ns_dtype=torch.float64)
+    o_lin = hybrid(lin, lr=0.1, ns_method="svd", ns_dtype=torch.float64)
+    v = o_hf.matrix_view(hf.c_fc.weight)
+    assert (v.fan_out, v.fan_in) == (64, 16) and v.transposed
+    for _ in range(2):
+        G = torch.randn(64, 16)
+        hf.c_fc.weight.grad = G.T.clone()
+        lin.fc.weight.grad = G.clone()
+        o_hf.step()
+        o_lin.step()
+    torch.testing.assert_close(hf.c_fc.weight.detach().T, lin.fc.weight.detach(), rtol=1e-6, atol=1e-6)
+    assert "(in×out)" in describe(o_hf) and "keller=2" in describe(o_hf)
+    with pytest.raises(ValueError, match="in_out"):
+        Muon([{"params": [torch.nn.Parameter(torch.randn(6, 4))], "layout": "in_out", "split": 2}])
