@@ -40,6 +40,8 @@ def exact_scenario(rank: int) -> dict:
         od = Muon([{"params": dist_p[:-1]}, {"params": dist_p[-1:], "split": 2}], distributed=True, **kw)
         orf = Muon([{"params": ref_p[:-1]}, {"params": ref_p[-1:], "split": 2}], distributed=False, **kw)
         assert od.dist_context is not None and od.dist_context.world_size == 2
+        auto = Muon([torch.nn.Parameter(torch.zeros(2, 2))], distributed="auto").dist_context
+        assert auto is not None and auto.world_size == 2 and auto.rank == rank
         for gs in grads:
             for p, q, gr in zip(dist_p, ref_p, gs):
                 p.grad, q.grad = gr.clone(), gr.clone()

@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orthokit.optim import OPTIMIZERS, Muon, NonFiniteGradientError, OrthogonalOptimizer
 from orthokit.optim import transforms as T
@@ -327,3 +329,28 @@ def test_deepcopy_and_pickle_keep_views_and_names():
     buf.seek(0)
     loaded = torch.load(buf, weights_only=False)
     assert loaded.matrix_view(loaded.param_groups[0]["params"][0]).mats == 3
+
+
+@settings(max_examples=15)
+@given(
+    dims=st.lists(st.tuples(st.integers(1, 3), st.integers(2, 9), st.integers(2, 9)), min_size=1, max_size=6),
+    seed=st.integers(0, 2**16),
+)
+def test_batched_equals_reference_property(dims, seed):
+    """For any mix of shapes (including repeated ones and expert stacks), batched == per-parameter."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(m, n) if e == 1 else (e, m, n) for e, m, n in dims]
+    shapes = shapes + shapes[:2]  # force repeated shapes into the same bucket
+    W0 = [torch.randn(*s, generator=g) for s in shapes]
+    G = [torch.randn(*s, generator=g) for s in shapes]
+    outs = []
+    for batched in (True, False):
+        ps = [torch.nn.Parameter(w.clone()) for w in W0]
+        opt = Muon(ps, lr=0.05, weight_decay=0.1, batched=batched)
+        for _ in range(2):
+            for p, gr in zip(ps, G):
+                p.grad = gr.clone()
+            opt.step()
+        outs.append(ps)
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
