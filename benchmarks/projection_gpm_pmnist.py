@@ -4,8 +4,8 @@ Protocol (reference notes §10/§11; GPM repo): inputs normalised with the MNIST
 too; permutations from ``torch.Generator`` seed 0), MLP 784-100-100-10 without bias, model seed 1, SGD lr 0.01,
 batch 10, first 54,000 training images per task, evaluation on the 10,000 test images under each permutation.
 GPM: ε = [0.95, 0.99, 0.99], 300 random training samples per task for the representation, a fresh SGD per task.
-Methods: ``finetune`` (plain SGD) and ``gpm`` (``where="gradient"`` = reference code path, ``gpm_update`` = the
-default update projection; identical for SGD).
+Methods: ``finetune`` (plain SGD), ``gpm`` (``where="gradient"`` = reference code path, ``gpm_update`` = the
+default update projection; identical for SGD) and ``sgp`` (SGP with α = 10, same thresholds and samples).
 
 Metrics: ACC = mean_j R[T, j]; BWT = mean_{j<T} (R[T, j] − R[j, j]) (GPM/GEM definition); learning accuracy =
 mean_j R[j, j].
@@ -26,7 +26,7 @@ from torch import nn
 from orthokit.bench.data import load_mnist
 from orthokit.bench.models import MLP
 from orthokit.bench.report import atomic_write_json, atomic_write_text, machine_info, md_table, results_dir
-from orthokit.projection import GPM
+from orthokit.projection import GPM, SGP
 
 
 @torch.no_grad()
@@ -43,13 +43,22 @@ def run(method: str, args: argparse.Namespace) -> dict:
     perms = [torch.randperm(784, generator=g) for _ in range(args.tasks)]
     torch.manual_seed(1)
     model = MLP([784, 100, 100, 10])
-    gpm = GPM(model, threshold=[0.95, 0.99, 0.99], max_samples=300) if method != "finetune" else None
+    if method == "finetune":
+        gpm = None
+    elif method == "sgp":
+        gpm = SGP(model, threshold=[0.95, 0.99, 0.99], scale_coff=10.0, max_samples=300)
+    else:
+        gpm = GPM(model, threshold=[0.95, 0.99, 0.99], max_samples=300)
     acc = [[0.0] * args.tasks for _ in range(args.tasks)]
     data_gen = torch.Generator().manual_seed(2)
     t0 = time.perf_counter()
     for t, perm in enumerate(perms):
         inner = torch.optim.SGD(model.parameters(), lr=0.01)
-        opt = inner if gpm is None else gpm.wrap(inner, where="gradient" if method == "gpm" else "update")
+        opt = (
+            inner
+            if gpm is None
+            else gpm.wrap(inner, where="update" if method == "gpm_update" else "gradient")
+        )
         x_t = xtr[:, perm]
         for _ in range(args.epochs):
             order = torch.randperm(x_t.shape[0], generator=data_gen)
