@@ -824,8 +824,12 @@ class SubspaceMemory:
             for lay in self._layers.values():
                 if lay.k > 0:
                     raise ValueError("a model-scope gradient basis cannot be mixed with per-layer bases")
-        elif self.flat_basis is not None:
-            raise ValueError("this memory holds a model-scope gradient basis; use scope='model'")
+        else:
+            if self.flat_basis is not None:
+                raise ValueError("this memory holds a model-scope gradient basis; use scope='model'")
+            for lay in self._layers.values():
+                if lay.kind not in (None, "gradient") and lay.k > 0:
+                    raise ValueError(f"layer {lay.name!r} holds a {lay.kind!r} basis, cannot add gradients")
         model = self.model if model is None else model
         params = self._scope_params("model")
         cols: list[torch.Tensor] = []

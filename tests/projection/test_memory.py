@@ -428,3 +428,22 @@ def test_interference_ratio() -> None:
     w.grad = mixed.clone()
     assert mem.interference()["0"] == pytest.approx(expected, rel=1e-4)
     assert torch.equal(w.grad, mixed)  # diagnostics never modify gradients
+
+
+def test_gradient_collection_layer_scope_and_kind_conflicts() -> None:
+    model = _mlp()
+    x, y = torch.randn(6, 12), torch.randint(0, 6, (6,))
+    out = lambda m, b: m(b[0]).gather(1, b[1][:, None]).squeeze(1)  # noqa: E731
+    mem = SubspaceMemory(model)
+    added = mem.collect_gradients(model, out, [(x, y)], scope="layer")
+    assert added["0"] == 6 and added["2"] == 6
+    assert mem.layer("0").kind == "gradient" and mem.basis("0").shape == (12 * 20, 6)
+    with pytest.raises(ValueError, match="cannot be mixed"):
+        mem.collect_gradients(model, out, [(x, y)], scope="model")
+    mem2 = SubspaceMemory(model)
+    mem2.collect_activations(model, [x], threshold=0.9)
+    before = mem2.state_dict()
+    with pytest.raises(ValueError, match="cannot add gradients"):
+        mem2.collect_gradients(model, out, [(x, y)], scope="layer")
+    for n in mem2.layer_names:
+        assert torch.equal(mem2.basis(n), before["layers"][n]["basis"])
