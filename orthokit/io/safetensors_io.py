@@ -268,6 +268,22 @@ class SafetensorsFile:
         )
         return t.view(info.dtype).reshape(info.shape)
 
+    def release(self, name: str) -> None:
+        """Drop the mapped pages of ``name`` from this process (``madvise(MADV_DONTNEED)``) once it is used.
+
+        Only resident-set accounting changes: the pages stay in the page cache, and a later access re-reads
+        them (the mapping is private and never written, so nothing is lost). Keeps RssFile at a few tensors
+        when streaming through a large checkpoint.
+        """
+        if self._mm is None or name not in self._entries or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        _, b, e = self._entries[name]
+        ps = mmap.PAGESIZE
+        a0 = -(-(self._data_start + b) // ps) * ps
+        a1 = (self._data_start + e) // ps * ps
+        if a1 > a0:
+            self._mm.madvise(mmap.MADV_DONTNEED, a0, a1 - a0)
+
     def close(self) -> None:
         """Drop the memory map (tensors still referencing it keep it alive)."""
         self._mm = None
@@ -340,6 +356,12 @@ class ShardedCheckpoint:
         """The tensor ``name`` (zero-copy memory-mapped view)."""
         self.info(name)
         return self._shard(self.weight_map[name]).get(name)
+
+    def release(self, name: str) -> None:
+        """Drop ``name``'s mapped pages (see :meth:`SafetensorsFile.release`)."""
+        f = self.weight_map.get(name)
+        if f is not None and f in self._shards:
+            self._shards[f].release(name)
 
     def close(self) -> None:
         """Release all shard maps."""
@@ -539,6 +561,12 @@ class LoraAppliedCheckpoint:
             return w
         work = torch.float64 if w.dtype == torch.float64 else torch.float32
         return (w.to(work) + self.adapter.delta(name, work)).to(w.dtype)
+
+    def release(self, name: str) -> None:
+        """Drop the base tensor's mapped pages once used."""
+        rel = getattr(self.base, "release", None)
+        if rel is not None:
+            rel(name)
 
     def close(self) -> None:
         """Release the base and adapter maps."""

@@ -281,6 +281,10 @@ def run_merge(
                         del b, fts
                         writer.write(name, res.to(dtype=task.out.dtype))
                         del res
+                    for src in [plan.base, *plan.models]:  # keep resident file pages at a few tensors
+                        rel = getattr(src, "release", None)
+                        if rel is not None:
+                            rel(name)
                     if bar is not None:
                         bar.update(1)
                 writer.close()

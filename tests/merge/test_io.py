@@ -263,3 +263,24 @@ def test_load_file(tmp_path: Path) -> None:
     save_sharded(sd, tmp_path / "m", max_shard_bytes=50)
     got = load_file(tmp_path / "m")
     assert all(torch.equal(got[k], v) for k, v in sd.items())
+
+
+def _rss_file() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) * 1024
+    return -1
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_release_drops_resident_pages_and_keeps_data(tmp_path: Path) -> None:
+    x = torch.randn(4_000_000)
+    save_file({"x": x, "y": torch.ones(3)}, str(tmp_path / "big.safetensors"))
+    f = SafetensorsFile(tmp_path / "big.safetensors")
+    before = _rss_file()
+    assert float(f.get("x").sum()) == pytest.approx(float(x.sum()), rel=1e-4)  # touches all 16 MB
+    touched = _rss_file()
+    f.release("x")
+    after = _rss_file()
+    assert touched - before > 12_000_000 and touched - after > 12_000_000
+    assert torch.equal(f.get("x"), x) and torch.equal(f.get("y"), torch.ones(3))
