@@ -96,3 +96,31 @@ def test_acc_bwt_definitions() -> None:
         acc_bwt([[1.0, 2.0]])
     with pytest.raises(ValueError):
         acc_bwt([[1.0, None], [None, 2.0]])
+
+
+def test_run_sequence_on_a_synthetic_stream_fills_the_lower_triangle() -> None:
+    from orthokit.bench.continual import MethodSpec, TaskStream, _gpm_strategy, _sgd, run_sequence
+    from orthokit.bench.models import MLP
+
+    g = torch.Generator().manual_seed(0)
+    tasks = []
+    for _ in range(3):
+        w, B = torch.randn(3, 3, generator=g), torch.randn(3, 8, generator=g)
+        z = torch.randn(500, 3, generator=g)  # each task lives in its own 3-dim input subspace
+        x, y = z @ B, (z @ w).argmax(1)
+        tasks.append((x[:400], y[:400], x[400:], y[400:]))
+    stream = TaskStream(
+        "toy", 3, lambda t: tasks[t], False, ["layers.0", "layers.1"], lambda: MLP([8, 16, 3])
+    )
+    spec = MethodSpec(
+        "GPM", lambda s, seed: _gpm_strategy("gpm", s.protected_layers, (0.97, 0.97), 100), _sgd(0.1)
+    )
+    res = run_sequence(stream, spec, "gpm", seed=0, epochs=2)
+    assert all(res.R[i][j] is not None for i in range(3) for j in range(i + 1))
+    assert all(res.R[i][j] is None for i in range(3) for j in range(i + 1, 3))
+    assert (
+        set(res.metrics) == {"ACC", "BWT", "LA"} and res.R[0][0] > 60 and res.metrics["LA"] > 50
+    )  # chance 33 %
+    assert res.dims["layers.0"] > 0 and res.memory_floats > 0
+    ft = run_sequence(stream, MethodSpec("FT", lambda s, seed: FineTune(), _sgd(0.1)), "ft", seed=0, epochs=2)
+    assert ft.R[0][0] == res.R[0][0]  # identical until the first projection (same seed, same data order)
