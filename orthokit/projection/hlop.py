@@ -233,7 +233,7 @@ class HLOPMemory:
         """Project each protected layer's weight gradient onto the complement of its learned subspace."""
         for name, mod in self.modules.items():
             sub = self.subspaces[name]
-            if mod.weight.grad is not None and sub.n_frozen + (sub.k - sub.n_frozen) > 0:
+            if mod.weight.grad is not None and sub.k > 0:
                 mod.weight.grad.copy_(sub.project(mod.weight.grad))
 
     def dims(self) -> dict[str, int]:

@@ -78,12 +78,12 @@ def select_rank(
     e = (S.double() ** 2).cumsum(0)
     if float(e[-1]) == 0.0:
         return 0
+    if energy == 0.0:
+        return 0
     frac = e / e[-1]
-    return (
-        int(torch.searchsorted(frac, torch.tensor(energy, dtype=frac.dtype) - 1e-12).item()) + 1
-        if energy > 0
-        else 0
-    )
+    # first index whose cumulative energy fraction reaches ``energy`` (1e-12 slack for rounding), as a count
+    target = torch.tensor(energy - 1e-12, dtype=frac.dtype)
+    return min(int(torch.searchsorted(frac, target).item()) + 1, d)
 
 
 class OSFTLinear(nn.Module):
