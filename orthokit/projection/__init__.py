@@ -19,9 +19,11 @@ Example:
 
 from __future__ import annotations
 
-from orthokit.projection import gpm, gu, ogd, ogpsa, osft, sgp  # noqa: F401  (import registers the methods)
+from orthokit.projection import fot, gpm, gu, hlop, ogd, ogpsa, osft, sgp  # noqa: F401  (import registers the methods)
+from orthokit.projection.fot import FOT
 from orthokit.projection.gpm import GPM
 from orthokit.projection.gu import GeometricUnlearning
+from orthokit.projection.hlop import HLOP
 from orthokit.projection.memory import LayerSummary, SubspaceMemory, energy_rank, sgp_importance
 from orthokit.projection.ogd import OGD
 from orthokit.projection.ogpsa import OGPSA
@@ -42,6 +44,8 @@ __all__ = [
     "OGD",
     "OGPSA",
     "GeometricUnlearning",
+    "HLOP",
+    "FOT",
     "OSFTLinear",
     "OSFTOptimizer",
     "apply_osft",
