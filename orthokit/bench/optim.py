@@ -307,6 +307,7 @@ def run_quality(
     log: Callable[[str], None] = print,
     configs: list[QualityConfig] | None = None,
     sweep: bool | None = None,
+    fixed_lrs: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """lr sweep on seed 0, extra seeds at the best lr, summaries per task (see module docstring)."""
     names = list(optimizers or LR_GRIDS)
@@ -325,6 +326,9 @@ def run_quality(
         )
         task_names = [n for n in names if not (n in SKIP.get(cfg.task, ()) and optimizers is None)]
         lrs = {n: (LR_GRIDS[n] if do_sweep else (LR_GRIDS[n][1],)) for n in task_names}
+        for n, lr in (fixed_lrs or {}).get(cfg.task, {}).items():
+            if n in lrs:
+                lrs[n] = (lr,)
         jobs = [dict(cfg=asdict(cfg), opt=n, lr=lr, seed=0) for n in task_names for lr in lrs[n]]
         runs = _run_jobs(jobs, workers, log)
         best_lr = {}
@@ -332,7 +336,7 @@ def run_quality(
             rs = [r for r in runs if r["opt"] == n]
             best_lr[n] = min(rs, key=lambda r: (r["final"], r["lr"]))["lr"]
         extra = [
-            dict(cfg=asdict(cfg), opt=n, lr=best_lr[n], seed=s) for n in names for s in range(1, n_seeds)
+            dict(cfg=asdict(cfg), opt=n, lr=best_lr[n], seed=s) for n in task_names for s in range(1, n_seeds)
         ]
         runs += _run_jobs(extra, workers, log)
         summary = {}
@@ -655,9 +659,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--optimizers", nargs="*", default=None, help=f"subset of {', '.join(LR_GRIDS)}")
     ap.add_argument("--tasks", nargs="*", default=None, choices=("charlm", "mnist"), help="subset of tasks")
     ap.add_argument("--out", default=None, help="output folder (default benchmarks/results)")
+    ap.add_argument(
+        "--lr",
+        action="append",
+        default=[],
+        metavar="TASK:NAME=LR",
+        help="run only this lr for NAME on TASK (e.g. charlm:muon=0.05; skips that optimizer's sweep)",
+    )
     args = ap.parse_args(argv)
     if args.workers < 1 or args.seeds < 1:
         ap.error("--workers and --seeds must be >= 1")
+    fixed: dict[str, dict[str, float]] = {}
+    for spec in args.lr:
+        try:
+            task, rest = spec.split(":", 1)
+            name, val = rest.split("=", 1)
+            fixed.setdefault(task, {})[name] = float(val)
+        except ValueError:
+            ap.error(f"--lr expects TASK:NAME=LR, got {spec!r}")
     out_dir = Path(args.out) if args.out else results_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "optim" + ("_quick" if args.quick else "") + (f"_{args.only}" if args.only else "")
@@ -668,7 +687,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "quality"):
         cfgs = [c for c in _configs(args.quick) if not args.tasks or c.task in args.tasks]
         results["quality"] = run_quality(
-            quick=args.quick, workers=args.workers, optimizers=args.optimizers, seeds=args.seeds, configs=cfgs
+            quick=args.quick,
+            workers=args.workers,
+            optimizers=args.optimizers,
+            seeds=args.seeds,
+            configs=cfgs,
+            fixed_lrs=fixed,
         )
     results["minutes"] = (time.perf_counter() - t0) / 60
     atomic_write_json(out_dir / f"{stem}.json", results)
