@@ -314,19 +314,28 @@ def method_specs(stream_name: str) -> dict[str, MethodSpec]:
             "250 samples/task memory, 256-sample reference batch",
         ),
         "gpm": MethodSpec(
-            "GPM (SGD)", lambda s, seed: _gpm_strategy("gpm", s.protected_layers, thr, 300), _sgd()
+            "GPM (SGD)",
+            lambda s, seed: _gpm_strategy("gpm", s.protected_layers, thr, 300),
+            _sgd(),
+            f"ε={list(thr)}, 300 samples, update projected",
         ),
         "sgp": MethodSpec(
-            "SGP (SGD)", lambda s, seed: _gpm_strategy("sgp", s.protected_layers, thr, 300), _sgd()
+            "SGP (SGD)",
+            lambda s, seed: _gpm_strategy("sgp", s.protected_layers, thr, 300),
+            _sgd(),
+            f"ε={list(thr)}, 300 samples, scale_coff 10",
         ),
         "ogd": MethodSpec(
-            "OGD (SGD)", lambda s, seed: _gpm_strategy("ogd", s.protected_layers, thr, 300), _sgd()
+            "OGD (SGD)",
+            lambda s, seed: _gpm_strategy("ogd", s.protected_layers, thr, 300),
+            _sgd(),
+            "GTL output gradients, 20/task (orthokit default), flat model-scope basis",
         ),
         "hlop": MethodSpec(
             "HLOP (SGD)",
             lambda s, seed: _HLOPStrategy(s.protected_layers, hlop_k),
             _sgd(),
-            f"Oja subspace, {hlop_k} new neurons/task/layer, 3 passes over 3000 samples",
+            f"Oja subspace, {hlop_k} new neurons/task/layer, 3 passes over the 1000-sample end-of-task subset",
         ),
         "gpm_adamw": MethodSpec(
             "GPM + AdamW",
@@ -490,6 +499,10 @@ def run_classification(
     else:
         with ProcessPoolExecutor(max_workers=workers) as ex:
             results += list(ex.map(_run_job, *zip(*jobs))) if jobs else []
+    specs = method_specs(bench)
+    for r in results:  # labels/notes describe the current settings (cached runs keep their numbers)
+        if r.get("status") == "ok" and r["method"] in specs:
+            r["label"], r["note"] = specs[r["method"]].label, specs[r["method"]].note
     order = {m: i for i, m in enumerate(methods)}
     return sorted(results, key=lambda r: (order.get(r["method"], 99), r["seed"]))
 
