@@ -934,7 +934,8 @@ def _lm_plot(unl: dict[str, Any], pres: dict[str, Any], path: Path) -> None:
     a1.set_ylabel("forget (WikiText) loss")
     a1.set_title("(a) unlearning trajectories (up-left = better)")
     a1.grid(alpha=0.3)
-    a1.legend(fontsize=7)
+    if unl["runs"]:
+        a1.legend(fontsize=7)
     for r in pres["runs"].values():
         if r.get("status") != "ok":
             continue
@@ -1058,7 +1059,7 @@ def demo(out_dir: Path) -> str:
                 }
             )
     rows = _summarise(runs)
-    md = _classification_markdown("pmnist", rows, runs, 1, True)
+    md = _classification_markdown("pmnist", rows, runs, 1, True, n_train=10000)
     _classification_plot("pmnist", rows, runs, out_dir / "continual_pmnist.png")
     cfg = LMConfig.quick()
     pres = lm_preservation(cfg, log=lambda s: None)
