@@ -20,8 +20,17 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_write_text", "atomic_write_json", "atomic_savefig", "md_table", "time_call", "machine_info",
-           "results_dir"]
+from orthokit._fs import publish_mode
+
+__all__ = [
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_savefig",
+    "md_table",
+    "time_call",
+    "machine_info",
+    "results_dir",
+]
 
 
 def results_dir() -> Path:
@@ -39,6 +48,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -58,6 +68,7 @@ def atomic_savefig(fig: Any, path: str | os.PathLike, **kw: Any) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, **kw)
+        publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -53,6 +53,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from orthokit._fs import publish_mode
+
 __all__ = [
     "SafetensorsError",
     "TensorInfo",
@@ -814,6 +816,7 @@ def _write_text_atomic(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -846,6 +849,7 @@ def atomic_output_dir(out_dir: str | os.PathLike[str], overwrite: bool = False) 
         raise FileExistsError(f"output path {out} exists and is not a folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    publish_mode(tmp, directory=True)
     try:
         yield tmp
         old: Path | None = None

@@ -1,0 +1,481 @@
+"""Polar-factor benchmark: orthokit's engine vs ``torch.optim.Muon``'s Newton–Schulz, same run, same inputs.
+
+For each test matrix G and each method it reports the output's singular-value range, the relative error
+to the exact polar factor ``U Vᵀ`` of G (float64 SVD), the energy-weighted alignment ⟨X, UVᵀ⟩/‖UVᵀ‖²
+and the median wall time, plus ratios against torch's NS5 in the same iteration dtype. Extra sections time
+a stack of same-shape matrices (one batched call vs a loop) and the Gram Newton–Schulz path on
+rectangular shapes.
+
+Matrices: Gaussian, power-law spectrum (σ_i ∝ i^-1.5), log-spaced spectrum (σ from 1 to 1e-2, the
+acceptance case), near-rank-1, and real momentum buffers from a few steps of a character-level
+transformer on Tiny Shakespeare.
+
+Run: ``python benchmarks/polar.py [--quick]`` or ``orthokit bench polar``; writes
+``benchmarks/results/polar.{md,json,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from orthokit.bench.report import (
+    atomic_savefig,
+    atomic_write_json,
+    atomic_write_text,
+    machine_info,
+    md_table,
+    results_dir,
+    time_call,
+)
+
+__all__ = ["main", "demo", "run", "test_matrices", "momentum_matrices"]
+
+
+def _torch_ns5(G: torch.Tensor) -> torch.Tensor:
+    from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, _zeropower_via_newtonschulz
+
+    return _zeropower_via_newtonschulz(G, (DEFAULT_A, DEFAULT_B, DEFAULT_C), 5, 1e-7)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    fn: Callable[[torch.Tensor, torch.dtype], torch.Tensor]
+    dtypes: tuple[torch.dtype, ...]  # iteration dtypes it supports
+    note: str = ""
+
+
+def _methods() -> list[Method]:
+    import orthokit
+
+    bf, f32 = torch.bfloat16, torch.float32
+    return [
+        Method(
+            "torch.optim.Muon NS5 (anchor)",
+            lambda G, dt: _torch_ns5(G),
+            (bf,),
+            "Keller coefficients, bf16 only",
+        ),
+        Method(
+            "orthokit polar (default: Polar Express, 5 steps)",
+            lambda G, dt: orthokit.polar(G, dtype=dt),
+            (bf, f32),
+        ),
+        Method(
+            "orthokit newton_schulz keller",
+            lambda G, dt: orthokit.polar(G, method="newton_schulz", schedule="keller", dtype=dt),
+            (bf, f32),
+        ),
+        Method(
+            "orthokit newton_schulz quintic",
+            lambda G, dt: orthokit.polar(G, method="newton_schulz", schedule="quintic", dtype=dt),
+            (bf, f32),
+        ),
+        Method(
+            "orthokit newton_schulz cans",
+            lambda G, dt: orthokit.polar(G, method="newton_schulz", schedule="cans", dtype=dt),
+            (bf, f32),
+        ),
+        Method(
+            "orthokit polar_express 8 steps", lambda G, dt: orthokit.polar(G, steps=8, dtype=dt), (bf, f32)
+        ),
+        Method("orthokit svd (exact)", lambda G, dt: orthokit.polar(G, method="svd"), (f32,), "reference"),
+    ]
+
+
+# ----------------------------------------------------------------------------------------- inputs
+def _with_spectrum(m: int, n: int, sigma: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    k = min(m, n)
+    U, _ = torch.linalg.qr(torch.randn(m, k, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(n, k, generator=g, dtype=torch.float64))
+    return ((U * sigma.to(torch.float64)) @ V.T).float()
+
+
+def test_matrices(sizes: list[tuple[int, int]], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Synthetic test matrices keyed ``"<kind> <m>x<n>"``."""
+    g = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    for m, n in sizes:
+        k = min(m, n)
+        i = torch.arange(1, k + 1, dtype=torch.float64)
+        out[f"gaussian {m}x{n}"] = torch.randn(m, n, generator=g)
+        out[f"power-law 1.5 {m}x{n}"] = _with_spectrum(m, n, i.pow(-1.5), g)
+        out[f"log-spaced 1..1e-2 {m}x{n}"] = _with_spectrum(
+            m, n, torch.logspace(0, -2, k, dtype=torch.float64), g
+        )
+        u, v = torch.randn(m, 1, generator=g), torch.randn(1, n, generator=g)
+        out[f"near-rank-1 {m}x{n}"] = (
+            u @ v + 1e-3 * torch.randn(m, n, generator=g) * (u.norm() * v.norm()) / (m * n) ** 0.5
+        )
+    return out
+
+
+def momentum_matrices(steps: int = 30, d_model: int = 256, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Real momentum buffers (EMA β=0.95 of gradients) of a char-level transformer's hidden matrices after
+    ``steps`` AdamW steps on Tiny Shakespeare."""
+    from orthokit.bench.data import char_corpus, get_batch
+    from orthokit.bench.models import CharGPT
+
+    torch.manual_seed(seed)
+    corpus = char_corpus("tinyshakespeare")
+    model = CharGPT(corpus.vocab_size, d_model=d_model, n_layer=2, n_head=4, block_size=128)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    hidden = {n: p for n, p in model.named_parameters() if p.dim() == 2 and n.startswith("blocks.")}
+    bufs = {n: torch.zeros_like(p) for n, p in hidden.items()}
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x, y = get_batch(corpus.train, 16, 128, g)
+        _, loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for n, p in hidden.items():
+            bufs[n].lerp_(p.grad, 0.05)
+        opt.step()
+    picked = ["blocks.1.qkv.weight", "blocks.1.proj.weight", "blocks.1.fc.weight", "blocks.1.fc_out.weight"]
+    return {
+        f"momentum {n.removeprefix('blocks.1.').removesuffix('.weight')} {tuple(bufs[n].shape)[0]}x"
+        f"{tuple(bufs[n].shape)[1]}": bufs[n].detach().clone()
+        for n in picked
+    }
+
+
+# ----------------------------------------------------------------------------------------- metrics
+def _exact_polar64(G: torch.Tensor) -> torch.Tensor:
+    U, _, Vh = torch.linalg.svd(G.double(), full_matrices=False)
+    return U @ Vh
+
+
+def _metrics(X: torch.Tensor, P: torch.Tensor) -> dict[str, float]:
+    Xd = X.double()
+    s = torch.linalg.svdvals(Xd)
+    pn2 = float((P * P).sum())
+    return {
+        "sigma_min": float(s.min()),
+        "sigma_max": float(s.max()),
+        "rel_error": float(torch.linalg.norm(Xd - P) / pn2**0.5),
+        "alignment": float((Xd * P).sum() / pn2),
+    }
+
+
+def _fmt(x: float, nd: int = 3) -> str:
+    return f"{x:.{nd}f}"
+
+
+def run(quick: bool = False, out_dir: Path | None = None, threads: int | None = None) -> dict:
+    """Run the benchmark; return the results dict and write ``polar.{md,json,png}`` into ``out_dir``."""
+    if threads:
+        torch.set_num_threads(threads)
+    out_dir = Path(out_dir) if out_dir is not None else results_dir()
+    t_start = time.perf_counter()
+    sizes = (
+        [(256, 256), (768, 768)]
+        if quick
+        else [(256, 256), (768, 768), (1024, 4096), (2048, 2048), (2048, 8192)]
+    )
+    mats = test_matrices(sizes)
+    mats.update(momentum_matrices(steps=10 if quick else 30))
+    methods = _methods()
+    dtypes = [torch.bfloat16, torch.float32]
+    repeats = 3 if quick else 5
+    rows: list[dict] = []
+    for mname, G in mats.items():
+        P = _exact_polar64(G)
+        big = G.numel() >= 2048 * 4096
+        for dt in dtypes:
+            anchor_time = None
+            for meth in methods:
+                if dt not in meth.dtypes:
+                    continue
+                X = meth.fn(G, dt)
+                met = _metrics(X, P)
+                t = time_call(
+                    lambda meth=meth, dt=dt, G=G: meth.fn(G, dt),
+                    repeats=1 if big else repeats,
+                    warmup=0 if big else 1,
+                )
+                if meth.name.startswith("torch"):
+                    anchor_time = t
+                rows.append(
+                    {
+                        "matrix": mname,
+                        "dtype": str(dt).removeprefix("torch."),
+                        "method": meth.name,
+                        **met,
+                        "time_s": t,
+                        "anchor_time_s": anchor_time,
+                    }
+                )
+            # ratios against the anchor of the same dtype (torch only runs in bf16)
+            bf_anchor = next(
+                (
+                    r["time_s"]
+                    for r in rows
+                    if r["matrix"] == mname and r["dtype"] == "bfloat16" and r["method"].startswith("torch")
+                ),
+                None,
+            )
+            for r in rows:
+                if r["matrix"] == mname and r["dtype"] == str(dt).removeprefix("torch."):
+                    r["ratio_vs_torch_bf16"] = (r["time_s"] / bf_anchor) if bf_anchor else None
+    batched = _batched_section(quick)
+    gram = _gram_section(quick)
+    results = {
+        "machine": machine_info(),
+        "quick": quick,
+        "rows": rows,
+        "batched": batched,
+        "gram": gram,
+        "elapsed_s": time.perf_counter() - t_start,
+    }
+    _write(results, out_dir)
+    return results
+
+
+def _batched_section(quick: bool) -> list[dict]:
+    import orthokit
+
+    out = []
+    B, n = (12, 768) if not quick else (6, 384)
+    stack = torch.randn(B, n, n)
+    for dt in (torch.bfloat16, torch.float32):
+        loop = time_call(lambda dt=dt: [orthokit.polar(stack[i], dtype=dt) for i in range(B)], repeats=3)
+        modes = {}
+        for mode in ("batched", "loop", "auto"):
+            try:
+                modes[mode] = time_call(
+                    lambda dt=dt, mode=mode: orthokit.polar(stack, dtype=dt, batch_mode=mode), repeats=3
+                )
+            except TypeError:  # engine without batch_mode
+                modes[mode] = time_call(lambda dt=dt: orthokit.polar(stack, dtype=dt), repeats=3)
+        torch_loop = (
+            time_call(lambda: [_torch_ns5(stack[i]) for i in range(B)], repeats=3)
+            if dt == torch.bfloat16
+            else None
+        )
+        out.append(
+            {
+                "shape": f"{B}x{n}x{n}",
+                "dtype": str(dt).removeprefix("torch."),
+                "python_loop_s": loop,
+                **{f"{k}_s": v for k, v in modes.items()},
+                "torch_ns5_loop_s": torch_loop,
+            }
+        )
+    return out
+
+
+def _gram_section(quick: bool) -> list[dict]:
+    import orthokit
+
+    shapes = [(384, 1536)] if quick else [(768, 3072), (1024, 4096), (512, 4096)]
+    out = []
+    g = torch.Generator().manual_seed(1)
+    for m, n in shapes:
+        G = torch.randn(m, n, generator=g)
+        P = _exact_polar64(G)
+        for dt in (torch.bfloat16, torch.float32):
+            rec = {"shape": f"{m}x{n}", "dtype": str(dt).removeprefix("torch.")}
+            for gram in (False, True):
+                try:
+                    fn = lambda gram=gram, dt=dt, G=G: orthokit.polar(G, dtype=dt, gram=gram)
+                    X = fn()
+                except TypeError:
+                    continue
+                met = _metrics(X, P)
+                key = "gram" if gram else "standard"
+                rec[f"{key}_time_s"] = time_call(fn, repeats=3)
+                rec[f"{key}_sigma"] = (met["sigma_min"], met["sigma_max"])
+            out.append(rec)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- report
+def _markdown(res: dict) -> str:
+    rows = res["rows"]
+    lines = [
+        f"# Polar-factor benchmark{' (quick)' if res['quick'] else ''}",
+        "",
+        f"Machine: {res['machine']}",
+        "",
+        "σ-range of the output, relative error ‖X − UVᵀ‖_F/‖UVᵀ‖_F against the float64 exact polar factor, "
+        "alignment ⟨X, UVᵀ⟩/‖UVᵀ‖², median wall time, and the time ratio against torch.optim.Muon's NS5 "
+        "(which always iterates in bf16) on the same matrix.",
+        "",
+    ]
+    for mname in dict.fromkeys(r["matrix"] for r in rows):
+        lines.append(f"### {mname}")
+        body = []
+        for r in rows:
+            if r["matrix"] != mname:
+                continue
+            ratio = r.get("ratio_vs_torch_bf16")
+            body.append(
+                [
+                    r["method"],
+                    r["dtype"],
+                    f"[{_fmt(r['sigma_min'])}, {_fmt(r['sigma_max'])}]",
+                    _fmt(r["rel_error"], 4),
+                    _fmt(r["alignment"], 4),
+                    f"{1e3 * r['time_s']:.1f}",
+                    f"{ratio:.2f}×" if ratio else "–",
+                ]
+            )
+        lines += [
+            md_table(["method", "dtype", "σ-range", "rel. error", "alignment", "ms", "time / torch"], body),
+            "",
+        ]
+    if res["batched"]:
+        lines.append("### Same-shape stack: one call vs a loop")
+        body = [
+            [
+                b["shape"],
+                b["dtype"],
+                f"{1e3 * b['python_loop_s']:.0f}",
+                f"{1e3 * b['batched_s']:.0f}",
+                f"{1e3 * b['loop_s']:.0f}",
+                f"{1e3 * b['auto_s']:.0f}",
+                f"{1e3 * b['torch_ns5_loop_s']:.0f}" if b["torch_ns5_loop_s"] else "–",
+            ]
+            for b in res["batched"]
+        ]
+        lines += [
+            md_table(
+                [
+                    "stack",
+                    "dtype",
+                    "python loop ms",
+                    "batch_mode=batched ms",
+                    "batch_mode=loop ms",
+                    "auto ms",
+                    "torch NS5 loop ms",
+                ],
+                body,
+            ),
+            "",
+        ]
+    if res["gram"]:
+        lines.append("### Gram Newton–Schulz path on rectangular matrices")
+        body = []
+        for g in res["gram"]:
+            if "gram_time_s" not in g:
+                continue
+            body.append(
+                [
+                    g["shape"],
+                    g["dtype"],
+                    f"{1e3 * g['standard_time_s']:.0f}",
+                    f"{1e3 * g['gram_time_s']:.0f}",
+                    f"{g['gram_time_s'] / g['standard_time_s']:.2f}×",
+                    "[{:.3f}, {:.3f}]".format(*g["standard_sigma"]),
+                    "[{:.3f}, {:.3f}]".format(*g["gram_sigma"]),
+                ]
+            )
+        lines += [
+            md_table(
+                ["shape", "dtype", "standard ms", "gram ms", "gram / standard", "σ standard", "σ gram"], body
+            ),
+            "",
+        ]
+    lines.append(f"Total benchmark time: {res['elapsed_s']:.0f} s.")
+    return "\n".join(lines) + "\n"
+
+
+def headline(res: dict) -> str:
+    """One-paragraph summary: σ-range and time ratio of default polar vs torch on the acceptance matrices."""
+    out = []
+    for r in res["rows"]:
+        if (
+            r["matrix"].startswith("log-spaced")
+            and r["dtype"] == "bfloat16"
+            and (r["method"].startswith("torch") or "default" in r["method"])
+        ):
+            out.append(
+                f"{r['matrix']}: {r['method'].split(' (')[0]} σ∈[{r['sigma_min']:.2f}, {r['sigma_max']:.2f}], "
+                f"time {r.get('ratio_vs_torch_bf16') or 0:.2f}× torch"
+            )
+    return "; ".join(out)
+
+
+def _plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in res["rows"] if r["dtype"] == "bfloat16" and "momentum" not in r["matrix"]]
+    mats = list(dict.fromkeys(r["matrix"] for r in rows))
+    meths = list(dict.fromkeys(r["method"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(15, 0.45 * len(mats) + 3))
+    ax = axes[0]
+    for j, meth in enumerate(meths):
+        for i, mat in enumerate(mats):
+            r = next((r for r in rows if r["matrix"] == mat and r["method"] == meth), None)
+            if r is None:
+                continue
+            y = i + (j - len(meths) / 2) * 0.8 / len(meths)
+            ax.plot(
+                [r["sigma_min"], r["sigma_max"]], [y, y], lw=3, color=f"C{j}", label=meth if i == 0 else None
+            )
+    ax.axvline(1.0, color="k", lw=0.5)
+    ax.axvspan(0.84, 1.16, color="g", alpha=0.08)
+    ax.set_yticks(range(len(mats)), mats, fontsize=7)
+    ax.set_xlabel("output singular values (bf16 iteration)")
+    ax.set_title("σ-range of the orthogonalized output (green: [0.84, 1.16])")
+    ax.legend(fontsize=7, loc="lower right")
+    ax = axes[1]
+    for j, meth in enumerate(meths):
+        xs = [
+            r.get("ratio_vs_torch_bf16") or 0
+            for m in mats
+            for r in rows
+            if r["matrix"] == m and r["method"] == meth
+        ]
+        ax.barh(
+            [i + (j - len(meths) / 2) * 0.8 / len(meths) for i in range(len(xs))],
+            xs,
+            height=0.8 / len(meths),
+            color=f"C{j}",
+        )
+    ax.axvline(1.0, color="k", lw=0.5)
+    ax.set_yticks(range(len(mats)), mats, fontsize=7)
+    ax.set_xlabel("time / torch.optim.Muon NS5 (bf16)")
+    ax.set_title("relative time")
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=110)
+    plt.close(fig)
+
+
+def _write(res: dict, out_dir: Path, stem: str = "polar") -> None:
+    atomic_write_json(out_dir / f"{stem}.json", res)
+    atomic_write_text(out_dir / f"{stem}.md", _markdown(res))
+    _plot(res, out_dir / f"{stem}.png")
+
+
+def demo(out_dir: Path) -> str:
+    """Short polar benchmark for ``make demo``; returns a markdown section."""
+    res = run(quick=True, out_dir=Path(out_dir))
+    body = _markdown(res).replace(
+        "# Polar-factor benchmark (quick)", "## Polar factor: orthokit vs torch.optim.Muon"
+    )
+    return body + f"\n![polar](polar.png)\n\nHeadline: {headline(res)}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="orthokit bench polar", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes only (about a minute)")
+    ap.add_argument("--out", default=None, help="output folder (default benchmarks/results)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = ap.parse_args(argv)
+    res = run(quick=args.quick, out_dir=Path(args.out) if args.out else None, threads=args.threads)
+    print(_markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
