@@ -29,8 +29,9 @@ With ``lower=1e-3, steps=5, safety=0.02, cushion=0.02`` this reproduces the Nano
 from __future__ import annotations
 
 import math
+from typing import Any
 
-import numpy as np
+import mpmath
 
 __all__ = ["optimal_quintic", "polar_express_coefficients", "CLEANUP_QUINTIC"]
 
@@ -38,7 +39,12 @@ __all__ = ["optimal_quintic", "polar_express_coefficients", "CLEANUP_QUINTIC"]
 #: the unique odd quintic with ``p(1) = 1, p′(1) = p″(1) = 0`` — the classical convergent "cleanup" step.
 CLEANUP_QUINTIC: tuple[float, float, float] = (15 / 8, -10 / 8, 3 / 8)
 
-_DEGENERATE_RATIO = 1.0 - 5e-6  # above this ℓ/u the 4×4 Remez system is numerically singular
+# Above this ℓ/u the optimal quintic equals the cleanup limit to ~1e-18 (its deviation is ≈ 1.05·((u−ℓ)/2)²).
+_DEGENERATE_RATIO = 1.0 - 1e-9
+# The 4×4 Remez system is a Vandermonde-like matrix on four points inside [ℓ, u]; its condition number grows
+# like ((u−ℓ)/u)^-3, so in float64 the late Polar Express steps (ℓ/u ≈ 1 − 1e-5) lose ~6 digits (a = 1.8749983
+# instead of 1.87500000002). The solve runs in mpmath at this many decimal digits instead.
+_DPS = 50
 
 
 def _check_interval(lower: float, upper: float) -> tuple[float, float]:
@@ -55,21 +61,22 @@ def _check_interval(lower: float, upper: float) -> tuple[float, float]:
 
 
 def optimal_quintic(
-    l: float, u: float, *, tol: float = 1e-15, max_iter: int = 100
+    l: float, u: float, *, tol: float = 1e-40, max_iter: int = 100
 ) -> tuple[float, float, float]:
     """The odd quintic ``p(x) = a x + b x³ + c x⁵`` minimizing ``max_{x∈[l,u]} |1 − p(x)|``.
 
     Math: by the Chebyshev alternation theorem the minimax polynomial equioscillates at four points
     ``l < q < r < u`` with alternating error signs ``−E, +E, −E, +E``. A Remez exchange solves the 4×4
     linear system for ``(a, b, c, E)`` on the current points, then moves ``q, r`` to the two positive roots of
-    ``p′(x) = a + 3b x² + 5c x⁴``; it stops when ``E`` changes by less than ``tol``. For ``l/u ≥ 1 − 5·10⁻⁶``
-    the system is singular and the limit ``(15/8, −10/8, 3/8)`` scaled to ``[·, u]`` is returned:
-    ``(15/(8u), −10/(8u³), 3/(8u⁵))``.
+    ``p′(x) = a + 3b x² + 5c x⁴``; it stops when ``E`` changes by less than ``tol``. The iteration runs in
+    50-digit arithmetic (mpmath): the system's condition number grows like ``((u−l)/u)^-3``, and in float64 the
+    late Polar Express steps lost ~6 digits. For ``l/u ≥ 1 − 10⁻⁹`` the limit ``(15/8, −10/8, 3/8)`` scaled to
+    ``[·, u]`` is returned, ``(15/(8u), −10/(8u³), 3/(8u⁵))`` (the true optimum differs by ≈ 1.05·((u−l)/2u)²).
 
     Args:
         l: lower end of the interval, ``0 ≤ l ≤ u``.
         u: upper end, ``u > 0``.
-        tol: convergence tolerance on the equioscillation error ``E``.
+        tol: convergence tolerance on the equioscillation error ``E`` (in 50-digit arithmetic).
         max_iter: Remez iteration cap (convergence is quadratic; ~5–10 iterations in practice).
 
     Returns:
@@ -89,31 +96,33 @@ def optimal_quintic(
     if l / u >= _DEGENERATE_RATIO:
         a, b, c = CLEANUP_QUINTIC
         return a / u, b / u**3, c / u**5
-    # Initial alternation points; exact in the limit l -> u.
-    q, r = (3.0 * l + u) / 4.0, (l + 3.0 * u) / 4.0
-    rhs = np.ones(4)
-    err_prev = math.inf
-    coeffs = np.array(CLEANUP_QUINTIC)
-    for _ in range(max_iter):
-        pts = np.array([l, q, r, u])
-        system = np.stack([pts, pts**3, pts**5, np.array([1.0, -1.0, 1.0, -1.0])], axis=1)
-        a, b, c, err = np.linalg.solve(system, rhs)
-        coeffs = np.array([a, b, c])
-        disc = 9.0 * b * b - 20.0 * a * c
-        if c == 0.0 or disc < 0.0:  # pragma: no cover - cannot happen for 0 <= l < u (alternation exists)
-            break
-        roots = (-3.0 * b + np.array([-1.0, 1.0]) * math.sqrt(disc)) / (10.0 * c)
-        if np.any(roots <= 0.0):  # pragma: no cover - defensive
-            break
-        q_new, r_new = np.sqrt(roots)
-        q, r = float(min(q_new, r_new)), float(max(q_new, r_new))
-        if abs(err - err_prev) <= tol:
-            break
-        err_prev = float(err)
-    return float(coeffs[0]), float(coeffs[1]), float(coeffs[2])
+    return tuple(float(v) for v in _remez_mp(mpmath.mpf(l), mpmath.mpf(u), tol, max_iter))  # type: ignore[return-value]
 
 
-def _apply(coeffs: tuple[float, float, float], x: float) -> float:
+def _remez_mp(l: Any, u: Any, tol: float, max_iter: int) -> tuple[Any, Any, Any]:
+    """Remez exchange for :func:`optimal_quintic` in ``_DPS``-digit arithmetic (mpmath numbers in and out)."""
+    with mpmath.workdps(_DPS):
+        q, r = (3 * l + u) / 4, (l + 3 * u) / 4  # initial alternation points; exact in the limit l -> u
+        ones = mpmath.matrix([1, 1, 1, 1])
+        err_prev = None
+        a, b, c = (mpmath.mpf(v) for v in CLEANUP_QUINTIC)
+        for _ in range(max_iter):
+            rows = [[x, x**3, x**5, sgn] for x, sgn in zip((l, q, r, u), (1, -1, 1, -1))]
+            a, b, c, err = mpmath.lu_solve(mpmath.matrix(rows), ones)
+            disc = 9 * b * b - 20 * a * c
+            if c == 0 or disc < 0:  # pragma: no cover - cannot happen for 0 <= l < u (alternation exists)
+                break
+            roots = sorted(((-3 * b - mpmath.sqrt(disc)) / (10 * c), (-3 * b + mpmath.sqrt(disc)) / (10 * c)))
+            if roots[0] <= 0:  # pragma: no cover - defensive
+                break
+            q, r = mpmath.sqrt(roots[0]), mpmath.sqrt(roots[1])
+            if err_prev is not None and abs(err - err_prev) <= tol:
+                break
+            err_prev = err
+        return a, b, c
+
+
+def _apply(coeffs: tuple[Any, Any, Any], x: Any) -> Any:
     a, b, c = coeffs
     x2 = x * x
     return x * (a + x2 * (b + c * x2))
@@ -170,17 +179,21 @@ def polar_express_coefficients(
     if not 0.0 <= cushion < 1.0:
         raise ValueError(f"cushion must lie in [0, 1), got {cushion}")
 
-    lo, hi = float(lower), 1.0
     out: list[tuple[float, float, float]] = []
-    s = 1.0 + float(safety)
-    for t in range(steps):
-        p = optimal_quintic(max(lo, cushion * hi), hi)
-        scale = 2.0 / (_apply(p, lo) + _apply(p, hi))
-        a, b, c = (p[0] * scale, p[1] * scale, p[2] * scale)
-        if t < steps - 1 and safety > 0.0:
-            a, b, c = a / s, b / s**3, c / s**5
-        out.append((a, b, c))
-        lo = _apply((a, b, c), lo)
-        lo = min(max(lo, 0.0), 1.0)
-        hi = 2.0 - lo
+    with mpmath.workdps(_DPS):
+        lo, hi = mpmath.mpf(lower), mpmath.mpf(1)
+        s = 1 + mpmath.mpf(safety)
+        for t in range(steps):
+            lo_opt = max(lo, cushion * hi)
+            if lo_opt / hi >= _DEGENERATE_RATIO:
+                p = tuple(mpmath.mpf(v) / hi ** (2 * k + 1) for k, v in enumerate(CLEANUP_QUINTIC))
+            else:
+                p = _remez_mp(lo_opt, hi, 1e-40, 100)
+            scale = 2 / (_apply(p, lo) + _apply(p, hi))
+            a, b, c = (p[0] * scale, p[1] * scale, p[2] * scale)
+            if t < steps - 1 and safety > 0.0:
+                a, b, c = a / s, b / s**3, c / s**5
+            out.append((float(a), float(b), float(c)))
+            lo = min(max(_apply((a, b, c), lo), mpmath.mpf(0)), mpmath.mpf(1))
+            hi = 2 - lo
     return tuple(out)
