@@ -18,9 +18,18 @@ Example:
 from __future__ import annotations
 
 # Importing a method module registers its methods in MERGE_METHODS.
-from orthokit.merge import dc_merge, diagnostics, do_merging, orthomerge  # noqa: F401  (geometry track)
+# (the function imports below load the method modules; the module names are shadowed by their functions)
 from orthokit.merge.api import merge, run_merge
-from orthokit.merge.dare import dare_linear, dare_ties
+from orthokit.merge.dare import dare, dare_linear, dare_ties
+from orthokit.merge.dc_merge import dc_merge
+from orthokit.merge.diagnostics import (
+    pairwise_cosine,
+    subspace_overlap,
+    task_vectors,
+    weight_disentanglement_error,
+)
+from orthokit.merge.do_merging import do_merging
+from orthokit.merge.orthomerge import orthomerge, orthomerge_oft
 from orthokit.merge.registry import (
     MERGE_METHODS,
     MethodSchema,
@@ -36,7 +45,16 @@ __all__ = [
     "MERGE_METHODS",
     "MethodSchema",
     "ParamSpec",
+    "dare",
     "dare_linear",
+    "dc_merge",
+    "do_merging",
+    "orthomerge",
+    "orthomerge_oft",
+    "pairwise_cosine",
+    "subspace_overlap",
+    "task_vectors",
+    "weight_disentanglement_error",
     "dare_ties",
     "merge",
     "method_schema",

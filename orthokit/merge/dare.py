@@ -22,6 +22,7 @@ Homologous Models as a Free Lunch", ICML 2024, arXiv:2311.03099.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -30,7 +31,7 @@ from orthokit.merge.registry import _as_generator, check_merge_inputs, per_model
 from orthokit.merge.task_arithmetic import generalized_task_arithmetic
 from orthokit.merge.ties import l1_rescale
 
-__all__ = ["dare_ties", "dare_linear", "random_drop"]
+__all__ = ["dare", "dare_ties", "dare_linear", "random_drop"]
 
 
 def random_drop(
@@ -183,3 +184,49 @@ def dare_linear(
     Reference: Yu et al., "Language Models are Super Mario", ICML 2024, arXiv:2311.03099.
     """
     return _dare(base, tensors, weights, density, lambda_, normalize, rescale, generator, consensus=False)
+
+
+@register_merge_method(
+    "dare",
+    inputs="full",
+    needs_base=True,
+    per_model_params=("weights", "density"),
+    order_invariant=False,
+    stochastic=True,
+    reference="arXiv:2311.03099",
+)
+def dare(
+    base: Tensor | None,
+    tensors: Sequence[Tensor],
+    *,
+    consensus: Literal["ties", "linear"] = "ties",
+    weights: Sequence[float] | None = None,
+    density: Sequence[float] | float = 1.0,
+    lambda_: float = 1.0,
+    normalize: bool = False,
+    rescale: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """DARE with the combination step chosen by name: ``consensus="ties"`` is :func:`dare_ties`,
+    ``"linear"`` is :func:`dare_linear` (same random stream, same result as calling them directly).
+
+    Args:
+        consensus: ``"ties"`` (sign election + disjoint sum) or ``"linear"`` (weighted sum).
+        weights, density, lambda_, normalize, rescale, generator: as in :func:`dare_ties`.
+
+    Returns:
+        The merged tensor, base's shape and dtype.
+
+    Example:
+        >>> import torch
+        >>> b = torch.zeros(4); ft = [torch.ones(4), -torch.ones(4), torch.ones(4)]
+        >>> dare(b, ft, consensus="linear", density=1.0)
+        tensor([1., 1., 1., 1.])
+
+    Reference: Yu et al., "Language Models are Super Mario", ICML 2024, arXiv:2311.03099.
+    """
+    if consensus not in ("ties", "linear"):
+        raise ValueError(f"dare: consensus must be 'ties' or 'linear', got {consensus!r}")
+    return _dare(
+        base, tensors, weights, density, lambda_, normalize, rescale, generator, consensus=consensus == "ties"
+    )

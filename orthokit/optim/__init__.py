@@ -26,10 +26,28 @@ from orthokit.optim.registry import OPTIMIZERS, create_optimizer, get_optimizer,
 # Variant modules (one file each); imported here so that they register themselves.
 # Plain imports, added as each variant file is committed (list maintained by the framework owner).
 from orthokit.optim import adamuon, aro, auon, dion, fismo, namo, normuon, root  # noqa: E402,F401  isort: skip
+from orthokit.optim.adamuon import AdaMuon  # noqa: E402
+from orthokit.optim.aro import ARO  # noqa: E402
+from orthokit.optim.auon import AuON, HybridAuON  # noqa: E402
+from orthokit.optim.dion import Dion  # noqa: E402
+from orthokit.optim.fismo import FISMO  # noqa: E402
+from orthokit.optim.namo import NAMO, NAMOD  # noqa: E402
+from orthokit.optim.normuon import NorMuon  # noqa: E402
+from orthokit.optim.root import ROOT  # noqa: E402
 
 __all__ = [
     "ALGORITHMS",
+    "ARO",
+    "AdaMuon",
+    "AuON",
+    "Dion",
+    "FISMO",
+    "HybridAuON",
     "Muon",
+    "NAMO",
+    "NAMOD",
+    "NorMuon",
+    "ROOT",
     "NonFiniteGradientError",
     "OPTIMIZERS",
     "OrthogonalOptimizer",

@@ -103,3 +103,17 @@ def test_errors() -> None:
         dare_ties(base, fts, density=0.5, generator=3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="shape mismatch"):
         dare_linear(base, [fts[0], fts[1][1:]])
+
+
+def test_dare_by_name_equals_the_variants():
+    from orthokit.merge import dare, dare_linear, dare_ties
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(40, 30, generator=g)
+    fts = [base + torch.randn(40, 30, generator=g) for _ in range(3)]
+    for cons, fn in (("ties", dare_ties), ("linear", dare_linear)):
+        a = dare(base, fts, consensus=cons, density=0.3, generator=torch.Generator().manual_seed(5))
+        b = fn(base, fts, density=0.3, generator=torch.Generator().manual_seed(5))
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="consensus"):
+        dare(base, fts, consensus="mean")
