@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 # pillars in report order; each module exposes demo(out_dir: Path) -> str
-SECTIONS: list[str] = ["polar", "optim", "continual", "merge", "merge_quality"]
+SECTIONS: list[str] = ["polar", "optim", "continual", "merge"]  # merge includes merge_quality
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -503,10 +503,8 @@ def demo(out_dir: Path) -> str:
     atomic_write_json(out_dir / "merge_speed_quick.json", res)
     md = markdown(res, level=2)
     atomic_write_text(out_dir / "merge_speed_quick.md", md)
-    try:
-        from orthokit.bench import merge_quality
-    except ModuleNotFoundError:
-        return md
+    from orthokit.bench import merge_quality
+
     return md + "\n" + merge_quality.demo(out_dir)
 
 
