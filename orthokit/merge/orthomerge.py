@@ -52,6 +52,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from orthokit.linalg.lie import logm_orthogonal
 from orthokit.merge.registry import check_merge_inputs, register_merge_method
 
 __all__ = [
@@ -64,8 +65,6 @@ __all__ = [
     "karcher_mean_so",
     "residual_combine",
 ]
-
-_PI_COS_TOL = 1e-10  # 1 + cos θ below this ⇒ θ treated as within ~1.4e-5 of π (explicit branch)
 
 
 def _skew(A: Tensor) -> Tensor:
@@ -112,44 +111,7 @@ def log_so(Q: Tensor) -> Tensor:
 
     Reference: Higham, *Functions of Matrices* (2008), §11 (logarithm of normal matrices).
     """
-    Q = Q.to(torch.float64)
-    n = Q.shape[-1]
-    C = 0.5 * (Q + Q.transpose(-1, -2))
-    S = _skew(Q)
-    c, W = torch.linalg.eigh(C)
-    c = c.clamp(-1.0, 1.0)
-    # |sin θ| per eigenvector from S itself (S w = sin θ · J w): accurate to ε absolute, unlike √(1 − c²)
-    s = torch.linalg.vector_norm(S @ W, dim=-2)
-    theta = torch.atan2(s, c)
-    near_pi = (1.0 + c) < _PI_COS_TOL
-    g = torch.where(s > 1e-150, theta / s.clamp_min(1e-300), torch.ones_like(s))
-    g = torch.where(near_pi, torch.zeros_like(g), g)
-    A = (W * g.unsqueeze(-2)) @ W.transpose(-1, -2) @ S
-    if bool(near_pi.any()):
-        Qb = Q.reshape(-1, n, n)
-        Wb, Sb = W.reshape(-1, n, n), S.reshape(-1, n, n)
-        maskb, thb = near_pi.reshape(-1, n), theta.reshape(-1, n)
-        Ab = A.reshape(-1, n, n).clone()
-        for b in range(Qb.shape[0]):
-            idx = torch.nonzero(maskb[b]).flatten()
-            k = idx.numel()
-            if k == 0:
-                continue
-            if k % 2 == 1:
-                raise ValueError(
-                    "matrix has det = -1 (a reflection: odd-dimensional -1 eigenspace); it has no real logarithm"
-                )
-            E = Wb[b][:, idx]
-            J0 = torch.zeros(k, k, dtype=torch.float64, device=Q.device)
-            for i in range(0, k, 2):
-                J0[i + 1, i], J0[i, i + 1] = 1.0, -1.0
-            M = E.transpose(0, 1) @ Sb[b] @ E + 1e-12 * J0
-            U, _, Vh = torch.linalg.svd(M)
-            J = _skew(U @ Vh)
-            th = thb[b][idx].sqrt()
-            Ab[b] = Ab[b] + E @ (th[:, None] * J * th[None, :]) @ E.transpose(0, 1)
-        A = Ab.reshape(Q.shape)
-    return _skew(A)
+    return logm_orthogonal(Q.to(torch.float64), check=False, method="eigh")
 
 
 def exp_so(A: Tensor) -> Tensor:

@@ -176,3 +176,34 @@ def test_property_roundtrip(seed: int, n: int, scale: float) -> None:
     assert (expm_skew(L) - Q).abs().max() < 1e-10
     if scale < 3.0:  # all angles < π: principal log is A itself
         assert (L - A).abs().max() < 1e-8
+
+
+@pytest.mark.parametrize(
+    "angles", [[0.2, -1.5, 2.9, 0.01], [1e-9, 0.7, 0.7], [3.0, -3.0, 3.1], [math.pi - 1e-3, 0.5]]
+)
+def test_eigh_route_matches_eig_route(angles: list[float]) -> None:
+    """method="eigh" (symmetric-part eigendecomposition) gives the same principal log as the real-Schur route."""
+    torch.manual_seed(0)
+    A = _skew_with_angles(2 * len(angles) + 1, angles)
+    Q = expm_skew(A)
+    L = logm_orthogonal(Q, method="eigh")
+    torch.testing.assert_close(L, -L.T, atol=0, rtol=0)
+    assert (L - logm_orthogonal(Q)).abs().max() < 1e-9
+    assert (expm_skew(L) - Q).abs().max() < 1e-10
+    # batched, float32, and the π branch
+    Qb = torch.stack([Q, expm_skew(_skew_with_angles(Q.shape[0], [0.3]))])
+    torch.testing.assert_close(
+        logm_orthogonal(Qb.float(), method="eigh").double(), logm_orthogonal(Qb), atol=2e-4, rtol=0
+    )
+    M = torch.diag(torch.tensor([-1.0, -1.0, 1.0], dtype=D))
+    assert (expm_skew(logm_orthogonal(M, method="eigh")) - M).abs().max() < 1e-12
+
+
+def test_eigh_route_rejects_reflections_and_unknown_method() -> None:
+    R = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=D))
+    with pytest.raises(ValueError, match="reflection"):
+        logm_orthogonal(R, method="eigh")
+    with pytest.raises(ValueError, match="det = -1"):
+        logm_orthogonal(R, method="eigh", check=False)
+    with pytest.raises(ValueError, match="'eig' or 'eigh'"):
+        logm_orthogonal(torch.eye(3, dtype=D), method="schur")

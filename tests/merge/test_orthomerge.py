@@ -289,8 +289,7 @@ def test_karcher_mean_is_stationary() -> None:
 
 
 def test_log_so_agrees_with_shared_linalg_primitive() -> None:
-    """Cross-check against orthokit.linalg.logm_orthogonal (real-Schur planes); we keep our eigh-based log because
-    it is ~10x faster on the batched small blocks OrthoMerge-OFT and the Karcher iteration use."""
+    """log_so is linalg.logm_orthogonal(method="eigh"); cross-check it against the real-Schur ("eig") route."""
     from orthokit.linalg import logm_orthogonal
 
     Q = rand_rot(16, 0.5, batch=(7,))
