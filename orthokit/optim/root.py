@@ -249,7 +249,7 @@ class robust_orthogonalize(Transform):
                     )
             else:
                 coeffs = ROOT_DEFAULT_COEFFICIENTS
-            dt = resolve_ns_dtype(group["ns_dtype"], x.device)
+            dt = resolve_ns_dtype(group["ns_dtype"], x.device, b.shape)
             o = newton_schulz_constant(b, coeffs, steps=steps, dtype=dt)
             for i, oi in zip(idx, o.split([views[i].mats for i in idx], dim=0)):
                 out[i] = oi.reshape(views[i].shape)

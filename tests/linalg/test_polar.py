@@ -382,3 +382,27 @@ def test_bad_options_raise_value_error(kwargs: dict) -> None:
 def test_steps_type_error() -> None:
     with pytest.raises(TypeError):
         polar(torch.randn(4, 6), steps=2.5)  # type: ignore[arg-type]
+
+
+def test_auto_batch_mode_follows_cpu_bf16_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 stacks batch on AMX-BF16 CPUs (bmm is 0.2–0.75× a loop there) and loop without AMX."""
+    import orthokit.linalg.polar as P
+
+    big16 = torch.zeros(4, 256, 256, dtype=torch.bfloat16)
+    big32, small32 = torch.zeros(4, 256, 256), torch.zeros(4, 32, 64)
+    monkeypatch.setattr(P, "cpu_has_fast_bf16", lambda: True)
+    assert P._resolve_batch_mode("auto", big16) == "batched"
+    assert P._resolve_batch_mode("auto", big32) == "loop"
+    assert P._resolve_batch_mode("auto", torch.zeros(4, 256, 256, dtype=torch.float16)) == "loop"
+    monkeypatch.setattr(P, "cpu_has_fast_bf16", lambda: False)
+    assert P._resolve_batch_mode("auto", big16) == "loop"
+    assert P._resolve_batch_mode("auto", small32) == "batched"
+    assert P._resolve_batch_mode("loop", small32) == "loop"
+    # either way the answer is the same matrix
+    G = torch.randn(3, 64, 96)
+    torch.testing.assert_close(
+        polar(G, dtype=torch.bfloat16, batch_mode="auto").float(),
+        polar(G, dtype=torch.bfloat16, batch_mode="loop").float(),
+        atol=0.05,
+        rtol=0,
+    )

@@ -98,3 +98,62 @@ def test_property_orthonormal_positive_r(seed: int, m: int, n: int, dtype: torch
     assert (Q.mT @ Q - torch.eye(k, dtype=dtype)).abs().max() < tol
     assert (torch.diagonal(R) >= 0).all()
     assert (Q @ R - A).abs().max() < tol * 10 * max(1.0, float(A.abs().max()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cholesky_qr2_matches_unique_qr(dtype: torch.dtype) -> None:
+    from orthokit.linalg import cholesky_qr2
+
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(3, 400, 30, generator=g, dtype=torch.float64)
+    A[1] = A[1] @ torch.diag(torch.logspace(0, -2.5, 30, dtype=torch.float64))  # κ ≈ 3e2·κ(gaussian)
+    Q, R = cholesky_qr2(A.to(dtype), return_r=True)
+    Q64, R64 = qr_basis(A, return_r=True)
+    tol = 5e-4 if dtype == torch.float32 else 1e-10
+    eye = torch.eye(30, dtype=torch.float64)
+    assert Q.dtype == dtype and Q.shape == A.shape
+    assert (Q.double().mT @ Q.double() - eye).abs().max() < (2e-5 if dtype == torch.float32 else 1e-13)
+    assert (Q.double() - Q64).abs().max() < tol
+    assert (Q.double() @ R.double() - A).abs().max() < tol * A.abs().max()
+    assert (torch.diagonal(R, dim1=-2, dim2=-1) > 0).all()
+
+
+def test_cholesky_qr2_falls_back_on_rank_deficient_and_ill_conditioned() -> None:
+    from orthokit.linalg import cholesky_qr2
+
+    g = torch.Generator().manual_seed(1)
+    good = torch.randn(200, 16, generator=g)
+    lowrank = torch.randn(200, 4, generator=g) @ torch.randn(4, 16, generator=g)  # rank 4 < 16
+    illcond = good @ torch.diag(torch.logspace(0, -6, 16))  # κ ≈ 1e6 > u^{-1/2} in fp32
+    A = torch.stack([good, lowrank, illcond])
+    Q = cholesky_qr2(A)
+    eye = torch.eye(16)
+    for i in range(3):
+        assert torch.isfinite(Q[i]).all()
+        assert (Q[i].mT @ Q[i] - eye).abs().max() < 1e-5, i
+    # the good entry is untouched by the others' fallback; the fallback is qr_basis itself
+    torch.testing.assert_close(Q[0], cholesky_qr2(good))
+    torch.testing.assert_close(Q[1], qr_basis(lowrank), atol=0, rtol=0)
+    # spans: the well-determined leading directions of the ill-conditioned entry are kept
+    Qref = qr_basis(illcond.double())
+    assert (Q[2].double()[:, :4] - Qref[:, :4]).abs().max() < 1e-3
+    with pytest.raises(ValueError, match="tall"):
+        cholesky_qr2(torch.randn(4, 8))
+    with pytest.raises(ValueError, match="non-finite"):
+        cholesky_qr2(torch.full((8, 4), float("nan")))
+
+
+def test_cholesky_qr2_uses_householder_only_where_needed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orthokit.linalg import cholesky_qr2
+
+    calls: list[int] = []
+    real = torch.linalg.qr
+    monkeypatch.setattr(torch.linalg, "qr", lambda A, *a, **k: calls.append(A.shape[0]) or real(A, *a, **k))
+    g = torch.Generator().manual_seed(2)
+    A = torch.randn(5, 300, 24, generator=g)
+    cholesky_qr2(A)
+    assert calls == []  # well-conditioned: Cholesky route only
+    A[3] = 0.0
+    Q = cholesky_qr2(A)
+    assert calls == [1]  # only the zero entry fell back
+    assert (Q[3].mT @ Q[3] - torch.eye(24)).abs().max() < 1e-5

@@ -74,6 +74,40 @@ def test_resolve_polar_method_and_dtype():
     assert T.resolve_ns_dtype(None, torch.device("cpu")) is None
 
 
+def test_auto_dtype_on_cpu_follows_bf16_hardware(monkeypatch):
+    """CPU "auto": bf16 only with AMX-BF16 and matrices ≥ CPU_BF16_MIN_DIM on the short side, else fp32."""
+    cpu = torch.device("cpu")
+    big, small = (4, 768, 3072), (64, 512)
+    monkeypatch.setattr(T, "cpu_has_fast_bf16", lambda: True)
+    assert T.resolve_ns_dtype("auto", cpu, big) == torch.bfloat16
+    assert T.resolve_ns_dtype("auto", cpu, small) == torch.float32
+    assert T.resolve_ns_dtype("auto", cpu) == torch.float32  # shape unknown → the safe choice
+    monkeypatch.setattr(T, "cpu_has_fast_bf16", lambda: False)
+    assert T.resolve_ns_dtype("auto", cpu, big) == torch.float32
+    assert T.resolve_ns_dtype("auto", torch.device("cuda"), small) == torch.bfloat16
+    # the hardware probe honours the override
+    monkeypatch.undo()
+    probe = T.cpu_has_fast_bf16.__wrapped__
+    for val, want in (("0", False), ("1", True)):
+        monkeypatch.setenv("ORTHOKIT_CPU_BF16", val)
+        assert probe() is want
+    # and the optimizer actually iterates in the resolved dtype
+    monkeypatch.setattr(T, "cpu_has_fast_bf16", lambda: True)
+    seen = []
+    import orthokit.linalg.polar as LP
+
+    real = LP.polar
+    monkeypatch.setattr(LP, "polar", lambda X, **kw: seen.append(kw["dtype"]) or real(X, **kw))
+    p = torch.nn.Parameter(torch.randn(256, 300))
+    p.grad = torch.randn(256, 300)
+    q = torch.nn.Parameter(torch.randn(32, 48))
+    q.grad = torch.randn(32, 48)
+    from orthokit.optim import Muon
+
+    Muon([p, q], lr=0.01).step()
+    assert sorted(map(str, seen)) == ["torch.bfloat16", "torch.float32"]
+
+
 @pytest.mark.parametrize(
     "mode, m, n, expected",
     [
