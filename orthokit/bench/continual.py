@@ -998,7 +998,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = _summarise(runs)
         md = _classification_markdown(bench, rows, runs, args.epochs, args.quick, args.train_per_task)
         ntag = "" if args.train_per_task == 54000 or args.quick else f"_n{args.train_per_task}"
-        stem = f"continual_{bench}{suffix}{ntag}"
+        etag = "" if args.epochs == 1 else f"_e{args.epochs}"  # keeps the 1-epoch report when epochs differ
+        stem = f"continual_{bench}{suffix}{ntag}{etag}"
         atomic_write_json(
             out / f"{stem}.json",
             {

@@ -47,6 +47,7 @@ from orthokit.bench.report import (
     machine_info,
     md_table,
     results_dir,
+    time_interleaved,
 )
 
 __all__ = ["main", "demo", "QualityConfig", "LR_GRIDS", "run_step_cost", "run_quality", "train_one"]
@@ -444,7 +445,7 @@ def run_step_cost(
 
     torch.set_num_threads(threads)
     n_layer = 2 if quick else 12
-    reps = repeats or (2 if quick else 5)
+    reps = repeats or (2 if quick else 7)
     shapes = gpt_param_shapes(n_layer=n_layer)
     g = torch.Generator().manual_seed(0)
     params = {k: nn.Parameter(torch.randn(*s, generator=g) * 0.02) for k, s in shapes.items()}
@@ -455,41 +456,54 @@ def run_step_cost(
     def ortho_groups(extra: dict[str, Any]) -> list[dict[str, Any]]:
         return [dict(params=hidden, **extra), dict(params=rest, algorithm="adamw", lr=3e-4)]
 
+    from orthokit.optim.transforms import resolve_ns_dtype
+
+    # the iteration dtype "auto" picks on this machine for these shapes (bf16 with AMX-BF16, else fp32)
+    auto = str(resolve_ns_dtype("auto", torch.device("cpu"), (768, 768))).removeprefix("torch.")
     builders: dict[str, Callable[[], list[torch.optim.Optimizer]]] = {
         "AdamW (all params)": lambda: [torch.optim.AdamW(list(params.values()), lr=3e-4)],
         "torch.optim.Muon + AdamW": lambda: [
             torch.optim.Muon(hidden, lr=0.02),
             torch.optim.AdamW(rest, lr=3e-4),
         ],
-        "orthokit Muon (Polar Express, fp32)": lambda: [okopt.Muon(ortho_groups({}), lr=0.02)],
-        "orthokit Muon (ns_method='keller', fp32)": lambda: [
+        f"orthokit Muon default (Polar Express, auto → {auto})": lambda: [
+            okopt.Muon(ortho_groups({}), lr=0.02)
+        ],
+        f"orthokit Muon (ns_method='keller', auto → {auto})": lambda: [
             okopt.Muon(ortho_groups({}), lr=0.02, ns_method="keller")
+        ],
+        "orthokit Muon (Polar Express, ns_dtype=float32)": lambda: [
+            okopt.Muon(ortho_groups({}), lr=0.02, ns_dtype=torch.float32)
         ],
         "orthokit Dion (rank d/4)": lambda: [
             okopt.get_optimizer("dion")(ortho_groups({}), lr=0.02, rank=0.25)
         ],
     }
-    rows = []
-    for label, build in builders.items():
-        for p in params.values():
-            p.grad = grads[[k for k in params if params[k] is p][0]]
-        opts = build()
-        for o in opts:  # warm-up (state allocation)
-            o.step()
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            for o in opts:
+    for k, p in params.items():
+        p.grad = grads[k]
+    # all optimizers built up front (they share the parameters; a step only has to run, not to be meaningful),
+    # one warm-up step each (state allocation), then interleaved rounds: every round steps each optimizer once,
+    # so the shared machine's slow drifts hit every row alike; ratios are medians of per-round ratios.
+    opts = {label: build() for label, build in builders.items()}
+
+    def stepper(os_: list[torch.optim.Optimizer]) -> Callable[[], None]:
+        def run() -> None:
+            for o in os_:
                 o.step()
-            times.append(time.perf_counter() - t0)
-        med = statistics.median(times)
-        rows.append(dict(optimizer=label, median_s=med, times=times))
-        log(f"[step] {label:42s} {med:.3f} s/step")
-        del opts
-    anchor = next(r["median_s"] for r in rows if r["optimizer"].startswith("torch.optim.Muon"))
-    adamw = next(r["median_s"] for r in rows if r["optimizer"].startswith("AdamW"))
+
+        return run
+
+    fns = {label: stepper(os_) for label, os_ in opts.items()}
+    anchor_label = "torch.optim.Muon + AdamW"
+    raw: dict[str, list[float]] = {}
+    med, ratios = time_interleaved(fns, rounds=reps, warmup=1, anchor=anchor_label, times_out=raw)
+    rows = []
+    for label in builders:
+        rows.append(dict(optimizer=label, median_s=med[label], vs_torch_muon=ratios[label], times=raw[label]))
+        log(f"[step] {label:42s} {med[label]:.3f} s/step  {ratios[label]:.3f}× torch.optim.Muon")
+    del opts
+    adamw = med["AdamW (all params)"]
     for r in rows:
-        r["vs_torch_muon"] = r["median_s"] / anchor
         r["vs_adamw"] = r["median_s"] / adamw
     log("[step] orthogonalizer accuracy (Gaussian 768×3072) ...")
     acc = _orthogonalizer_accuracy()
@@ -526,7 +540,7 @@ def _step_md(step: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"### Step cost — {step['n_layer']}-layer GPT-2-small parameter set, fp32, {step['threads']} threads, "
-            f"median of {step['repeats']} steps after warm-up",
+            f"median of {step['repeats']} interleaved rounds after one warm-up step (ratios: median of per-round ratios)",
             "",
             f"{step['n_hidden_params'] / 1e6:.1f}M orthogonalized parameters, "
             f"{step['n_adamw_params'] / 1e6:.1f}M AdamW parameters.",

@@ -97,6 +97,41 @@ def time_call(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1, min_time
     return statistics.median(times)
 
 
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]],
+    rounds: int = 5,
+    warmup: int = 1,
+    anchor: str | None = None,
+    times_out: dict[str, list[float]] | None = None,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median wall times of several callables measured in interleaved rounds (each round calls every
+    function once, in a rotated order), so slow drifts of a shared machine hit all of them alike.
+
+    Returns ``(median seconds per name, median per-round ratio to anchor per name)``; the ratios are
+    empty when ``anchor`` is None. The per-round ratio is more robust than a ratio of medians when
+    the machine's speed changes between rounds. ``times_out`` (if given) receives every round's times.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for nm in names:
+            fns[nm]()
+    times: dict[str, list[float]] = {nm: [] for nm in names}
+    for r in range(max(rounds, 1)):
+        k = r % len(names)
+        for nm in names[k:] + names[:k]:
+            t0 = time.perf_counter()
+            fns[nm]()
+            times[nm].append(time.perf_counter() - t0)
+    if times_out is not None:
+        times_out.update(times)
+    med = {nm: statistics.median(v) for nm, v in times.items()}
+    ratios: dict[str, float] = {}
+    if anchor is not None:
+        ref = times[anchor]
+        ratios = {nm: statistics.median(t / a for t, a in zip(v, ref)) for nm, v in times.items()}
+    return med, ratios
+
+
 def machine_info() -> dict[str, Any]:
     """What the numbers were measured on."""
     return {
