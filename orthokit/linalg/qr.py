@@ -69,7 +69,8 @@ def cholesky_qr2(
     (κ(A) too large, e.g. rank-deficient input) that batch entry falls back to :func:`qr_basis`. Both routes
     return the unique ``Q`` whose ``R`` has a positive diagonal, so the result does not depend on the route
     (up to rounding). Cost: two Gram matrices and two triangular solves (``4mn²`` flops, all BLAS-3) instead of
-    Householder's panel factorization — about 2.5× faster for 3072×192 on a 2-core CPU. Used by
+    Householder's panel factorization — 0.46× the time of ``torch.linalg.qr`` for 3072×192 (7.3 vs 16.8 ms,
+    2 threads, 7 interleaved rounds). Used by
     :class:`~orthokit.optim.Dion` for its power-iteration step (the reference code uses a randomized
     Cholesky-QR for the same reason).
 

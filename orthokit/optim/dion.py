@@ -16,7 +16,7 @@ the shape factor always uses the original ``(m, n) = (fan_out, fan_in)``. With `
 well-conditioned ``B`` the update approaches Muon's polar factor. The reference code uses a randomized
 Cholesky-QR for tall ``P``; we use CholeskyQR2 (:func:`orthokit.linalg.cholesky_qr2`: orthogonal to working
 precision when κ(P) ≲ u^{-1/2}, Householder QR for the matrices where it is not — e.g. a rank-deficient first
-momentum), ~2.5× faster than Householder QR alone on CPU.
+momentum), 0.46× the time of Householder QR for 3072×192 on CPU.
 """
 
 from __future__ import annotations

@@ -157,3 +157,14 @@ def test_cholesky_qr2_uses_householder_only_where_needed(monkeypatch: pytest.Mon
     Q = cholesky_qr2(A)
     assert calls == [1]  # only the zero entry fell back
     assert (Q[3].mT @ Q[3] - torch.eye(24)).abs().max() < 1e-5
+    # κ ≈ 1e4 in fp32: the first Cholesky succeeds but ‖Q₁ᵀQ₁ − I‖_F ≈ 1.1 > 1/2 → Householder for that entry
+    g64 = torch.Generator().manual_seed(1)
+    U = torch.linalg.qr(torch.randn(200, 16, generator=g64, dtype=torch.float64)).Q
+    V = torch.linalg.qr(torch.randn(16, 16, generator=g64, dtype=torch.float64)).Q
+    B = (U @ torch.diag(torch.logspace(0, -4, 16, dtype=torch.float64)) @ V).float()
+    L, info = torch.linalg.cholesky_ex(B.mT @ B)
+    assert int(info) == 0  # the case the orthogonality test (not the Cholesky failure) must catch
+    calls.clear()
+    Qb = cholesky_qr2(torch.stack([torch.randn(200, 16, generator=g), B]))
+    assert calls == [1]
+    torch.testing.assert_close(Qb[1], qr_basis(B), atol=0, rtol=0)
