@@ -1,4 +1,4 @@
-"""Tests for orthokit.linalg.procrustes: Schönemann, Kabsch (det=+1), Umeyama scale; float64 references."""
+"""Tests for orthokit.linalg.procrustes (in _procrustes.py): Schönemann, Kabsch (det=+1), Umeyama scale; float64 references."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orthokit.linalg import procrustes
-from orthokit.linalg.procrustes import ProcrustesResult
+from orthokit.linalg import ProcrustesResult, procrustes
 
 D = torch.float64
 
