@@ -3,30 +3,34 @@
 OGPSA treats alignment fine-tuning as continual learning: a *reference* ("general capability") loss
 ``L_ref`` must not change to first order while a new objective is optimised. For every trainable
 tensor ``θ_p`` it keeps a low-rank orthonormal basis ``U_p ∈ R^{numel(θ_p) × r}`` spanned by the
-gradients of ``L_ref`` on ``r`` groups of reference batches, and replaces each new-task gradient by
+gradients of ``L_ref`` on ``r`` reference sets, and replaces each new-task gradient by
 
 .. math::
 
-    g_p \\leftarrow g_p - U_p U_p^\\top g_p  \\qquad (\\text{mode } ``orthogonal''),
+    g_p \\leftarrow g_p - U_p U_p^\\top g_p  \\qquad (\\text{rule } ``orthogonal''),
 
 so that ``⟨∇_{θ_p} L_ref^{(i)}, g_p⟩ = 0`` for every reference direction ``i`` (per tensor, hence also
-globally). The released code uses rank 1 per tensor (one reference set; rank 2 with two sets,
-Gram–Schmidt of the two normalised gradients) and recomputes the reference gradients every
-``base_num_steps`` optimiser steps (30 for SFT, 5 for DPO); it also has a ``threshold`` mode that removes
-the component only when it conflicts (cos < 0). Both are implemented here. Projecting the gradient before
-an adaptive optimiser (AdamW) does not keep the *applied* update orthogonal (the elementwise
-preconditioner rotates it back, note §1.4); ``project="update"`` therefore projects the parameter
-delta produced by the wrapped optimiser instead, which is exact for any optimiser.
+globally). The released code uses one reference dataset (rank 1) or two (rank 2: Gram–Schmidt of the two
+normalised summed gradients). Here the reference batches are split into ``rank`` **contiguous** groups, one per
+reference dataset (batches ``[A, A, B, B]`` with ``rank=2`` give the directions of ``A`` and of ``B``). The bases
+are recomputed every ``refresh_every`` optimiser steps (30 for SFT, 5 for DPO); the ``threshold`` rule removes
+the component only when it conflicts (cos < 0). Projecting the gradient before an adaptive optimiser (AdamW)
+does not keep the *applied* update orthogonal (the elementwise preconditioner rotates it back, note §1.4);
+``where="update"`` projects the parameter delta produced by the wrapped optimiser instead, exact for any
+optimiser. The default ``where="gradient"`` is the released code's behaviour (``param.register_hook``).
 
 Reference: G. Sun, …, "Safety Alignment as Continual Learning: Mitigating the Alignment Tax via Orthogonal
-Gradient Projection", arXiv:2602.07892 (2026); code github.com/SunGL001/OGPSA (``sft_pg/trainer.py``).
+Gradient Projection", arXiv:2602.07892 (2026); code github.com/SunGL001/OGPSA
+(``src/llamafactory/train/sft_pg/trainer.py``, commit cddc63f).
 
 Example:
+    >>> import torch
     >>> model = torch.nn.Linear(8, 4)
     >>> ref = [(torch.randn(16, 8), torch.randn(16, 4))]
-    >>> loss_fn = lambda m, b: torch.nn.functional.mse_loss(m(b[0]), b[1])
-    >>> opt = OGPSA(torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn, ref, refresh_every=30)
-    >>> loss_fn(model, (torch.randn(4, 8), torch.randn(4, 4))).backward(); opt.step(); opt.zero_grad()
+    >>> opt = OGPSA(torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn=mse_loss, reference_batches=ref)
+    >>> mse_loss(model, (torch.randn(4, 8), torch.randn(4, 4))).backward(); opt.step(); opt.zero_grad()
+    >>> sorted(opt.bases) == ["bias", "weight"]
+    True
 """
 
 from __future__ import annotations
@@ -37,11 +41,51 @@ from typing import Any
 import torch
 from torch import nn
 
+from orthokit.projection._wrapper import WrappedOptimizer, check_where_mode
+from orthokit.projection.projected import Projected
 from orthokit.projection.registry import ProjectionMethod, register_projection
 
-__all__ = ["OGPSA", "OGPSAProjection", "reference_gradient_bases", "project_out", "OGPSA_MODES"]
+__all__ = [
+    "OGPSA",
+    "OGPSAProjection",
+    "OGPSAProjected",
+    "reference_gradient_bases",
+    "reference_groups",
+    "project_out",
+    "mse_loss",
+    "OGPSA_RULES",
+]
 
-OGPSA_MODES = ("orthogonal", "threshold")
+OGPSA_RULES = ("orthogonal", "threshold")
+
+
+def mse_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+    """``mse_loss(model(x), y)`` for an ``(x, y)`` batch — a picklable reference loss for regression examples."""
+    return torch.nn.functional.mse_loss(model(batch[0]), batch[1])
+
+
+def reference_groups(n_batches: int, rank: int) -> list[list[int]]:
+    """Split batch indices ``0..n_batches-1`` into ``rank`` contiguous, nearly equal groups (one per dataset).
+
+    The first ``n_batches % rank`` groups get one extra batch (``numpy.array_split`` order).
+
+    Example:
+        >>> reference_groups(4, 2)
+        [[0, 1], [2, 3]]
+        >>> reference_groups(5, 2)
+        [[0, 1, 2], [3, 4]]
+    """
+    if not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank must be a positive int, got {rank!r}")
+    if n_batches < rank:
+        raise ValueError(f"need at least rank={rank} reference batches, got {n_batches}")
+    size, extra = divmod(n_batches, rank)
+    out, start = [], 0
+    for i in range(rank):
+        stop = start + size + (1 if i < extra else 0)
+        out.append(list(range(start, stop)))
+        start = stop
+    return out
 
 
 def _orthonormal_columns(vectors: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
@@ -67,7 +111,7 @@ def _orthonormal_columns(vectors: torch.Tensor, rtol: float = 1e-6) -> torch.Ten
 
 
 def project_out(
-    grad: torch.Tensor, basis: torch.Tensor, mode: str = "orthogonal", scale: float = 1.0
+    grad: torch.Tensor, basis: torch.Tensor, rule: str = "orthogonal", scale: float = 1.0
 ) -> torch.Tensor:
     """Remove from ``grad`` its component in ``span(basis)``.
 
@@ -81,16 +125,16 @@ def project_out(
     Args:
         grad: gradient of one tensor.
         basis: orthonormal columns (e.g. from :func:`reference_gradient_bases`).
-        mode: one of :data:`OGPSA_MODES`.
-        scale: factor applied to non-conflicting components in ``"threshold"`` mode.
+        rule: one of :data:`OGPSA_RULES`.
+        scale: factor applied to non-conflicting components in ``"threshold"`` rule.
 
     Example:
         >>> u = torch.tensor([[1.0], [0.0]])
         >>> project_out(torch.tensor([3.0, 4.0]), u)
         tensor([0., 4.])
     """
-    if mode not in OGPSA_MODES:
-        raise ValueError(f"unknown OGPSA mode {mode!r}; valid: {', '.join(OGPSA_MODES)}")
+    if rule not in OGPSA_RULES:
+        raise ValueError(f"unknown OGPSA rule {rule!r}; valid: {', '.join(OGPSA_RULES)}")
     if basis.dim() != 2 or basis.shape[0] != grad.numel():
         raise ValueError(f"basis must be [grad.numel()={grad.numel()}, k], got shape {tuple(basis.shape)}")
     if basis.shape[1] == 0:
@@ -98,7 +142,7 @@ def project_out(
     g = grad.reshape(-1)
     b = basis.to(dtype=torch.promote_types(g.dtype, basis.dtype), device=g.device)
     coef = b.T @ g.to(b.dtype)
-    if mode == "orthogonal":
+    if rule == "orthogonal":
         out = g.to(b.dtype) - b @ coef
     else:
         neg = coef < 0
@@ -107,6 +151,12 @@ def project_out(
         else:
             out = scale * g.to(b.dtype)
     return out.to(grad.dtype).reshape(grad.shape)
+
+
+def _check_loss(loss: Any) -> torch.Tensor:
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        raise ValueError("loss_fn must return a scalar tensor")
+    return loss
 
 
 def reference_gradient_bases(
@@ -119,26 +169,30 @@ def reference_gradient_bases(
 ) -> dict[str, torch.Tensor]:
     """Per-tensor orthonormal bases of the reference-loss gradients.
 
-    The reference batches are split into ``rank`` contiguous groups; the summed gradient of each group is
-    one direction (OGPSA's ``base_num_samples`` summed SFT gradient is ``rank=1``; two reference datasets is
-    ``rank=2``). For each parameter the ``rank`` directions are normalised and orthonormalised (Gram–Schmidt
-    twice, zero/degenerate directions dropped), giving ``U_p`` of shape ``[numel, k ≤ rank]``.
+    The reference batches are split into ``rank`` contiguous groups (:func:`reference_groups`), one per reference
+    dataset; the summed gradient of each group is one direction (OGPSA's ``base_num_samples`` summed SFT gradient
+    is ``rank=1``; two reference datasets, ``[A…, B…]``, is ``rank=2``). For each parameter the ``rank``
+    directions are normalised and orthonormalised in order (Gram–Schmidt twice, zero/degenerate directions
+    dropped), giving ``U_p`` of shape ``[numel, k ≤ rank]``.
 
     Args:
         model: the network (its ``.grad`` fields are left as they were).
         loss_fn: ``loss_fn(model, batch) -> scalar`` reference (general-capability) loss.
-        reference_batches: at least ``rank`` batches.
+        reference_batches: at least ``rank`` batches, grouped contiguously by dataset.
         rank: number of reference directions per tensor.
         params: ``(name, parameter)`` pairs to cover (default: all trainable parameters).
         dtype: storage dtype of the bases (default: the parameter's dtype promoted to at least float32).
 
     Returns:
         ``{name: U_p}``.
+
+    Example:
+        >>> m = torch.nn.Linear(2, 1, bias=False)
+        >>> b = [(torch.tensor([[1.0, 0.0]]), torch.zeros(1, 1))]
+        >>> reference_gradient_bases(m, mse_loss, b)["weight"].abs().T
+        tensor([[1., 0.]])
     """
-    if not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"rank must be a positive int, got {rank!r}")
-    if len(reference_batches) < rank:
-        raise ValueError(f"need at least rank={rank} reference batches, got {len(reference_batches)}")
+    groups = reference_groups(len(reference_batches), rank)
     named = (
         list(params)
         if params is not None
@@ -147,7 +201,6 @@ def reference_gradient_bases(
     if not named:
         raise ValueError("no trainable parameters to build reference gradients for")
     tensors = [p for _, p in named]
-    groups = [list(range(len(reference_batches)))[i::rank] for i in range(rank)]
     cols: list[list[torch.Tensor]] = [[] for _ in named]
     for grp in groups:
         acc = [
@@ -157,9 +210,7 @@ def reference_gradient_bases(
             for p in tensors
         ]
         for i in grp:
-            loss = loss_fn(model, reference_batches[i])
-            if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-                raise ValueError("loss_fn must return a scalar tensor")
+            loss = _check_loss(loss_fn(model, reference_batches[i]))
             grads = torch.autograd.grad(loss, tensors, allow_unused=True)
             for a, g in zip(acc, grads):
                 if g is not None:
@@ -169,65 +220,74 @@ def reference_gradient_bases(
     return {name: _orthonormal_columns(torch.stack(c, dim=1)) for (name, _), c in zip(named, cols)}
 
 
-class OGPSA:
+class OGPSA(WrappedOptimizer):
     """Optimiser wrapper: updates orthogonal (per tensor) to a periodically refreshed reference-gradient subspace.
 
     ``step()`` (1) refreshes the reference bases every ``refresh_every`` steps (and on the first step),
-    (2) projects each trainable gradient with :func:`project_out` (``project="grad"``, OGPSA's behaviour) or
-    lets the base optimiser step and projects the resulting parameter delta ``Δθ_p ← Δθ_p − U_p U_pᵀ Δθ_p``
-    (``project="update"``, exact for adaptive optimisers), then (3) steps the wrapped optimiser.
+    (2) projects each trainable gradient with :func:`project_out` (``where="gradient"``, OGPSA's behaviour) or
+    lets the inner optimiser step and projects the resulting parameter delta ``Δθ_p ← Δθ_p − U_p U_pᵀ Δθ_p``
+    (``where="update"``, exact for adaptive optimisers), then (3) steps the wrapped optimiser.
 
     Args:
         optimizer: any ``torch.optim.Optimizer`` over (a subset of) ``model``'s parameters.
         model: the network (reference gradients are taken w.r.t. the optimiser's parameters).
         loss_fn: ``loss_fn(model, batch) -> scalar`` reference loss.
-        reference_batches: reference (general-capability) data; ``rank`` groups of it define the subspace.
-        rank: reference directions per tensor (1 in the paper's default configuration).
+        reference_batches: reference (general-capability) data; ``rank`` contiguous groups of it (one per
+            dataset) define the subspace. Kept in memory for refreshes, never put in ``state_dict``.
+        rank: reference directions per tensor (1 in the paper's default configuration, 2 with two datasets).
         refresh_every: recompute the bases every this many steps (paper: 30 SFT, 5 DPO); ``0`` = never.
-        mode: ``"orthogonal"`` or ``"threshold"`` (see :func:`project_out`).
-        project: ``"grad"`` or ``"update"``.
-        scale: ``base_scale`` of the threshold mode.
+        rule: ``"orthogonal"`` or ``"threshold"`` (see :func:`project_out`).
+        where: ``"gradient"`` (released code) or ``"update"`` (exact for any optimiser).
+        scale: ``base_scale`` of the threshold rule.
+        check_finite: refuse (``ValueError``, nothing modified) a step with NaN/inf gradients.
 
     Example:
-        >>> opt = OGPSA(torch.optim.AdamW(model.parameters(), lr=1e-3), model, loss_fn, ref_batches,
-        ...             project="update")
+        >>> model = torch.nn.Linear(3, 2)
+        >>> ref = [(torch.randn(4, 3), torch.randn(4, 2)) for _ in range(4)]   # datasets A, A, B, B
+        >>> opt = OGPSA(torch.optim.AdamW(model.parameters(), lr=1e-3), model, loss_fn=mse_loss,
+        ...             reference_batches=ref, rank=2, where="update")
+        >>> mse_loss(model, ref[0]).backward(); opt.step()
+        >>> opt.bases["weight"].shape
+        torch.Size([6, 2])
     """
 
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
         model: nn.Module,
+        *,
         loss_fn: Callable[[nn.Module, Any], torch.Tensor],
         reference_batches: Sequence[Any],
         rank: int = 1,
         refresh_every: int = 30,
-        mode: str = "orthogonal",
-        project: str = "grad",
+        rule: str = "orthogonal",
+        where: str = "gradient",
         scale: float = 1.0,
+        check_finite: bool = True,
     ) -> None:
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        if mode not in OGPSA_MODES:
-            raise ValueError(f"unknown OGPSA mode {mode!r}; valid: {', '.join(OGPSA_MODES)}")
-        if project not in ("grad", "update"):
-            raise ValueError(f"project must be 'grad' or 'update', got {project!r}")
-        if project == "update" and mode != "orthogonal":
+        super().__init__(optimizer, check_finite=check_finite)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(loss_fn):
+            raise TypeError("loss_fn must be callable: loss_fn(model, batch) -> scalar tensor")
+        if rule not in OGPSA_RULES:
+            raise ValueError(f"unknown OGPSA rule {rule!r}; valid: {', '.join(OGPSA_RULES)}")
+        check_where_mode(where=where)
+        if where == "update" and rule != "orthogonal":
             raise ValueError(
-                "project='update' supports only mode='orthogonal' (threshold is gradient-dependent)"
+                "where='update' supports only rule='orthogonal' (threshold is gradient-dependent)"
             )
         if not isinstance(refresh_every, int) or refresh_every < 0:
             raise ValueError(f"refresh_every must be a non-negative int, got {refresh_every!r}")
-        if len(reference_batches) < rank:
-            raise ValueError(f"need at least rank={rank} reference batches, got {len(reference_batches)}")
-        self.optimizer = optimizer
+        reference_groups(len(reference_batches), rank)  # validates rank and the batch count
         self.model = model
         self.loss_fn = loss_fn
         self.reference_batches = list(reference_batches)
         self.rank = rank
         self.refresh_every = refresh_every
-        self.mode = mode
-        self.project = project
-        self.scale = scale
+        self.rule = rule
+        self.where = where
+        self.scale = float(scale)
         ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
         self._named = [(n, p) for n, p in model.named_parameters() if id(p) in ids and p.requires_grad]
         if not self._named:
@@ -236,60 +296,62 @@ class OGPSA:
         self.steps = 0
         self.refreshes = 0
 
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        """The wrapped optimiser's parameter groups (so LR schedulers work)."""
-        return self.optimizer.param_groups
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Zero the wrapped optimiser's gradients."""
-        self.optimizer.zero_grad(set_to_none=set_to_none)
+    def _named_params(self) -> dict[int, str]:
+        return {id(p): n for n, p in self._named}
 
     def refresh(self) -> None:
         """Recompute the reference bases now (the current ``.grad`` fields are preserved)."""
-        self.bases = reference_gradient_bases(
-            self.model, self.loss_fn, self.reference_batches, rank=self.rank, params=self._named
-        )
+        with torch.enable_grad():
+            self.bases = reference_gradient_bases(
+                self.model, self.loss_fn, self.reference_batches, rank=self.rank, params=self._named
+            )
         self.refreshes += 1
 
     def memory_floats(self) -> int:
         """Number of floats held by the bases (≈ rank × |θ|)."""
         return sum(b.numel() for b in self.bases.values())
 
-    @torch.no_grad()
-    def _project_grads(self) -> None:
-        for name, p in self._named:
-            if p.grad is not None:
-                p.grad.copy_(project_out(p.grad, self.bases[name], self.mode, self.scale))
-
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        """Refresh if due, project, and step the wrapped optimiser."""
+    def _apply_step(self) -> None:
         if not self.bases or (self.refresh_every and self.steps % self.refresh_every == 0):
-            with torch.enable_grad():
-                self.refresh()
-        loss = None
-        if self.project == "grad":
-            self._project_grads()
-            loss = self.optimizer.step(closure)
+            self.refresh()
+        if self.where == "gradient":
+            for name, p in self._named:
+                if p.grad is not None:
+                    p.grad.copy_(project_out(p.grad, self.bases[name], self.rule, self.scale))
+            self.optimizer.step()
         else:
             before = {name: p.detach().clone() for name, p in self._named}
-            loss = self.optimizer.step(closure)
-            with torch.no_grad():
-                for name, p in self._named:
-                    delta = p - before[name]
-                    p.copy_(before[name] + project_out(delta, self.bases[name]))
+            self.optimizer.step()
+            for name, p in self._named:
+                delta = p - before[name]
+                p.copy_(before[name] + project_out(delta, self.bases[name]))
         self.steps += 1
-        return loss
 
-    def state_dict(self) -> dict[str, Any]:
-        """Wrapped optimiser state plus bases and step counter."""
-        return {"optimizer": self.optimizer.state_dict(), "bases": dict(self.bases), "steps": self.steps}
+    def projection_state_dict(self) -> dict[str, Any]:
+        """Bases, counters and settings (no reference data)."""
+        return {
+            "bases": {n: b.clone() for n, b in self.bases.items()},
+            "steps": self.steps,
+            "refreshes": self.refreshes,
+            "rank": self.rank,
+            "rule": self.rule,
+            "where": self.where,
+        }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Inverse of :meth:`state_dict`."""
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.bases = dict(state["bases"])
+    def load_projection_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`projection_state_dict` output (validated first: names and shapes)."""
+        bases = state.get("bases")
+        if not isinstance(bases, dict) or "steps" not in state:
+            raise ValueError("OGPSA projection state needs 'bases' (dict) and 'steps'")
+        sizes = {n: p.numel() for n, p in self._named}
+        for n, b in bases.items():
+            if n not in sizes:
+                raise ValueError(f"OGPSA state has a basis for unknown parameter {n!r}")
+            if not isinstance(b, torch.Tensor) or b.dim() != 2 or b.shape[0] != sizes[n]:
+                raise ValueError(f"OGPSA basis for {n!r} must be [{sizes[n]}, k]")
+        self.bases = {n: b.clone() for n, b in bases.items()}
         self.steps = int(state["steps"])
+        self.refreshes = int(state.get("refreshes", self.refreshes))
 
 
 def _layer_reference_bases(
@@ -299,17 +361,15 @@ def _layer_reference_bases(
     batches: Sequence[Any],
     rank: int,
 ) -> dict[str, torch.Tensor]:
-    """Per protected layer (weight and bias flattened together) orthonormal bases of ``rank`` reference gradients."""
+    """Per protected layer (weight and bias flattened together) orthonormal bases of ``rank`` reference gradients
+    (contiguous groups of ``batches``, one per reference dataset)."""
     names = memory.layer_names
     params = [p for n in names for p in memory.layer(n).params]
-    groups = [list(range(len(batches)))[i::rank] for i in range(rank)]
     cols: list[torch.Tensor] = []
-    for grp in groups:
+    for grp in reference_groups(len(batches), rank):
         acc = None
         for i in grp:
-            loss = loss_fn(model, batches[i])
-            if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-                raise ValueError("loss_fn must return a scalar tensor")
+            loss = _check_loss(loss_fn(model, batches[i]))
             gs = torch.autograd.grad(loss, params, allow_unused=True)
             flat = torch.cat(
                 [(torch.zeros_like(p) if g is None else g).reshape(-1).double() for g, p in zip(gs, params)]
@@ -335,6 +395,29 @@ def _default_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), batch[1].reshape(-1))
 
 
+class OGPSAProjected(Projected):
+    """:class:`~orthokit.projection.projected.Projected` that asks its :class:`OGPSAProjection` to refresh the
+    reference bases before each step when due (module-level, so it pickles with its method)."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        method: OGPSAProjection,
+        *,
+        where: str = "update",
+        check_finite: bool = True,
+    ) -> None:
+        if not isinstance(method, OGPSAProjection):
+            raise TypeError(f"method must be an OGPSAProjection, got {type(method).__name__}")
+        super().__init__(optimizer, method.memory, mode="hard", where=where, check_finite=check_finite)
+        self.method = method
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """Refresh the bases when due, then the projected step."""
+        self.method.on_step()
+        return super().step(closure)
+
+
 @register_projection(
     "ogpsa",
     subspace="gradient",
@@ -346,23 +429,28 @@ def _default_loss(model: nn.Module, batch: Any) -> torch.Tensor:
 class OGPSAProjection(ProjectionMethod):
     """OGPSA as a registered projection method (per-layer reference-gradient subspace, periodic refresh).
 
-    ``after_task(reference_batches)`` stores the reference (general-capability) data and builds, for every
-    protected layer, the orthonormal basis of ``rank`` reference-loss gradients (weight and bias flattened);
-    ``wrap(optimizer)`` returns a :class:`~orthokit.projection.projected.Projected` optimizer that projects the
-    applied update off these bases and recomputes them every ``refresh_every`` steps (the paper's periodic
-    refresh) — so the reference loss is unchanged to first order at every step, for any inner optimizer.
-    :class:`OGPSA` is the standalone per-tensor optimizer wrapper covering every trainable tensor.
+    ``after_task(reference_batches)`` keeps the reference (general-capability) data and builds, for every
+    protected layer, the orthonormal basis of ``rank`` reference-loss gradients (weight and bias flattened;
+    the batches split into ``rank`` contiguous groups, one per reference dataset); ``wrap(optimizer)`` returns
+    an :class:`OGPSAProjected` optimizer that projects the applied update off these bases and recomputes them
+    every ``refresh_every`` steps (the paper's periodic refresh) — so the reference loss is unchanged to first
+    order at every step, for any inner optimizer. :class:`OGPSA` is the standalone per-tensor optimizer wrapper
+    covering every trainable tensor. The reference data are not part of :meth:`state_dict`; after loading a
+    state, call :meth:`set_reference` before refreshes can run.
 
     Args:
         model: the network.
         layers: protected layers (as for :class:`SubspaceMemory`).
-        rank: reference directions per layer.
+        rank: reference directions per layer (reference datasets).
         refresh_every: refresh period in optimiser steps (0 = never; paper: 30 SFT, 5 DPO).
         loss_fn: ``loss_fn(model, batch)`` reference loss (default: cross-entropy of ``model(x)`` vs ``y``).
 
     Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+        >>> ref = [(torch.randn(5, 4), torch.randint(0, 3, (5,))) for _ in range(2)]
         >>> ogpsa = OGPSAProjection(model, rank=2, refresh_every=30)
-        >>> ogpsa.after_task(general_capability_batches)
+        >>> ogpsa.after_task(ref)
+        {'0': 2}
         >>> opt = ogpsa.wrap(torch.optim.AdamW(model.parameters(), lr=1e-5))
     """
 
@@ -389,10 +477,15 @@ class OGPSAProjection(ProjectionMethod):
         self.steps = 0
         self.refreshes = 0
 
+    def set_reference(self, batches: Iterable[Any]) -> None:
+        """Keep ``batches`` as the reference set (no basis is recomputed)."""
+        batches = list(batches)
+        reference_groups(len(batches), self.rank)
+        self.reference = batches
+
     def refresh(self) -> dict[str, int]:
         """Recompute every layer's basis from the stored reference batches at the current parameters."""
-        if len(self.reference) < self.rank:
-            raise ValueError(f"need at least rank={self.rank} reference batches, got {len(self.reference)}")
+        reference_groups(len(self.reference), self.rank)
         with torch.enable_grad():
             bases = _layer_reference_bases(self.memory, self.model, self.loss_fn, self.reference, self.rank)
         for n, B in bases.items():
@@ -401,8 +494,10 @@ class OGPSAProjection(ProjectionMethod):
         return {n: int(B.shape[1]) for n, B in bases.items()}
 
     def after_task(self, batches: Iterable[Any], **kwargs: Any) -> dict[str, int]:
-        """Store ``batches`` as the reference set and build the bases. Returns directions per layer."""
-        self.reference = list(batches)
+        """Keep ``batches`` as the reference set and build the bases. Returns directions per layer."""
+        if kwargs:
+            raise TypeError(f"OGPSAProjection.after_task got unexpected keyword arguments {sorted(kwargs)}")
+        self.set_reference(batches)
         added = self.refresh()
         self.memory.task_count += 1
         return added
@@ -414,24 +509,15 @@ class OGPSAProjection(ProjectionMethod):
         self.steps += 1
 
     def wrap(self, optimizer: torch.optim.Optimizer, *, where: str = "update") -> torch.optim.Optimizer:
-        """A :class:`Projected` optimizer that refreshes the reference bases every ``refresh_every`` steps."""
-        from orthokit.projection.projected import Projected
-
-        method = self
-
-        class _Refreshing(Projected):
-            def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
-                method.on_step()
-                return super().step(closure)
-
-        return _Refreshing(optimizer, self.memory, mode="hard", where=where)
+        """An :class:`OGPSAProjected` optimizer that refreshes the bases every ``refresh_every`` steps."""
+        return OGPSAProjected(optimizer, self, where=where)
 
     def state_dict(self) -> dict[str, Any]:
-        """Memory, reference batches and the step counter."""
-        return {"memory": self.memory.state_dict(), "reference": list(self.reference), "steps": self.steps}
+        """Memory and the step counter (the reference data are not saved)."""
+        return {"memory": self.memory.state_dict(), "steps": self.steps, "refreshes": self.refreshes}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output."""
         super().load_state_dict(state)
-        self.reference = list(state.get("reference", []))
         self.steps = int(state.get("steps", 0))
+        self.refreshes = int(state.get("refreshes", 0))
