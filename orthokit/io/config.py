@@ -2,7 +2,9 @@
 
 :func:`load_yaml` reads a YAML file (or string) with PyYAML's safe loader, **rejects duplicate keys** (PyYAML
 silently keeps the last one, which hides typos such as two ``parameters:`` blocks), reports syntax errors with
-file, line and column, and checks the top level is a mapping.
+file, line and column, and checks the top level is a mapping. It is bounded against hostile input: anchors and
+aliases (``&a`` / ``*a``, the "billion laughs" expansion) are refused, the file may hold at most
+:data:`MAX_BYTES` bytes and nest at most :data:`MAX_DEPTH` levels; every error names the file.
 
 Example:
     >>> from orthokit.io.config import load_yaml
@@ -20,7 +22,12 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ConfigError", "load_yaml"]
+__all__ = ["ConfigError", "load_yaml", "MAX_BYTES", "MAX_DEPTH"]
+
+#: Largest config accepted (bytes); merge configs are a few hundred bytes.
+MAX_BYTES = 1 << 20
+#: Deepest nesting of mappings/sequences accepted.
+MAX_DEPTH = 64
 
 
 class ConfigError(ValueError):
@@ -28,7 +35,30 @@ class ConfigError(ValueError):
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    pass
+    """Safe loader that refuses anchors/aliases and bounds the nesting depth (checked while composing)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: D102 - PyYAML hook
+        event = self.peek_event()
+        line = event.start_mark.line + 1 if event.start_mark is not None else "?"
+        if isinstance(event, yaml.AliasEvent):
+            raise ConfigError(
+                f"line {line}: YAML aliases (*{event.anchor}) are not allowed in orthokit configs; "
+                "write the value out"
+            )
+        if getattr(event, "anchor", None) is not None:
+            raise ConfigError(
+                f"line {line}: YAML anchors (&{event.anchor}) are not allowed in orthokit configs; "
+                "write the value out"
+            )
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise ConfigError(f"line {line}: nested deeper than {MAX_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _construct_mapping(
@@ -60,7 +90,14 @@ def load_yaml(source: str | os.PathLike[str], *, from_string: bool = False) -> d
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ConfigError: YAML syntax error (with line/column), duplicate key, or a top level that is not a mapping.
+        ConfigError: YAML syntax error (with line/column), duplicate key, an anchor/alias, a file over
+        :data:`MAX_BYTES` or nesting over :data:`MAX_DEPTH`, or a top level that is not a mapping.
+
+    Example:
+        >>> load_yaml("a: &x [1, 2]\\nb: *x\\n", from_string=True)
+        Traceback (most recent call last):
+        ...
+        orthokit.io.config.ConfigError: <string>: line 1: YAML anchors (&x) are not allowed in orthokit configs; write the value out
     """
     if from_string:
         text, where = str(source), "<string>"
@@ -68,11 +105,22 @@ def load_yaml(source: str | os.PathLike[str], *, from_string: bool = False) -> d
         p = Path(source)
         if not p.is_file():
             raise FileNotFoundError(f"config file not found: {p}")
-        text, where = p.read_text(encoding="utf-8"), str(p)
+        where = str(p)
+        size = p.stat().st_size
+        if size > MAX_BYTES:
+            raise ConfigError(f"{where}: the config is {size} bytes; at most {MAX_BYTES} are accepted")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
+        raise ConfigError(f"{where}: the config is larger than {MAX_BYTES} bytes")
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         loc = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""

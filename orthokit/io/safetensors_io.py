@@ -53,7 +53,17 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from orthokit._fs import publish_mode
+from orthokit._fs import (
+    LOCK_NAME,
+    check_replaceable,
+    clean_stale_temps,
+    publish_mode,
+    register_temp,
+    resolve_inside,
+    unregister_temp,
+    write_lock,
+    write_marker,
+)
 
 __all__ = [
     "SafetensorsError",
@@ -324,6 +334,10 @@ class ShardedCheckpoint:
         self.weight_map: dict[str, str] = dict(wm)
         self.metadata: dict[str, Any] = dict(idx.get("metadata") or {})
         for shard in sorted(set(wm.values())):
+            try:
+                resolve_inside(self.path, shard, "shard")
+            except ValueError as e:
+                raise SafetensorsError(f"{self.index_path}: {e}") from None
             if not (self.path / shard).is_file():
                 raise SafetensorsError(
                     f"{self.index_path}: shard {shard!r} listed in the index does not exist"
@@ -403,6 +417,17 @@ class StateDictSource:
         """Nothing to release."""
 
 
+def _finite_number(value: Any, key: str, where: Path, integer: bool = False) -> float:
+    """A finite number from an adapter config (JSON reads ``1e400`` as inf); SafetensorsError naming the key."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+        raise SafetensorsError(f"{where}: {key} must be a finite number, got {value!r}")
+    if integer:
+        if float(value) != int(value) or int(value) <= 0:
+            raise SafetensorsError(f"{where}: {key} must be a positive integer, got {value!r}")
+        return int(value)
+    return float(value)
+
+
 @dataclass
 class LoraAdapter:
     """A PEFT LoRA adapter folder: per target module the factors A [r, in], B [out, r] and the scale.
@@ -442,14 +467,16 @@ class LoraAdapter:
         if cfg.get("use_dora"):
             raise SafetensorsError(f"{cfg_path}: DoRA adapters (use_dora: true) are not supported")
         wfile = folder / ADAPTER_WEIGHTS
+        if wfile.is_file():
+            wfile = _inside(folder, ADAPTER_WEIGHTS)
         if not wfile.is_file():
             raise FileNotFoundError(
                 f"{folder}: missing {ADAPTER_WEIGHTS} (pickled adapter_model.bin is not supported)"
             )
         f = SafetensorsFile(wfile)
         ad = cls(folder, cfg, file=f)
-        r_default = int(cfg.get("r", 8))
-        alpha_default = float(cfg.get("lora_alpha", r_default))
+        r_default = _finite_number(cfg.get("r", 8), "r", cfg_path, integer=True)
+        alpha_default = _finite_number(cfg.get("lora_alpha", r_default), "lora_alpha", cfg_path)
         rank_pat: dict[str, int] = dict(cfg.get("rank_pattern") or {})
         alpha_pat: dict[str, float] = dict(cfg.get("alpha_pattern") or {})
         rslora = bool(cfg.get("use_rslora", False))
@@ -489,7 +516,7 @@ class LoraAdapter:
                 raise SafetensorsError(
                     f"{wfile}: module {mod!r}: A has rank {r} but the config says r={r_cfg}"
                 )
-            alpha = float(lookup(alpha_pat, mod, alpha_default))
+            alpha = _finite_number(lookup(alpha_pat, mod, alpha_default), f"alpha_pattern[{mod!r}]", cfg_path)
             scale = alpha / math.sqrt(r) if rslora else alpha / r
             ad.deltas[f"{mod}.weight"] = (kinds[ka], kinds[kb], scale, emb or fifo)
         if not ad.deltas and not ad.replacements:
@@ -577,6 +604,13 @@ class LoraAppliedCheckpoint:
             self.adapter.file.close()
 
 
+def _inside(folder: Path, name: str) -> Path:
+    try:
+        return resolve_inside(folder, name, "file")
+    except ValueError as e:
+        raise SafetensorsError(str(e)) from None
+
+
 def open_checkpoint(
     path: str | os.PathLike[str], *, base: str | os.PathLike[str] | TensorSource | None = None
 ) -> TensorSource:
@@ -614,15 +648,15 @@ def open_checkpoint(
         src = base if not isinstance(base, (str, os.PathLike)) else open_checkpoint(base)
         return LoraAppliedCheckpoint(src, adapter)
     if (p / INDEX_NAME).is_file():
-        return ShardedCheckpoint(p / INDEX_NAME)
+        return ShardedCheckpoint(_inside(p, INDEX_NAME))
     if (p / SINGLE_NAME).is_file():
-        return SafetensorsFile(p / SINGLE_NAME)
+        return SafetensorsFile(_inside(p, SINGLE_NAME))
     indexes = sorted(p.glob("*.safetensors.index.json"))
     if len(indexes) == 1:
-        return ShardedCheckpoint(indexes[0])
+        return ShardedCheckpoint(_inside(p, indexes[0].name))
     files = sorted(p.glob("*.safetensors"))
     if len(files) == 1:
-        return SafetensorsFile(files[0])
+        return SafetensorsFile(_inside(p, files[0].name))
     if len(files) > 1:
         raise SafetensorsError(
             f"{p}: {len(files)} .safetensors files but no {INDEX_NAME} to say which is which"
@@ -829,31 +863,45 @@ def atomic_output_dir(out_dir: str | os.PathLike[str], overwrite: bool = False) 
     """Yield a fresh temporary folder next to ``out_dir``; rename it to ``out_dir`` only if the block succeeds.
 
     On any exception (including ``KeyboardInterrupt``) the temporary folder is removed and ``out_dir`` is
-    untouched. An existing ``out_dir`` raises ``FileExistsError`` unless ``overwrite``; then the old folder is
-    moved aside, the new one renamed into place, and the old one deleted (the destination is never partial).
+    untouched; on SIGTERM/SIGHUP it is removed before the process ends. An existing ``out_dir`` raises
+    ``FileExistsError`` unless ``overwrite``; then it must be a folder orthokit wrote (its
+    :data:`orthokit._fs.MARKER_NAME` lists every file in it) or an empty one — anything else raises
+    :class:`orthokit._fs.UnsafeOutputError` before any work, as does the current directory or a parent of it.
+    The old folder is moved aside, the new one renamed into place, and the old one deleted (the destination is
+    never partial). The published folder holds a marker listing the files written. Temporary folders left in
+    the same parent by killed processes (their owner pid, recorded inside, is gone) are removed first, with a
+    one-line notice on stderr.
 
     Example:
         >>> import tempfile, pathlib
         >>> root = pathlib.Path(tempfile.mkdtemp())
         >>> with atomic_output_dir(root / "out") as tmp:
         ...     _ = (tmp / "f.txt").write_text("hi")
-        >>> (root / "out" / "f.txt").read_text()
-        'hi'
+        >>> (root / "out" / "f.txt").read_text(), sorted(p.name for p in (root / "out").iterdir())
+        ('hi', ['.orthokit-output.json', 'f.txt'])
     """
     out = Path(out_dir).absolute()
-    if out.exists() and not overwrite:
-        raise FileExistsError(
-            f"output folder {out} already exists (use --overwrite / overwrite=True to replace it)"
-        )
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"output path {out} exists and is not a folder")
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise FileExistsError(
+                f"output folder {out} already exists (use --overwrite / overwrite=True to replace it)"
+            )
+        if not out.is_dir() or out.is_symlink():
+            raise FileExistsError(f"output path {out} exists and is not a folder")
+        check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(out.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    publish_mode(tmp, directory=True)
+    register_temp(tmp)
     try:
+        write_lock(tmp)
+        publish_mode(tmp, directory=True)
         yield tmp
+        write_marker(tmp)
+        os.unlink(tmp / LOCK_NAME)
         old: Path | None = None
         if out.exists():
+            check_replaceable(out)  # re-check: it may have changed while we worked
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(out, old)
         os.replace(tmp, out)
@@ -868,6 +916,8 @@ def atomic_output_dir(out_dir: str | os.PathLike[str], overwrite: bool = False) 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        unregister_temp(tmp)
 
 
 def save_sharded(

@@ -33,12 +33,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from orthokit._fs import check_output_target, check_replaceable
 from orthokit.io.safetensors_io import StreamingShardWriter, atomic_output_dir
 from orthokit.merge.config import MergeConfig, load_config, parse_dtype
 from orthokit.merge.plan import MergePlan, build_plan
 from orthokit.merge.registry import MERGE_METHODS, method_schema, validate_params
 
-__all__ = ["merge", "run_merge", "MergeResult", "tensor_seed", "COPIED_FILES"]
+__all__ = [
+    "merge",
+    "run_merge",
+    "MergeResult",
+    "tensor_seed",
+    "COPIED_FILES",
+    "NonFiniteOutputError",
+    "check_finite_output",
+]
 
 #: Files copied from the base (or first) model folder into the output.
 COPIED_FILES = (
@@ -65,6 +74,42 @@ def tensor_seed(seed: int, name: str) -> int:
     """
     h = hashlib.sha256(f"{int(seed)}\x00{name}".encode()).digest()
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+class NonFiniteOutputError(ValueError):
+    """A merged tensor holds NaN/inf (or overflows when cast to the output dtype); the message names it."""
+
+
+def check_finite_output(name: str, computed: Tensor, written: Tensor | None = None) -> None:
+    """Raise :class:`NonFiniteOutputError` if the output tensor ``written`` (default ``computed``) is not finite.
+
+    ``computed`` is the method's result, ``written`` the same after the cast to the output dtype; when only the
+    cast produced the inf values the message says it overflowed (e.g. float16's max is 65504).
+
+    Example:
+        >>> import torch
+        >>> check_finite_output("w", torch.tensor([7e4]), torch.tensor([7e4]).half())
+        Traceback (most recent call last):
+        ...
+        orthokit.merge.api.NonFiniteOutputError: tensor 'w': 1 value(s) overflow to inf when cast to torch.float16 (largest |value| 7e+04); ...
+    """
+    out = computed if written is None else written
+    if not out.is_floating_point() or bool(torch.isfinite(out).all()):
+        return
+    hint = "; set allow_nonfinite: true (config) or --allow-nonfinite (CLI) to write it anyway"
+    if bool(torch.isfinite(computed).all()):
+        bad = int((~torch.isfinite(out)).sum())
+        top = float(computed.abs().max())
+        raise NonFiniteOutputError(
+            f"tensor {name!r}: {bad} value(s) overflow to inf when cast to {out.dtype} (largest |value| {top:.3g}); "
+            f"choose a wider out_dtype{hint}"
+        )
+    n_nan = int(torch.isnan(computed).sum())
+    n_inf = int(torch.isinf(computed).sum())
+    raise NonFiniteOutputError(
+        f"tensor {name!r}: the merged result has {n_nan} NaN and {n_inf} inf value(s) (check the inputs and "
+        f"parameters; nothing was written){hint}"
+    )
 
 
 def _state(x: Mapping[str, Tensor] | nn.Module, what: str) -> dict[str, Tensor]:
@@ -103,6 +148,7 @@ def merge(
     dtype: torch.dtype | str | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
+    allow_nonfinite: bool = False,
     **params: Any,
 ) -> Any:
     """Merge in-memory models tensor by tensor with a registered method.
@@ -114,6 +160,7 @@ def merge(
         dtype: compute dtype for floating tensors (default: each tensor's own dtype; mixed dtypes → error).
         seed: seeds stochastic methods, one generator per tensor from (seed, name).
         device: where to compute (results are returned on the base's device).
+        allow_nonfinite: return outputs holding NaN/inf instead of raising :class:`NonFiniteOutputError`.
         **params: method parameters, Python or config spelling (``weights``/``weight``, ``lambda_``/``lambda``);
             per-model ones as scalars or sequences aligned with ``models``.
 
@@ -124,7 +171,7 @@ def merge(
 
     Raises:
         ValueError / TypeError: unknown method or parameter (named), missing/extra tensors (named), shape or
-        dtype mismatches.
+        dtype mismatches. NonFiniteOutputError: a merged tensor holds NaN/inf (unless ``allow_nonfinite``).
 
     Example:
         >>> import torch
@@ -176,6 +223,8 @@ def merge(
         b = bsd[name].to(device=dev or r.device, dtype=target) if bsd is not None else None
         fts = [t.to(device=dev or r.device, dtype=target) for t in ins]
         res = entry.obj(b, fts, **kw, **_method_kwargs(entry.name, name, seed, dev))
+        if not allow_nonfinite:
+            check_finite_output(name, res)
         out[name] = res.to(device=r.device)
     if isinstance(base, nn.Module):
         new = copy.deepcopy(base)
@@ -218,6 +267,7 @@ def run_merge(
     progress: bool | None = None,
     copy_files: bool = True,
     plan: MergePlan | None = None,
+    allow_nonfinite: bool | None = None,
 ) -> MergeResult:
     """Run a merge config on checkpoints on disk, streaming, writing ``out_dir`` atomically.
 
@@ -232,19 +282,37 @@ def run_merge(
         max_shard_bytes: output shard size in bytes (``None`` = one file). device: compute device (``"cuda"``).
         seed: seeds stochastic methods per tensor. progress: tqdm bar (default: when stderr is a terminal).
         copy_files: copy config/tokenizer files. plan: a prebuilt plan (else built here).
+        allow_nonfinite: write tensors holding NaN/inf (default: the config's ``allow_nonfinite``, false).
+
+    Safety (checked before any work): ``out_dir`` may not be, contain or lie inside an input model folder, nor
+    contain the config file, nor be the current directory or a parent of it; with ``overwrite`` an existing
+    ``out_dir`` must be empty or an earlier orthokit output holding only the files orthokit wrote there
+    (:func:`orthokit._fs.check_replaceable`). Every output tensor is checked for NaN/inf after the cast to
+    its output dtype (a float16 overflow counts); the first bad tensor aborts the run with nothing written.
 
     Returns:
         A :class:`MergeResult`.
 
     Raises:
         FileExistsError: ``out_dir`` exists and not ``overwrite`` (checked before any work).
+        UnsafeOutputError: ``out_dir`` overlaps the inputs or cannot be replaced safely (nothing is deleted).
+        NonFiniteOutputError: a merged tensor is not finite (nothing is written).
         ConfigError / SafetensorsError / ValueError: invalid config or inputs (nothing is written).
     """
     t0 = time.perf_counter()
     cfg = load_config(config) if not isinstance(config, MergeConfig) else config
     out = Path(out_dir).absolute()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"output folder {out} already exists (use --overwrite to replace it)")
+    nonfinite_ok = cfg.allow_nonfinite if allow_nonfinite is None else bool(allow_nonfinite)
+    try:
+        check_output_target(out, cfg.protected_paths())
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"output folder {out} already exists (use --overwrite to replace it)")
+        if out.exists():
+            check_replaceable(out)
+    except BaseException:
+        if plan is not None:
+            plan.close()
+        raise
     plan = plan or build_plan(cfg, max_shard_bytes)
     entry = MERGE_METHODS.entry(cfg.merge_method)
     dev = torch.device(device) if device is not None else None
@@ -279,8 +347,11 @@ def run_merge(
                         fts = [src.get(name).to(device=dev, dtype=task.compute_dtype) for src in plan.models]
                         res = entry.obj(b, fts, **kw, **_method_kwargs(entry.name, name, seed, dev))
                         del b, fts
-                        writer.write(name, res.to(dtype=task.out.dtype))
-                        del res
+                        written = res.to(dtype=task.out.dtype)
+                        if not nonfinite_ok:
+                            check_finite_output(name, res, written)
+                        writer.write(name, written)
+                        del res, written
                     for src in [plan.base, *plan.models]:  # keep resident file pages at a few tensors
                         rel = getattr(src, "release", None)
                         if rel is not None:

@@ -12,7 +12,15 @@ Examples::
     orthokit merge dare.yml merged/ --seed 1 --device cuda
     orthokit merge --list-methods
 
-Exit status: 0 on success, 1 on a config/input error (message on stderr), 130 on Ctrl-C.
+Safety: ``--overwrite`` only replaces an empty folder or an earlier orthokit output (its
+``.orthokit-output.json`` lists every file in it); OUT_DIR may never be, contain or lie inside an input model
+folder, contain the config file, or be the current directory or a parent of it. Every output tensor is checked
+for NaN/inf (also after casting to ``out_dtype``); ``--allow-nonfinite`` (or ``allow_nonfinite: true``) writes
+it anyway. A SIGTERM/SIGHUP removes the temporary folder; temporary folders left by killed runs are removed on
+the next run into the same parent folder.
+
+Exit status: 0 on success, 1 on a config/input/output error (one line on stderr; ``--verbose`` or
+``ORTHOKIT_DEBUG=1`` shows the traceback), 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -54,7 +62,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--list-methods", action="store_true", help="list merge methods and their parameters, then exit"
     )
+    p.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="write output tensors that hold NaN/inf (default: stop with an error naming the tensor)",
+    )
+    p.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="show the full traceback of an error (or ORTHOKIT_DEBUG=1)",
+    )
     return p
+
+
+def _os_error_line(e: OSError) -> str:
+    """One line for an OS error: what failed, on which path, and why (``strerror``)."""
+    import errno
+
+    why = e.strerror or str(e)
+    path = e.filename if e.filename is not None else None
+    hint = ""
+    if e.errno == errno.ENOSPC:
+        hint = " (free space there or choose another OUT_DIR; nothing was written)"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = " (choose a writable OUT_DIR; nothing was written)"
+    return f"{why}: {path}{hint}" if path else f"{why}{hint}"
 
 
 def _device(name: str, cuda: bool) -> str | None:
@@ -71,7 +104,10 @@ def _device(name: str, cuda: bool) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``orthokit merge``; returns the exit status."""
+    import os
+
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    debug = args.verbose or os.environ.get("ORTHOKIT_DEBUG", "") not in ("", "0")
     from orthokit.io.config import ConfigError
     from orthokit.io.safetensors_io import SafetensorsError
     from orthokit.merge import MERGE_METHODS, method_schema
@@ -105,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=False if args.no_progress else None,
             copy_files=not args.no_copy_files,
             plan=plan,
+            allow_nonfinite=True if args.allow_nonfinite else None,
         )
     except KeyboardInterrupt:
         print("interrupted: no output written", file=sys.stderr)
@@ -117,9 +154,22 @@ def main(argv: list[str] | None = None) -> int:
         KeyError,
         ValueError,
         TypeError,
+        OSError,
+        MemoryError,
     ) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"orthokit merge: error: {msg}", file=sys.stderr)
+        if debug:
+            raise
+        if isinstance(e, (FileNotFoundError, FileExistsError)) and e.filename is None:
+            msg = str(e)
+        elif isinstance(e, OSError):
+            msg = _os_error_line(e)
+        elif isinstance(e, KeyError) and e.args:
+            msg = e.args[0]
+        elif isinstance(e, MemoryError):
+            msg = f"out of memory while merging ({e or 'no details'}); nothing was written"
+        else:
+            msg = str(e)
+        print(f"orthokit merge: error: {' '.join(str(msg).split())}", file=sys.stderr)
         return 1
     print(
         f"wrote {res.out_dir} ({res.tensors} tensors, {format_bytes(res.bytes_written)}, "

@@ -13,6 +13,7 @@ Accepted top-level keys (mergekit's names and meaning where they overlap)::
     dtype: float32                   # compute dtype for inputs
     out_dtype: bfloat16              # dtype written (default: dtype, else each base tensor's dtype)
     tokenizer_source: base           # optional; only "base" (tokenizer/config files are copied from the base)
+    allow_nonfinite: false           # optional; true writes NaN/inf outputs instead of failing (default false)
 
 Parameter settings follow mergekit: a scalar; a numeric list = a *gradient* linearly interpolated over the layer
 position t = layer/(num_layers − 1) (tensors outside the numbered layers — embeddings, final norm, lm_head — use
@@ -73,6 +74,7 @@ TOP_LEVEL_KEYS = (
     "dtype",
     "out_dtype",
     "tokenizer_source",
+    "allow_nonfinite",
 )
 _MERGEKIT_UNSUPPORTED = {
     "slices": "layer-range assembly (slices) is not supported; list whole models under 'models'",
@@ -228,6 +230,7 @@ class MergeConfig:
         merge_method: canonical method name. base: the base model (or ``None``). models: fine-tuned models with
         their own ``parameters``. parameters: top-level parameters. dtype/out_dtype: compute/output dtypes.
         source: the YAML file (if any). raw: the parsed YAML mapping (written next to the output).
+        allow_nonfinite: write outputs holding NaN/inf instead of failing (config ``allow_nonfinite``).
     """
 
     merge_method: str
@@ -239,6 +242,23 @@ class MergeConfig:
     source: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
     num_layers: int = 0
+    allow_nonfinite: bool = False
+
+    def protected_paths(self) -> list[tuple[str, Path]]:
+        """``(label, path)`` of every input (base, models, adapters) and the config file: what an output folder
+        must never be, contain, or lie inside (see :func:`orthokit._fs.check_output_target`)."""
+        out: list[tuple[str, Path]] = []
+        refs = ([("base_model", self.base)] if self.base is not None else []) + [
+            (f"models[{i}]", m) for i, m in enumerate(self.models)
+        ]
+        for label, ref in refs:
+            if ref.path is not None:
+                out.append((f"input {label} {ref.spec!r}", ref.path))
+            if ref.adapter is not None:
+                out.append((f"LoRA adapter of {label} {ref.spec!r}", ref.adapter))
+        if self.source is not None:
+            out.append(("config file", self.source))
+        return out
 
     @property
     def schema(self) -> MethodSchema:
@@ -391,6 +411,9 @@ def parse_config(data: Mapping[str, Any], *, source: str | os.PathLike[str] | No
     if caps.get("needs_base") and base is None:
         raise ConfigError(f"merge method {method!r} needs 'base_model'")
     params = _check_param_keys(data.get("parameters"), "parameters", schema, False)
+    allow_nonfinite = data.get("allow_nonfinite", False)
+    if not isinstance(allow_nonfinite, bool):
+        raise ConfigError(f"allow_nonfinite must be true or false, got {allow_nonfinite!r}")
     cfg = MergeConfig(
         merge_method=method,
         base=base,
@@ -400,6 +423,7 @@ def parse_config(data: Mapping[str, Any], *, source: str | os.PathLike[str] | No
         out_dtype=parse_dtype(data.get("out_dtype"), "out_dtype"),
         source=src,
         raw=dict(data),
+        allow_nonfinite=allow_nonfinite,
     )
     # validate every value once at t = 0 and t = 1 with a generic name (catches type errors before any I/O)
     for t in (0.0, 1.0):

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from orthokit._fs import UnsafeOutputError
 from orthokit.io.safetensors_io import open_checkpoint
 from orthokit.merge import MERGE_METHODS, merge
 from orthokit.merge.api import run_merge, tensor_seed
@@ -160,5 +161,12 @@ def test_existing_output_and_overwrite(tmp_path: Path) -> None:
     (tmp_path / "out" / "old.txt").write_text("old")
     with pytest.raises(FileExistsError, match="already exists"):
         run_merge(parse_config(d), tmp_path / "out", progress=False)
+    # a folder orthokit did not write is never deleted, even with overwrite
+    with pytest.raises(UnsafeOutputError, match="not written by orthokit"):
+        run_merge(parse_config(d), tmp_path / "out", overwrite=True, progress=False)
+    assert (tmp_path / "out" / "old.txt").read_text() == "old"
+    (tmp_path / "out" / "old.txt").unlink()  # an empty folder may be replaced
     run_merge(parse_config(d), tmp_path / "out", overwrite=True, progress=False)
-    assert not (tmp_path / "out" / "old.txt").exists() and (tmp_path / "out" / "model.safetensors").is_file()
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    run_merge(parse_config(d), tmp_path / "out", overwrite=True, progress=False)  # our own output: replaced
+    assert (tmp_path / "out" / "model.safetensors").is_file()

@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from orthokit._fs import MARKER_NAME
 from orthokit.io.safetensors_io import (
     INDEX_NAME,
     LoraAdapter,
@@ -216,10 +217,10 @@ def test_atomic_output_dir(tmp_path: Path) -> None:
         with atomic_output_dir(out, overwrite=True) as tmp:
             (tmp / "v2").write_text("2")
             raise RuntimeError("fail while replacing")
-    assert sorted(p.name for p in out.iterdir()) == ["v1"]  # old output untouched
+    assert sorted(p.name for p in out.iterdir()) == [MARKER_NAME, "v1"]  # old output untouched
     with atomic_output_dir(out, overwrite=True) as tmp:
         (tmp / "v2").write_text("2")
-    assert sorted(p.name for p in out.iterdir()) == ["v2"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER_NAME, "v2"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
