@@ -108,7 +108,7 @@ def check_finite_output(name: str, computed: Tensor, written: Tensor | None = No
     n_inf = int(torch.isinf(computed).sum())
     raise NonFiniteOutputError(
         f"tensor {name!r}: the merged result has {n_nan} NaN and {n_inf} inf value(s) (check the inputs and "
-        f"parameters; nothing was written){hint}"
+        f"parameters){hint}"
     )
 
 
