@@ -9,15 +9,35 @@ Routing rules (first match wins; reasons are recorded verbatim):
 1. ``requires_grad=False`` → not optimized.
 2. user overrides ``adamw=[patterns]`` / ``ortho=[patterns]`` (regex searched in the parameter name).
 3. fewer than 2 dims (norm gains, biases, scalars) → AdamW, no weight decay (``decay_1d=False``).
-4. ``nn.Embedding``/``nn.EmbeddingBag`` weights, and any parameter tied to one (e.g. a tied LM head) → AdamW.
-5. output heads: the owning module is named ``lm_head``/``head``/``classifier``/``output``/``score``, or it is
-   the LAST ``nn.Linear`` and its ``out_features`` equals an embedding's ``num_embeddings`` → AdamW.
+4. ``nn.Embedding``/``nn.EmbeddingBag`` weights, and any parameter tied to one → AdamW. "Tied" means the same
+   ``Parameter`` object (deduplicated, the reason names the aliases) **or** the same storage (a head built with
+   ``nn.Parameter(emb.weight)`` or ``head.weight.data = emb.weight.data``: "tied to embedding 'wte'").
+5. output heads, found by structure (the reason says which rule fired):
+
+   a. HuggingFace models: the module returned by ``model.get_output_embeddings()``;
+   b. with ``example_input`` given: every module whose forward output *is* (same storage as) a tensor of the
+      model's output, found by forward hooks on one no-grad forward in eval mode (training flags, parameters and
+      buffers are restored/untouched);
+   c. without it, structurally: the **last** ``nn.Linear`` in module registration order, when no ``nn.Linear``
+      or convolution of the model (itself included) takes its ``out_features`` as input width — its output cannot
+      feed another layer, so it is the classifier (the last Linear of an ``nn.Sequential`` MLP, a ResNet's
+      ``fc``). A square last Linear (``out == in``) or one whose width another layer consumes is *not* taken:
+      pass ``example_input`` or ``adamw=`` for those;
+   d. hints: the owning module is named ``lm_head``/``head``/``classifier``/``output``/``score``, or it is the
+      last ``nn.Linear`` and its ``out_features`` equals an embedding's ``num_embeddings``.
 6. embedding-like raw parameters by name (``*emb*``, ``wte``, ``wpe``, ``cls_token``, ``mask_token``) → AdamW.
 7. the first convolution (the input layer, Keller: "all convolutional filters except the first one") → AdamW
    (``first_conv="adamw"``).
 8. everything else with ≥ 2 dims → orthogonalized: ``nn.Conv*`` kernels as ``(out, in·k…)`` with that fan-in for
-   the scale, HuggingFace ``Conv1D`` weights (stored ``(in, out)``) with ``layout="in_out"``, other 3-D tensors as ``[experts, m, n]`` batches, ``nn.MultiheadAttention.in_proj_weight`` and
-   ``split_qkv={pattern: blocks}`` matches split into equal row blocks orthogonalized separately.
+   the scale, HuggingFace ``Conv1D`` weights (stored ``(in, out)``) with ``layout="in_out"``, other 3-D tensors as
+   ``[experts, m, n]`` batches, ``nn.MultiheadAttention.in_proj_weight`` and ``split_qkv={pattern: blocks}``
+   matches split into equal row blocks orthogonalized separately.
+
+Learning rates (one rule): the orthogonalized groups take ``lr`` or, when it is not given, the optimizer
+constructor's own default (``inspect.signature``; the registry's ``default_lr`` is only the conformance-test lr).
+The AdamW groups take ``adamw_lr`` or, when it is not given, the same lr as the orthogonalized groups if the
+effective ``scale`` (the ``scale=`` kwarg, else the constructor's default) is ``"match_rms_adamw"`` — updates are
+RMS-matched to AdamW's, so one lr serves both (Moonlight) — and Keller's auxiliary-Adam 3e-4 otherwise.
 
 Example:
     >>> import torch
@@ -42,7 +62,7 @@ import torch
 from torch import nn
 
 from orthokit.optim.base import OrthogonalOptimizer
-from orthokit.optim.registry import OPTIMIZERS, get_optimizer
+from orthokit.optim.registry import constructor_defaults, get_optimizer
 from orthokit.optim.transforms import SCALE_MODES, shape_scale
 
 __all__ = ["hybrid", "describe", "Route", "route_parameters"]
@@ -79,6 +99,106 @@ def _compile(patterns: Iterable[str] | str | None) -> list[re.Pattern[str]]:
     return [re.compile(p) for p in patterns]
 
 
+def _flat_tensors(obj: Any, depth: int = 0) -> list[torch.Tensor]:
+    """Every tensor inside a (nested) tuple/list/dict/ModelOutput."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if depth > 6:
+        return []
+    if isinstance(obj, Mapping):
+        return [t for v in obj.values() for t in _flat_tensors(v, depth + 1)]
+    if isinstance(obj, (tuple, list)):
+        return [t for v in obj for t in _flat_tensors(v, depth + 1)]
+    return []
+
+
+def _storage_key(t: torch.Tensor) -> tuple[Any, int] | None:
+    if t.numel() == 0:
+        return None
+    try:
+        return (t.device, t.untyped_storage().data_ptr())
+    except (RuntimeError, NotImplementedError):  # tensors without storage (e.g. some subclasses)
+        return None
+
+
+def _heads_from_forward(model: nn.Module, example_input: Any) -> dict[int, str]:
+    """Modules whose forward output shares storage with a tensor of ``model(example_input)``.
+
+    One forward under ``torch.no_grad()`` in eval mode (no dropout, no BatchNorm running-stat update); every
+    module's ``training`` flag is restored afterwards. ``example_input``: a tensor, a tuple of positional
+    arguments, or a dict of keyword arguments.
+    """
+    records: list[tuple[nn.Module, list[torch.Tensor]]] = []
+    hooks = []
+    for mod in model.modules():
+        if any(True for _ in mod.parameters(recurse=False)):
+            hooks.append(mod.register_forward_hook(lambda m, _i, o: records.append((m, _flat_tensors(o)))))
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            if isinstance(example_input, Mapping):
+                out = model(**example_input)
+            elif isinstance(example_input, tuple):
+                out = model(*example_input)
+            else:
+                out = model(example_input)
+    except Exception as e:  # the user's forward failed: say so in one line, nothing was modified
+        raise ValueError(f"example_input: model forward failed ({type(e).__name__}: {e})") from e
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, f in flags:
+            m.training = f
+    out_keys = {k for t in _flat_tensors(out) if (k := _storage_key(t)) is not None}
+    heads: dict[int, str] = {}
+    for mod, outs in records:
+        if any(_storage_key(t) in out_keys for t in outs if _storage_key(t) is not None):
+            heads[id(mod)] = (
+                f"output head: {type(mod).__name__} producing the model's output (forward on example_input)"
+            )
+    return heads
+
+
+def _structural_head(model: nn.Module) -> tuple[nn.Module, str] | None:
+    """The last ``nn.Linear`` in registration order if no Linear/conv (itself included) reads its output width."""
+    linears: list[tuple[str, nn.Linear]] = []
+    in_widths: set[int] = set()
+    parent_of: dict[int, tuple[str, nn.Module]] = {}
+    for mname, mod in model.named_modules():
+        for _cname, child in mod.named_children():
+            parent_of.setdefault(id(child), (mname, mod))
+        if isinstance(mod, nn.Linear):
+            linears.append((mname, mod))
+            in_widths.add(mod.in_features)
+        elif isinstance(mod, _CONV):
+            in_widths.add(int(mod.in_channels))
+        elif _is_hf_conv1d(mod):
+            in_widths.add(int(mod.weight.shape[0]))  # HF Conv1D stores (in, out)
+    if not linears:
+        return None
+    name, last = linears[-1]
+    if last.out_features in in_widths:
+        return None
+    pname, parent = parent_of.get(id(last), ("", model))
+    if isinstance(parent, nn.Sequential) and len(parent) and parent[-1] is last:
+        where = f"last Linear of Sequential {pname!r}" if pname else "last Linear of the Sequential model"
+    else:
+        where = f"last Linear in registration order ({name!r})"
+    return last, f"output head: {where}; out_features={last.out_features} feeds no other layer"
+
+
+def _hf_output_head(model: nn.Module) -> nn.Module | None:
+    get = getattr(model, "get_output_embeddings", None)
+    if not callable(get):
+        return None
+    try:
+        head = get()
+    except (NotImplementedError, AttributeError, TypeError):
+        return None
+    return head if isinstance(head, nn.Module) else None
+
+
 def route_parameters(
     model: nn.Module,
     *,
@@ -86,15 +206,26 @@ def route_parameters(
     ortho: Iterable[str] | str | None = None,
     split_qkv: Mapping[str, int] | None = None,
     first_conv: str = "adamw",
+    example_input: Any = None,
 ) -> list[tuple[Route, torch.Tensor]]:
     """Classify every (deduplicated) parameter of ``model``; see the module docstring for the rules.
+
+    Args:
+        model: the module.
+        adamw, ortho: regex patterns forcing parameters to AdamW / the orthogonalized rule.
+        split_qkv: ``{name_regex: blocks}`` row-block splits.
+        first_conv: ``"adamw"`` or ``"ortho"`` for the first convolution.
+        example_input: optional input for one no-grad forward that finds the module(s) producing the model's
+            output (rule 5b): a tensor, a tuple of positional args or a dict of keyword args.
 
     Returns ``[(Route, parameter), ...]`` in ``model.named_parameters()`` order.
 
     Example:
-        >>> m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+        >>> m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
         >>> [(r.name, r.rule) for r, _ in route_parameters(m)]
-        [('0.weight', 'ortho'), ('0.bias', 'adamw'), ('1.weight', 'ortho'), ('1.bias', 'adamw')]
+        [('0.weight', 'ortho'), ('0.bias', 'adamw'), ('2.weight', 'adamw'), ('2.bias', 'adamw')]
+        >>> [r.reason for r, _ in route_parameters(m) if r.name == "2.weight"]
+        ['output head: last Linear of the Sequential model; out_features=2 feeds no other layer']
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -123,6 +254,22 @@ def route_parameters(
         for attr, p in mod.named_parameters(recurse=False):
             owner.setdefault(id(p), (mname, mod, attr))
     last_linear = linears[-1] if linears else None
+    # storage of every embedding table, for heads tied by storage rather than by Parameter identity
+    emb_storage: dict[tuple[Any, int], str] = {}
+    for mname, mod in model.named_modules():
+        if isinstance(mod, (nn.Embedding, nn.EmbeddingBag)) and (k := _storage_key(mod.weight)) is not None:
+            emb_storage.setdefault(k, mname or "<model>")
+    heads: dict[int, str] = {}  # id(module) -> reason
+    hf_head = _hf_output_head(model)
+    if hf_head is not None:
+        heads[id(hf_head)] = "output head: model.get_output_embeddings()"
+    if example_input is not None:
+        for k, v in _heads_from_forward(model, example_input).items():
+            heads.setdefault(k, v)
+    else:
+        found = _structural_head(model)
+        if found is not None:
+            heads.setdefault(id(found[0]), found[1])
     first_conv_mod = convs[0] if convs else None
     aliases: dict[int, list[str]] = {}
     for n, p in model.named_parameters(remove_duplicate=False):
@@ -159,6 +306,10 @@ def route_parameters(
             R("adamw", f"embedding table (tied with {', '.join(others)})")
         elif id(p) in emb_ids:
             R("adamw", "embedding table (lookup, not a linear map)")
+        elif (sk := _storage_key(p)) is not None and sk in emb_storage and p.dim() == 2:
+            R("adamw", f"tied to embedding {emb_storage[sk]!r} (shares its storage)")
+        elif id(mod) in heads and attr == "weight":
+            R("adamw", heads[id(mod)])
         elif leaf in _HEAD_NAMES:
             R("adamw", f"output head (module named {leaf!r})")
         elif mod is last_linear and isinstance(mod, nn.Linear) and mod.out_features in vocab_sizes:
@@ -201,6 +352,7 @@ def hybrid(
     ortho: Iterable[str] | str | None = None,
     split_qkv: Mapping[str, int] | None = None,
     first_conv: str = "adamw",
+    example_input: Any = None,
     **kwargs: Any,
 ) -> OrthogonalOptimizer:
     """Build ONE optimizer: hidden matrices → ``optimizer`` (orthogonalized), the rest → AdamW.
@@ -208,9 +360,11 @@ def hybrid(
     Args:
         model: the ``nn.Module`` whose parameters are routed (see :func:`route_parameters` for the rules).
         optimizer: registry name of the orthogonalized rule (``"muon"``, ``"normuon"``, ...).
-        lr: lr of the orthogonalized groups (default: the registry's ``default_lr``).
-        adamw_lr: lr of the AdamW groups (default: ``lr`` when ``scale="match_rms_adamw"`` — the point of that
-            convention — else 3e-4, Keller's auxiliary-Adam default).
+        lr: lr of the orthogonalized groups (default: the optimizer constructor's default ``lr``, read with
+            ``inspect.signature`` — the same as ``Cls(params)``).
+        adamw_lr: lr of the AdamW groups (default: the orthogonalized lr when the effective ``scale`` — the
+            ``scale=`` kwarg, else the constructor's default — is ``"match_rms_adamw"``, the point of that
+            convention (AdaMuon, ROOT); else 3e-4, Keller's auxiliary-Adam default).
         adamw_betas, adamw_eps: AdamW hyperparameters (Keller/Moonlight use betas (0.9, 0.95)).
         adamw_wd: decoupled weight decay of ≥2-D AdamW params (embeddings, heads, first conv).
         decay_1d: also decay 1-D params (norm gains, biases) with ``adamw_wd``.
@@ -219,6 +373,8 @@ def hybrid(
         split_qkv: ``{name_regex: blocks}`` — orthogonalize matching weights as ``blocks`` equal row blocks
             (fused QKV: 3).
         first_conv: ``"adamw"`` (default) or ``"ortho"`` for the first convolution.
+        example_input: optional model input; one no-grad eval-mode forward with hooks finds the module(s)
+            producing the output, which go to AdamW as heads (see :func:`route_parameters`).
         **kwargs: flat kwargs of the orthogonalized optimizer (``weight_decay``, ``momentum``, ``ns_method``,
             ``scale``, ``batched``, ``distributed``, ...).
 
@@ -233,11 +389,22 @@ def hybrid(
         ['ortho', 'adamw', 'adamw_no_decay']
     """
     cls = get_optimizer(optimizer)
+    ctor = constructor_defaults(cls)
     if lr is None:
-        lr = OPTIMIZERS.capabilities(optimizer)["default_lr"]
+        if "lr" not in ctor:
+            raise TypeError(f"{cls.__name__} has no default lr; pass lr=")
+        lr = ctor["lr"]
     if adamw_lr is None:
-        adamw_lr = lr if kwargs.get("scale") == "match_rms_adamw" else 3e-4
-    routes = route_parameters(model, adamw=adamw, ortho=ortho, split_qkv=split_qkv, first_conv=first_conv)
+        scale = kwargs.get("scale", ctor.get("scale"))
+        adamw_lr = lr if scale == "match_rms_adamw" else 3e-4
+    routes = route_parameters(
+        model,
+        adamw=adamw,
+        ortho=ortho,
+        split_qkv=split_qkv,
+        first_conv=first_conv,
+        example_input=example_input,
+    )
     ortho_groups: dict[tuple[Any, int, str], list[tuple[str, torch.Tensor]]] = {}
     adamw_decay: list[tuple[str, torch.Tensor]] = []
     adamw_nodecay: list[tuple[str, torch.Tensor]] = []
@@ -278,9 +445,10 @@ def describe(optimizer: torch.optim.Optimizer, *, printed: bool = False) -> str:
         printed: also ``print`` the table.
 
     Example:
-        >>> m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8))
-        >>> "hidden matrix" in describe(hybrid(m))
-        True
+        >>> m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+        >>> text = describe(hybrid(m))
+        >>> "hidden matrix" in text, "output head: last Linear of the Sequential model" in text
+        (True, True)
     """
     if not isinstance(optimizer, OrthogonalOptimizer):
         raise TypeError(f"describe() needs an orthokit OrthogonalOptimizer, got {type(optimizer).__name__}")

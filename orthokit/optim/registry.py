@@ -8,7 +8,11 @@ batched-vs-reference equivalence.
 
 Capabilities understood by the framework and the conformance suite:
 
-* ``default_lr`` (float, required) — a learning rate that makes the optimizer decrease a small loss.
+* ``default_lr`` (float, required) — the **conformance-test lr**: a learning rate that makes the optimizer decrease
+  the suite's small losses. It is *not* a user default (also readable as ``test_lr``): the user default is the
+  ``lr`` of the class's constructor signature, and :func:`create_optimizer` / :func:`~orthokit.optim.hybrid` use
+  that (:func:`constructor_defaults`), so ``create_optimizer(name, params)`` and ``Cls(params)`` are the same
+  optimizer.
 * ``state_keys`` (tuple of str) — the per-parameter state entries of a 2-D parameter after one step.
 * ``supports_batched`` (bool, default True) — same-shape matrices can be stacked into one polar call.
 * ``supports_distributed`` (bool, default False) — honours ``distributed=True`` (DDP sharded orthogonalization).
@@ -26,12 +30,13 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from orthokit._registry import Registry
 
-__all__ = ["OPTIMIZERS", "register_optimizer", "get_optimizer", "create_optimizer"]
+__all__ = ["OPTIMIZERS", "register_optimizer", "get_optimizer", "create_optimizer", "constructor_defaults"]
 
 OPTIMIZERS: Registry[Any] = Registry("optimizer")
 
@@ -54,7 +59,8 @@ def register_optimizer(
 
     Args:
         name: canonical registry name (lower case, ``-`` and ``_`` are equivalent).
-        default_lr: learning rate the conformance suite uses on its small problems.
+        default_lr: learning rate the conformance suite uses on its small problems (stored as ``default_lr`` and
+            ``test_lr``; never used as a user default).
         aliases: alternative names.
         state_keys: per-parameter state entries created by one step on a 2-D parameter.
         supports_batched: whether the class honours ``batched=True`` (stacked polar calls).
@@ -72,6 +78,7 @@ def register_optimizer(
         raise ValueError(f"default_lr must be a positive number, got {default_lr!r}")
     caps = dict(
         default_lr=float(default_lr),
+        test_lr=float(default_lr),
         state_keys=tuple(state_keys),
         supports_batched=bool(supports_batched),
         supports_distributed=bool(supports_distributed),
@@ -93,19 +100,40 @@ def get_optimizer(name: str) -> Any:
     return OPTIMIZERS.get(name)
 
 
+def constructor_defaults(name_or_cls: str | type) -> dict[str, Any]:
+    """The keyword defaults of an optimizer's constructor (``inspect.signature``): the one place user defaults
+    live. Parameters without a default (``params``) and ``*args``/``**kwargs`` are left out.
+
+    Example:
+        >>> d = constructor_defaults("root")
+        >>> d["lr"], d["scale"]
+        (0.001, 'match_rms_adamw')
+    """
+    cls = get_optimizer(name_or_cls) if isinstance(name_or_cls, str) else name_or_cls
+    if not isinstance(cls, type):
+        raise TypeError(f"name_or_cls must be a registry name or a class, got {type(name_or_cls).__name__}")
+    sig = inspect.signature(cls.__init__)
+    return {
+        k: v.default
+        for k, v in sig.parameters.items()
+        if v.default is not inspect.Parameter.empty
+        and v.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+
+
 def create_optimizer(name: str, params: Iterable[Any], **kwargs: Any) -> Any:
     """Construct the optimizer registered as ``name`` on ``params`` with flat ``kwargs``.
 
-    ``lr`` defaults to the registered ``default_lr`` when not given.
+    Every hyperparameter not given takes the class constructor's default (``create_optimizer(name, params)`` is
+    ``Cls(params)``); the registry's ``default_lr`` is the conformance-test lr and is not used here.
 
     Example:
         >>> import torch
-        >>> opt = create_optimizer("muon", [torch.nn.Parameter(torch.randn(4, 3))])
-        >>> opt.param_groups[0]["lr"]
-        0.02
+        >>> opt = create_optimizer("root", [torch.nn.Parameter(torch.randn(4, 3))])
+        >>> opt.param_groups[0]["lr"]   # ROOT's constructor default (the reference example's 1e-3)
+        0.001
     """
     cls = get_optimizer(name)
-    kwargs.setdefault("lr", OPTIMIZERS.capabilities(name)["default_lr"])
     return cls(params, **kwargs)
 
 

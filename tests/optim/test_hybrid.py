@@ -59,7 +59,7 @@ def test_tied_and_untied_heads():
     assert r["emb.weight"].rule == "adamw" and "tied with proj.weight" in r["emb.weight"].reason
     assert r["hidden.weight"].rule == "ortho"
     r = _routes(_UntiedVocabOut())
-    assert r["to_vocab.weight"].rule == "adamw" and "num_embeddings" in r["to_vocab.weight"].reason
+    assert r["to_vocab.weight"].rule == "adamw" and "output head" in r["to_vocab.weight"].reason
     assert r["mix.weight"].rule == "ortho"
     assert r["pos"].rule == "ortho"  # nothing marks it as an embedding → a plain matrix
     assert _routes(_UntiedVocabOut(), adamw=["^pos$"])["pos"].rule == "adamw"
@@ -70,8 +70,9 @@ def test_cnn_first_conv_adamw_rest_flattened():
     r = _routes(model)
     assert r["0.weight"].rule == "adamw" and "first convolution" in r["0.weight"].reason
     assert r["2.weight"].rule == "ortho" and r["2.weight"].flatten is True
-    assert r["4.weight"].rule == "ortho"  # no embedding ⇒ the classifier named '4' is a matrix like any other
-    assert _routes(model, adamw=r"^4\.")["4.weight"].rule == "adamw"
+    # the classifier named '4' is found by structure: last Linear of the Sequential, its 10 outputs feed nothing
+    assert r["4.weight"].rule == "adamw" and "last Linear of the Sequential" in r["4.weight"].reason
+    assert _routes(model, ortho=r"^4\.")["4.weight"].rule == "ortho"
     assert _routes(model, first_conv="ortho")["0.weight"].rule == "ortho"
     opt = hybrid(model, lr=0.02)
     v = opt.matrix_view(model[2].weight)
@@ -104,7 +105,9 @@ def test_conv1d_flattened_and_experts_batched_and_qkv_split():
             self.qkv = nn.Linear(8, 24)
 
     m = M()
-    opt = hybrid(m, split_qkv={r"qkv\.weight$": 3})
+    # qkv is the last Linear and its 24 outputs feed no layer: structurally a head, so force it to ortho
+    assert _routes(m)["qkv.weight"].rule == "adamw"
+    opt = hybrid(m, split_qkv={r"qkv\.weight$": 3}, ortho=r"^qkv\.weight$")
     assert (lambda v: (v.mats, v.m, v.n))(opt.matrix_view(m.conv.weight)) == (1, 8, 12)
     assert (lambda v: (v.mats, v.m, v.n))(opt.matrix_view(m.experts)) == (3, 8, 5)
     assert (lambda v: (v.mats, v.m, v.n))(opt.matrix_view(m.attn.in_proj_weight)) == (3, 8, 8)
@@ -154,6 +157,11 @@ def test_adamw_lr_default_follows_scale_convention():
     m = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
     assert [g["lr"] for g in hybrid(m, lr=0.02).param_groups] == [0.02, 3e-4]
     assert [g["lr"] for g in hybrid(m, lr=1e-3, scale="match_rms_adamw").param_groups] == [1e-3, 1e-3]
+    # the rule reads the effective scale: AdaMuon/ROOT default to match_rms_adamw, so AdamW shares their lr
+    for name, lr in (("adamuon", 0.02), ("root", 1e-3)):
+        assert [g["lr"] for g in hybrid(m, name).param_groups] == [lr, lr], name
+    assert [g["lr"] for g in hybrid(m, "root", scale="keller").param_groups] == [1e-3, 3e-4]
+    assert [g["lr"] for g in hybrid(m, "dion").param_groups] == [0.01, 3e-4]
 
 
 def test_forcing_1d_into_muon_raises_naming_param():
@@ -226,7 +234,8 @@ def test_hf_conv1d_in_out_layout_matches_linear_transposed():
     r = _routes(hf)
     assert r["c_fc.weight"].rule == "ortho" and r["c_fc.weight"].layout == "in_out"
     o_hf = hybrid(hf, lr=0.1, ns_method="svd", ns_dtype=torch.float64)
-    o_lin = hybrid(lin, lr=0.1, ns_method="svd", ns_dtype=torch.float64)
+    # a lone Linear(16, 64) is structurally an output head; force it to the orthogonalized rule for the comparison
+    o_lin = hybrid(lin, lr=0.1, ns_method="svd", ns_dtype=torch.float64, ortho=r"^fc\.weight$")
     v = o_hf.matrix_view(hf.c_fc.weight)
     assert (v.fan_out, v.fan_in) == (64, 16) and v.transposed
     for _ in range(2):
@@ -239,3 +248,109 @@ def test_hf_conv1d_in_out_layout_matches_linear_transposed():
     assert "(in×out)" in describe(o_hf) and "keller=2" in describe(o_hf)
     with pytest.raises(ValueError, match="in_out"):
         Muon([{"params": [torch.nn.Parameter(torch.randn(6, 4))], "layout": "in_out", "split": 2}])
+
+
+# ---- output heads by structure (issue 9 item 6) -------------------------------------------------------------
+
+
+def test_sequential_mlp_head_is_adamw_hidden_square_layers_stay_ortho():
+    mlp = nn.Sequential(
+        nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 5)
+    )
+    r = _routes(mlp)
+    assert r["1.weight"].rule == "ortho" and r["3.weight"].rule == "ortho"
+    assert r["5.weight"].rule == "adamw" and r["5.weight"].reason.startswith(
+        "output head: last Linear of the Seq"
+    )
+    assert "output head: last Linear of the Sequential model" in describe(hybrid(mlp))
+    # a square last layer cannot be told from a hidden one by structure: not taken, unless example_input is given
+    sq = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
+    assert _routes(sq)["2.weight"].rule == "ortho"
+    r = _routes(sq, example_input=torch.randn(2, 8))
+    assert r["2.weight"].rule == "adamw" and "example_input" in r["2.weight"].reason
+    assert r["0.weight"].rule == "ortho"
+
+
+class _ResNetLike(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.layer1 = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.proj = nn.Linear(8, 8)  # a hidden square Linear registered before the head
+        self.fc = nn.Linear(8, 7)
+
+    def forward(self, x):
+        x = self.layer1(torch.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.relu(self.proj(x.mean(dim=(2, 3)))))
+
+
+def test_resnet_like_fc_head_by_structure_and_by_forward_hook():
+    model = _ResNetLike()
+    r = _routes(model)
+    assert (
+        r["fc.weight"].rule == "adamw" and "last Linear in registration order ('fc')" in r["fc.weight"].reason
+    )
+    assert r["proj.weight"].rule == "ortho" and r["layer1.0.weight"].rule == "ortho"
+    assert r["conv1.weight"].rule == "adamw"  # first conv
+    # the hook path finds the same head, in eval mode, restoring training flags and touching no buffer
+    model.train()
+    stats = [b.clone() for b in model.buffers()]
+    r = _routes(model, example_input=torch.randn(2, 3, 6, 6))
+    assert r["fc.weight"].rule == "adamw" and "producing the model's output" in r["fc.weight"].reason
+    assert r["proj.weight"].rule == "ortho"
+    assert all(m.training for m in model.modules())
+    assert all(torch.equal(a, b) for a, b in zip(stats, model.buffers()))
+    with pytest.raises(ValueError, match="example_input"):
+        route_parameters(model, example_input=torch.randn(2, 5))
+
+
+class _TinyGPT(nn.Module):
+    """Tied head built as a new Parameter over the embedding's storage (not the same Parameter object)."""
+
+    def __init__(self, vocab=17, d=8):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, d)
+        self.blocks = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+        self.head = nn.Linear(d, vocab, bias=False)
+        self.head.weight = nn.Parameter(self.wte.weight.data)  # same storage, different Parameter
+
+    def forward(self, idx):
+        return self.head(self.blocks(self.wte(idx)))
+
+
+def test_tiny_gpt_head_tied_by_storage():
+    model = _TinyGPT()
+    r = _routes(model)
+    assert (
+        r["head.weight"].rule == "adamw"
+        and r["head.weight"].reason == "tied to embedding 'wte' (shares its storage)"
+    )
+    assert r["blocks.0.weight"].rule == "ortho" and r["blocks.2.weight"].rule == "ortho"
+    assert "tied to embedding 'wte'" in describe(hybrid(model))
+
+
+def _tiny_gpt2(tie: bool):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(
+        vocab_size=50, n_positions=16, n_embd=32, n_layer=1, n_head=2, tie_word_embeddings=tie
+    )
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_transformers_gpt2_head_from_get_output_embeddings(tie):
+    model = _tiny_gpt2(tie)
+    r = _routes(model)
+    assert r["transformer.wte.weight"].rule == "adamw" and r["transformer.wpe.weight"].rule == "adamw"
+    assert r["transformer.h.0.attn.c_attn.weight"].rule == "ortho"
+    assert r["transformer.h.0.mlp.c_fc.weight"].layout == "in_out"
+    if tie:
+        assert "lm_head.weight" not in r and "tied with lm_head.weight" in r["transformer.wte.weight"].reason
+    else:
+        assert r["lm_head.weight"].rule == "adamw"
+        assert r["lm_head.weight"].reason == "output head: model.get_output_embeddings()"
+    # the forward-hook path agrees (HF ModelOutput is searched for the logits tensor)
+    rh = _routes(model, example_input=torch.randint(0, 50, (1, 5)))
+    assert {k: v.rule for k, v in rh.items()} == {k: v.rule for k, v in r.items()}
