@@ -192,17 +192,27 @@ class _HLOPStrategy(ContinualStrategy):
 
 
 def _gpm_strategy(
-    kind: str, layers: list[str], thresholds: tuple[float, ...], samples: int
+    kind: str, layers: list[str], thresholds: tuple[float, ...], samples: int, criterion: str = "minimal"
 ) -> ContinualStrategy:
-    """A registered ``orthokit.projection`` method (GPM, SGP, OGD, ...) driven through its protocol."""
-    return _ProjectionAdapter(kind, layers, thresholds, samples)
+    """A registered ``orthokit.projection`` method (GPM, SGP, OGD, ...) driven through its protocol.
+    ``criterion`` (GPM/SGP): ``"minimal"`` (library default, the paper's energy criterion) or ``"gpm_code"``
+    (the reference code's first-task count)."""
+    return _ProjectionAdapter(kind, layers, thresholds, samples, criterion)
 
 
 class _ProjectionAdapter(ContinualStrategy):
     """Drives ``PROJECTIONS.get(kind)(model, layers, ...)``: ``wrap(optimizer)`` per task, ``after_task(batches)``."""
 
-    def __init__(self, kind: str, layers: list[str], thresholds: tuple[float, ...], samples: int) -> None:
+    def __init__(
+        self,
+        kind: str,
+        layers: list[str],
+        thresholds: tuple[float, ...],
+        samples: int,
+        criterion: str = "minimal",
+    ) -> None:
         self.kind, self.layers, self.thresholds, self.samples = kind, layers, thresholds, samples
+        self.criterion = criterion
         self.name = kind
         self.method: Any = None
         self.task = 0
@@ -214,7 +224,11 @@ class _ProjectionAdapter(ContinualStrategy):
             cls = PROJECTIONS.get(self.kind)
             if self.kind in ("gpm", "sgp"):
                 self.method = cls(
-                    model, self.layers, threshold=list(self.thresholds), max_samples=self.samples
+                    model,
+                    self.layers,
+                    threshold=list(self.thresholds),
+                    max_samples=self.samples,
+                    criterion=self.criterion,
                 )
             elif self.kind == "ogd" and isinstance(model, MultiHeadMLP):
                 # ground-truth logit of the *current task's* head (OGD-GTL, multi-head)
@@ -317,13 +331,25 @@ def method_specs(stream_name: str) -> dict[str, MethodSpec]:
             "GPM (SGD)",
             lambda s, seed: _gpm_strategy("gpm", s.protected_layers, thr, 300),
             _sgd(),
-            f"ε={list(thr)}, 300 samples, update projected",
+            f"ε={list(thr)}, 300 samples, update projected, criterion='minimal' (paper)",
         ),
         "sgp": MethodSpec(
             "SGP (SGD)",
             lambda s, seed: _gpm_strategy("sgp", s.protected_layers, thr, 300),
             _sgd(),
             f"ε={list(thr)}, 300 samples, scale_coff 10",
+        ),
+        "gpm_code": MethodSpec(
+            "GPM (SGD), reference-code criterion",
+            lambda s, seed: _gpm_strategy("gpm", s.protected_layers, thr, 300, criterion="gpm_code"),
+            _sgd(),
+            f"ε={list(thr)}, 300 samples, criterion='gpm_code' (first task keeps one direction fewer)",
+        ),
+        "sgp_code": MethodSpec(
+            "SGP (SGD), reference-code criterion",
+            lambda s, seed: _gpm_strategy("sgp", s.protected_layers, thr, 300, criterion="gpm_code"),
+            _sgd(),
+            f"ε={list(thr)}, 300 samples, scale_coff 10, criterion='gpm_code'",
         ),
         "ogd": MethodSpec(
             "OGD (SGD)",
@@ -741,7 +767,7 @@ def lm_unlearning(cfg: LMConfig, seed: int = 0, log: Callable[[str], None] = pri
     for key, (label, kw) in variants.items():
         model = copy.deepcopy(base)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.0, 0.999))
-        gu = None if kw is None else GeometricUnlearning(model, opt, retain_weight=kw["retain_weight"])
+        gu = None if kw is None else GeometricUnlearning(opt, model, retain_weight=kw["retain_weight"])
         g = torch.Generator().manual_seed(seed + 5)
         curve = [(0, out["start"]["forget"], out["start"]["retain"])]
         t0 = time.perf_counter()
@@ -954,7 +980,19 @@ def _lm_plot(unl: dict[str, Any], pres: dict[str, Any], path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------
 # CLI and demo
 # ----------------------------------------------------------------------------------------------------------
-PMNIST_METHODS = ["finetune", "ewc", "agem", "gpm", "sgp", "ogd", "hlop", "gpm_adamw", "gpm_muon"]
+PMNIST_METHODS = [
+    "finetune",
+    "ewc",
+    "agem",
+    "gpm",
+    "sgp",
+    "gpm_code",
+    "sgp_code",
+    "ogd",
+    "hlop",
+    "gpm_adamw",
+    "gpm_muon",
+]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,10 +31,31 @@ import torch
 from torch import nn
 from transformers import TrainerCallback, get_scheduler
 
+from orthokit.projection._wrapper import WrappedOptimizer, check_where_mode
 from orthokit.projection.memory import SubspaceMemory
 from orthokit.projection.projected import Projected
+from orthokit.projection.registry import ProjectionMethod
 
 __all__ = ["ProjectionCallback", "projected_optimizer_for_trainer"]
+
+
+def _resolve(
+    projection: Any, mode: str | None
+) -> tuple[SubspaceMemory, str, float | None, list[nn.Parameter]]:
+    """``(memory, mode, scale_alpha, frozen)`` of a registered method object (GPM, SGP, ...) or a memory."""
+    if isinstance(projection, ProjectionMethod):
+        mem = projection.memory
+        if not isinstance(mem, SubspaceMemory):
+            raise TypeError(
+                f"{type(projection).__name__} does not keep a SubspaceMemory; use its wrap() instead"
+            )
+        return mem, mode or projection.mode, projection.scale_alpha, projection.frozen_parameters()
+    if isinstance(projection, SubspaceMemory):
+        return projection, mode or "hard", None, []
+    raise TypeError(
+        "projection must be a registered projection method object (GPM, SGP, ...) or a SubspaceMemory, got "
+        f"{type(projection).__name__}"
+    )
 
 
 class ProjectionCallback(TrainerCallback):
@@ -44,8 +65,9 @@ class ProjectionCallback(TrainerCallback):
     ``W ← W_old + P(W_new − W_old)`` where ``P(Δ) = Δ(I − MMᵀ)`` (hard) or ``Δ(I − MΛMᵀ)`` (scaled, SGP).
 
     Args:
-        memory: the :class:`SubspaceMemory` (built on the same model the Trainer trains).
-        mode: ``"hard"`` or ``"scaled"``.
+        projection: a registered method object (``GPM``, ``SGP``, ... — its memory, mode and frozen 1-D
+            parameters are used) or a :class:`SubspaceMemory` (built on the same model the Trainer trains).
+        mode: ``"hard"`` or ``"scaled"`` (default: the method's, ``"hard"`` for a bare memory).
         scale_alpha: see :class:`~orthokit.projection.Projected`.
         where: ``"update"`` (default) or ``"gradient"``.
         check_finite: raise ``ValueError`` on NaN/inf gradients of protected parameters before the step.
@@ -58,23 +80,20 @@ class ProjectionCallback(TrainerCallback):
 
     def __init__(
         self,
-        memory: SubspaceMemory,
+        projection: ProjectionMethod | SubspaceMemory,
         *,
-        mode: str = "hard",
+        mode: str | None = None,
         scale_alpha: float | None = None,
         where: str = "update",
         check_finite: bool = True,
     ) -> None:
-        if not isinstance(memory, SubspaceMemory):
-            raise TypeError(f"memory must be a SubspaceMemory, got {type(memory).__name__}")
-        if mode not in ("hard", "scaled"):
-            raise ValueError(f"mode must be 'hard' or 'scaled', got {mode!r}")
-        if where not in ("update", "gradient"):
-            raise ValueError(f"where must be 'update' or 'gradient', got {where!r}")
+        memory, mode, method_alpha, frozen = _resolve(projection, mode)
+        check_where_mode(where, mode)
         self.memory = memory
         self.mode = mode
-        self.scale_alpha = scale_alpha
+        self.scale_alpha = scale_alpha if scale_alpha is not None else method_alpha
         self.where = where
+        self.frozen = frozen
         self.check_finite = check_finite
         self._snapshot: dict[nn.Parameter, torch.Tensor] | None = None
 
@@ -87,7 +106,7 @@ class ProjectionCallback(TrainerCallback):
         self._snapshot = None
         if self.memory.is_empty:
             return
-        params = self._params()
+        params = self._params() + [p for p in self.frozen if p.requires_grad]
         if self.check_finite:
             names = self.memory._param_names
             for p in params:
@@ -95,7 +114,12 @@ class ProjectionCallback(TrainerCallback):
                     raise ValueError(f"non-finite gradient in protected parameter {names.get(id(p), '?')!r}")
         if self.where == "gradient":
             grads = {}
+            frozen = {id(p) for p in self.frozen}
             for p in params:
+                if id(p) in frozen:
+                    if p.grad is not None:
+                        p.grad.zero_()
+                    continue
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
                 grads[p] = p.grad
@@ -110,15 +134,19 @@ class ProjectionCallback(TrainerCallback):
             return
         old = self._snapshot
         self._snapshot = None
-        deltas = {p: p.detach() - o for p, o in old.items()}
+        frozen = {id(p) for p in self.frozen}
+        deltas = {p: p.detach() - o for p, o in old.items() if id(p) not in frozen}
         self.memory.project_(deltas, mode=self.mode, scale_alpha=self.scale_alpha)
         for p, d in deltas.items():
             p.copy_(old[p].add_(d))
+        for p, o in old.items():
+            if id(p) in frozen:
+                p.copy_(o)
 
 
 def projected_optimizer_for_trainer(
     model: nn.Module,
-    memory: SubspaceMemory,
+    projection: ProjectionMethod | SubspaceMemory,
     *,
     optimizer_cls: type[torch.optim.Optimizer] = torch.optim.AdamW,
     lr: float = 5e-5,
@@ -126,11 +154,11 @@ def projected_optimizer_for_trainer(
     num_training_steps: int | None = None,
     scheduler: str = "linear",
     warmup_steps: int = 0,
-    mode: str = "hard",
+    mode: str | None = None,
     scale_alpha: float | None = None,
     where: str = "update",
     **optimizer_kwargs: Any,
-) -> tuple[Projected, Any]:
+) -> tuple[WrappedOptimizer, Any]:
     """Build ``(Projected(optimizer), lr_scheduler)`` for ``Trainer(optimizers=(opt, sched))``.
 
     Parameters are grouped like the Trainer does: weight decay on ≥ 2-D parameters, none on biases and norm
@@ -139,12 +167,14 @@ def projected_optimizer_for_trainer(
 
     Args:
         model: the model being trained (trainable parameters only are optimized).
-        memory: the protected subspaces.
+        projection: a registered method object (``GPM``, ``SGP``, ...: its ``wrap`` builds the wrapper) or a
+            :class:`SubspaceMemory` (wrapped in :class:`Projected`).
         optimizer_cls: inner optimizer class (AdamW default; any ``torch.optim.Optimizer`` such as orthokit Muon).
         lr, weight_decay: inner optimizer settings; extra ``optimizer_kwargs`` are passed through.
         num_training_steps: total steps for the scheduler (required unless ``scheduler="constant"``).
         scheduler, warmup_steps: ``transformers.get_scheduler`` arguments.
-        mode, scale_alpha, where: see :class:`~orthokit.projection.Projected`.
+        mode, scale_alpha, where: see :class:`~orthokit.projection.Projected` (``mode``/``scale_alpha``
+            default to the method's).
 
     Example:
         >>> opt, sched = projected_optimizer_for_trainer(model, mem, lr=1e-4, num_training_steps=1000)
@@ -162,7 +192,9 @@ def projected_optimizer_for_trainer(
     if not groups:
         raise ValueError("the model has no trainable parameters")
     inner = optimizer_cls(groups, lr=lr, **optimizer_kwargs)
-    opt = Projected(inner, memory, mode=mode, scale_alpha=scale_alpha, where=where)
+    memory, mode, method_alpha, frozen = _resolve(projection, mode)
+    alpha = scale_alpha if scale_alpha is not None else method_alpha
+    opt = Projected(inner, memory, mode=mode, scale_alpha=alpha, where=where, frozen=frozen)
     sched = get_scheduler(
         scheduler, optimizer=opt, num_warmup_steps=warmup_steps, num_training_steps=num_training_steps
     )

@@ -14,7 +14,7 @@ basis ``Q`` of ``span{g̃_r^{(i)}}`` (Gram–Schmidt twice) the executed directi
 
 which for ``K = 1`` is the paper's rank-1 surgery ``γ(g̃_f − c g̃_r) + α g̃_r`` with
 ``c = ⟨g̃_f, g̃_r⟩ / ‖g̃_r‖²`` — the *joint* forget+retain direction whose forget part is retain-invariant
-(``mode="gu"``); ``mode="pcgrad"`` removes the tangential part only when ``⟨g̃_f, g̃_r⟩ < 0`` (rank 1).
+(``rule="gu"``); ``rule="pcgrad"`` removes the tangential part only when ``⟨g̃_f, g̃_r⟩ < 0`` (rank 1).
 ``d`` is written to ``.grad`` and the optimiser then applies its own preconditioning.
 
 The metric is exact only when the optimiser is a pure diagonal preconditioner at the step: the GU code
@@ -25,10 +25,8 @@ the optimiser state *before* the step (identity where no state exists yet), as i
 Reference: Zhou et al., "Geometric-disentanglement Unlearning", arXiv:2511.17100 (v2/v3); code
 github.com/Lemutisme/geo-unlearning (``optimizer_geometry.py``, ``gradient_surgery.py``, ``orthograd.py``).
 
-Example:
-    >>> opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.0, 0.999))
-    >>> gu = GeometricUnlearning(model, opt)
-    >>> info = gu.step(forget_loss=-nll(model, forget_batch), retain_losses=nll(model, retain_batch))
+Example: see :class:`GeometricUnlearning` (``GeometricUnlearning(optimizer, model, ...)``) and
+:class:`GUProjection` (registered as ``"gu"``).
 """
 
 from __future__ import annotations
@@ -39,11 +37,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from orthokit.projection._wrapper import WrappedOptimizer
 from orthokit.projection.registry import ProjectionMethod, register_projection
 
-__all__ = ["gu_direction", "optimizer_metric", "GeometricUnlearning", "GUProjection", "GU_MODES"]
+__all__ = ["gu_direction", "optimizer_metric", "GeometricUnlearning", "GUProjection", "GU_RULES"]
 
-GU_MODES = ("gu", "pcgrad")
+GU_RULES = ("gu", "pcgrad")
 
 
 def _flat(ts: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -56,8 +55,9 @@ def gu_direction(
     scale: torch.Tensor | None = None,
     forget_weight: float = 1.0,
     retain_weight: float = 1.0,
-    mode: str = "gu",
+    rule: str = "gu",
     rtol: float = 1e-6,
+    check_finite: bool = True,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The GU update direction on flattened vectors.
 
@@ -67,8 +67,9 @@ def gu_direction(
         scale: ``[d]`` metric scale ``s = √(√v̂ + ε)``; ``None`` = Euclidean.
         forget_weight: ``γ``.
         retain_weight: ``α`` (multiplies the *mean* retain gradient in metric coordinates).
-        mode: ``"gu"`` (always remove the tangential part) or ``"pcgrad"`` (only if it conflicts; K = 1).
+        rule: ``"gu"`` (always remove the tangential part) or ``"pcgrad"`` (only if it conflicts; K = 1).
         rtol: retain directions whose Gram–Schmidt residual is ≤ ``rtol`` × norm are dropped.
+        check_finite: ``ValueError`` when a gradient holds NaN/inf.
 
     Returns:
         ``(d, info)``: the raw-space direction to write into ``.grad`` and diagnostics
@@ -79,8 +80,8 @@ def gu_direction(
         >>> d
         tensor([0., 1.])
     """
-    if mode not in GU_MODES:
-        raise ValueError(f"unknown GU mode {mode!r}; valid: {', '.join(GU_MODES)}")
+    if rule not in GU_RULES:
+        raise ValueError(f"unknown GU rule {rule!r}; valid: {', '.join(GU_RULES)}")
     if g_forget.dim() != 1:
         raise ValueError(f"g_forget must be a flat vector, got shape {tuple(g_forget.shape)}")
     gr = g_retain.unsqueeze(0) if g_retain.dim() == 1 else g_retain
@@ -88,10 +89,10 @@ def gu_direction(
         raise ValueError(
             f"g_retain must be [d] or [K, d] with d={g_forget.shape[0]}, got shape {tuple(g_retain.shape)}"
         )
-    if mode == "pcgrad" and gr.shape[0] != 1:
-        raise ValueError("mode='pcgrad' is defined for a single retain gradient (K = 1)")
+    if rule == "pcgrad" and gr.shape[0] != 1:
+        raise ValueError("rule='pcgrad' is defined for a single retain gradient (K = 1)")
     for name, t in (("g_forget", g_forget), ("g_retain", gr)):
-        if not torch.isfinite(t).all():
+        if check_finite and not torch.isfinite(t).all():
             raise ValueError(f"{name} contains non-finite values")
     s = torch.ones_like(g_forget) if scale is None else scale
     if s.shape != g_forget.shape or not bool((s > 0).all()):
@@ -114,7 +115,7 @@ def gu_direction(
         tang = tang + (b @ gf_t) * b
     mean_r = gr_t.mean(0)
     dot = float(gf_t @ mean_r)
-    if mode == "pcgrad" and dot >= 0:
+    if rule == "pcgrad" and dot >= 0:
         tang = torch.zeros_like(gf_t)
     d_t = forget_weight * (gf_t - tang) + retain_weight * mean_r
     nf = float(gf_t.norm())
@@ -185,56 +186,104 @@ def optimizer_metric(
     )
 
 
-class GeometricUnlearning:
+class GeometricUnlearning(WrappedOptimizer):
     """Unlearning step that executes only the retain-normal part of the forget update (GU).
 
+    A :class:`~orthokit.projection._wrapper.WrappedOptimizer` (optimizer first, model second; LR schedulers,
+    pickling and ``state_dict`` work as for every orthokit wrapper). Its :meth:`step` takes the two losses
+    instead of a closure: GU needs the forget and the retain gradients separately.
+
     Args:
-        model: the network.
         optimizer: Adam/AdamW with ``betas[0] == 0``, ``weight_decay == 0`` or SGD without momentum/decay.
+        model: the network.
         forget_weight: ``γ``.
         retain_weight: ``α`` (0 = pure retain-invariant forgetting).
-        mode: ``"gu"`` or ``"pcgrad"``.
+        rule: ``"gu"`` or ``"pcgrad"`` (the direction surgery; not to be confused with the projection
+            ``mode`` of other wrappers, which GU does not take).
         geometry: ``"auto"`` (the optimiser's metric) or ``"euclidean"`` (ablation: ignores the preconditioner).
         metric_iters: fixed-point refinements of the Adam metric with the second moment *including* the new
             direction (``0`` = the reference code's pre-step metric). Makes the realised Adam step retain-invariant
             to first order, not only up to the ``O(1 − β₂)`` drift of ``v``.
+        check_finite: ``ValueError`` (nothing modified) when a forget/retain gradient holds NaN/inf.
 
     Example:
-        >>> gu = GeometricUnlearning(model, torch.optim.Adam(model.parameters(), 1e-3, betas=(0.0, 0.999)))
-        >>> info = gu.step(forget_loss, retain_losses=[l1, l2])   # a list = per-sample retain basis
+        >>> import torch
+        >>> from torch import nn
+        >>> torch.manual_seed(0) and None
+        >>> model = nn.Linear(4, 3)
+        >>> x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+        >>> opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.0, 0.999))
+        >>> gu = GeometricUnlearning(opt, model, retain_weight=0.0)
+        >>> nll = lambda i: nn.functional.cross_entropy(model(x[i]), y[i])
+        >>> info = gu.step(-nll(slice(0, 4)), retain_losses=[nll(slice(4, 6)), nll(slice(6, 8))])
+        >>> info["rank"]
+        2.0
     """
 
     def __init__(
         self,
-        model: nn.Module,
         optimizer: torch.optim.Optimizer,
+        model: nn.Module,
+        *,
         forget_weight: float = 1.0,
         retain_weight: float = 1.0,
-        mode: str = "gu",
+        rule: str = "gu",
         geometry: str = "auto",
         metric_iters: int = 10,
+        check_finite: bool = True,
     ) -> None:
+        if isinstance(optimizer, nn.Module) and isinstance(model, torch.optim.Optimizer):
+            raise TypeError(
+                "GeometricUnlearning takes (optimizer, model, ...) — the optimizer first, like every orthokit "
+                "projection wrapper; swap the two arguments"
+            )
+        super().__init__(optimizer, check_finite=check_finite)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if metric_iters < 0:
             raise ValueError(f"metric_iters must be >= 0, got {metric_iters}")
-        self.metric_iters = metric_iters
-        if mode not in GU_MODES:
-            raise ValueError(f"unknown GU mode {mode!r}; valid: {', '.join(GU_MODES)}")
+        if rule not in GU_RULES:
+            raise ValueError(f"unknown GU rule {rule!r}; valid: {', '.join(GU_RULES)}")
         if geometry not in ("auto", "euclidean"):
             raise ValueError(f"geometry must be 'auto' or 'euclidean', got {geometry!r}")
         ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
-        self.params = [p for p in model.parameters() if p.requires_grad and id(p) in ids]
-        if not self.params:
+        params = [p for p in model.parameters() if p.requires_grad and id(p) in ids]
+        if not params:
             raise ValueError("the optimizer holds none of model's trainable parameters")
-        optimizer_metric(optimizer, self.params)  # validate now, not at the first step
+        optimizer_metric(optimizer, params)  # validate now, not at the first step
+        self.params = params
         self.model = model
-        self.optimizer = optimizer
+        self.metric_iters = metric_iters
         self.forget_weight = forget_weight
         self.retain_weight = retain_weight
-        self.mode = mode
+        self.rule = rule
         self.geometry = geometry
         self._dtype = torch.float32
         for p in self.params:  # accumulate in fp32 at least (GU keeps FP32 buffers), fp64 for fp64 models
             self._dtype = torch.promote_types(self._dtype, p.dtype)
+
+    def __repr__(self) -> str:
+        return (
+            f"GeometricUnlearning(rule={self.rule!r}, geometry={self.geometry!r}, "
+            f"forget_weight={self.forget_weight}, retain_weight={self.retain_weight}, optimizer={self.optimizer!r})"
+        )
+
+    _SETTINGS = ("forget_weight", "retain_weight", "rule", "geometry", "metric_iters")
+
+    def projection_state_dict(self) -> dict[str, Any]:
+        """GU keeps no subspace between steps: only its settings."""
+        return {"settings": {k: getattr(self, k) for k in self._SETTINGS}}
+
+    def load_projection_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the settings (validated first)."""
+        cfg = dict(state.get("settings", {}))
+        unknown = sorted(set(cfg) - set(self._SETTINGS))
+        if unknown:
+            raise ValueError(f"GU projection settings has unknown keys {unknown}")
+        if cfg.get("rule", self.rule) not in GU_RULES:
+            raise ValueError(f"unknown GU rule {cfg['rule']!r}")
+        for k, v in cfg.items():
+            setattr(self, k, v)
 
     def _grad(self, loss: torch.Tensor, retain_graph: bool) -> torch.Tensor:
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
@@ -250,12 +299,14 @@ class GeometricUnlearning:
         rl = [retain_losses] if isinstance(retain_losses, torch.Tensor) else list(retain_losses)
         if not rl:
             raise ValueError("retain_losses must contain at least one loss")
-        gf = self._grad(forget_loss, retain_graph=True)
-        gr = torch.stack([self._grad(loss, retain_graph=True) for loss in rl])
+        with torch.enable_grad():
+            gf = self._grad(forget_loss, retain_graph=True)
+            gr = torch.stack([self._grad(loss, retain_graph=True) for loss in rl])
         scale = None if self.geometry == "euclidean" else optimizer_metric(self.optimizer, self.params)
         if scale is not None:
             scale = scale.to(self._dtype)
-        d, info = gu_direction(gf, gr, scale, self.forget_weight, self.retain_weight, self.mode)
+        kw = {"rule": self.rule, "check_finite": self.check_finite}
+        d, info = gu_direction(gf, gr, scale, self.forget_weight, self.retain_weight, **kw)  # type: ignore[arg-type]
         if scale is not None and self.metric_iters:
             # fixed point: use the second moment Adam will hold *after* absorbing d (exact retain invariance of
             # the realised step instead of the pre-step metric)
@@ -263,21 +314,36 @@ class GeometricUnlearning:
                 scale = optimizer_metric(self.optimizer, self.params, next_grad=d)
                 assert scale is not None
                 d, info = gu_direction(
-                    gf, gr, scale.to(self._dtype), self.forget_weight, self.retain_weight, self.mode
+                    gf,
+                    gr,
+                    scale.to(self._dtype),
+                    self.forget_weight,
+                    self.retain_weight,
+                    **kw,  # type: ignore[arg-type]
                 )
         return d, info
 
-    def step(
-        self, forget_loss: torch.Tensor, retain_losses: torch.Tensor | Sequence[torch.Tensor]
+    def step(  # type: ignore[override]
+        self,
+        forget_loss: torch.Tensor | None = None,
+        retain_losses: torch.Tensor | Sequence[torch.Tensor] | None = None,
     ) -> dict[str, Any]:
-        """Write the GU direction into ``.grad`` and step the optimiser; returns diagnostics."""
+        """Write the GU direction into ``.grad`` and step the optimiser; returns diagnostics.
+
+        Takes ``(forget_loss, retain_losses)`` instead of a closure (``TypeError`` for a closure / no losses)."""
+        if forget_loss is None or retain_losses is None or callable(forget_loss):
+            raise TypeError(
+                "GeometricUnlearning.step(forget_loss, retain_losses) needs both losses (scalar tensors); "
+                "a closure is not supported"
+            )
         d, info = self.direction(forget_loss, retain_losses)
         off = 0
-        for p in self.params:
-            n = p.numel()
-            p.grad = d[off : off + n].view_as(p).to(p.dtype).clone()
-            off += n
-        self.optimizer.step()
+        with torch.no_grad():
+            for p in self.params:
+                n = p.numel()
+                p.grad = d[off : off + n].view_as(p).to(p.dtype).clone()
+                off += n
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return info
 

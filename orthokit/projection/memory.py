@@ -56,10 +56,15 @@ __all__ = [
     "Threshold",
     "energy_rank",
     "sgp_importance",
+    "check_criterion",
+    "CRITERIA",
+    "SampleBudget",
     "default_forward",
 ]
 
 Threshold = float | Sequence[float] | Mapping[str, float] | Callable[[int, str], float]
+SampleBudget = int | Sequence[int] | Mapping[str, int] | None
+CRITERIA = ("minimal", "gpm_code")
 Kind = Literal["activation", "gradient", "weight"]
 _KINDS = ("activation", "gradient", "weight")
 _MODEL_SCOPE = "__model__"
@@ -105,6 +110,17 @@ def energy_rank(
         else:
             break
     return r
+
+
+def check_criterion(criterion: str) -> None:
+    """``ValueError`` unless ``criterion`` is ``"minimal"`` or ``"gpm_code"`` (``"gpm"`` was renamed)."""
+    if criterion == "gpm":
+        raise ValueError(
+            "criterion='gpm' was renamed: use criterion='gpm_code' for the reference code's first-task count "
+            "(one direction fewer than the threshold asks for) or 'minimal' (default, the paper's criterion)"
+        )
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be 'minimal' or 'gpm_code', got {criterion!r}")
 
 
 def sgp_importance(s: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -264,6 +280,9 @@ class _Layer:
             raise ValueError(f"bias must be 'augment', 'freeze' or 'ignore', got {bias_mode!r}")
         self.bias_mode = bias_mode if self.has_bias else "none"
         self.dim = self.fan_in + (1 if self.bias_mode == "augment" else 0)
+        # number of dimensions of one unbatched input (Linear: [n]; Conv1d: [C, L]; Conv2d: [C, H, W])
+        self.unbatched_dim = 1 if self.layout != "conv" else (2 if isinstance(module, nn.Conv1d) else 3)
+        self.warned_empty = False
         self.out = int(w.shape[1] if self.layout == "hf_conv1d" else w.shape[0])
         # stored subspace
         self.kind: str | None = None
@@ -555,6 +574,102 @@ class SubspaceMemory:
             self.flat_basis = None
             self.task_count = 0
 
+    # -- module tracking / budgets ------------------------------------------------------------------------------
+    def _sync_modules(self) -> None:
+        """Follow protected layers that were replaced in the model after the memory was built.
+
+        A replacement with the same type and parameter shapes (e.g. ``model.fc = nn.Linear(...)`` with the same
+        sizes) is re-attached: the stored basis describes the layer's *inputs*, which the replacement does not
+        change, so the new module is protected from now on (``UserWarning``). Anything else raises ``ValueError``
+        naming the layer: the memory never silently stops protecting a layer.
+        """
+        for name, lay in self._layers.items():
+            if name == "":
+                current: nn.Module | None = self.model
+            else:
+                try:
+                    current = self.model.get_submodule(name)
+                except AttributeError:
+                    current = None
+            if current is lay.module:
+                continue
+            if current is None:
+                raise ValueError(
+                    f"protected layer {name!r} is no longer part of the model; rebuild the memory (or reset it) "
+                    "— its update would otherwise be silently unprotected"
+                )
+            old = lay.module
+            same = (
+                type(current) is type(old)
+                and getattr(current, "weight", None) is not None
+                and tuple(current.weight.shape) == tuple(old.weight.shape)
+                and isinstance(getattr(current, "bias", None), torch.Tensor) == lay.has_bias
+                and (not lay.has_bias or tuple(current.bias.shape) == tuple(old.bias.shape))
+            )
+            if not same:
+                raise ValueError(
+                    f"protected layer {name!r} was replaced by an incompatible {type(current).__name__} after "
+                    "collection (type, weight shape or bias differ); rebuild the memory for the new model"
+                )
+            warnings.warn(
+                f"protected layer {name!r} was replaced after collection; the memory now protects the new "
+                "module (the stored basis describes the layer's inputs, which are unchanged)",
+                UserWarning,
+                stacklevel=3,
+            )
+            lay.module = current
+            self._param_names = {id(p): n for n, p in self.model.named_parameters()}
+
+    def _budgets(self, max_samples: SampleBudget) -> int | None | dict[str, int]:
+        """Validate ``max_samples``: ``None``/int as is, a list (layer order) or dict → ``{layer: budget}``."""
+        if max_samples is None:
+            return None
+        if isinstance(max_samples, bool):
+            raise TypeError("max_samples must be an int, a per-layer list/dict of ints or None, got bool")
+        if isinstance(max_samples, int):
+            if max_samples < 1:
+                raise ValueError(f"max_samples must be >= 1, got {max_samples}")
+            return max_samples
+        if isinstance(max_samples, Mapping):
+            unknown = sorted(set(max_samples) - set(self._layers))
+            if unknown:
+                raise ValueError(f"max_samples has entries for unprotected layers {unknown}")
+            missing = sorted(set(self._layers) - set(max_samples))
+            if missing:
+                raise ValueError(f"max_samples dict lacks protected layers {missing}")
+            out = dict(max_samples)
+        elif isinstance(max_samples, Sequence) and not isinstance(max_samples, (str, bytes)):
+            if len(max_samples) != len(self._layers):
+                raise ValueError(
+                    f"max_samples list has {len(max_samples)} entries but {len(self._layers)} layers are "
+                    f"protected ({self.layer_names})"
+                )
+            out = dict(zip(self._layers, max_samples))
+        else:
+            raise TypeError(
+                f"max_samples must be an int, a per-layer list/dict of ints or None, got {type(max_samples).__name__}"
+            )
+        for n, v in out.items():
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"max_samples for layer {n!r} must be an int >= 1, got {v!r}")
+        return out
+
+    def _warn_unprotected(self, lay: _Layer, eps: float, criterion: str) -> None:
+        if lay.warned_empty:
+            return
+        lay.warned_empty = True
+        hint = (
+            " (criterion='gpm_code' keeps one direction fewer than ε asks for)"
+            if criterion == "gpm_code"
+            else ""
+        )
+        warnings.warn(
+            f"layer {lay.name!r} received non-zero inputs but got 0 basis directions at threshold {eps}{hint}: "
+            "it is not protected",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
     # -- threshold handling -----------------------------------------------------------------------------------
     def _threshold_for(self, threshold: Threshold, index: int, name: str, task: int) -> float:
         if isinstance(threshold, (str, bytes)):
@@ -594,7 +709,7 @@ class SubspaceMemory:
         model: nn.Module | None,
         batches: Iterable[Any],
         *,
-        max_samples: int | None = None,
+        max_samples: SampleBudget = None,
         forward: Callable[[nn.Module, Any], Any] | None = None,
         layers: Sequence[str] | None = None,
         reduce: bool = True,
@@ -602,19 +717,33 @@ class SubspaceMemory:
         """Float64 second moments ``C_l = Σ x xᵀ`` of the protected layers' inputs (im2col/bias-augmented rows).
 
         Runs ``forward(model, batch)`` (default :func:`default_forward`) in eval mode under ``no_grad`` over at
-        most ``max_samples`` examples, and — when ``torch.distributed`` is initialised and ``reduce`` — sums the
+        most ``max_samples`` examples (an int, or per-layer budgets as in :meth:`collect_activations`: the
+        batches run up to the largest budget, layer ``l`` uses the rows of its first ``budget_l`` examples), and — when ``torch.distributed`` is initialised and ``reduce`` — sums the
         matrices over ranks. Returns ``({layer: C}, n_examples)``; ``n_examples`` is this rank's count.
         """
         model = self.model if model is None else _unwrap(model)
         forward = forward or default_forward
         names = list(self._layers) if layers is None else list(layers)
+        self._sync_modules()
         covs: dict[str, torch.Tensor] = {}
         handles = []
+        budgets = self._budgets(max_samples)
+        per_layer = isinstance(budgets, dict)
+        used: dict[str, int] = {n: 0 for n in names}
 
         def make_hook(lay: _Layer) -> Callable[..., None]:
             def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> None:
                 x = args[0] if args else next(iter((kwargs or {}).values()))
-                r = lay.rows(x.detach()).to(torch.float64)
+                x = x.detach()
+                if per_layer:
+                    left = budgets[lay.name] - used[lay.name]  # type: ignore[index]
+                    batched = x.dim() > lay.unbatched_dim
+                    if left <= 0:
+                        return
+                    if batched:
+                        x = x[:left]
+                    used[lay.name] += x.shape[0] if batched else 1
+                r = lay.rows(x).to(torch.float64)
                 c = r.T @ r
                 covs[lay.name] = c if lay.name not in covs else covs[lay.name] + c
 
@@ -623,6 +752,7 @@ class SubspaceMemory:
         for n in names:
             lay = self.layer(n)
             handles.append(lay.module.register_forward_pre_hook(make_hook(lay)))
+        max_samples = max(budgets.values()) if per_layer else budgets  # type: ignore[union-attr]
         was_training = model.training
         model.eval()
         seen = 0
@@ -659,8 +789,8 @@ class SubspaceMemory:
         batches: Iterable[Any],
         threshold: Threshold = 0.97,
         *,
-        max_samples: int | None = None,
-        criterion: str = "gpm",
+        max_samples: SampleBudget = None,
+        criterion: str = "minimal",
         forward: Callable[[nn.Module, Any], Any] | None = None,
         task_index: int | None = None,
     ) -> dict[str, int]:
@@ -669,9 +799,13 @@ class SubspaceMemory:
         For each layer with input second moment ``C`` (``‖R‖² = tr C``) and current basis ``M``: the residual
         moment ``Ĉ = P⊥ C P⊥`` (``P⊥ = I − MMᵀ``) has eigenpairs ``(σ̂_i², û_i)``; with
         ``explained = (tr C − tr Ĉ)/tr C`` the layer appends the first ``r`` directions ``û_i`` where ``r`` is
-        given by :func:`energy_rank` (GPM Eq. 9). ``criterion="gpm"`` (default) reproduces the reference code
-        exactly: the strict first-task count (``gpm_first``) the first time a layer is collected and the
-        minimal count afterwards; ``criterion="minimal"`` always keeps the fewest directions reaching ``ε``.
+        given by :func:`energy_rank` (GPM Eq. 9). ``criterion="minimal"`` (default) keeps, on every collection,
+        the smallest basis holding at least ``ε`` of the energy (the paper's Eq. 5/Eq. 8–9 criterion), so
+        ``threshold`` means what it says. ``criterion="gpm_code"`` reproduces the reference code (sahagobinda/GPM)
+        for paper reproduction: its first collection counts ``#{i : cumsum(ratio)_i < ε}`` (strict ``<``, the
+        ``+1`` commented out), one direction fewer than Eq. 5 unless ε is hit exactly, and the minimal count
+        afterwards. A layer that receives non-zero inputs but gets 0 directions triggers a ``RuntimeWarning``
+        (once per layer): it is not protected at all.
         The basis is capped at ``n`` columns (a warning reports a fully frozen layer); SGP importances are
         maintained alongside (:func:`sgp_importance` with ``importance_alpha``; old directions re-scored by
         ``‖m_iᵀR‖`` and accumulated with clipping to [0, 1], as in SGP's ``update_SGP``).
@@ -680,8 +814,12 @@ class SubspaceMemory:
             model: the network to run (``None`` → the memory's model; may be the DDP wrapper).
             batches: iterable of batches (tensors, ``(x, y)`` tuples or HF dicts).
             threshold: ε as a float, a per-layer list (layer order) / dict, or ``callable(task_index, name)``.
-            max_samples: number of examples to use (GPM: 300 for pMNIST, 125 for CIFAR); ``None`` = all.
-            criterion: ``"gpm"`` or ``"minimal"``.
+            max_samples: number of examples to use (GPM: 300 for pMNIST, 125 for CIFAR); ``None`` = all; a
+                per-layer list (layer order) or dict gives each layer its own example budget, as GPM's CNN code
+                does (AlexNet ``[24, 100, 100, 125, 125]``): the batches are run up to the largest budget and
+                layer ``l`` sees the rows of its first ``budget_l`` examples only.
+            criterion: ``"minimal"`` (default, the paper's criterion) or ``"gpm_code"`` (reference code's
+                first-task count).
             forward: ``callable(model, batch)`` running the model (default :func:`default_forward`).
             task_index: task number passed to a callable threshold (default: number of previous collections).
 
@@ -692,22 +830,30 @@ class SubspaceMemory:
         so every rank holds bit-identical bases.
 
         Example:
-            >>> mem.collect_activations(model, loader, threshold=lambda t, name: 0.97 + 0.003 * t, max_samples=125)
-            {'features.0': 11, 'features.3': 52, 'fc': 37}
+            >>> import torch
+            >>> from torch import nn
+            >>> torch.manual_seed(0) and None
+            >>> model = nn.Sequential(nn.Linear(10, 6, bias=False), nn.ReLU(), nn.Linear(6, 3, bias=False))
+            >>> x = torch.randn(40, 4) @ torch.randn(4, 10)         # inputs spanning a 4-dim subspace
+            >>> mem = SubspaceMemory(model)
+            >>> mem.collect_activations(model, [x], threshold=0.999, max_samples=[40, 20])["0"]
+            4
         """
-        if criterion not in ("gpm", "minimal"):
-            raise ValueError(f"criterion must be 'gpm' or 'minimal', got {criterion!r}")
+        check_criterion(criterion)
         task = self.task_count if task_index is None else int(task_index)
         eps = {n: self._threshold_for(threshold, i, n, task) for i, n in enumerate(self._layers)}
+        budgets = self._budgets(max_samples)
         for lay in self._layers.values():
             if lay.kind not in (None, "activation") and lay.k > 0:
                 raise ValueError(f"layer {lay.name!r} holds a {lay.kind!r} basis, cannot add activations")
-        covs, seen = self.activation_covariances(model, batches, max_samples=max_samples, forward=forward)
+        covs, seen = self.activation_covariances(model, batches, max_samples=budgets, forward=forward)
         if seen == 0 and not _dist_ready():
             raise ValueError("collect_activations got no batches")
         added = {}
         for name, lay in self._layers.items():
             added[name] = self._update_activation_basis(lay, covs[name], eps[name], criterion)
+            if added[name] == 0 and lay.k == 0 and float(torch.trace(covs[name])) > 0.0:
+                self._warn_unprotected(lay, eps[name], criterion)
         if _dist_ready():
             self._broadcast_layers()
         self.task_count += 1
@@ -736,7 +882,7 @@ class SubspaceMemory:
         evals, evecs = torch.linalg.eigh(c_hat)
         evals = evals.flip(0).clamp_min(0.0)
         evecs = evecs.flip(1)
-        rule = "gpm_first" if (criterion == "gpm" and first) else "minimal"
+        rule = "gpm_first" if (criterion == "gpm_code" and first) else "minimal"
         r = energy_rank(evals / total, eps, explained=explained, criterion=rule)
         r = min(r, lay.dim - lay.k)
         # directions with (numerically) zero residual energy carry no information: never add them
@@ -1029,7 +1175,11 @@ class SubspaceMemory:
 
     # -- projection -------------------------------------------------------------------------------------------
     def protected_parameters(self) -> list[nn.Parameter]:
-        """Parameters whose updates are projected (weights, and biases of layers holding a basis)."""
+        """Parameters whose updates are projected (weights, and biases of layers holding a basis).
+
+        Protected layers replaced in the model since collection are re-attached or refused (``ValueError``),
+        see :meth:`_sync_modules`."""
+        self._sync_modules()
         if self.flat_basis is not None:
             return self._scope_params("model")
         return [p for lay in self._layers.values() if lay.k > 0 for p in lay.params]

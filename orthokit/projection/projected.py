@@ -22,27 +22,43 @@ projected update. An empty memory makes ``step()`` exactly the inner optimizer's
 Reference: Saha et al., GPM, ICLR 2021 (gradient projection with SGD); Saha & Roy, SGP, AAAI 2023 (scaled
 projection); OSFT (arXiv 2504.07097) / mini_trainer PR #16 re-project after ``optimizer.step()``.
 
+It follows the wrapper protocol of :mod:`orthokit.projection._wrapper` (``Projected(optimizer, memory, *, ...)``,
+an ``Optimizer`` whose ``param_groups``/``state`` are the inner ones, ``state_dict()`` = inner dict + ``"projection"``).
+
 Example:
-    >>> opt = Projected(torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1), memory)
-    >>> loss.backward(); opt.step(); opt.zero_grad()
-    >>> sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=100)   # or on opt.optimizer
+    >>> import torch
+    >>> from torch import nn
+    >>> from orthokit.projection import Projected, SubspaceMemory
+    >>> torch.manual_seed(0) and None
+    >>> model = nn.Linear(6, 3)
+    >>> x_old = torch.randn(20, 2) @ torch.randn(2, 6)           # old inputs span 2 of 6 dimensions
+    >>> memory = SubspaceMemory(model)
+    >>> memory.collect_activations(model, [x_old], threshold=0.9999)
+    {'': 3}
+    >>> opt = Projected(torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1), memory)
+    >>> sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=100)
+    >>> before = model(x_old).detach()
+    >>> for _ in range(5):
+    ...     opt.zero_grad(); model(torch.randn(8, 6)).pow(2).sum().backward(); opt.step(); sched.step()
+    >>> bool(torch.allclose(model(x_old), before, atol=1e-5))
+    True
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
+from orthokit.projection._wrapper import WrappedOptimizer, check_where_mode
 from orthokit.projection.memory import SubspaceMemory
 
 __all__ = ["Projected"]
 
 
-class Projected(torch.optim.Optimizer):
+class Projected(WrappedOptimizer):
     """Optimizer wrapper whose applied update is orthogonal to (or scaled inside) ``memory``'s subspaces.
 
     Args:
@@ -55,16 +71,15 @@ class Projected(torch.optim.Optimizer):
             recomputes ``λ = (α+1)σ/(ασ + max σ)`` from the stored singular values.
         where: ``"update"`` (default, exact for every optimizer, includes weight decay) or ``"gradient"``
             (project ``p.grad`` before the inner step; exact for plain SGD only).
+        frozen: parameters that must not change at all once the memory holds a basis (GPM freezes
+            BatchNorm/1-D parameters after the first task): with ``where="update"`` they are restored after the inner step (exact, weight decay
+            included); with ``where="gradient"`` their gradient is zeroed (the reference code's
+            ``grad.fill_(0)``; decoupled weight decay can still move them).
         check_finite: raise ``ValueError`` (before anything is modified) when a gradient is NaN/inf.
 
     It behaves like an optimizer: ``param_groups``/``state``/``defaults`` are the inner optimizer's (so LR
-    schedulers work on either object), ``zero_grad``, ``add_param_group``, and ``state_dict`` contains the
-    inner state and the memory (``load_state_dict`` restores both).
-
-    Example:
-        >>> mem = SubspaceMemory(model, layers=nn.Linear)
-        >>> mem.collect_activations(model, old_task_batches, threshold=0.97)
-        >>> opt = Projected(torch.optim.SGD(model.parameters(), lr=0.01), mem)
+    schedulers work on either object), ``zero_grad``, ``add_param_group``; ``state_dict`` is the inner
+    optimizer's plus ``"projection"`` = ``{"memory": ..., "settings": ..., "frozen": [names]}``.
 
     Reference: GPM (Saha, Garg & Roy, ICLR 2021); SGP (Saha & Roy, AAAI 2023).
     """
@@ -77,145 +92,67 @@ class Projected(torch.optim.Optimizer):
         mode: str = "hard",
         scale_alpha: float | None = None,
         where: str = "update",
+        frozen: Iterable[nn.Parameter] = (),
         check_finite: bool = True,
     ) -> None:
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        if isinstance(optimizer, Projected):
-            raise TypeError("optimizer is already Projected; wrap the inner optimizer once")
+        super().__init__(optimizer, check_finite=check_finite)
         if not isinstance(memory, SubspaceMemory):
             raise TypeError(f"memory must be a SubspaceMemory, got {type(memory).__name__}")
-        if mode not in ("hard", "scaled"):
-            raise ValueError(f"mode must be 'hard' or 'scaled', got {mode!r}")
-        if where not in ("update", "gradient"):
-            raise ValueError(f"where must be 'update' or 'gradient', got {where!r}")
+        check_where_mode(where, mode)
         if scale_alpha is not None and (mode != "scaled" or scale_alpha < 0):
             raise ValueError("scale_alpha is only meaningful with mode='scaled' and must be >= 0")
-        self.optimizer = optimizer
+        frozen = list(frozen)
+        for p in frozen:
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(f"frozen must hold parameters, got {type(p).__name__}")
         self.memory = memory
         self.mode = mode
         self.scale_alpha = scale_alpha
         self.where = where
-        self.check_finite = check_finite
-        # the bookkeeping torch.optim.Optimizer.__init__ would create (hooks, profiling), without new groups
-        self._optimizer_step_pre_hooks = OrderedDict()
-        self._optimizer_step_post_hooks = OrderedDict()
-        self._optimizer_state_dict_pre_hooks = OrderedDict()
-        self._optimizer_state_dict_post_hooks = OrderedDict()
-        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
-        self._optimizer_load_state_dict_post_hooks = OrderedDict()
-        self._patch_step_function()
-        self._warned_capturable_if_run_uncaptured = True
-
-    # -- delegated optimizer surface ------------------------------------------------------------------------
-    @property  # type: ignore[override]
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.optimizer.param_groups
-
-    @param_groups.setter
-    def param_groups(self, value: list[dict[str, Any]]) -> None:
-        self.optimizer.param_groups = value
-
-    @property  # type: ignore[override]
-    def state(self) -> Any:
-        return self.optimizer.state
-
-    @state.setter
-    def state(self, value: Any) -> None:
-        self.optimizer.state = value
-
-    @property  # type: ignore[override]
-    def defaults(self) -> dict[str, Any]:
-        return self.optimizer.defaults
-
-    @defaults.setter
-    def defaults(self, value: dict[str, Any]) -> None:
-        self.optimizer.defaults = value
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a parameter group to the inner optimizer."""
-        self.optimizer.add_param_group(param_group)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Zero the gradients (inner optimizer's ``zero_grad``)."""
-        self.optimizer.zero_grad(set_to_none=set_to_none)
+        self.frozen = frozen
 
     def __repr__(self) -> str:
         return (
             f"Projected(mode={self.mode!r}, where={self.where!r}, scale_alpha={self.scale_alpha}, "
-            f"optimizer={self.optimizer!r})"
+            f"frozen={len(self.frozen)}, optimizer={self.optimizer!r})"
         )
 
-    def __getstate__(self) -> dict[str, Any]:
-        return self.__dict__
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
     # -- state -------------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """``{"optimizer": inner state_dict, "memory": memory state_dict, "projected": settings}``."""
+    def projection_state_dict(self) -> dict[str, Any]:
+        """``{"memory": memory.state_dict(), "settings": {...}, "frozen": [parameter names]}``."""
+        names = self.memory._param_names
         return {
-            "optimizer": self.optimizer.state_dict(),
             "memory": self.memory.state_dict(),
-            "projected": {"mode": self.mode, "scale_alpha": self.scale_alpha, "where": self.where},
+            "settings": {"mode": self.mode, "scale_alpha": self.scale_alpha, "where": self.where},
+            "frozen": [names.get(id(p), "?") for p in self.frozen],
         }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; a plain inner-optimizer state dict (no ``"memory"``) loads the inner
-        optimizer only."""
-        if "memory" in state_dict and "optimizer" in state_dict:
-            self.memory.load_state_dict(state_dict["memory"])
-            self.optimizer.load_state_dict(state_dict["optimizer"])
-            cfg = state_dict.get("projected", {})
-            self.mode = cfg.get("mode", self.mode)
-            self.scale_alpha = cfg.get("scale_alpha", self.scale_alpha)
-            self.where = cfg.get("where", self.where)
-        else:
-            self.optimizer.load_state_dict(state_dict)
+    def load_projection_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the memory and settings (validated before anything changes)."""
+        if "memory" not in state:
+            raise ValueError("projection state has no 'memory' entry")
+        cfg = dict(state.get("settings", {}))
+        unknown = sorted(set(cfg) - {"mode", "scale_alpha", "where"})
+        if unknown:
+            raise ValueError(f"projection settings has unknown keys {unknown}")
+        check_where_mode(cfg.get("where", self.where), cfg.get("mode", self.mode))
+        self.memory.load_state_dict(state["memory"])
+        self.mode = cfg.get("mode", self.mode)
+        self.scale_alpha = cfg.get("scale_alpha", self.scale_alpha)
+        self.where = cfg.get("where", self.where)
 
     # -- stepping ----------------------------------------------------------------------------------------------
-    def _check_grads(self) -> None:
-        names = self.memory._param_names
-        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not params:
-            return
-        # fast path: one fused 2-norm per device/dtype group and a single host sync (NaN/inf propagate; a
-        # huge-but-finite gradient may overflow the norm, so flagged tensors are re-checked exactly)
-        try:
-            norms = torch._foreach_norm([p.grad for p in params], 2)
-            ok = torch.isfinite(torch.stack([n.float().to(norms[0].device) for n in norms])).tolist()
-        except (RuntimeError, NotImplementedError):  # e.g. sparse gradients: check one by one
-            ok = [False] * len(params)
-        if all(ok):
-            return
-        for p, good in zip(params, ok):
-            if good:
-                continue
-            g = p.grad.coalesce().values() if p.grad.is_sparse else p.grad
-            finite = torch.isfinite(g)
-            if not bool(finite.all()):
-                n = int((~finite).sum())
-                raise ValueError(
-                    f"non-finite gradient ({n} NaN/inf values) in parameter "
-                    f"{names.get(id(p), tuple(p.shape))!r}; no update was applied"
-                )
+    def _named_params(self) -> dict[int, str]:
+        return self.memory._param_names
 
     def _optimized(self) -> set[int]:
         return {id(p) for g in self.optimizer.param_groups for p in g["params"]}
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
-        """Run the inner step and project (see class docstring). Returns the closure's loss, if any."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        if self.check_finite:
-            self._check_grads()
-        if self.memory.is_empty:
+    def _apply_step(self) -> None:
+        if self.memory.is_empty:  # nothing protected yet (first task): exactly the inner step
             self.optimizer.step()
-            return loss
+            return
+        frozen = [p for p in self.frozen if p.requires_grad]
         in_opt = self._optimized()
         protected = self.memory.protected_parameters()
         params = [p for p in protected if id(p) in in_opt and p.requires_grad]
@@ -224,19 +161,27 @@ class Projected(torch.optim.Optimizer):
                 "none of the memory's protected parameters is optimized by the wrapped optimizer — were the "
                 "memory and the optimizer built on different models (e.g. a copy)?"
             )
+        frozen = [p for p in frozen if id(p) in in_opt]
         if self.where == "gradient":
             grads: dict[nn.Parameter, torch.Tensor] = {}
             for p in params:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
                 grads[p] = p.grad
-            self.memory.project_(grads, mode=self.mode, scale_alpha=self.scale_alpha)
+            if grads:
+                self.memory.project_(grads, mode=self.mode, scale_alpha=self.scale_alpha)
+            for p in frozen:
+                if p.grad is not None:
+                    p.grad.zero_()
             self.optimizer.step()
-            return loss
+            return
         old = {p: p.detach().clone() for p in params}
+        kept = [(p, p.detach().clone()) for p in frozen]
         self.optimizer.step()
         deltas = {p: p.detach() - o for p, o in old.items()}
-        self.memory.project_(deltas, mode=self.mode, scale_alpha=self.scale_alpha)
+        if deltas:
+            self.memory.project_(deltas, mode=self.mode, scale_alpha=self.scale_alpha)
         for p, d in deltas.items():
             p.copy_(old[p].add_(d))
-        return loss
+        for p, o in kept:
+            p.copy_(o)

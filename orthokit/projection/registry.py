@@ -33,8 +33,16 @@ from typing import Any
 import torch
 
 from orthokit._registry import Registry
+from orthokit.projection._wrapper import WrappedOptimizer
 
-__all__ = ["PROJECTIONS", "register_projection", "ProjectionMethod", "REQUIRED_CAPABILITIES"]
+__all__ = [
+    "PROJECTIONS",
+    "register_projection",
+    "ProjectionMethod",
+    "REQUIRED_CAPABILITIES",
+    "one_d_parameters",
+    "FREEZE_1D",
+]
 
 PROJECTIONS: Registry[Any] = Registry("projection method")
 REQUIRED_CAPABILITIES = ("subspace", "optimizer_agnostic", "guarantee", "paper")
@@ -60,6 +68,51 @@ def register_projection(name: str, *, aliases: tuple[str, ...] = (), **capabilit
     return PROJECTIONS.register(name, aliases=aliases, **capabilities)
 
 
+FREEZE_1D = ("norm", "all", "none")
+_NORM_TYPES: tuple[type[torch.nn.Module], ...] = (
+    torch.nn.modules.batchnorm._NormBase,
+    torch.nn.LayerNorm,
+    torch.nn.GroupNorm,
+    *((torch.nn.RMSNorm,) if hasattr(torch.nn, "RMSNorm") else ()),
+)
+
+
+def one_d_parameters(model: torch.nn.Module, memory: Any, policy: str) -> list[torch.nn.Parameter]:
+    """The 1-D parameters GPM-style methods freeze after the first task.
+
+    ``policy="norm"``: the affine parameters of normalisation layers (BatchNorm/LayerNorm/GroupNorm/RMSNorm) —
+    what GPM's reference code freezes (``grad.fill_(0)`` on the shared trunk's 1-D parameters for ``task_id > 0``;
+    their trunks' 1-D parameters are exactly the BatchNorm affines). ``"all"``: every 1-D parameter of the model
+    except the biases the memory already projects (``bias="augment"``) — also per-task heads' biases.
+    ``"none"``: nothing.
+
+    Example:
+        >>> from orthokit.projection.memory import SubspaceMemory
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+        >>> mem = SubspaceMemory(net, layers="0")
+        >>> [tuple(p.shape) for p in one_d_parameters(net, mem, "norm")]
+        [(4,), (4,)]
+        >>> len(one_d_parameters(net, mem, "all"))    # BN weight/bias and the bias of layer "2"
+        3
+    """
+    if policy not in FREEZE_1D:
+        raise ValueError(f"freeze_1d must be 'norm', 'all' or 'none', got {policy!r}")
+    if policy == "none":
+        return []
+    if policy == "norm":
+        out: list[torch.nn.Parameter] = []
+        for m in model.modules():
+            if isinstance(m, _NORM_TYPES):
+                out += [p for p in m.parameters(recurse=False) if p.dim() == 1]
+        return out
+    covered = set()
+    for name in memory.layer_names:
+        lay = memory.layer(name)
+        if lay.bias_mode == "augment":
+            covered.add(id(lay.module.bias))
+    return [p for p in model.parameters() if p.dim() == 1 and id(p) not in covered]
+
+
 class ProjectionMethod:
     """Base class: holds ``self.memory`` and implements the state/wrap plumbing shared by all methods.
 
@@ -75,11 +128,25 @@ class ProjectionMethod:
         """Update the memory from the data of the task that just finished."""
         raise NotImplementedError
 
-    def wrap(self, optimizer: torch.optim.Optimizer, *, where: str = "update") -> torch.optim.Optimizer:
+    def frozen_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters the wrapper keeps fixed once the memory holds a basis (default: none)."""
+        return []
+
+    def wrap(
+        self, optimizer: torch.optim.Optimizer, *, where: str = "update", check_finite: bool = True
+    ) -> WrappedOptimizer:
         """Wrap ``optimizer`` so its applied update respects the memory (:class:`Projected`)."""
         from orthokit.projection.projected import Projected
 
-        return Projected(optimizer, self.memory, mode=self.mode, scale_alpha=self.scale_alpha, where=where)
+        return Projected(
+            optimizer,
+            self.memory,
+            mode=self.mode,
+            scale_alpha=self.scale_alpha,
+            where=where,
+            frozen=self.frozen_parameters(),
+            check_finite=check_finite,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """The memory's state (bases, importances, counters)."""

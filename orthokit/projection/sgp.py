@@ -26,8 +26,8 @@ from typing import Any
 
 from torch import nn
 
-from orthokit.projection.memory import SubspaceMemory, Threshold
-from orthokit.projection.registry import ProjectionMethod, register_projection
+from orthokit.projection.memory import SampleBudget, SubspaceMemory, Threshold, check_criterion
+from orthokit.projection.registry import FREEZE_1D, ProjectionMethod, one_d_parameters, register_projection
 
 __all__ = ["SGP"]
 
@@ -69,29 +69,48 @@ class SGP(ProjectionMethod):
         *,
         threshold: Threshold = 0.97,
         scale_coff: float = 10.0,
-        max_samples: int | None = 125,
-        criterion: str = "gpm",
+        max_samples: SampleBudget = 125,
+        criterion: str = "minimal",
+        freeze_1d: str = "norm",
         bias: str = "augment",
         forward: Callable[[nn.Module, Any], Any] | None = None,
     ) -> None:
         if scale_coff < 0:
             raise ValueError(f"scale_coff must be >= 0, got {scale_coff}")
+        check_criterion(criterion)
+        if freeze_1d not in FREEZE_1D:
+            raise ValueError(f"freeze_1d must be 'norm', 'all' or 'none', got {freeze_1d!r}")
         self.model = model
         self.memory = SubspaceMemory(model, layers, bias=bias, importance_alpha=scale_coff)
         self.threshold = threshold
         self.max_samples = max_samples
         self.criterion = criterion
+        self.freeze_1d = freeze_1d
         self.forward = forward
 
-    def after_task(self, batches: Iterable[Any], **kwargs: Any) -> dict[str, int]:
-        """Extend the bases and update the importances from the finished task (keyword overrides:
-        ``threshold``, ``max_samples``, ``task_index``). Returns directions added per layer."""
+    def after_task(
+        self,
+        batches: Iterable[Any],
+        *,
+        threshold: Threshold | None = None,
+        max_samples: SampleBudget | str = "default",
+        task_index: int | None = None,
+    ) -> dict[str, int]:
+        """Extend the bases with the finished task's representations (``threshold``/``max_samples`` override
+        the constructor's for this call). Returns the number of directions added per layer."""
         return self.memory.collect_activations(
             self.model,
             batches,
-            kwargs.pop("threshold", self.threshold),
-            max_samples=kwargs.pop("max_samples", self.max_samples),
+            self.threshold if threshold is None else threshold,
+            max_samples=self.max_samples
+            if isinstance(max_samples, str) and max_samples == "default"
+            else max_samples,  # type: ignore[arg-type]
             criterion=self.criterion,
             forward=self.forward,
-            **kwargs,
+            task_index=task_index,
         )
+
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        """1-D parameters kept fixed once the memory holds a basis (``freeze_1d``, see
+        :func:`~orthokit.projection.registry.one_d_parameters`)."""
+        return one_d_parameters(self.model, self.memory, self.freeze_1d)

@@ -54,19 +54,19 @@ def test_per_sample_basis_drops_dependent_directions_and_is_orthogonal_to_all() 
 
 def test_pcgrad_mode_keeps_non_conflicting_updates() -> None:
     gf, gr, _ = _vecs()
-    d, _ = gu_direction(-gf, gr[0] * 0 + gf, mode="pcgrad", retain_weight=0.0)  # cos < 0 → projected
+    d, _ = gu_direction(-gf, gr[0] * 0 + gf, rule="pcgrad", retain_weight=0.0)  # cos < 0 → projected
     assert abs(float(d @ gf)) < 1e-10
     g2 = gr[0] + 0.1 * gf
-    d2, _ = gu_direction(gr[0], g2, mode="pcgrad", retain_weight=0.0)  # cos > 0 → unchanged
+    d2, _ = gu_direction(gr[0], g2, rule="pcgrad", retain_weight=0.0)  # cos > 0 → unchanged
     assert torch.allclose(d2, gr[0])
     with pytest.raises(ValueError, match="single retain"):
-        gu_direction(gf, torch.randn(2, 30, dtype=torch.float64), mode="pcgrad")
+        gu_direction(gf, torch.randn(2, 30, dtype=torch.float64), rule="pcgrad")
 
 
 def test_input_errors() -> None:
     gf, gr, s = _vecs()
-    with pytest.raises(ValueError, match="mode"):
-        gu_direction(gf, gr, mode="x")
+    with pytest.raises(ValueError, match="rule"):
+        gu_direction(gf, gr, rule="x")
     with pytest.raises(ValueError, match="g_retain"):
         gu_direction(gf, torch.randn(31))
     with pytest.raises(ValueError, match="non-finite"):
@@ -90,7 +90,7 @@ def test_optimizer_validation() -> None:
     with pytest.raises(TypeError, match="supports"):
         optimizer_metric(torch.optim.RMSprop(m.parameters()), list(m.parameters()))
     with pytest.raises(ValueError):
-        GeometricUnlearning(m, torch.optim.Adam(m.parameters()))
+        GeometricUnlearning(torch.optim.Adam(m.parameters()), m)
     assert optimizer_metric(torch.optim.SGD(m.parameters(), lr=0.1), list(m.parameters())) is None
 
 
@@ -106,7 +106,7 @@ def _setup() -> tuple[nn.Module, tuple, tuple]:
 def test_adam_step_uses_state_metric_and_is_retain_invariant_to_first_order(iters: int, tol: float) -> None:
     model, (xf, yf), (xr, yr) = _setup()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.0, 0.999))
-    gu = GeometricUnlearning(model, opt, retain_weight=0.0, metric_iters=iters)
+    gu = GeometricUnlearning(opt, model, retain_weight=0.0, metric_iters=iters)
     for _ in range(3):  # warm the second-moment state
         gu.step(-F.cross_entropy(model(xf), yf), F.cross_entropy(model(xr), yr))
     params = list(model.parameters())
@@ -135,7 +135,7 @@ def test_adam_step_uses_state_metric_and_is_retain_invariant_to_first_order(iter
 def test_sgd_step_exact_and_joint_retain_descends() -> None:
     model, (xf, yf), (xr, yr) = _setup()
     opt = torch.optim.SGD(model.parameters(), lr=1e-2)
-    gu = GeometricUnlearning(model, opt, retain_weight=0.0)
+    gu = GeometricUnlearning(opt, model, retain_weight=0.0)
     params = list(model.parameters())
     gr = torch.cat([g.reshape(-1) for g in torch.autograd.grad(F.cross_entropy(model(xr), yr), params)])
     before = torch.cat([p.detach().reshape(-1).clone() for p in params])

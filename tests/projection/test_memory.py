@@ -88,7 +88,7 @@ def test_gpm_energy_criterion_matches_float64_reference(eps: float) -> None:
     ]
     mem = SubspaceMemory(model, dtype=torch.float64)
     for x in xs:
-        mem.collect_activations(model.double(), [x], threshold=eps, criterion="gpm")
+        mem.collect_activations(model.double(), [x], threshold=eps, criterion="gpm_code")
     ref = _gpm_reference([x.numpy().T for x in xs], eps)
     got = mem.basis("0").numpy()
     assert got.shape == ref.shape
@@ -237,7 +237,7 @@ def test_sgp_importance_incremental_matches_reference() -> None:
     ]
     mem = SubspaceMemory(model, importance_alpha=alpha, dtype=torch.float64)
     for x in xs:
-        mem.collect_activations(model, [x], threshold=0.8, criterion="gpm")
+        mem.collect_activations(model, [x], threshold=0.8, criterion="gpm_code")
     # reference
     r1, r2 = xs[0].numpy().T, xs[1].numpy().T
     u, s, _ = np.linalg.svd(r1, full_matrices=False)

@@ -246,7 +246,7 @@ def test_constructor_errors() -> None:
         Projected(inner, mem, mode="soft")
     with pytest.raises(ValueError, match="where"):
         Projected(inner, mem, where="params")
-    with pytest.raises(TypeError, match="already Projected"):
+    with pytest.raises(TypeError, match="already wrapped"):
         Projected(Projected(inner, mem), mem)
 
 
