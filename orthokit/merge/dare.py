@@ -108,6 +108,9 @@ def _dare(
     order_invariant=False,
     stochastic=True,
     reference="arXiv:2311.03099",
+    one_model_exact={},
+    idempotent={"normalize": True},
+    base_fixed_point={"density": 0.5},
 )
 def dare_ties(
     base: Tensor | None,
@@ -153,6 +156,9 @@ def dare_ties(
     order_invariant=False,
     stochastic=True,
     reference="arXiv:2311.03099",
+    one_model_exact={},
+    idempotent={"normalize": True},
+    base_fixed_point={"density": 0.5},
 )
 def dare_linear(
     base: Tensor | None,
@@ -194,6 +200,9 @@ def dare_linear(
     order_invariant=False,
     stochastic=True,
     reference="arXiv:2311.03099",
+    one_model_exact={},
+    idempotent={"normalize": True},
+    base_fixed_point={"density": 0.5},
 )
 def dare(
     base: Tensor | None,

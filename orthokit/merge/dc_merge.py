@@ -94,7 +94,14 @@ def _keep_top(M: Tensor, k: int) -> Tensor:
 
 
 @register_merge_method(
-    "dc_merge", inputs="full", needs_base=True, order_invariant=True, reference="arXiv:2603.06242"
+    "dc_merge",
+    inputs="full",
+    needs_base=True,
+    order_invariant=True,
+    reference="arXiv:2603.06242",
+    one_model_exact={"smoothing": "none", "keep_fraction": 1.0},
+    idempotent=False,  # each task contributes only r = k/T directions (see the module docstring)
+    base_fixed_point={},
 )
 def dc_merge(
     base: Tensor | None,

@@ -15,10 +15,10 @@ Algorithm:
 
    (rows of A span the input subspace each task reads), and the same for ``B`` with ``‖B̂_iᵀ B̂_j‖²_F``
    (column spaces, the output subspace each task writes). γ trades interference for fidelity to each expert.
-2. **Decouple.** ``W_t = w_t B̂_t Â_t``, magnitudes ``m_t = ‖W_t[:, j]‖₂`` per input column (as in DoRA,
-   Liu et al. 2024) and unit directions ``D_t = W_t / m_t``.
-3. **Merge separately.** Directions by task arithmetic (``Σ_t D_t``) or TIES, renormalised to unit columns;
-   magnitudes by their weighted mean; recombine ``ΔW* = m* ⊙ D*``. Merging magnitudes apart from directions
+2. **Decouple.** ``P_t = B̂_t Â_t``, magnitudes ``m_t = ‖P_t[:, j]‖₂`` per input column (as in DoRA,
+   Liu et al. 2024) and unit directions ``D_t = P_t / m_t``.
+3. **Merge separately.** Directions by task arithmetic (``Σ_t w_t D_t``) or TIES, renormalised to unit columns;
+   magnitudes by their weighted mean ``m* = Σ_t w_t m_t / Σ_t w_t``; recombine ``ΔW* = m* ⊙ D*``. Merging magnitudes apart from directions
    removes the large magnitude variance of LoRA deltas that the authors found to predict poor merges.
 
 What the paper does not pin down (no public code in our store; hyperparameters marked unverified in the
@@ -159,7 +159,14 @@ def _ties_dirs(D: Sequence[Tensor], w: Sequence[float], density: float) -> Tenso
 
 
 @register_merge_method(
-    "do_merging", inputs="lora", needs_base=False, order_invariant=True, reference="arXiv:2505.15875"
+    "do_merging",
+    inputs="lora",
+    needs_base=False,
+    order_invariant=True,
+    reference="arXiv:2505.15875",
+    one_model_exact={},
+    idempotent={"orthogonalize": False},  # orthogonalization deliberately pushes identical factors apart
+    base_fixed_point={},
 )
 def do_merging(
     base: Tensor | None,
@@ -177,9 +184,10 @@ def do_merging(
 ) -> Tensor:
     """DO-Merging of LoRA adapters: orthogonalize factors, then merge magnitudes and directions separately.
 
-    Math: ``Â_t, B̂_t`` from :func:`orthogonalize_factors`; ``W_t = w_t B̂_t Â_t``; ``m_t = ‖W_t[:, j]‖``,
-    ``D_t = W_t/m_t``; ``D* = colnormalize(Σ_t w_t D_t)`` (or TIES over ``D_t``), ``m* = Σ w_t m_t / Σ w_t``;
-    output ``W_0 + λ · m* ⊙ D*``.
+    Math: ``Â_t, B̂_t`` from :func:`orthogonalize_factors`; ``P_t = B̂_t Â_t``; ``m_t = ‖P_t[:, j]‖``,
+    ``D_t = P_t/m_t``; ``D* = colnormalize(Σ_t w_t D_t)`` (or TIES over ``D_t``), ``m* = Σ w_t m_t / Σ w_t``;
+    output ``W_0 + λ · m* ⊙ D*`` (checked against an independent float64 re-derivation, Adam included, in
+    ``tests/merge/conformance.py``).
 
     Args:
         base: frozen base weight ``W_0`` (``out × in``) or ``None`` (then the merged delta is returned).

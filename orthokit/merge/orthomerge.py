@@ -288,6 +288,9 @@ def _check_orthogonal(R: Tensor, what: str, atol: float) -> None:
     needs_base=False,
     order_invariant=True,
     reference="arXiv:2602.05943",
+    one_model_exact={},
+    idempotent={},
+    base_fixed_point={},
 )
 def orthomerge_oft(
     base: Tensor | None,
@@ -373,6 +376,9 @@ def orthomerge_oft(
     needs_base=True,
     order_invariant=True,
     reference="arXiv:2602.05943",
+    one_model_exact={},
+    idempotent={},
+    base_fixed_point={},
 )
 def orthomerge(
     base: Tensor | None,

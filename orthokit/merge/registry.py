@@ -227,6 +227,9 @@ def register_merge_method(
     per_model_params: Sequence[str] = ("weights",),
     order_invariant: bool = True,
     aliases: Sequence[str] = (),
+    one_model_exact: Mapping[str, Any] | Literal[False] | None = None,
+    idempotent: Mapping[str, Any] | Literal[False] | None = None,
+    base_fixed_point: Mapping[str, Any] | Literal[False] | None = None,
     **capabilities: Any,
 ) -> Callable[[MergeFn], MergeFn]:
     """Decorator registering a merge method in :data:`MERGE_METHODS`.
@@ -243,6 +246,14 @@ def register_merge_method(
         order_invariant: whether permuting ``tensors`` (with their per-model parameters) leaves the result
             unchanged; the conformance tests check this claim.
         aliases: alternative names.
+        one_model_exact: parameters (a mapping, ``{}`` = the defaults) under which merging a single fine-tune
+            returns it exactly (for ``inputs="lora"``: ``base + B A``), or ``False`` if it never does.
+        idempotent: parameters under which merging T identical fine-tunes returns that model, or ``False``.
+        base_fixed_point: parameters under which fine-tunes equal to the base (zero task vectors; zero
+            adapters; rotations equal to the base) return the base, or ``False``.
+            These three are the method's *declared properties*: the conformance suite
+            (``tests/merge/conformance.py``) checks every declared one, and requires all three to be declared
+            (``None`` = undeclared). Parameter names are validated against the signature at registration.
         **capabilities: free-form metadata (e.g. ``reference="arXiv:2212.04089"``, ``stochastic=True``).
 
     Example:
@@ -258,15 +269,29 @@ def register_merge_method(
         raise ValueError(f"inputs must be one of {INPUT_KINDS}, got {inputs!r}")
     pm = tuple(dict.fromkeys(("weights", *per_model_params)))
 
+    props = {
+        "one_model_exact": one_model_exact,
+        "idempotent": idempotent,
+        "base_fixed_point": base_fixed_point,
+    }
+    for key, val in props.items():
+        if val is not None and val is not False and not isinstance(val, Mapping):
+            raise TypeError(f"{key} must be a mapping of parameters, False or None, got {val!r}")
+
     def deco(fn: MergeFn) -> MergeFn:
         caps = dict(
             inputs=inputs,
             needs_base=bool(needs_base),
             per_model_params=pm,
             order_invariant=bool(order_invariant),
+            **{k: (dict(v) if isinstance(v, Mapping) else v) for k, v in props.items() if v is not None},
             **capabilities,
         )
-        _build_schema(name, fn, pm, caps)  # validate the convention now
+        schema = _build_schema(name, fn, pm, caps)  # validate the convention now
+        for key, val in props.items():
+            for p in val or {}:
+                if schema.lookup(str(p)) is None:
+                    raise TypeError(f"merge method {name!r}: {key} names unknown parameter {p!r}")
         MERGE_METHODS.add(name, fn, aliases=tuple(aliases), **caps)
         return fn
 

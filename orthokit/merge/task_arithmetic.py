@@ -150,6 +150,9 @@ def generalized_task_arithmetic(
     order_invariant=True,
     stochastic=False,
     reference="arXiv:2212.04089",
+    one_model_exact={},
+    idempotent={"normalize": True},
+    base_fixed_point={},
 )
 def task_arithmetic(
     base: Tensor | None,

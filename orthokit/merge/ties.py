@@ -129,6 +129,9 @@ def magnitude_trim(delta: Tensor, density: float, rescale: bool = False, *, inpl
     order_invariant=True,
     stochastic=False,
     reference="arXiv:2306.01708",
+    one_model_exact={},
+    idempotent={},
+    base_fixed_point={"density": 0.5},
 )
 def ties(
     base: Tensor | None,

@@ -19,6 +19,8 @@ from orthokit.merge.registry import (
     validate_params,
 )
 
+from .conformance import CHECKS, CLOSED_FORM, PROPERTIES
+
 FULL = MERGE_METHODS.names(inputs="full")
 
 
@@ -58,25 +60,48 @@ def test_capabilities_and_schema(name: str) -> None:
     assert MERGE_METHODS.get(name).__doc__ and len(MERGE_METHODS.get(name).__doc__) > 80
 
 
-# Methods for which "identical fine-tunes → that model" holds, with the parameters that make it hold.
-# Any method registered with ``idempotent=True`` is checked with its default parameters.
-IDEMPOTENT = {
-    "task_arithmetic": {"normalize": True},
-    "ties": {},
-    "dare_ties": {"normalize": True},
-    "dare_linear": {"normalize": True},
-}
-IDEMPOTENT.update(
-    {n: {} for n in FULL if MERGE_METHODS.capabilities(n).get("idempotent") and n not in IDEMPOTENT}
+# ---- declared properties and closed forms (tests/merge/conformance.py; mutants in test_mutants.py)
+
+
+@pytest.mark.parametrize("name", MERGE_METHODS.names())
+def test_every_method_declares_its_properties_and_has_a_closed_form(name: str) -> None:
+    for prop in PROPERTIES:
+        val = MERGE_METHODS.capabilities(name).get(prop)
+        assert val is False or isinstance(val, dict), f"{name} must declare {prop} (False or parameters)"
+    assert name in CLOSED_FORM, f"{name} has no closed-form conformance check"
+
+
+@pytest.mark.parametrize(
+    ("name", "prop"),
+    [
+        (n, p)
+        for n in MERGE_METHODS.names()
+        for p in PROPERTIES
+        if MERGE_METHODS.capabilities(n).get(p) is not False
+    ],
 )
+def test_declared_property_holds(name: str, prop: str) -> None:
+    CHECKS[prop](name)
 
 
-@pytest.mark.parametrize("name", sorted(IDEMPOTENT))
-def test_identical_models_return_that_model(name: str) -> None:
-    base, fts = _inputs()
-    same = [fts[0].clone() for _ in range(3)]
-    out = _call(name, base, same, **IDEMPOTENT[name])
-    torch.testing.assert_close(out, fts[0], rtol=1e-10, atol=1e-10)
+@pytest.mark.parametrize("name", sorted(CLOSED_FORM))
+def test_closed_form(name: str) -> None:
+    CLOSED_FORM[name]()
+
+
+def test_registration_validates_declared_properties() -> None:
+    with pytest.raises(TypeError, match="one_model_exact must be a mapping"):
+        register_merge_method("broken_prop_test", one_model_exact=True)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="names unknown parameter 'lambda_x'"):
+
+        @register_merge_method("broken_prop_test2", idempotent={"lambda_x": 1.0})
+        def broken(
+            base: Tensor | None, tensors: Sequence[Tensor], *, weights: Sequence[float] | None = None
+        ) -> Tensor:
+            """Declares a property under a parameter it does not have."""
+            return tensors[0]
+
+    assert "broken_prop_test2" not in MERGE_METHODS
 
 
 @pytest.mark.parametrize("name", [n for n in FULL if MERGE_METHODS.capabilities(n)["order_invariant"]])
