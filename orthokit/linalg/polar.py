@@ -32,7 +32,7 @@ import torch
 
 from orthokit._registry import Registry
 from orthokit.linalg._checks import check_finite, check_matrix, compute_dtype
-from orthokit.linalg._hw import cpu_has_fast_bf16
+from orthokit.linalg import dispatch as _dispatch
 from orthokit.linalg.coefficients import polar_express_coefficients
 from orthokit.linalg.schedules import Schedule, Triple, get_schedule
 
@@ -60,11 +60,13 @@ def _check_input(G: torch.Tensor) -> None:
     check_matrix(G, "G")
 
 
-def _iter_dtype(G: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
+def _iter_dtype(G: torch.Tensor, dtype: torch.dtype | str | None) -> torch.dtype:
     if dtype is None:
         return G.dtype if G.dtype in _ITER_DTYPES else torch.float32  # e.g. float8 storage: iterate in fp32
+    if isinstance(dtype, str) and dtype == "auto":
+        return _dispatch.choose_dtype(G.device, tuple(G.shape), G.dtype)
     if not isinstance(dtype, torch.dtype):
-        raise TypeError(f"dtype must be a torch.dtype or None, got {type(dtype).__name__}")
+        raise TypeError(f"dtype must be a torch.dtype, 'auto' or None, got {type(dtype).__name__}")
     if dtype not in _ITER_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(map(str, _ITER_DTYPES))}, got {dtype}")
     return dtype
@@ -164,51 +166,52 @@ def _gram_ns(
     return X if Q is None else Q @ X
 
 
-def _resolve_batch_mode(batch_mode: str, X: torch.Tensor) -> str:
-    """``"auto"``: batch on GPUs and for bf16 on CPUs with AMX-BF16; else, on CPU, loop over the stack for half
-    precision or matrices with ≥ 16 384 entries, batch smaller fp32/fp64 ones.
+def _resolve_batch_mode(batch_mode: str, X: torch.Tensor, gram: bool = False) -> str:
+    """``"auto"``: the measured choice of :func:`orthokit.linalg.dispatch.choose_batch_mode` (cached per shape
+    class; accelerators always batch; tiny stacks batch, others loop when probing is off).
 
-    Measured (batched time / loop time, CPU): without AMX (1 thread, process CPU time, median of 9 interleaved
-    runs) bf16 8×96×96 0.99; fp32 8×256×256 1.07, 32×64×256 0.98, 64×32×64 0.44; fp64 8×128×128 1.04, and
-    with 2 threads batched bf16 was 1.06–1.29× slower — one ``bmm`` per product only pays off for tiny
-    matrices there. With AMX-BF16 (:func:`~orthokit.linalg._hw.cpu_has_fast_bf16`; 2 threads, wall clock,
-    median of 5 interleaved rounds) batched bf16 is much faster: 12×768×768 0.55, 12×2304×768 0.68,
-    12×768×3072 0.75, 8×256×256 0.34, 16×128×128 0.23 (fp32 on the same host: 0.59–1.02). On GPUs batching
-    wins (one launch per product instead of one per matrix), so every non-CPU device batches.
+    Earlier measurements that motivated measuring instead of guessing (batched / loop time, CPU): without AMX
+    bf16 8×96×96 0.99, fp32 8×256×256 1.07, 64×32×64 0.44, and batched bf16 1.06–1.29× slower with 2 threads;
+    with AMX-BF16 batched bf16 12×768×768 0.55, 12×768×3072 0.75 — the sign of the gain depends on the host.
     """
     if batch_mode not in ("auto", "batched", "loop"):
         raise ValueError(f"batch_mode must be 'auto', 'batched' or 'loop', got {batch_mode!r}")
     if batch_mode != "auto":
         return batch_mode
-    if X.device.type != "cpu":
-        return "batched"
-    if X.dtype == torch.bfloat16 and cpu_has_fast_bf16():
-        return "batched"
-    if X.dtype in _HALF or X.shape[-2] * X.shape[-1] >= 16384:
-        return "loop"
-    return "batched"
+    m, n = X.shape[-2], X.shape[-1]
+    batch = X[..., 0, 0].numel() if X.dim() > 2 else 1
+    return _dispatch.choose_batch_mode(X.device, m, n, batch, X.dtype, gram)
 
 
-def _resolve_gram(gram: bool | str, m: int, n: int, X: torch.Tensor) -> bool:
-    """``"auto"``: Gram NS only for fp32/fp64 iterations with aspect ratio ``n ≥ 4m`` (wide after transposing).
+def _resolve_gram(
+    gram: bool | str,
+    m: int,
+    n: int,
+    X: torch.Tensor,
+    coeffs: Sequence[Triple] = (),
+    restarts: Sequence[int] = (2, 4),
+) -> bool:
+    """``"auto"``: Gram NS only where it is accurate (fp32/fp64 iterations with aspect ratio ``n ≥ 4m``, wide
+    after transposing) and, among the accurate candidates, whichever measured faster
+    (:func:`orthokit.linalg.dispatch.choose_gram`).
 
-    Measured on CPU (1 thread, PE-5, restarts (2, 4), process CPU time, median of 9; Gram / standard): fp32
-    256×512 1.02, 256×1024 0.84, 128×1024 0.77, 128×2048 0.73, 256×2048 0.63, all with an identical σ-range;
-    bf16 64×256 0.89, 64×512 0.69 but with a worse σ_min (0.824 vs 0.858), so half precision never picks it
-    automatically (pass ``gram=True`` to trade accuracy for speed).
+    Accuracy rule, measured: in bf16 the Gram path gave σ_min 0.824 vs 0.858 (64×256 / 64×512), so half
+    precision never picks it automatically (pass ``gram=True`` to trade accuracy for speed). Speed (1 thread,
+    fp32 PE-5, Gram / standard): 256×512 1.02, 256×1024 0.84, 128×2048 0.73 — host-dependent, hence measured.
     """
     if gram is True or gram is False:
         return bool(gram)
     if gram != "auto":
         raise ValueError(f"gram must be True, False or 'auto', got {gram!r}")
-    return X.dtype in (torch.float32, torch.float64) and n >= 4 * m
+    batch = X[..., 0, 0].numel() if X.dim() > 2 else 1
+    return _dispatch.choose_gram(X.device, m, n, batch, X.dtype, tuple(coeffs), tuple(restarts))
 
 
 def _run_ns(
     G: torch.Tensor,
     coeffs: Sequence[Triple],
     *,
-    dtype: torch.dtype | None,
+    dtype: torch.dtype | str | None,
     normalize: str,
     safety: float,
     eps: float,
@@ -230,8 +233,11 @@ def _run_ns(
     if tall:
         X = X.mT
         m, n = n, m
-    use_gram = _resolve_gram(gram, m, n, X)
-    mode = _resolve_batch_mode(batch_mode, X)
+    use_gram = _resolve_gram(gram, m, n, X, coeffs, gram_restarts)
+    if X.dim() > 2:
+        mode = _resolve_batch_mode(batch_mode, X, use_gram)
+    elif batch_mode not in ("auto", "batched", "loop"):
+        raise ValueError(f"batch_mode must be 'auto', 'batched' or 'loop', got {batch_mode!r}")
     batch_shape = X.shape[:-2]
     if X.dim() == 2:
         out = _gram_ns(X, coeffs, gram_restarts, s4) if use_gram else _ns_2d(X, coeffs, s4)
@@ -277,7 +283,7 @@ def newton_schulz(
     G: torch.Tensor,
     *,
     steps: int | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     normalize: Normalize = "frobenius",
     schedule: str | Schedule = "keller",
     batch_mode: BatchMode = "auto",
@@ -294,16 +300,18 @@ def newton_schulz(
     Args:
         G: ``[..., m, n]`` real floating tensor (never modified).
         steps: number of steps (``None`` → the schedule's default; beyond the table its tail policy applies).
-        dtype: iteration precision (bf16/fp16/fp32/fp64; ``None`` → ``G.dtype``). Normalization is fp32+.
+        dtype: iteration precision (bf16/fp16/fp32/fp64; ``None`` → ``G.dtype``; ``"auto"`` → the measured
+            faster of fp32/bf16 on CPU, bf16 on accelerators — :mod:`orthokit.linalg.dispatch`). Normalization is
+            fp32+.
         normalize: ``"frobenius"`` (cheap, default), ``"schatten4"`` (divide by ``(1+s)‖X‖_S4``,
             ``‖X‖_S4 = ‖XXᵀ‖_F^{1/2}``, fused into step 1 at the cost of two elementwise passes — a tighter bound on
             σ_max that lifts small singular values, CANS §5 / optax ``preconditioning="schatten"``),
             ``"spectral"`` (exact σ_max, costs an SVD) or ``"none"`` (caller guarantees σ_max ≤ 1).
         schedule: schedule name or :class:`~orthokit.linalg.Schedule` (default ``"keller"``, Muon's NS5).
-        batch_mode: ``"auto"`` (CPU → loop over the stack unless matrices are tiny, other devices → one
-            batched matmul per product), ``"batched"`` or ``"loop"``.
+        batch_mode: ``"auto"`` (measured once per shape class on CPU — :mod:`orthokit.linalg.dispatch`; other
+            devices → one batched matmul per product), ``"batched"`` or ``"loop"``.
         gram: use the Gram NS path (iterate on the ``m×m`` Gram, restarts at ``gram_restarts``); ``"auto"`` =
-            fp32/fp64 iterations with aspect ratio ≥ 4 (where it measured faster at the same σ-range; see docs).
+            only where accurate (fp32/fp64 iterations with aspect ratio ≥ 4) and measured faster.
         gram_restarts: 0-based step indices at which the Gram path re-forms ``X`` and ``R``.
         unsafe: allow schedules marked unsafe.
 
@@ -346,7 +354,7 @@ def polar_express(
     G: torch.Tensor,
     *,
     steps: int | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     normalize: Normalize = "frobenius",
     lower: float = 1e-3,
     safety: float = 0.02,
@@ -536,7 +544,7 @@ def polar(
     G: torch.Tensor,
     method: str = "polar_express",
     steps: int | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     normalize: Normalize = "frobenius",
     **options: object,
 ) -> torch.Tensor:
@@ -547,7 +555,8 @@ def polar(
         method: a name in ``POLAR_METHODS`` — ``"polar_express"`` (default), ``"newton_schulz"``, ``"svd"``,
             ``"eigh"``, ``"qr"`` (basis only, see :func:`qr_orthonormalize`).
         steps: iteration count (``None`` → method default: 5 for Polar Express and the 5-step schedules).
-        dtype: iteration precision (``torch.bfloat16`` etc.; ``None`` → ``G.dtype``). Output has ``G.dtype``.
+        dtype: iteration precision (``torch.bfloat16`` etc.; ``None`` → ``G.dtype``; ``"auto"`` → measured, see
+            :mod:`orthokit.linalg.dispatch`). Output has ``G.dtype``.
         normalize: ``"frobenius"`` | ``"schatten4"`` | ``"spectral"`` | ``"none"`` (see :func:`newton_schulz`).
         **options: method-specific (``schedule=``, ``batch_mode=``, ``gram=``, ``lower=``, ...).
 

@@ -384,20 +384,26 @@ def test_steps_type_error() -> None:
         polar(torch.randn(4, 6), steps=2.5)  # type: ignore[arg-type]
 
 
-def test_auto_batch_mode_follows_cpu_bf16_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
-    """bf16 stacks batch on AMX-BF16 CPUs (bmm is 0.2–0.75× a loop there) and loop without AMX."""
-    import orthokit.linalg.polar as P
+def test_auto_batch_mode_is_measured_and_explicit_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``batch_mode="auto"``: the faster candidate per the (faked) clock; tiny stacks batch by the fixed rule."""
+    import importlib
 
-    big16 = torch.zeros(4, 256, 256, dtype=torch.bfloat16)
+    from orthokit.linalg import dispatch
+
+    P = importlib.import_module("orthokit.linalg.polar")
     big32, small32 = torch.zeros(4, 256, 256), torch.zeros(4, 32, 64)
-    monkeypatch.setattr(P, "cpu_has_fast_bf16", lambda: True)
-    assert P._resolve_batch_mode("auto", big16) == "batched"
-    assert P._resolve_batch_mode("auto", big32) == "loop"
-    assert P._resolve_batch_mode("auto", torch.zeros(4, 256, 256, dtype=torch.float16)) == "loop"
-    monkeypatch.setattr(P, "cpu_has_fast_bf16", lambda: False)
-    assert P._resolve_batch_mode("auto", big16) == "loop"
-    assert P._resolve_batch_mode("auto", small32) == "batched"
-    assert P._resolve_batch_mode("loop", small32) == "loop"
+    dispatch.set_probing(True)
+    try:
+        monkeypatch.setattr(dispatch, "_time_once", lambda label, fn, dev: {"loop": 2.0, "batched": 1.0}[label])
+        assert P._resolve_batch_mode("auto", big32) == "batched"
+        dispatch.clear_cache()
+        monkeypatch.setattr(dispatch, "_time_once", lambda label, fn, dev: {"loop": 1.0, "batched": 2.0}[label])
+        assert P._resolve_batch_mode("auto", big32) == "loop"
+        assert P._resolve_batch_mode("auto", small32) == "batched"  # tiny: fixed rule, no probe
+        assert P._resolve_batch_mode("loop", small32) == "loop"
+        assert P._resolve_batch_mode("batched", big32) == "batched"
+    finally:
+        dispatch.set_probing(None)
     # either way the answer is the same matrix
     G = torch.randn(3, 64, 96)
     torch.testing.assert_close(
