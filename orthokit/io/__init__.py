@@ -5,7 +5,9 @@
 * :mod:`orthokit.io.config` — YAML loading with clear errors (duplicate keys, syntax errors with line numbers).
 
 Example:
-    >>> from orthokit.io import open_checkpoint, save_sharded, load_yaml  # doctest: +SKIP
+    >>> from orthokit.io import open_checkpoint, save_sharded, load_yaml
+    >>> load_yaml("merge_method: ties\\n", from_string=True)
+    {'merge_method': 'ties'}
 """
 
 from __future__ import annotations

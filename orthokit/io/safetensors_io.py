@@ -548,7 +548,19 @@ class LoraAppliedCheckpoint:
         SafetensorsError: the adapter targets a tensor the base lacks, or a ΔW shape differs from W's.
 
     Example:
-        >>> # LoraAppliedCheckpoint(open_checkpoint("base_dir"), LoraAdapter.load("adapter_dir"))
+        >>> import json, tempfile, pathlib, torch
+        >>> from safetensors.torch import save_file
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = save_sharded({"q.weight": torch.zeros(3, 2)}, d / "base")
+        >>> (d / "ad").mkdir()
+        >>> save_file({"base_model.model.q.lora_A.weight": torch.ones(1, 2),
+        ...            "base_model.model.q.lora_B.weight": torch.ones(3, 1)}, str(d / "ad" / ADAPTER_WEIGHTS))
+        >>> _ = (d / "ad" / ADAPTER_CONFIG).write_text(json.dumps({"peft_type": "LORA", "r": 1, "lora_alpha": 2}))
+        >>> ck = LoraAppliedCheckpoint(open_checkpoint(d / "base"), LoraAdapter.load(d / "ad"))
+        >>> ck.get("q.weight")  # 0 + (alpha / r) · B A
+        tensor([[2., 2.],
+                [2., 2.],
+                [2., 2.]])
     """
 
     def __init__(self, base: TensorSource, adapter: LoraAdapter) -> None:

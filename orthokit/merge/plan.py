@@ -12,7 +12,18 @@ the outputs to shards (:func:`orthokit.io.safetensors_io.plan_shards`) — all b
 they must be cast to another dtype or moved to a device, which adds (T + 1) × bytes).
 
 Example:
-    >>> # plan = build_plan(load_config("merge.yml"), max_shard_bytes=2**30); print(plan.describe())
+    >>> import tempfile, pathlib, torch
+    >>> from orthokit.io.safetensors_io import save_sharded
+    >>> from orthokit.merge.config import parse_config
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> for name, v in (("base", 0.0), ("ft1", 1.0), ("ft2", 2.0)):
+    ...     _ = save_sharded({"model.layers.0.w": torch.full((4, 4), v), "step": torch.tensor(1)}, d / name)
+    >>> cfg = parse_config({"merge_method": "ties", "base_model": str(d / "base"),
+    ...                     "models": [{"model": str(d / "ft1")}, {"model": str(d / "ft2")}]})
+    >>> plan = build_plan(cfg, max_shard_bytes=2**30)
+    >>> [line for line in plan.describe().splitlines() if line.startswith("tensors:")]
+    ['tensors: 2 (1 merged, 1 copied from the base), output 72 B in 1 shard(s)']
+    >>> plan.close()
 """
 
 from __future__ import annotations

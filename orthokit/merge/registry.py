@@ -256,9 +256,11 @@ def register_merge_method(
             (``None`` = undeclared). Parameter names are validated against the signature at registration.
         **capabilities: free-form metadata (e.g. ``reference="arXiv:2212.04089"``, ``stochastic=True``).
 
-    Example:
+    Example (skipped: registering adds a method to the process-wide registry, and the conformance suite
+    then requires its declared properties and a closed-form check):
         >>> from orthokit.merge.registry import register_merge_method
-        >>> @register_merge_method("weighted_mean", needs_base=False)  # doctest: +SKIP
+        >>> @register_merge_method("weighted_mean", needs_base=False,  # doctest: +SKIP
+        ...                        one_model_exact={}, idempotent={}, base_fixed_point={})
         ... def weighted_mean(base: Tensor | None, tensors: Sequence[Tensor], *,
         ...                   weights: Sequence[float] | None = None,
         ...                   generator: torch.Generator | None = None) -> Tensor:
