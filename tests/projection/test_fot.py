@@ -1,4 +1,4 @@
-"""FOT: pooled-statistics basis equals GPM's incremental criterion on the concatenated data; projected FedAvg."""
+"""FOT: ratio_rule="energy" equals GPM's incremental criterion on the concatenated data; projected FedAvg."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def test_expand_basis_matches_gpm_on_concatenated_client_data(eps: float) -> Non
         for _ in range(3)
     ]
     gram = sum(R @ R.T for R in clients)
-    new, info = fot_expand_basis(M, gram, eps)
+    new, info = fot_expand_basis(M, gram, eps, ratio_rule="energy")  # orthokit's pooled rule
     ref = _gpm_reference(M, torch.cat(clients, 1), eps)
     assert new.shape == ref.shape
     s = torch.linalg.svdvals(new.T @ ref)  # same subspace
@@ -90,3 +90,32 @@ def test_server_aggregation_protects_old_task_outputs() -> None:
         fot.aggregate([c.state_dict() for c in clients], weights=[1, -1, 1])
     with pytest.raises(ValueError):
         FOT(model, threshold=0.0)
+
+
+def test_client_statistics_send_a_sketch_not_the_activations() -> None:
+    model = nn.Sequential(nn.Linear(6, 3)).double()
+    fot = FOT(model)
+    x = torch.randn(40, 6, dtype=torch.float64)
+    a = FOT.client_statistics(model, fot, [x])["0"]
+    b = FOT.client_statistics(model, fot, [x])["0"]
+    assert set(a) == {"sketch", "ratio", "energy", "resid_energy", "samples"} and a["samples"] == 40
+    assert a["sketch"].shape == (7, 7) and a["ratio"] == 1.0  # bias-augmented rows, no basis yet
+    assert not torch.allclose(a["sketch"], b["sketch"])  # every client call draws its own sketch
+    s1 = FOT.client_statistics(model, fot, [x], seed=5)["0"]["sketch"]
+    assert torch.equal(s1, FOT.client_statistics(model, fot, [x], seed=5)["0"]["sketch"])
+    R = torch.cat([x, torch.ones(40, 1, dtype=torch.float64)], 1).T
+    # the sketch spans the activations' column space but is not the Gram matrix
+    Q = torch.linalg.qr(R).Q
+    assert (s1 - Q @ (Q.T @ s1)).abs().max() < 1e-10
+    assert not torch.allclose(s1, R @ R.T)
+    exact = FOT.client_statistics(model, fot, [x], sketch=None)["0"]["gram"]
+    assert torch.allclose(exact, R @ R.T)
+    assert FOT.client_statistics(model, fot, [x], max_samples=10, sketch=None)["0"]["samples"] == 10
+    with pytest.raises(ValueError, match="sketch"):
+        FOT(model, sketch="haar")
+    with pytest.raises(ValueError, match="ratio_rule"):
+        FOT(model, ratio_rule="pooled")
+    with pytest.raises(TypeError):
+        FOT(model, thresh=0.9)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="no statistics"):
+        fot.end_task([{}])
