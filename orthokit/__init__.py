@@ -7,11 +7,15 @@ Four places to apply an orthogonal map or a projection, four families:
 * ``orthokit.merge``      — model merging in orthogonal/subspace geometry (TIES, OrthoMerge, DC-Merge, ...)
 * ``orthokit.linalg``     — the shared primitives: polar factor, Procrustes, Cayley, SO(n) exp/log, ...
 
+plus ``orthokit.io`` (safetensors/YAML I/O), ``orthokit.integrations`` (Hugging Face ``Trainer`` glue) and
+``orthokit.bench`` (bundled-data loaders and benchmark code). Subpackages are imported on first attribute access.
+
 Example:
     >>> import torch, orthokit
-    >>> G = torch.randn(768, 3072)
+    >>> G = torch.randn(256, 1024)
     >>> X = orthokit.polar(G)                    # Polar Express, 5 steps, ≈ U Vᵀ of G
-    >>> orthokit.linalg.orthogonality_report(X, G).rel_error
+    >>> bool(orthokit.linalg.orthogonality_report(X, G).rel_error < 0.2)
+    True
 """
 
 from __future__ import annotations
@@ -20,6 +24,10 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+# Subpackages reachable as ``orthokit.<name>`` (lazily imported). Only packages that exist belong here:
+# tests/test_namespace.py imports every one of them.
+_SUBPACKAGES: tuple[str, ...] = ("linalg", "optim", "projection", "merge", "io", "integrations", "bench")
+
 __all__ = ["polar", "linalg", "__version__"]
 
 
@@ -27,9 +35,13 @@ def __getattr__(name: str) -> Any:
     import importlib
 
     if name == "polar":
-        from orthokit.linalg.polar import polar
+        from orthokit.linalg import polar
 
         return polar
-    if name in {"linalg", "optim", "projection", "merge", "nn", "rotation", "align", "bench", "integrations"}:
+    if name in _SUBPACKAGES:
         return importlib.import_module(f"orthokit.{name}")
     raise AttributeError(f"module 'orthokit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_SUBPACKAGES) | {"polar"})

@@ -23,6 +23,21 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+class _DoctestSeed:
+    """Seeds every collected docstring example too (``orthokit/**.py`` lies outside this conftest's directory,
+    so the autouse fixture above does not reach those items; a registered plugin's fixtures apply everywhere)."""
+
+    @pytest.fixture(autouse=True)
+    def _orthokit_doctest_seed(self, request: pytest.FixtureRequest) -> None:
+        if isinstance(request.node, pytest.DoctestItem):
+            torch.manual_seed(0)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.pluginmanager.has_plugin("orthokit-doctest-seed"):
+        config.pluginmanager.register(_DoctestSeed(), "orthokit-doctest-seed")
+
+
 @pytest.fixture(scope="session")
 def data_dir():
     """The bundled ../shared/data folder; fails (not skips) with a clear message when missing."""

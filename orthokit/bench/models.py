@@ -6,8 +6,15 @@
 
 Example:
     >>> from orthokit.bench.models import CharGPT
-    >>> model = CharGPT(vocab_size=65, d_model=128, n_layer=2, n_head=4, block_size=64)
+    >>> import math, torch
+    >>> model = CharGPT(vocab_size=65, d_model=32, n_layer=2, n_head=4, block_size=16)
+    >>> idx = torch.randint(0, 65, (2, 16))                 # [batch, time] character ids
+    >>> targets = torch.randint(0, 65, (2, 16))
     >>> logits, loss = model(idx, targets)
+    >>> tuple(logits.shape), loss.ndim                       # per-position logits, scalar cross-entropy
+    ((2, 16, 65), 0)
+    >>> bool(abs(loss.item() - math.log(65)) < 1.0)          # untrained: close to log(vocab) = 4.17
+    True
 """
 
 from __future__ import annotations
