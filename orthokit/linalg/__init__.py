@@ -39,6 +39,7 @@ _EXPORTS: dict[str, str] = {
     "validate_schedule": "schedules",
     "polar_express_coefficients": "coefficients",
     "optimal_quintic": "coefficients",
+    "dispatch_report": "dispatch",
     "orthogonality_report": "report",
     "OrthogonalityReport": "report",
     # other primitives
