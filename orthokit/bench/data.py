@@ -5,9 +5,14 @@ with the path it looked at when they are missing. The data folder is found, in o
 ``$ORTHOKIT_DATA``, then ``<repo>/../shared/data`` (the layout CI uses), then ``./shared/data``.
 
 Example:
+    >>> import torch
     >>> from orthokit.bench.data import load_mnist, char_corpus
-    >>> (xtr, ytr), (xte, yte) = load_mnist()          # uint8 images → float tensors in [0, 1]
-    >>> corpus = char_corpus("tinyshakespeare")        # CharCorpus with .train / .val token tensors
+    >>> (xtr, ytr), (xte, yte) = load_mnist(limit=100)   # float images in [0, 1], int64 labels (first 100)
+    >>> tuple(xtr.shape), xtr.dtype, ytr.dtype, bool(0 <= xtr.min() and xtr.max() <= 1)
+    ((100, 784), torch.float32, torch.int64, True)
+    >>> corpus = char_corpus("tinyshakespeare")          # last 10 % of the text held out for validation
+    >>> corpus.vocab_size, corpus.decode(corpus.train[:9])
+    (65, 'First Cit')
 """
 
 from __future__ import annotations
