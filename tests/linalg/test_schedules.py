@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from orthokit.linalg import SCHEDULES, Schedule, get_schedule, scalar_map, validate_schedule
+from orthokit.linalg import SCHEDULES, Schedule, get_schedule, newton_schulz, scalar_map, validate_schedule
 from orthokit.linalg.coefficients import CLEANUP_QUINTIC, polar_express_coefficients
-from orthokit.linalg.polar import newton_schulz
 from orthokit.linalg.schedules import register_schedule
 
 SAFE = sorted(n for n, s in SCHEDULES.items() if not s.unsafe)
