@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.linalg as sla
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orthokit.merge.orthomerge import (
@@ -38,7 +38,10 @@ def rand_rot(n: int, scale: float = 0.5, batch: tuple[int, ...] = (), gen: torch
 
 
 def scipy_logm(Q: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(np.real(sla.logm(Q.numpy())), dtype=D64)
+    """Principal log via SciPy's complex Schur form (Q is normal ⇒ T diagonal); ``sla.logm``'s general
+    inverse-scaling-and-squaring gives the same to ~1e-13 but costs ~50 ms a call on the 2-core box."""
+    T, Z = sla.schur(Q.numpy().astype(complex), output="complex")
+    return torch.tensor(np.real(Z @ np.diag(np.log(np.diag(T))) @ Z.conj().T), dtype=D64)
 
 
 def planar(n: int, angles: list[float], P: torch.Tensor) -> torch.Tensor:
@@ -50,6 +53,7 @@ def planar(n: int, angles: list[float], P: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- log / exp / procrustes primitives
+@settings(deadline=None)
 @given(st.integers(2, 9), st.floats(0.01, 1.2), st.integers(0, 10_000))
 def test_log_so_matches_scipy_and_roundtrips(n: int, scale: float, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
