@@ -105,3 +105,91 @@ def test_optimizer_rejects_bad_hyperparameters() -> None:
         Dion(p, momentum=1.0)
     with pytest.raises(ValueError, match="scale"):
         Dion(p, scale="bogus")
+
+
+# ---- what the update's norm actually is (issue 9 item 4) and robustness to one huge gradient (item 5) -------
+
+
+def test_update_norms_frobenius_sqrt_r_spectral_between_1_and_sqrt_r() -> None:
+    torch.manual_seed(0)
+    first, converged = [], []
+    for shape, r in [((64, 32), 8), ((64, 32), 32), ((128, 128), 32), ((40, 20), 20), ((32, 80), 12)]:
+        b = torch.randn(*shape, dtype=torch.float64)
+        q = dion_init_q(shape, r, seed=1, dtype=torch.float64)
+        d, q = dion_step(b.clone(), q, mu=0.95)
+        s = torch.linalg.svdvals(d)
+        assert d.pow(2).sum().item() == pytest.approx(r, rel=1e-6)  # ‖PQ'ᵀ‖_F² = r (unit columns of Q')
+        assert 1 - 1e-9 <= s.max().item() <= r**0.5 + 1e-9
+        assert int((s > 1e-9).sum()) <= r
+        first.append(s.max().item())
+        for _ in range(30):
+            d, q = dion_step(b.clone(), q, mu=0.95)
+        converged.append(torch.linalg.matrix_norm(d, ord=2).item())
+    assert max(first) > 1.2  # the old docstring's "spectral norm <= 1" is false on a first step
+    assert max(converged) < 1.05  # → 1 as the warm-started power iteration converges
+
+
+def test_huge_finite_momentum_gives_the_scale_free_update() -> None:
+    torch.manual_seed(0)
+    b = torch.randn(32, 24)
+    q = dion_init_q(b.shape, 12)
+    m_ref = b.clone()
+    d_ref, q_ref = dion_step(m_ref, q, mu=0.95)
+    p = torch.linalg.qr(b.double() @ q.double()).Q
+    torch.testing.assert_close(
+        m_ref.double(), b.double() - 0.05 * p @ (p.T @ b.double()), rtol=1e-4, atol=1e-5
+    )
+    for scale in (1e20, 1e-20, 3e37):
+        m = b * scale
+        d, q2 = dion_step(m, q, mu=0.95)  # before the fix: Gram overflow → P = 0, Q = 0 (Dion stuck forever)
+        torch.testing.assert_close(d, d_ref, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(q2, q_ref, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(m / scale, m_ref, rtol=1e-4, atol=1e-5)  # error feedback, same scale as B
+
+
+def _least_squares_run(spike: bool, rank: float, steps: int = 40) -> float:
+    from orthokit.optim.dion import Dion
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 24, generator=g)
+    y = x @ torch.randn(24, 16, generator=g)
+    w = torch.nn.Parameter(torch.zeros(16, 24))
+    opt = Dion([w], lr=0.1, rank=rank)
+    for t in range(steps):
+        opt.zero_grad()
+        (x @ w.T - y).pow(2).mean().backward()
+        if spike and t == 3:
+            w.grad.mul_(1e20)  # one finite but huge gradient
+        opt.step()
+    return (x @ w.T - y).pow(2).mean().item()
+
+
+@pytest.mark.parametrize("rank", [0.5, 1.0])
+def test_one_huge_gradient_does_not_stall(rank: float) -> None:
+    clean, spiked = _least_squares_run(False, rank), _least_squares_run(True, rank)
+    # measured: 7.83 vs 8.14 (rank 0.5), 5.05 vs 6.16 (rank 1.0); before the fix 20.7 and 18.0 (stalled)
+    assert spiked < 1.5 * clean
+
+
+def test_momentum_overflow_leaves_params_and_state_unchanged() -> None:
+    from orthokit.optim.dion import Dion
+
+    w = torch.nn.Parameter(torch.randn(12, 8))
+    opt = Dion([w], lr=0.01, rank=4, skip_nonfinite=True)
+    w.grad = torch.full_like(w, 3e38)
+    opt.step()  # finite (3e38 < float32 max) and computable
+    assert torch.isfinite(w).all()
+    w0 = w.detach().clone()
+    st0 = {k: v.clone() for k, v in opt.state[w].items() if torch.is_tensor(v)}
+    w.grad = torch.full_like(w, 3e38)  # the momentum 6e38 overflows float32: the step cannot be computed
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        opt.step()
+    assert torch.equal(w.detach(), w0)
+    for k, v in st0.items():
+        assert torch.equal(opt.state[w][k], v), k
+    opt.skip_nonfinite = False
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        opt.step()
+    assert torch.equal(w.detach(), w0)
+    for k, v in st0.items():
+        assert torch.equal(opt.state[w][k], v), k
