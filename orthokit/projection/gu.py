@@ -406,7 +406,7 @@ class GUProjection(ProjectionMethod):
             out = out[0]
         return torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), batch[1].reshape(-1))
 
-    def after_task(self, batches: Iterable[Any], **kwargs: Any) -> dict[str, int]:
+    def after_task(self, batches: Iterable[Any]) -> dict[str, int]:
         """Add the retain gradients of ``batches`` to the flat basis. Returns ``{"__model__": added}``."""
         params = [p for n in self.memory.layer_names for p in self.memory.layer(n).params]
         old = self.memory.flat_basis

@@ -125,18 +125,19 @@ class OGD(ProjectionMethod):
             out = out[0]
         return output_scalars(out, y, self.variant)
 
-    def after_task(self, batches: Iterable[Any], **kwargs: Any) -> dict[str, int]:
+    def after_task(
+        self, batches: Iterable[Any], *, max_samples: int | None = None, rank: int | None = None
+    ) -> dict[str, int]:
         """Store the output gradients of the first ``samples_per_task`` examples (override with
-        ``max_samples=``; with ``variant="all"`` every logit of those examples gives one vector).
-        Returns ``{"__model__": directions added}``."""
-        n = int(kwargs.pop("max_samples", self.samples_per_task))
+        ``max_samples=``; with ``variant="all"`` every logit of those examples gives one vector; ``rank``
+        overrides the PCA-OGD rank for this call). Returns ``{"__model__": directions added}``."""
+        n = int(self.samples_per_task if max_samples is None else max_samples)
         return self.memory.collect_gradients(
             self.model,
             self._scalars,
             self._limit(batches, n),
-            rank=kwargs.pop("rank", self.rank),
+            rank=self.rank if rank is None else rank,
             scope="model",
-            **kwargs,
         )
 
     @staticmethod

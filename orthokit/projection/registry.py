@@ -124,8 +124,9 @@ class ProjectionMethod:
     mode: str = "hard"
     scale_alpha: float | None = None
 
-    def after_task(self, batches: Iterable[Any], **kwargs: Any) -> dict[str, int]:
-        """Update the memory from the data of the task that just finished."""
+    def after_task(self, batches: Iterable[Any]) -> dict[str, int]:
+        """Update the memory from the data of the task that just finished (subclasses may add explicit
+        keyword-only overrides; unknown keywords raise ``TypeError``)."""
         raise NotImplementedError
 
     def frozen_parameters(self) -> list[torch.nn.Parameter]:

@@ -133,3 +133,134 @@ def test_whole_network_outputs_on_memorized_samples_unchanged() -> None:
         rel = float((model(x_old) - y0).norm() / y0.norm())
     assert rel < 1e-5
     assert all(float((p.detach() - w).norm()) > 1e-2 for p, w in zip(model.parameters(), w_before))
+
+
+# ------------------------------------------------------------------ issue 9: threshold means what it says
+def _eight_dim_inputs(n: int = 64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 8, generator=g) @ torch.randn(8, 16, generator=g)
+
+
+def _adamw_steps(model: nn.Module, opt: torch.optim.Optimizer, n: int = 10) -> None:
+    g = torch.Generator().manual_seed(3)
+    for _ in range(n):
+        opt.zero_grad()
+        model(torch.randn(32, 16, generator=g)).pow(2).sum().backward()
+        opt.step()
+
+
+@pytest.mark.parametrize(("criterion", "k", "max_change"), [("minimal", 8, 1e-5), ("gpm_code", 7, None)])
+def test_threshold_keeps_whole_eight_dim_subspace(criterion: str, k: int, max_change: float | None) -> None:
+    """Inputs spanning 8 dims at threshold 0.999: the default keeps 8 and 10 AdamW+wd steps leave the outputs on
+    them unchanged (< 1e-5 relative); the reference code's first-task rule keeps 7 and the outputs move."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 12, bias=False))
+    x = _eight_dim_inputs()
+    gpm = GPM(model, threshold=0.999, max_samples=None, criterion=criterion)
+    assert gpm.after_task([x]) == {"0": k}
+    before = model(x).detach().clone()
+    _adamw_steps(model, gpm.wrap(torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)))
+    change = float((model(x) - before).norm() / before.norm())
+    if max_change is not None:
+        assert change < max_change
+    else:
+        assert change > 1e-3  # one remembered direction is left free
+
+
+def test_default_criterion_is_the_papers_energy_rule() -> None:
+    """Independent float64 reference: smallest r with Σ_{i≤r} σ_i²/‖R‖² ≥ ε (GPM Eq. 5), checked on the SVD."""
+    x = _eight_dim_inputs().double()
+    s2 = torch.linalg.svdvals(x) ** 2
+    ratios = torch.cumsum(s2 / s2.sum(), 0)
+    for eps in (0.5, 0.9, 0.99):
+        expect = int((ratios < eps).sum()) + 1
+        model = nn.Sequential(nn.Linear(16, 12, bias=False)).double()
+        gpm = GPM(model, threshold=eps, max_samples=None)
+        assert gpm.after_task([x])["0"] == expect, eps
+
+
+def test_rank_one_memory_keeps_its_direction_and_zero_warns() -> None:
+    model = nn.Sequential(nn.Linear(16, 12, bias=False))
+    one = _eight_dim_inputs(1)
+    assert GPM(model, threshold=0.97).after_task([one]) == {"0": 1}
+    with pytest.warns(RuntimeWarning, match="0 basis directions"):
+        assert GPM(model, threshold=0.97, criterion="gpm_code").after_task([one]) == {"0": 0}
+
+
+def test_old_criterion_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="gpm_code"):
+        GPM(nn.Linear(3, 2), criterion="gpm")
+
+
+def test_replaced_layer_is_followed_or_refused() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4))
+    x = _eight_dim_inputs()
+    gpm = GPM(model, layers=["0"], threshold=0.9999, max_samples=None)
+    gpm.after_task([x])
+    model[0] = nn.Linear(16, 12)  # same shapes: re-attached, protected from now on
+    opt = gpm.wrap(torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1))
+    before = model[0](x).detach().clone()
+    with pytest.warns(UserWarning, match="replaced"):
+        _adamw_steps(model, opt, n=3)
+    assert float((model[0](x) - before).norm() / before.norm()) < 1e-5
+    model[0] = nn.Linear(16, 10)  # incompatible: refused at the next step, nothing modified
+    model[2] = nn.Linear(10, 4)
+    opt = gpm.wrap(torch.optim.SGD(model.parameters(), lr=0.1))
+    snap = [p.detach().clone() for p in model.parameters()]
+    model(x).sum().backward()
+    with pytest.raises(ValueError, match="replaced by an incompatible"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), snap))
+
+
+# ------------------------------------------------------------------ issue 15: 1-D / BatchNorm parameters
+def _bn_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(16, 12, bias=False),
+        nn.BatchNorm1d(12, track_running_stats=False),
+        nn.ReLU(),
+        nn.Linear(12, 4),
+    )
+
+
+@pytest.mark.parametrize("where", ["update", "gradient"])
+def test_batchnorm_frozen_after_first_task_by_default(where: str) -> None:
+    model = _bn_model()
+    gpm = GPM(model, threshold=0.99)
+    bn = model[1]
+    # first task: nothing frozen (BN trains)
+    w0 = bn.weight.detach().clone()
+    _adamw_steps_bn(model, gpm.wrap(torch.optim.SGD(model.parameters(), lr=0.1), where=where))
+    assert not torch.equal(bn.weight, w0)
+    gpm.after_task([_eight_dim_inputs()])
+    w1, b1 = bn.weight.detach().clone(), bn.bias.detach().clone()
+    head = model[3].bias.detach().clone()
+    _adamw_steps_bn(model, gpm.wrap(torch.optim.SGD(model.parameters(), lr=0.1), where=where))
+    assert torch.equal(bn.weight, w1) and torch.equal(bn.bias, b1)
+    assert not torch.equal(model[3].bias, head)  # only normalisation 1-D params are frozen ("norm")
+
+
+def test_freeze_1d_options() -> None:
+    for policy, bn_moves, head_moves in (("none", True, True), ("all", False, False)):
+        model = _bn_model()
+        gpm = GPM(
+            model, layers=["0"], threshold=0.99, freeze_1d=policy
+        )  # head unprotected: "all" freezes its bias
+        gpm.after_task([_eight_dim_inputs()])
+        w, h = model[1].weight.detach().clone(), model[3].bias.detach().clone()
+        _adamw_steps_bn(model, gpm.wrap(torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)))
+        assert (not torch.equal(model[1].weight, w)) == bn_moves, policy
+        assert (not torch.equal(model[3].bias, h)) == head_moves, policy
+    with pytest.raises(ValueError, match="freeze_1d"):
+        GPM(_bn_model(), freeze_1d="bn")
+
+
+def _adamw_steps_bn(model: nn.Module, opt: torch.optim.Optimizer, n: int = 3) -> None:
+    g = torch.Generator().manual_seed(4)
+    for _ in range(n):
+        opt.zero_grad()
+        x, y = torch.randn(16, 16, generator=g), torch.randint(0, 4, (16,), generator=g)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()

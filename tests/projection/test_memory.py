@@ -447,3 +447,25 @@ def test_gradient_collection_layer_scope_and_kind_conflicts() -> None:
         mem2.collect_gradients(model, out, [(x, y)], scope="layer")
     for n in mem2.layer_names:
         assert torch.equal(mem2.basis(n), before["layers"][n]["basis"])
+
+
+def test_per_layer_sample_budgets_match_float64_reference() -> None:
+    """GPM's CNN code uses one example budget per layer: layer l's basis must come from its first b_l examples."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 20, bias=False), nn.Tanh(), nn.Linear(20, 3, bias=False)).double()
+    x = torch.randn(30, 6, dtype=torch.float64)
+    mem = SubspaceMemory(model, dtype=torch.float64)
+    added = mem.collect_activations(model, [x[:7], x[7:]], threshold=0.999, max_samples={"0": 4, "2": 25})
+    for name, inputs in (("0", x[:4]), ("2", torch.tanh(model[0](x[:25])).detach())):
+        r = inputs.numpy().T
+        u, s, _ = np.linalg.svd(r, full_matrices=False)
+        k = int(np.searchsorted(np.cumsum(s**2) / (s**2).sum(), 0.999) + 1)
+        assert added[name] == k, name
+        got = mem.basis(name).numpy()
+        np.testing.assert_allclose(got @ got.T, u[:, :k] @ u[:, :k].T, atol=1e-8)
+    with pytest.raises(ValueError, match="max_samples"):
+        mem.collect_activations(model, [x], max_samples=[3])
+    with pytest.raises(ValueError, match="max_samples"):
+        mem.collect_activations(model, [x], max_samples={"0": 3})
+    with pytest.raises(ValueError, match="max_samples"):
+        mem.collect_activations(model, [x], max_samples=0)
