@@ -29,10 +29,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from orthokit.optim._normalizers import check_unit_interval, state_dtype
+from orthokit.optim._normalizers import (
+    StepStage,
+    check_unit_interval,
+    commit_stage,
+    max_abs,
+    staged_momentum,
+    state_dtype,
+)
 from orthokit.optim.base import OrthogonalOptimizer
 from orthokit.optim.registry import register_optimizer
-from orthokit.optim.transforms import SCALE_MODES, Transform, decoupled_weight_decay, momentum, scale_by_shape
+from orthokit.optim.transforms import SCALE_MODES, Transform, decoupled_weight_decay, scale_by_shape
 
 __all__ = ["ARO", "ARO_BASE_PROJECTIONS", "aro_base_projection", "aro_rotation_step", "adaptive_rotate"]
 
@@ -94,6 +101,9 @@ def aro_rotation_step(
     Ref: arXiv:2602.09006 (equations per the transcription noted in the module docstring).
     """
     transpose = m.shape[-2] > m.shape[-1]
+    # The direction is invariant to a positive rescaling of M (sign, Sinkhorn and the QR frame all are), so M is
+    # divided by its largest entry first: no norm below can overflow for a huge finite gradient.
+    m = m / max_abs(m).to(m.dtype)
     x = m.mT if transpose else m  # [.., s, big]
     s = x.shape[-2]
     if rot.shape[-2:] != (s, s):
@@ -120,6 +130,9 @@ class adaptive_rotate(Transform):
     name = "adaptive_rotate"
     state_keys = ("aro_rotation",)
 
+    def __init__(self, stage: StepStage | None = None) -> None:
+        self.stage_ = stage
+
     def init(self, param: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         v = self._view(param)
         s = min(v.m, v.n)
@@ -134,7 +147,10 @@ class adaptive_rotate(Transform):
             v = self._view(p)
             rot = st["aro_rotation"]
             delta, r_new = aro_rotation_step(v.as_matrices(u).to(rot.dtype), rot, group["base"])
-            rot.copy_(r_new)
+            if self.stage_ is not None:
+                self.stage_.stage(rot, r_new)
+            else:
+                rot.copy_(r_new)
             out.append(delta.to(u.dtype).reshape(v.shape))
         return out
 
@@ -150,7 +166,8 @@ class adaptive_rotate(Transform):
 class ARO(OrthogonalOptimizer):
     """ARO: steepest descent under a base norm (sign / Sinkhorn) in an adaptively rotated frame.
 
-    Chain: ``momentum(ema, no Nesterov) → adaptive_rotate → scale_by_shape("none") → decoupled_weight_decay``.
+    Chain: ``momentum(ema, no Nesterov) → adaptive_rotate → scale_by_shape("none") → commit →
+    decoupled_weight_decay`` (state writes are committed only when the update is finite).
     Update RMS ≈ 1 (Adam-like), so use Adam-like learning rates.
 
     Args:
@@ -197,10 +214,12 @@ class ARO(OrthogonalOptimizer):
                 raise ValueError(f"scale must be one of {SCALE_MODES}, got {group['scale']!r}")
 
     def transforms(self, group: dict[str, Any]) -> Sequence[Transform]:
-        """``momentum → adaptive_rotate → scale_by_shape → decoupled_weight_decay``."""
+        """``momentum → adaptive_rotate → scale_by_shape → commit → decoupled_weight_decay``."""
+        stage = StepStage()
         return [
-            momentum(group["momentum"], False, "ema"),
-            adaptive_rotate(),
+            staged_momentum(group["momentum"], False, stage),
+            adaptive_rotate(stage),
             scale_by_shape(group["scale"]),
+            commit_stage(stage),
             decoupled_weight_decay(),
         ]

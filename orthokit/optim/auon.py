@@ -1,26 +1,31 @@
 """AuON and Hybrid-AuON (Maity, arXiv:2509.24320) — "alternative unit-norm momentum updates".
 
-AuON replaces Muon's semi-orthogonalization by a linear-time normalization (no matmuls): the Nesterov
-momentum is Frobenius-normalized and divided by a hyperbolic-cosine RMS::
+Defaults follow the released code, github.com/ryyzn9/AuON ``auon/optimizer.py`` @ bba2e82 (classes ``AuON`` and
+``HybridAuON``), with the learning rate the authors use (README quick start and ``training/config.py``:
+``auon_lr = 0.08``; the classes' own signature default is 0.24)::
 
-    M ← μ M + (1−μ) G ;  U = (1−μ) G + μ M
-    Ĝ = U / (‖U‖_F + 1e-7)
-    r = sqrt( mean_ij cosh(γ Ĝ_ij)² )
-    O = Ĝ / (r + 1e-8) ;   W ← W(1 − ηλ) − η·sqrt(max(1, m/n))·O
+    M ← μM + (1−μ)G ;  U = (1−μ)G + μM                      (μ = 0.95, Nesterov)
+    r = sqrt( mean_ij cosh(γ·U_ij / (‖U‖_F + 1e-7))² )       (γ = 1.5)
+    W ← W(1 − ηλ) − η · U / (r + 1e-8)                       (no shape factor; λ = 0)
 
-(paper form as transcribed by junaidaliop.github.io/zij and the repository's older ``Auon_Adam_train.py``;
-``γ = 1``). The current repository code (``github.com/ryyzn9/AuON`` ``auon/optimizer.py``) differs:
-``γ = 1.5`` and the update is ``U / (r + 1e-8)`` — the *unnormalized* momentum — with no shape factor;
-that is ``normalize=False, gamma=1.5, adjust_lr=None`` here.
+Hybrid-AuON: ``U ← NS₅(U)`` (Keller's quintic Newton–Schulz, 5 steps, in the update's dtype) before the same
+cosh divisor.
 
-Hybrid-AuON applies Newton–Schulz to ``U`` first — "a single Newton–Schulz iteration" in the paper's v1
-abstract (``ns_steps=1`` here), 5 steps in the current code — and then the same cosh divisor.
+The paper form (as transcribed by junaidaliop.github.io/zij and the repository's older ``Auon_Adam_train.py``)
+divides the *Frobenius-normalized* momentum, uses ``γ = 1`` and Muon's shape factor: ``normalize=True,
+gamma=1.0, scale="keller"`` here. The paper's v1 abstract describes Hybrid-AuON with "a single Newton–Schulz
+iteration": ``ns_steps=1``.
 
 **What the cosh factor does in practice.** With ``Σ Ĝ_ij² = 1`` and ``N = mn`` entries,
 ``mean cosh(γĜ)² = 1 + γ²/N + O(γ⁴/N²)`` (Taylor: ``cosh²x = 1 + x² + x⁴/3 + …``), so ``r − 1 ≈ γ²/(2N)``:
-1.9e-6 for 768×768 (γ = 1.5), 0.018 for 8×8. At realistic sizes AuON is therefore Frobenius-normalized
-Nesterov SGD (paper form) / plain Nesterov SGD (code form), and Hybrid-AuON is Muon without a shape factor;
-the "trust region" brake only acts on tiny matrices. :func:`cosh_rms` lets the benchmark report ``r``.
+1.9e-6 for 768×768 (γ = 1.5), 0.018 for 8×8. At realistic sizes AuON (code form) is therefore plain Nesterov
+SGD with lr η (Frobenius-normalized Nesterov SGD in the paper form), and Hybrid-AuON is Muon with Keller's NS5 and
+no shape factor; the "trust region" brake only acts on tiny matrices. :func:`cosh_rms` lets the benchmark
+report ``r``.
+
+Robustness: norms are taken after dividing by the largest entry, so a huge finite gradient gives a finite ``r``
+and (paper form) a unit-norm step instead of a zero one; the momentum write is committed only when the update is
+finite.
 """
 
 from __future__ import annotations
@@ -31,29 +36,38 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from orthokit.optim._normalizers import check_positive, fro_norm, work_dtype
+from orthokit.optim._normalizers import (
+    StepStage,
+    check_positive,
+    commit_stage,
+    max_abs,
+    safe_norm,
+    staged_momentum,
+    work_dtype,
+)
 from orthokit.optim.base import OrthogonalOptimizer
 from orthokit.optim.muon import validate_muon_kwargs
 from orthokit.optim.registry import register_optimizer
-from orthokit.optim.transforms import (
-    Transform,
-    decoupled_weight_decay,
-    momentum,
-    orthogonalize,
-    scale_by_shape,
-)
+from orthokit.optim.transforms import Transform, decoupled_weight_decay, orthogonalize, scale_by_shape
 
 __all__ = ["AuON", "HybridAuON", "cosh_rms", "auon_normalize", "cosh_normalize"]
 
 
-def cosh_rms(x: torch.Tensor, gamma: float = 1.0, eps: float = 1e-7) -> torch.Tensor:
+def _unit(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """``X / (‖X‖_F + eps)`` per matrix in the working dtype, with the norm taken overflow-free (float64)."""
+    a = max_abs(x)
+    n = safe_norm(x, scale=a)
+    return x.to(work_dtype(x.dtype)) * (1.0 / (n + eps)).to(work_dtype(x.dtype))
+
+
+def cosh_rms(x: torch.Tensor, gamma: float = 1.5, eps: float = 1e-7) -> torch.Tensor:
     r"""AuON's hyperbolic-cosine RMS ``r = sqrt(mean_ij cosh(γ X_ij / (‖X‖_F + eps))²)`` per matrix.
 
-    Always ``≥ 1``; ``r − 1 ≈ γ² / (2mn)`` for spread-out matrices.
+    Always ``≥ 1``; ``r − 1 ≈ γ² / (2mn)`` for spread-out matrices. Finite for any finite ``x``.
 
     Args:
         x: ``[..., m, n]``.
-        gamma: sharpness ``γ`` (paper 1.0, current code 1.5).
+        gamma: sharpness ``γ`` (released code 1.5, paper transcription 1.0).
         eps: added to the Frobenius norm.
 
     Returns:
@@ -64,18 +78,17 @@ def cosh_rms(x: torch.Tensor, gamma: float = 1.0, eps: float = 1e-7) -> torch.Te
         >>> 0 < float(r) - 1 < 1e-5
         True
 
-    Ref: arXiv:2509.24320.
+    Ref: arXiv:2509.24320; github.com/ryyzn9/AuON auon/optimizer.py.
     """
     if x.dim() < 2:
         raise ValueError(f"cosh_rms expects [..., m, n], got shape {tuple(x.shape)}")
-    xf = x.to(work_dtype(x.dtype))
-    xh = xf / (fro_norm(xf) + eps)
+    xh = _unit(x, eps)
     return torch.cosh(gamma * xh).square().mean(dim=(-2, -1), keepdim=True).sqrt()
 
 
-def auon_normalize(u: torch.Tensor, gamma: float = 1.0, normalize: bool = True) -> torch.Tensor:
-    r"""AuON's direction: ``Û / (r + 1e-8)`` with ``Û = U/(‖U‖_F + 1e-7)`` (``normalize=True``, paper) or
-    ``Û = U`` (``normalize=False``, current repository code), ``r`` = :func:`cosh_rms` of ``U``.
+def auon_normalize(u: torch.Tensor, gamma: float = 1.5, normalize: bool = False) -> torch.Tensor:
+    r"""AuON's direction ``Û / (r + 1e-8)``: ``Û = U`` (``normalize=False``, released code) or
+    ``Û = U/(‖U‖_F + 1e-7)`` (``normalize=True``, paper form); ``r`` = :func:`cosh_rms` of ``U``.
 
     Args:
         u: Nesterov momentum (AuON) or its Newton–Schulz image (Hybrid-AuON), ``[..., m, n]``.
@@ -86,16 +99,14 @@ def auon_normalize(u: torch.Tensor, gamma: float = 1.0, normalize: bool = True) 
         Same shape and dtype as ``u``; with ``normalize=True`` its Frobenius norm is ``1/r ≤ 1``.
 
     Example:
-        >>> y = auon_normalize(torch.randn(64, 64))
+        >>> y = auon_normalize(torch.randn(64, 64), normalize=True)
         >>> 0.999 < float(y.norm()) < 1.0
         True
 
     Ref: arXiv:2509.24320; github.com/ryyzn9/AuON.
     """
     r = cosh_rms(u, gamma)
-    uf = u.to(r.dtype)
-    if normalize:
-        uf = uf / (fro_norm(uf) + 1e-7)
+    uf = _unit(u, 1e-7) if normalize else u.to(r.dtype)
     return (uf / (r + 1e-8)).to(u.dtype)
 
 
@@ -103,7 +114,8 @@ class cosh_normalize(Transform):
     """Transform: :func:`auon_normalize` on each matrix view (reads ``gamma`` and ``normalize`` from the group).
 
     Example:
-        >>> y = cosh_normalize().update([torch.randn(8, 8)], [{}], [torch.zeros(8, 8)], {"gamma": 1.0, "normalize": True})
+        >>> grp = {"gamma": 1.0, "normalize": True}
+        >>> y = cosh_normalize().update([torch.randn(8, 8)], [{}], [torch.zeros(8, 8)], grp)
         >>> float(y[0].norm()) < 1.0
         True
     """
@@ -133,30 +145,29 @@ def _validate_auon(group: dict[str, Any]) -> None:
     state_keys=("momentum_buffer",),
     supports_batched=True,
     supports_distributed=False,
-    paper="Maity 2025, arXiv:2509.24320",
+    paper="Maity 2025, arXiv:2509.24320; github.com/ryyzn9/AuON",
 )
 class AuON(OrthogonalOptimizer):
-    """AuON: linear-time cosh-RMS normalized Nesterov momentum (no polar factor).
+    """AuON: linear-time cosh-RMS normalized Nesterov momentum (no polar factor), released-code defaults.
 
-    Chain: ``momentum → cosh_normalize → scale_by_shape → decoupled_weight_decay``. With the paper form
-    (``normalize=True``) ``‖ΔW‖_F ≈ lr·s(m,n)``; since the cosh factor is ``1 + O(1/mn)`` this is
-    Frobenius-normalized Nesterov SGD at realistic sizes (module docstring).
+    Chain: ``momentum → cosh_normalize → scale_by_shape → commit → decoupled_weight_decay``. The update is
+    ``U/(r + 1e-8)`` with ``r = 1 + O(1/mn)``, i.e. Nesterov SGD at realistic sizes (module docstring).
 
     Args:
         params: parameters / ``(name, param)`` pairs / param groups.
-        lr: learning rate (README: 0.08 for the code form).
+        lr: learning rate (0.08: the authors' README and training config; the released class default is 0.24).
         momentum: μ (0.95).
-        gamma: cosh sharpness γ (paper 1.0; current code 1.5).
-        normalize: Frobenius-normalize the momentum first (paper) — ``False`` reproduces the current code.
-        nesterov, momentum_convention, weight_decay, scale, skip_nonfinite, batched: as in Muon
-            (``scale="keller"`` default per the paper form; the current code uses ``"none"``).
+        gamma: cosh sharpness γ (released code 1.5; paper transcription 1.0).
+        normalize: Frobenius-normalize the momentum first (paper form); ``False`` = released code.
+        nesterov, momentum_convention, weight_decay, skip_nonfinite, batched: as in Muon.
+        scale: shape scale, ``"none"`` as in the released code (``"keller"`` for the paper form).
 
     Example:
         >>> model = torch.nn.Linear(16, 32, bias=False)
-        >>> opt = AuON(model.parameters(), lr=0.1)
+        >>> opt = AuON(model.parameters())
         >>> model(torch.randn(4, 16)).square().mean().backward(); opt.step()
 
-    Ref: Maity 2025, arXiv:2509.24320; github.com/ryyzn9/AuON.
+    Ref: Maity 2025, arXiv:2509.24320; github.com/ryyzn9/AuON @ bba2e82.
     """
 
     def __init__(
@@ -164,12 +175,12 @@ class AuON(OrthogonalOptimizer):
         params: Iterable[Any],
         lr: float | torch.Tensor = 0.08,
         momentum: float = 0.95,
-        gamma: float = 1.0,
-        normalize: bool = True,
+        gamma: float = 1.5,
+        normalize: bool = False,
         nesterov: bool = True,
         momentum_convention: str = "ema",
         weight_decay: float = 0.0,
-        scale: str = "keller",
+        scale: str = "none",
         skip_nonfinite: bool = False,
         batched: bool = True,
     ) -> None:
@@ -197,10 +208,12 @@ class AuON(OrthogonalOptimizer):
 
     def transforms(self, group: dict[str, Any]) -> Sequence[Transform]:
         """``momentum → cosh_normalize → scale_by_shape → decoupled_weight_decay``."""
+        stage = StepStage()
         return [
-            momentum(group["momentum"], group["nesterov"], group["momentum_convention"]),
+            staged_momentum(group["momentum"], group["nesterov"], stage, group["momentum_convention"]),
             cosh_normalize(),
             scale_by_shape(group["scale"]),
+            commit_stage(stage),
             decoupled_weight_decay(),
         ]
 
@@ -212,47 +225,50 @@ class AuON(OrthogonalOptimizer):
     state_keys=("momentum_buffer",),
     supports_batched=True,
     supports_distributed=True,
-    paper="Maity 2025, arXiv:2509.24320",
+    paper="Maity 2025, arXiv:2509.24320; github.com/ryyzn9/AuON",
 )
 class HybridAuON(OrthogonalOptimizer):
-    """Hybrid-AuON: ``ns_steps`` Newton–Schulz iterations (Keller coefficients, 1 per the paper's v1 abstract)
-    on the Nesterov momentum, then AuON's cosh-RMS divisor.
+    """Hybrid-AuON: Newton–Schulz (Keller's coefficients, 5 steps as in the released code) on the Nesterov
+    momentum, then AuON's cosh-RMS divisor; no shape factor.
 
     Chain: ``momentum → orthogonalize("keller", ns_steps) → cosh_normalize(normalize=False) → scale_by_shape →
-    decoupled_weight_decay``. One NS step maps normalized singular values by ``3.4445σ − 4.775σ³ + 2.0315σ⁵``
-    (far from orthogonal for small σ); ``ns_steps=5`` is the current repository code, i.e. Muon-with-KJ-NS.
+    commit → decoupled_weight_decay``. Since ``r = 1 + O(1/mn)`` this is Muon with Keller's NS5 and no shape
+    factor at realistic sizes. ``ns_steps=1`` is the paper's v1 abstract ("a single Newton–Schulz iteration");
+    one step maps normalized singular values by ``3.4445σ − 4.775σ³ + 2.0315σ⁵`` (far from orthogonal).
 
     Args:
         params: parameters / ``(name, param)`` pairs / param groups.
-        lr: learning rate.
+        lr: learning rate (0.08, the authors' README value; released class default 0.24).
         momentum: μ (0.95).
-        ns_steps: Newton–Schulz iterations (1).
+        ns_steps: Newton–Schulz iterations (5, released code).
         ns_method: coefficient schedule (``"keller"``).
-        gamma: cosh sharpness (1.0).
-        nesterov, momentum_convention, weight_decay, ns_dtype, scale, skip_nonfinite, batched, distributed,
-            process_group: as in Muon.
+        gamma: cosh sharpness (1.5, released code).
+        ns_dtype: iteration dtype (``None`` = the update's dtype, as the released code iterates in fp32).
+        nesterov, momentum_convention, weight_decay, skip_nonfinite, batched, distributed, process_group:
+            as in Muon.
+        scale: shape scale (``"none"``, released code).
 
     Example:
         >>> model = torch.nn.Linear(16, 32, bias=False)
-        >>> opt = HybridAuON(model.parameters(), lr=0.02)
+        >>> opt = HybridAuON(model.parameters())
         >>> model(torch.randn(4, 16)).square().mean().backward(); opt.step()
 
-    Ref: Maity 2025, arXiv:2509.24320 (v1 abstract: "a single Newton-Schulz iteration").
+    Ref: Maity 2025, arXiv:2509.24320; github.com/ryyzn9/AuON @ bba2e82 (``HybridAuON``).
     """
 
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float | torch.Tensor = 0.02,
+        lr: float | torch.Tensor = 0.08,
         momentum: float = 0.95,
-        ns_steps: int = 1,
+        ns_steps: int = 5,
         ns_method: str = "keller",
-        gamma: float = 1.0,
+        gamma: float = 1.5,
         nesterov: bool = True,
         momentum_convention: str = "ema",
         weight_decay: float = 0.0,
-        ns_dtype: torch.dtype | str | None = "auto",
-        scale: str = "keller",
+        ns_dtype: torch.dtype | str | None = None,
+        scale: str = "none",
         skip_nonfinite: bool = False,
         batched: bool = True,
         distributed: bool | str = False,
@@ -288,10 +304,12 @@ class HybridAuON(OrthogonalOptimizer):
 
     def transforms(self, group: dict[str, Any]) -> Sequence[Transform]:
         """``momentum → orthogonalize → cosh_normalize → scale_by_shape → decoupled_weight_decay``."""
+        stage = StepStage()
         return [
-            momentum(group["momentum"], group["nesterov"], group["momentum_convention"]),
+            staged_momentum(group["momentum"], group["nesterov"], stage, group["momentum_convention"]),
             orthogonalize(group["ns_method"], group["ns_steps"], group["ns_dtype"], group["batched"]),
             cosh_normalize(),
             scale_by_shape(group["scale"]),
+            commit_stage(stage),
             decoupled_weight_decay(),
         ]

@@ -1,205 +1,231 @@
 """NAMO and NAMO-D — "Adam Improves Muon: Adaptive Moment Estimation with Orthogonalized Momentum"
-(Zhang, Liu, Schaeffer; arXiv:2602.17080).
+(Zhang, Liu, Schaeffer; arXiv:2602.17080). Reference: the authors' code, github.com/minxin-zhg/namo
+``src/namo.py`` (read at commit 344d11f).
 
-NAMO keeps Muon's direction ``O = polar(M)`` and multiplies it by one Adam-type adaptive scalar built from
-norms (noise adaptation at the level of the whole matrix)::
+NAMO keeps Muon's direction ``O = polar(U)`` (``U`` = Nesterov input, or the momentum without Nesterov) and
+multiplies it by one Adam-type adaptive step built from norms::
 
-    M ← μ₁ M + (1−μ₁) G
-    v ← μ₂ v + (1−μ₂) ‖G‖_F²                                   (scalar)
-    α = sqrt(1−μ₂ᵗ)/(1−μ₁ᵗ) · ‖M‖_F / (sqrt(v) + ε)
-    W ← W − η α (O + λ W)                                      (weight decay folded into the scaled step)
+    M ← μ₁M + (1−μ₁)G ;      U = (1−μ₁)G + μ₁M  (nesterov=True, default)  or  U = M
+    v ← μ₂v + (1−μ₂)‖G‖_F²                                               (scalar per matrix)
+    a = η · sqrt(1−μ₂ᵗ)/(1−μ₁ᵗ + 1e-12) · ‖U‖_F / (sqrt(v) + ε)
+    W ← W · (1 − λ·min(a, 1))          W ← W − min(a·s(m,n), 1) · O,     s = 0.2·sqrt(max(m, n))
 
-``α ≤ ~1``: it is 1 when the gradient is noiseless and constant, and shrinks when ``‖E G‖ ≪ sqrt(E‖G‖²)``.
+NAMO-D replaces the scalar by one scale per column (per input feature), clamped toward their mean::
 
-NAMO-D right-multiplies ``O`` by a clamped diagonal matrix instead (one adaptive scale per column)::
+    v_j ← μ₂v_j + (1−μ₂)‖G_{:,j}‖² ;   d_j = ‖U_{:,j}‖ / (sqrt(v_j) + ε)
+    d_j ← clamp(d_j, c·d̄, d̄/c),  d̄ = mean_j d_j  (0 < c ≤ 1, default 0.75; c = 0 → no clamp)
+    b = η · sqrt(1−μ₂ᵗ)/(1−μ₁ᵗ + 1e-12)
+    W_{:,j} ← W_{:,j} · max(1 − λ·min(b·d_j, 1), 0)      W ← W − O · diag(min(b·s(m,n)·d_j, 1))
 
-    v_j ← μ₂ v_j + (1−μ₂) ‖G_{:,j}‖²
-    d_j = sqrt(1−μ₂ᵗ)/(1−μ₁ᵗ) · ‖M_{:,j}‖ / (sqrt(v_j) + ε)
-    d_j ← clamp(d_j, c·d̄, d̄/c),   d̄ = mean_j d_j,   c ∈ (0, 1]
-    W ← W − η (O·diag(d) + d̄ λ W)
+Both step factors are capped at 1 (``cap=True``), the weight decay uses the un-shaped factor, and the learning
+rate sits inside the caps (so the update is not linear in ``lr``). Defaults are the official ones: lr 1e-2,
+weight decay 0.1, μ₁ 0.95, μ₂ 0.99, ε 1e-8, Nesterov on, shape scale 0.2·sqrt(max(m, n)), clamp 0.75.
 
-Sources and caveats: the paper's abstract fixes the structure (scalar / right-multiplied clamped diagonal,
-extra clamping hyperparameter). The exact equations above follow secondary transcriptions of the paper
-(junaidaliop.github.io/zij/math/namo for NAMO; emergentmind "Diagonal NAMO" for the column statistics and
-the clamping "toward the average"); the primary PDF text was not available to us, so the clamp interval
-``[c·d̄, d̄/c]`` is our reading (``c = 1`` recovers a NAMO-like scalar step ``d̄·O``, ``c → 0`` an unclamped
-diagonal). NVIDIA Emerging-Optimizers (``moment2_method="namo"``) instead uses the Nesterov input in the
-numerator and no bias correction.
+Robustness: norms are taken after dividing by the largest entry (no overflow for huge finite gradients), the
+second-moment state stores ``sqrt(v)`` (an RMS, in range whenever the gradient is), and every state write and the
+weight decay are staged and committed only when the whole update is finite (``_normalizers.StepStage``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from orthokit.optim._normalizers import check_positive, check_unit_interval, fro_norm, state_dtype, work_dtype
+from orthokit.optim._normalizers import (
+    StepStage,
+    check_positive,
+    check_unit_interval,
+    commit_stage,
+    max_abs,
+    safe_norm,
+    staged_momentum,
+    state_dtype,
+)
 from orthokit.optim.base import OrthogonalOptimizer
 from orthokit.optim.muon import validate_muon_kwargs
 from orthokit.optim.registry import register_optimizer
-from orthokit.optim.transforms import Transform, momentum, orthogonalize, scale_by_shape
+from orthokit.optim.transforms import MatrixView, Transform, orthogonalize, shape_scale
 
-__all__ = ["NAMO", "NAMOD", "namo_scale", "namo_d_diagonal", "namo_adapt"]
+__all__ = ["NAMO", "NAMOD", "namo_scale", "namo_d_diagonal", "namo_adapt", "namo_bias_correction"]
 
 
-def _bias(step: int, beta1: float, beta2: float) -> float:
-    if step < 1:
-        raise ValueError(f"step must be >= 1, got {step}")
+def namo_bias_correction(step: int, beta1: float, beta2: float) -> float:
+    """``sqrt(1 − μ₂ᵗ) / (1 − μ₁ᵗ + 1e-12)`` (the official code's AdamNorm-style correction).
+
+    Example:
+        >>> round(namo_bias_correction(1, 0.95, 0.99), 6)
+        2.0
+    """
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise ValueError(f"step must be an int >= 1, got {step!r}")
     for name, b in (("beta1", beta1), ("beta2", beta2)):
         if not 0.0 <= b < 1.0:
             raise ValueError(f"{name} must be in [0, 1), got {b}")
-    return (1.0 - beta2**step) ** 0.5 / (1.0 - beta1**step)
+    return math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step + 1e-12)
 
 
 def namo_scale(
-    m: torch.Tensor,
-    g: torch.Tensor,
-    v: torch.Tensor,
-    step: int,
-    beta1: float,
-    beta2: float,
-    eps: float = 1e-8,
-) -> torch.Tensor:
-    r"""NAMO's adaptive scalar ``α_t`` per matrix (updates the scalar state ``v`` in place).
+    u: torch.Tensor, g: torch.Tensor, rms: torch.Tensor, beta2: float, eps: float = 1e-8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""NAMO's un-corrected adaptive scalar per matrix, overflow-free (pure; returns the new state).
 
     .. math::
-        v \leftarrow \mu_2 v + (1-\mu_2)\|G\|_F^2,\qquad
-        \alpha = \frac{\sqrt{1-\mu_2^t}}{1-\mu_1^t}\,\frac{\|M\|_F}{\sqrt{v}+\epsilon}
+        v = \mu_2\,\mathrm{rms}^2 + (1-\mu_2)\|G\|_F^2,\qquad \alpha = \|U\|_F / (\sqrt{v} + \epsilon)
 
     Args:
-        m: momentum ``[..., r, c]`` (already updated with ``G``).
+        u: orthogonalizer input ``[..., m, n]`` (Nesterov input or momentum).
         g: gradient, same shape.
-        v: float32/float64 state ``[..., 1, 1]``.
-        step: 1-based step count.
-        beta1, beta2: ``μ₁`` (momentum) and ``μ₂`` (second moment).
-        eps: stabilizer.
+        rms: state ``sqrt(v)`` of the previous step, ``[..., 1, 1]``.
+        beta2: ``μ₂``.
+        eps: ε.
 
     Returns:
-        ``α`` of shape ``[..., 1, 1]`` in ``v.dtype``.
+        ``(α, sqrt(v_new))``, both float64 ``[..., 1, 1]``; multiply ``α`` by
+        :func:`namo_bias_correction` and the learning rate.
 
     Example:
-        >>> g = torch.randn(4, 3); m = 0.1 * g; v = torch.zeros(1, 1)
-        >>> float(namo_scale(m, g, v, step=1, beta1=0.9, beta2=0.99))  # noiseless first step: α = 1
-        0.99999...
+        >>> g = torch.randn(4, 3); a, r = namo_scale(0.05 * g, g, torch.zeros(1, 1), 0.99)
+        >>> round(float(a * namo_bias_correction(1, 0.95, 0.99)), 5)  # first step, no noise: 1
+        1.0
 
-    Ref: arXiv:2602.17080.
+    Ref: arXiv:2602.17080; github.com/minxin-zhg/namo src/namo.py (``NAMO.step``).
     """
-    c = _bias(step, beta1, beta2)
-    if v.shape != (*m.shape[:-2], 1, 1):
-        raise ValueError(f"NAMO state has shape {tuple(v.shape)}, expected {(*m.shape[:-2], 1, 1)}")
-    v.mul_(beta2).add_(fro_norm(g).to(v.dtype).square(), alpha=1.0 - beta2)
-    return c * fro_norm(m).to(v.dtype) / (v.sqrt() + eps)
+    if rms.shape != (*u.shape[:-2], 1, 1):
+        raise ValueError(f"NAMO state has shape {tuple(rms.shape)}, expected {(*u.shape[:-2], 1, 1)}")
+    if not 0.0 <= beta2 < 1.0:
+        raise ValueError(f"beta2 must be in [0, 1), got {beta2}")
+    r64 = rms.to(torch.float64)
+    v = beta2 * r64 * r64 + (1.0 - beta2) * safe_norm(g).square()
+    root = v.sqrt()
+    return safe_norm(u) / (root + eps), root
 
 
 def namo_d_diagonal(
-    m: torch.Tensor,
-    g: torch.Tensor,
-    v: torch.Tensor,
-    step: int,
-    beta1: float,
-    beta2: float,
-    clamp: float = 0.5,
-    eps: float = 1e-8,
-) -> torch.Tensor:
-    r"""NAMO-D's clamped diagonal ``d ∈ R^n`` (one entry per column; updates ``v ∈ R^{1×n}`` in place).
+    u: torch.Tensor, g: torch.Tensor, rms: torch.Tensor, beta2: float, clamp: float = 0.75, eps: float = 1e-8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""NAMO-D's clamped column scales ``d ∈ R^n`` per matrix (pure; returns the new state).
 
     .. math::
-        v_j \leftarrow \mu_2 v_j + (1-\mu_2)\|G_{:,j}\|^2,\quad
-        d_j = \frac{\sqrt{1-\mu_2^t}}{1-\mu_1^t}\frac{\|M_{:,j}\|}{\sqrt{v_j}+\epsilon},\quad
-        d_j \leftarrow \min(\max(d_j, c\bar d), \bar d / c)
+        v_j = \mu_2\,\mathrm{rms}_j^2 + (1-\mu_2)\|G_{:,j}\|^2,\quad d_j = \frac{\|U_{:,j}\|}{\sqrt{v_j}+\epsilon},
+        \quad d_j \leftarrow \min(\max(d_j, c\bar d), \bar d / c)
+
+    (no clamp when ``c = 0`` or when ``d̄`` is not a positive finite number, as in the official code).
 
     Args:
-        m, g: momentum and gradient ``[..., r, n]``.
-        v: float32/float64 state ``[..., 1, n]``.
-        step: 1-based step count.
-        beta1, beta2: moment coefficients.
-        clamp: ``c ∈ (0, 1]``; 1 gives equal entries (scalar step), small ``c`` a nearly unclamped diagonal.
-        eps: stabilizer.
+        u, g: orthogonalizer input and gradient ``[..., m, n]``.
+        rms: state ``sqrt(v)`` ``[..., 1, n]``.
+        beta2: ``μ₂``.
+        clamp: ``c ∈ [0, 1]``; 1 gives equal entries.
+        eps: ε.
 
     Returns:
-        ``d`` of shape ``[..., 1, n]`` — the update is ``O * d`` (``O·diag(d)``).
+        ``(d, sqrt(v_new))``, float64 ``[..., 1, n]``; the update is ``O·diag(d)`` times the corrected lr.
 
     Example:
-        >>> g = torch.randn(6, 4); d = namo_d_diagonal(0.1 * g, g, torch.zeros(1, 4), 1, 0.9, 0.99, clamp=1.0)
+        >>> g = torch.randn(6, 4); d, _ = namo_d_diagonal(g, g, torch.zeros(1, 4), 0.99, clamp=1.0)
         >>> torch.allclose(d, d.mean())
         True
 
-    Ref: arXiv:2602.17080 (NAMO-D); equations per the secondary transcription noted in the module docstring.
+    Ref: arXiv:2602.17080; github.com/minxin-zhg/namo src/namo.py (``NAMO_D.step``).
     """
-    if not 0.0 < clamp <= 1.0:
-        raise ValueError(f"NAMO-D clamp must be in (0, 1], got {clamp}")
-    c = _bias(step, beta1, beta2)
-    if v.shape != (*m.shape[:-2], 1, m.shape[-1]):
+    if isinstance(clamp, bool) or not 0.0 <= clamp <= 1.0:
+        raise ValueError(f"NAMO-D clamp must be in [0, 1], got {clamp}")
+    if rms.shape != (*u.shape[:-2], 1, u.shape[-1]):
         raise ValueError(
-            f"NAMO-D state has shape {tuple(v.shape)}, expected {(*m.shape[:-2], 1, m.shape[-1])}"
+            f"NAMO-D state has shape {tuple(rms.shape)}, expected {(*u.shape[:-2], 1, u.shape[-1])}"
         )
-    wd = v.dtype if v.dtype in (torch.float32, torch.float64) else work_dtype(m.dtype)
-    col_g = g.to(wd).square().sum(dim=-2, keepdim=True)
-    v.mul_(beta2).add_(col_g, alpha=1.0 - beta2)
-    d = c * torch.linalg.vector_norm(m.to(wd), dim=-2, keepdim=True) / (v.sqrt() + eps)
-    dbar = d.mean(dim=-1, keepdim=True)
-    return torch.minimum(torch.maximum(d, clamp * dbar), dbar / clamp)
+    if not 0.0 <= beta2 < 1.0:
+        raise ValueError(f"beta2 must be in [0, 1), got {beta2}")
+    r64 = rms.to(torch.float64)
+    v = beta2 * r64 * r64 + (1.0 - beta2) * safe_norm(g, dim=-2, scale=max_abs(g)).square()
+    root = v.sqrt()
+    d = safe_norm(u, dim=-2, scale=max_abs(u)) / (root + eps)
+    if clamp > 0.0:
+        mu = d.mean(dim=-1, keepdim=True)
+        ok = torch.isfinite(mu) & (mu > 0)
+        lo = torch.where(ok, mu * clamp, torch.zeros_like(mu))
+        hi = torch.where(ok, mu / clamp, torch.full_like(mu, math.inf))
+        d = torch.minimum(torch.maximum(d, lo), hi)
+    return d, root
+
+
+def _cols(x: Tensor, view: MatrixView) -> Tensor:
+    """Matrices with the input features on the last dim (storage transposed for ``layout="in_out"``)."""
+    return x.mT if view.transposed else x
 
 
 class namo_adapt(Transform):
-    """Transform: NAMO's scalar (``diagonal=False``) or NAMO-D's clamped column diagonal (``diagonal=True``)
-    applied to the orthogonalized update, with the weight decay folded into the adapted step.
+    """Transform: NAMO's scalar (``diagonal=False``) or NAMO-D's column diagonal (``diagonal=True``) step on the
+    orthogonalized update, with the shape scale, the caps at 1 and the weight decay of the official code.
 
-    Reads the momentum ``M`` from ``state["momentum_buffer"]`` (written by the preceding :class:`momentum`
-    transform, EMA convention) and ``G`` from ``p.grad``; hyperparameters ``momentum`` (μ₁), ``beta2`` (μ₂),
-    ``eps``, ``clamp`` (NAMO-D), ``lr``, ``weight_decay`` from the group. Applies ``W ← W(1 − lr·s̄·λ)`` in place,
-    where ``s̄`` is α (NAMO) or the mean of ``d`` (NAMO-D). State: ``namo_v`` and ``namo_step``.
+    Reads the orthogonalizer input from the :class:`StepStage` (written by ``staged_momentum``) and ``G`` from
+    ``p.grad``; group keys ``lr``, ``momentum`` (μ₁), ``beta2`` (μ₂), ``eps``, ``clamp``, ``scale``, ``cap``,
+    ``weight_decay``. Returns ``factor·O`` with ``factor = min(a·s, 1)/lr`` so the optimizer's ``p − lr·u`` applies
+    the capped step; the weight decay and the state (``namo_rms``, ``namo_step``) are staged.
 
     Example:
-        >>> t = namo_adapt(diagonal=True)
-        >>> t.init(torch.zeros(4, 3), {})["namo_v"].shape
+        >>> t = namo_adapt(StepStage(), diagonal=True)
+        >>> t.init(torch.zeros(4, 3), {})["namo_rms"].shape
         torch.Size([1, 1, 3])
     """
 
     name = "namo_adapt"
-    state_keys = ("namo_v", "namo_step")
+    state_keys = ("namo_rms", "namo_step")
 
-    def __init__(self, diagonal: bool = False) -> None:
+    def __init__(self, stage: StepStage, diagonal: bool = False) -> None:
+        self.stage_ = stage
         self.diagonal = bool(diagonal)
 
     def init(self, param: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         v = self._view(param)
-        shape = (v.mats, 1, v.n) if self.diagonal else (v.mats, 1, 1)
+        shape = (v.mats, 1, v.fan_in) if self.diagonal else (v.mats, 1, 1)
         return {
-            "namo_v": torch.zeros(shape, dtype=state_dtype(param.dtype), device=param.device),
+            "namo_rms": torch.zeros(shape, dtype=state_dtype(param.dtype), device=param.device),
             "namo_step": torch.tensor(0.0, dtype=torch.float32),
         }
 
     def update(
         self, updates: list[Tensor], states: list[dict[str, Any]], params: list[Tensor], group: dict[str, Any]
     ) -> list[Tensor]:
-        out = []
         b1, b2, eps = group["momentum"], group["beta2"], group["eps"]
-        wd, lr = group.get("weight_decay", 0.0), group["lr"]
-        for u, st, p in zip(updates, states, params):
+        wd = float(group.get("weight_decay", 0.0))
+        lr = group["lr"]
+        lr_f = float(lr.item()) if isinstance(lr, Tensor) else float(lr)
+        cap = group["cap"]
+        out = []
+        for i, (o, st, p) in enumerate(zip(updates, states, params)):
             v = self._view(p)
-            st["namo_step"].add_(1.0)
-            t = int(st["namo_step"].item())
-            m = v.as_matrices(st["momentum_buffer"])
-            g = v.as_matrices(p.grad)
+            step = int(st["namo_step"].item()) + 1
+            self.stage_.stage(st["namo_step"], st["namo_step"] + 1.0)
+            g = _cols(v.as_matrices(p.grad), v)
+            u = _cols(v.as_matrices(self.stage_.inputs[i]), v)
             if self.diagonal:
-                s = namo_d_diagonal(m, g, st["namo_v"], t, b1, b2, group["clamp"], eps)
-                sbar = s.mean(dim=-1, keepdim=True)
+                s, root = namo_d_diagonal(u, g, st["namo_rms"], b2, group["clamp"], eps)
             else:
-                s = namo_scale(m, g, st["namo_v"], t, b1, b2, eps)
-                sbar = s
-            o = (v.as_matrices(u).to(s.dtype) * s).to(u.dtype)
-            if isinstance(wd, Tensor) or wd != 0:
-                # W ← W − η·s̄·λ·W  (per matrix of the view)
-                pm = p.view(v.mats, v.m, v.n) if p.is_contiguous() else None
-                factor = 1 - lr * wd * sbar
-                if pm is not None:
-                    pm.mul_(factor.to(p.dtype))
+                s, root = namo_scale(u, g, st["namo_rms"], b2, eps)
+            self.stage_.stage(st["namo_rms"], root.to(st["namo_rms"].dtype))
+            a = (
+                lr_f * namo_bias_correction(step, b1, b2) * s
+            )  # official "adaptive_lr" (NAMO) / col_scale·base_lr
+            a_up = a * shape_scale(group["scale"], v.fan_out, v.fan_in)
+            if cap:
+                a, a_up = a.clamp(max=1.0), a_up.clamp(max=1.0)
+            f = a_up / lr_f if lr_f > 0 else torch.zeros_like(a_up)
+            om = _cols(v.as_matrices(o), v)
+            out.append(_cols((om.to(f.dtype) * f).to(o.dtype), v).reshape(v.shape))
+            if wd != 0.0 and lr_f > 0:
+                decay = 1.0 - wd * a
+                if self.diagonal:
+                    decay = decay.clamp(min=0.0)
+                if decay.numel() == 1:
+                    self.stage_.scale_param(p, decay.reshape(()))
                 else:
-                    p.copy_((v.as_matrices(p) * factor.to(p.dtype)).reshape(v.shape))
-            out.append(o.reshape(v.shape))
+                    full = _cols(decay.expand(v.mats, 1, v.fan_in).expand(*u.shape), v)
+                    self.stage_.scale_param(p, full.reshape(v.shape))
         return out
 
 
@@ -209,17 +235,18 @@ class _NAMOBase(OrthogonalOptimizer):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float | torch.Tensor = 0.02,
+        lr: float | torch.Tensor = 1e-2,
         momentum: float = 0.95,
         beta2: float = 0.99,
         eps: float = 1e-8,
-        clamp: float = 0.5,
-        nesterov: bool = False,
-        weight_decay: float = 0.0,
+        clamp: float = 0.75,
+        nesterov: bool = True,
+        weight_decay: float = 0.1,
+        cap: bool = True,
         ns_method: str = "polar_express",
         ns_steps: int | None = None,
         ns_dtype: torch.dtype | str | None = "auto",
-        scale: str = "keller",
+        scale: str = "match_rms_adamw",
         skip_nonfinite: bool = False,
         batched: bool = True,
         distributed: bool | str = False,
@@ -234,6 +261,7 @@ class _NAMOBase(OrthogonalOptimizer):
             nesterov=nesterov,
             momentum_convention="ema",
             weight_decay=weight_decay,
+            cap=cap,
             ns_method=ns_method,
             ns_steps=ns_steps,
             ns_dtype=ns_dtype,
@@ -249,60 +277,63 @@ class _NAMOBase(OrthogonalOptimizer):
         )
 
     def validate_group(self, group: dict[str, Any]) -> None:
-        """Muon's checks plus ``beta2`` ∈ [0, 1), ``eps`` > 0, ``clamp`` ∈ (0, 1], EMA momentum only."""
+        """Muon's checks plus ``beta2`` ∈ [0, 1), ``eps`` > 0, ``clamp`` ∈ [0, 1], ``cap`` bool, EMA momentum."""
         super().validate_group(group)
         if group["algorithm"] == "ortho":
             validate_muon_kwargs(group)
             check_unit_interval("beta2", group["beta2"])
             check_positive("eps", group["eps"])
-            c = group["clamp"]
-            if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0.0 < c <= 1.0:
-                raise ValueError(f"clamp must be a float in (0, 1], got {c!r}")
+            check_unit_interval("clamp", group["clamp"], closed_right=True)
+            if not isinstance(group["cap"], bool):
+                raise TypeError(f"cap must be a bool, got {type(group['cap']).__name__}")
             if group["momentum_convention"] != "ema":
                 raise ValueError("NAMO's bias correction assumes the EMA momentum convention ('ema')")
 
     def transforms(self, group: dict[str, Any]) -> Sequence[Transform]:
-        """``momentum(ema) → orthogonalize → namo_adapt (incl. folded weight decay) → scale_by_shape``."""
+        """``staged_momentum → orthogonalize → namo_adapt (shape scale, caps, staged decay) → commit_stage``."""
+        stage = StepStage()
         return [
-            momentum(group["momentum"], group["nesterov"], "ema"),
+            staged_momentum(group["momentum"], group["nesterov"], stage),
             orthogonalize(group["ns_method"], group["ns_steps"], group["ns_dtype"], group["batched"]),
-            namo_adapt(diagonal=self._diagonal),
-            scale_by_shape(group["scale"]),
+            namo_adapt(stage, diagonal=self._diagonal),
+            commit_stage(stage),
         ]
 
 
 @register_optimizer(
     "namo",
     default_lr=0.02,
-    state_keys=("momentum_buffer", "namo_v", "namo_step"),
+    state_keys=("momentum_buffer", "namo_rms", "namo_step"),
     supports_batched=True,
     supports_distributed=True,
-    paper="Zhang, Liu, Schaeffer 2026, arXiv:2602.17080",
+    paper="Zhang, Liu, Schaeffer 2026, arXiv:2602.17080; github.com/minxin-zhg/namo",
 )
 class NAMO(_NAMOBase):
-    """NAMO: Muon's orthogonalized momentum times one Adam-type adaptive scalar ``α`` (norm-based noise adaptation).
+    """NAMO: Muon's orthogonalized Nesterov momentum times one Adam-type adaptive step (official rule).
 
-    ``W ← W − η·s(m,n)·α·O − η·α·λ·W`` with ``α = sqrt(1−μ₂ᵗ)/(1−μ₁ᵗ)·‖M‖_F/(sqrt(v)+ε)``,
-    ``v`` = EMA of ``‖G‖_F²`` (module docstring). ``s(m, n)`` is the shape scale (``scale="keller"`` default so
-    that Muon's lr transfers; ``"none"`` is the paper's bare form).
+    ``a = η·sqrt(1−μ₂ᵗ)/(1−μ₁ᵗ)·‖U‖_F/(sqrt(v)+ε)``; ``W ← W(1 − λ·min(a,1)) − min(a·0.2·sqrt(max(m,n)), 1)·O``
+    (module docstring).
 
     Args:
         params: parameters / ``(name, param)`` pairs / param groups.
-        lr: learning rate η.
+        lr: learning rate η (official default 1e-2).
         momentum: μ₁ (0.95).
         beta2: μ₂ for the squared-norm EMA (0.99).
-        eps: ε (1e-8).
+        eps: ε added to ``sqrt(v)`` (1e-8).
         clamp: unused by NAMO (NAMO-D's clamping constant).
-        nesterov: orthogonalize the Nesterov input instead of ``M`` (paper: False).
-        weight_decay: λ, folded into the adapted step.
-        ns_method, ns_steps, ns_dtype, scale, skip_nonfinite, batched, distributed, process_group: as in Muon.
+        nesterov: orthogonalize (and measure) the Nesterov input (official default True).
+        weight_decay: λ (official default 0.1), scaled by the capped adaptive step.
+        cap: cap both step factors at 1 as the official code does.
+        ns_method, ns_steps, ns_dtype, skip_nonfinite, batched, distributed, process_group: as in Muon
+            (``ns_method="keller", ns_steps=5`` is the official orthogonalizer).
+        scale: shape scale (``"match_rms_adamw"`` = the official ``0.2·sqrt(max(m, n))``).
 
     Example:
         >>> model = torch.nn.Linear(16, 32, bias=False)
-        >>> opt = NAMO(model.parameters(), lr=0.02)
+        >>> opt = NAMO(model.parameters())
         >>> model(torch.randn(4, 16)).square().mean().backward(); opt.step()
 
-    Ref: Zhang, Liu, Schaeffer 2026, arXiv:2602.17080.
+    Ref: Zhang, Liu, Schaeffer 2026, arXiv:2602.17080; github.com/minxin-zhg/namo.
     """
 
     _diagonal = False
@@ -312,28 +343,29 @@ class NAMO(_NAMOBase):
     "namo_d",
     aliases=("namod",),
     default_lr=0.02,
-    state_keys=("momentum_buffer", "namo_v", "namo_step"),
+    state_keys=("momentum_buffer", "namo_rms", "namo_step"),
     supports_batched=True,
     supports_distributed=True,
-    paper="Zhang, Liu, Schaeffer 2026, arXiv:2602.17080",
+    paper="Zhang, Liu, Schaeffer 2026, arXiv:2602.17080; github.com/minxin-zhg/namo",
 )
 class NAMOD(_NAMOBase):
-    """NAMO-D: orthogonalized momentum right-multiplied by a clamped diagonal of per-column adaptive scales.
+    """NAMO-D: orthogonalized Nesterov momentum right-multiplied by clamped per-column adaptive steps.
 
-    ``W ← W − η·s(m,n)·O·diag(d) − η·d̄·λ·W`` with ``d_j`` the column-wise NAMO scale clamped to
-    ``[c·d̄, d̄/c]`` (``clamp=c``; module docstring for the equations and the source caveat).
+    ``W_{:,j} ← W_{:,j}·max(1 − λ·min(b·d_j, 1), 0)``; ``W ← W − O·diag(min(b·0.2·sqrt(max(m,n))·d_j, 1))`` with
+    ``d_j`` clamped to ``[c·d̄, d̄/c]`` (module docstring). Columns are input features (``layout="in_out"``
+    weights are handled in their semantic orientation).
 
     Args:
-        params, lr, momentum, beta2, eps, nesterov, weight_decay, ns_method, ns_steps, ns_dtype, scale,
+        params, lr, momentum, beta2, eps, nesterov, weight_decay, cap, ns_method, ns_steps, ns_dtype, scale,
             skip_nonfinite, batched, distributed, process_group: as in :class:`NAMO`.
-        clamp: ``c ∈ (0, 1]`` (0.5): 1 → all columns share the mean scale; smaller → more per-column adaptation.
+        clamp: ``c ∈ [0, 1]`` (official 0.75): 1 → all columns share the mean scale; 0 → no clamping.
 
     Example:
         >>> model = torch.nn.Linear(16, 32, bias=False)
-        >>> opt = NAMOD(model.parameters(), lr=0.02, clamp=0.5)
+        >>> opt = NAMOD(model.parameters(), clamp=0.75)
         >>> model(torch.randn(4, 16)).square().mean().backward(); opt.step()
 
-    Ref: Zhang, Liu, Schaeffer 2026, arXiv:2602.17080.
+    Ref: Zhang, Liu, Schaeffer 2026, arXiv:2602.17080; github.com/minxin-zhg/namo.
     """
 
     _diagonal = True
