@@ -48,6 +48,7 @@ __all__ = [
     "COPIED_FILES",
     "NonFiniteOutputError",
     "check_finite_output",
+    "check_output_dir",
 ]
 
 #: Files copied from the base (or first) model folder into the output.
@@ -277,6 +278,22 @@ def _copy_files(src: Path | None, dst: Path) -> list[str]:
     return copied
 
 
+def check_output_dir(out_dir: str | os.PathLike[str], config: MergeConfig, overwrite: bool = False) -> None:
+    """The checks :func:`run_merge` (and ``orthokit merge --dry-run``) make on ``out_dir`` before any work.
+
+    Raises:
+        UnsafeOutputError: ``out_dir`` is, contains or lies inside an input or contains the config file, is the
+        current directory or a parent of it, or (with ``overwrite``) is not an empty folder or an unchanged
+        earlier orthokit output. FileExistsError: it exists and not ``overwrite``.
+    """
+    out = Path(out_dir).absolute()
+    check_output_target(out, config.protected_paths())
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"output folder {out} already exists (use --overwrite to replace it)")
+    if out.exists():
+        check_replaceable(out)
+
+
 def run_merge(
     config: MergeConfig | str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -325,11 +342,7 @@ def run_merge(
     out = Path(out_dir).absolute()
     nonfinite_ok = cfg.allow_nonfinite if allow_nonfinite is None else bool(allow_nonfinite)
     try:
-        check_output_target(out, cfg.protected_paths())
-        if out.exists() and not overwrite:
-            raise FileExistsError(f"output folder {out} already exists (use --overwrite to replace it)")
-        if out.exists():
-            check_replaceable(out)
+        check_output_dir(out, cfg, overwrite)
     except BaseException:
         if plan is not None:
             plan.close()

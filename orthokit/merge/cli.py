@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     from orthokit.io.config import ConfigError
     from orthokit.io.safetensors_io import SafetensorsError
     from orthokit.merge import MERGE_METHODS, method_schema
-    from orthokit.merge.api import run_merge
+    from orthokit.merge.api import check_output_dir, run_merge
     from orthokit.merge.config import load_config
     from orthokit.merge.plan import build_plan, format_bytes, parse_size
 
@@ -127,8 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config)
         plan = build_plan(cfg, shard)
         if args.dry_run:
-            print(plan.describe())
-            plan.close()
+            try:
+                if args.out_dir:  # the same output checks as a real run, so a dry run predicts its refusal
+                    check_output_dir(args.out_dir, cfg, args.overwrite)
+                print(plan.describe())
+            finally:
+                plan.close()
             print("dry run: nothing written")
             return 0
         res = run_merge(

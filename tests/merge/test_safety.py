@@ -81,8 +81,9 @@ def test_overwrite_refuses_inputs_and_cwd(
     """`orthokit merge cfg.yml . --overwrite` used to wipe the project folder."""
     (proj / "base" / "sub").mkdir()
     before = _tree(proj)
-    rc, err = _run(capsys, "merge.yml", out, "--overwrite")
-    assert rc == 1 and why in _one_line_error(err)
+    for extra in (["--dry-run"], []):  # a dry run predicts the refusal
+        rc, err = _run(capsys, "merge.yml", out, "--overwrite", *extra)
+        assert rc == 1 and why in _one_line_error(err)
     assert _tree(proj) == before  # nothing deleted, nothing written
 
 
