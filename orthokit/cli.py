@@ -45,5 +45,18 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def run() -> int:
+    """``main()`` for a console script: a closed stdout pipe (``orthokit merge --list-methods | head``) ends
+    quietly with status 141 (128 + SIGPIPE) instead of a traceback."""
+    import os
+
+    try:
+        return main()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python would fail again flushing stdout at exit
+        return 141
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run())

@@ -457,6 +457,7 @@ class LoraAdapter:
         cfg_path = folder / ADAPTER_CONFIG
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{folder}: not a PEFT adapter folder (no {ADAPTER_CONFIG})")
+        cfg_path = _inside(folder, ADAPTER_CONFIG)
         try:
             cfg = json.loads(cfg_path.read_text())
         except json.JSONDecodeError as e:

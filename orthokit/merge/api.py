@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from orthokit._fs import check_output_target, check_replaceable
-from orthokit.io.safetensors_io import StreamingShardWriter, atomic_output_dir
+from orthokit._fs import check_output_target, check_replaceable, resolve_inside
+from orthokit.io.safetensors_io import SafetensorsError, StreamingShardWriter, atomic_output_dir
 from orthokit.merge.config import MergeConfig, load_config, parse_dtype
 from orthokit.merge.plan import MergePlan, build_plan
 from orthokit.merge.registry import MERGE_METHODS, method_schema, validate_params
@@ -266,15 +266,26 @@ class MergeResult:
     seconds: float
 
 
-def _copy_files(src: Path | None, dst: Path) -> list[str]:
-    copied = []
+def _files_to_copy(src: Path | None) -> list[str]:
+    """The :data:`COPIED_FILES` present in ``src``; each must stay inside it (a link elsewhere is an error)."""
     if src is None or not src.is_dir():
-        return copied
+        return []
+    names = []
     for fname in COPIED_FILES:
-        f = src / fname
-        if f.is_file():
-            shutil.copy2(f, dst / fname)
-            copied.append(fname)
+        if (src / fname).is_file():
+            try:
+                resolve_inside(src, fname, "file")
+            except ValueError as e:
+                raise SafetensorsError(str(e)) from None
+            names.append(fname)
+    return names
+
+
+def _copy_files(src: Path | None, dst: Path) -> list[str]:
+    copied = _files_to_copy(src)
+    for fname in copied:
+        assert src is not None
+        shutil.copy2(src / fname, dst / fname)
     return copied
 
 
@@ -348,6 +359,12 @@ def run_merge(
             plan.close()
         raise
     plan = plan or build_plan(cfg, max_shard_bytes)
+    if copy_files:
+        try:
+            _files_to_copy(plan.copy_from)  # fail before any tensor is merged
+        except BaseException:
+            plan.close()
+            raise
     entry = MERGE_METHODS.entry(cfg.merge_method)
     dev = torch.device(device) if device is not None else None
     show = sys.stderr.isatty() if progress is None else progress

@@ -164,6 +164,18 @@ def test_weight_map_must_stay_inside_the_model_folder(tmp_path: Path, kind: str)
         open_checkpoint(idx.parent)
 
 
+def test_linked_tokenizer_file_outside_the_model_is_not_copied(
+    proj: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = proj.parent / "secret.txt"
+    secret.write_text("not model data")
+    (proj / "base" / "tokenizer_config.json").unlink()
+    (proj / "base" / "tokenizer_config.json").symlink_to(secret)
+    rc, err = _run(capsys, "merge.yml", "out")
+    assert rc == 1 and "tokenizer_config.json" in _one_line_error(err) and "outside its model folder" in err
+    assert not (proj / "out").exists()
+
+
 def test_hf_cache_snapshot_links_are_allowed(tmp_path: Path) -> None:
     repo = tmp_path / "models--org--m"
     write_hf(tmp_path / "src", state(0))
