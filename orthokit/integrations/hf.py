@@ -16,11 +16,18 @@ Under DeepSpeed ZeRO-3 / FSDP parameters are sharded and these hooks see shards;
 (reference §12.8). DDP works (every rank holds the same basis and the same reduced gradients).
 
 Example:
-    >>> from orthokit.projection import SubspaceMemory
-    >>> from orthokit.integrations.hf import ProjectionCallback
-    >>> mem = SubspaceMemory(model, layers=["transformer.h.0.mlp.c_fc"])
-    >>> mem.collect_activations(model, old_batches, threshold=0.99)
-    >>> trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[ProjectionCallback(mem)])
+    >>> import torch
+    >>> from transformers import GPT2Config, GPT2LMHeadModel
+    >>> from orthokit.projection import GPM
+    >>> from orthokit.integrations.hf import ProjectionCallback, projected_optimizer_for_trainer
+    >>> cfg = GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=32, n_positions=16)
+    >>> model = GPT2LMHeadModel(cfg)
+    >>> gpm = GPM(model, layers=["transformer.h.0.mlp.c_fc"], threshold=0.99)
+    >>> added = gpm.after_task([{"input_ids": torch.randint(0, 32, (4, 16))}])
+    >>> callback = ProjectionCallback(gpm)   # Trainer(..., callbacks=[callback])
+    >>> opt, sched = projected_optimizer_for_trainer(model, gpm, lr=1e-4, num_training_steps=10)
+    >>> type(opt).__name__
+    'Projected'
 """
 
 from __future__ import annotations
@@ -73,7 +80,7 @@ class ProjectionCallback(TrainerCallback):
         check_finite: raise ``ValueError`` on NaN/inf gradients of protected parameters before the step.
 
     Example:
-        >>> trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[ProjectionCallback(mem)])
+        >>> trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[ProjectionCallback(mem)])  # doctest: +SKIP
 
     Reference: GPM (Saha et al., ICLR 2021); HF callback events: transformers PR #33444 / #31095.
     """
@@ -177,8 +184,8 @@ def projected_optimizer_for_trainer(
             default to the method's).
 
     Example:
-        >>> opt, sched = projected_optimizer_for_trainer(model, mem, lr=1e-4, num_training_steps=1000)
-        >>> trainer = Trainer(model=model, args=args, train_dataset=ds, optimizers=(opt, sched))
+        >>> opt, sched = projected_optimizer_for_trainer(model, mem, lr=1e-4, num_training_steps=1000)  # doctest: +SKIP
+        >>> trainer = Trainer(model=model, args=args, train_dataset=ds, optimizers=(opt, sched))  # doctest: +SKIP
     """
     if num_training_steps is None and scheduler != "constant":
         raise ValueError("num_training_steps is required for scheduler != 'constant'")

@@ -14,9 +14,19 @@ They share one small strategy protocol with the benchmark harness (:class:`Conti
   ``⟨g, g_ref⟩ < 0`` then ``g ← g − (⟨g, g_ref⟩/‖g_ref‖²) g_ref`` (global, rank-1, conditional).
 
 Example:
+    >>> import torch
+    >>> import torch.nn.functional as F
+    >>> model = torch.nn.Linear(4, 3)
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> x_task, y_task = torch.randn(16, 4), torch.randint(0, 3, (16,))
     >>> strat = EWC(lam=3.0, loss_fn=lambda m, x, y, t: F.cross_entropy(m(x), y))
-    >>> strat.begin_task(model, 0); loss = task_loss + strat.penalty(model); loss.backward()
-    >>> strat.before_step(model, 0); opt.step(); ...; strat.end_task(model, 0, x_task, y_task)
+    >>> strat.begin_task(model, 0)
+    >>> penalty = strat.penalty(model)
+    >>> loss = F.cross_entropy(model(x_task), y_task) + (0 if penalty is None else penalty)
+    >>> loss.backward(); strat.before_step(model, 0); opt.step()
+    >>> strat.end_task(model, 0, x_task, y_task)
+    >>> float(strat.penalty(model))        # the parameters have not moved since task 0 ended
+    0.0
 """
 
 from __future__ import annotations

@@ -10,13 +10,20 @@ Unlike the reference code (plain SGD, gradient projection) the default here proj
 optimizer (AdamW with weight decay, Muon) keeps the guarantee; ``where="gradient"`` reproduces the original.
 
 Example:
+    >>> import torch
+    >>> from torch import nn
     >>> from orthokit.projection import GPM
-    >>> gpm = GPM(model, layers=nn.Linear, threshold=[0.95, 0.99, 0.99], max_samples=300)
-    >>> for t, (train_loader, memory_batches) in enumerate(tasks):
+    >>> torch.manual_seed(0) and None
+    >>> model = nn.Sequential(nn.Linear(8, 16, bias=False), nn.ReLU(), nn.Linear(16, 4, bias=False))
+    >>> gpm = GPM(model, layers=nn.Linear, threshold=[0.999, 0.99], max_samples=300)
+    >>> tasks = [torch.randn(64, 3) @ torch.randn(3, 8) for _ in range(2)]   # each task: a 3-dim input subspace
+    >>> for x in tasks:
     ...     opt = gpm.wrap(torch.optim.SGD(model.parameters(), lr=0.01))   # fresh optimizer per task
-    ...     train(model, opt, train_loader)
-    ...     gpm.after_task(memory_batches)
-    >>> print(gpm.memory)   # k/n per layer
+    ...     for _ in range(5):
+    ...         opt.zero_grad(); model(x).pow(2).mean().backward(); opt.step()
+    ...     added = gpm.after_task([x])
+    >>> [(s.name, s.k, s.n) for s in gpm.summary()][0]   # layer 0 holds both 3-dim subspaces
+    ('0', 6, 8)
 """
 
 from __future__ import annotations
@@ -55,9 +62,13 @@ class GPM(ProjectionMethod):
         forward: ``callable(model, batch)`` used during collection (default: ``model(x)``).
 
     Example:
-        >>> gpm = GPM(model, threshold=0.97)
-        >>> gpm.after_task([x_old])                       # protect what the model saw
-        >>> opt = gpm.wrap(torch.optim.AdamW(model.parameters(), lr=1e-3))
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Linear(6, 3))
+        >>> x_old = torch.randn(20, 2) @ torch.randn(2, 6)
+        >>> gpm = GPM(model, threshold=0.999)
+        >>> gpm.after_task([x_old])                       # 2 input dims + the bias's constant
+        {'0': 3}
+        >>> opt = gpm.wrap(torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1))
     """
 
     mode = "hard"

@@ -373,10 +373,16 @@ class GUProjection(ProjectionMethod):
         max_directions: cap on the stored directions (oldest kept).
 
     Example:
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+        >>> retain = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(2)]
+        >>> forget = (torch.randn(8, 4), torch.randint(0, 3, (8,)))
         >>> gu = GUProjection(model)
-        >>> gu.after_task(retain_batches)
+        >>> gu.after_task(retain)
+        {'__model__': 2}
         >>> opt = gu.wrap(torch.optim.AdamW(model.parameters(), lr=1e-4))
-        >>> (-nll(model, forget_batch)).backward(); opt.step()     # gradient ascent, retain-invariant
+        >>> nll = lambda b: torch.nn.functional.cross_entropy(model(b[0]), b[1])
+        >>> (-nll(forget)).backward(); opt.step()     # gradient ascent, retain-invariant to first order
     """
 
     def __init__(

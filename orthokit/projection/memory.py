@@ -32,9 +32,11 @@ Example:
     >>> from orthokit.projection import SubspaceMemory
     >>> model = nn.Sequential(nn.Linear(8, 16, bias=False), nn.ReLU(), nn.Linear(16, 4, bias=False))
     >>> mem = SubspaceMemory(model, layers=nn.Linear)
-    >>> mem.collect_activations(model, [torch.randn(32, 8)], threshold=0.97)
-    >>> [(s.name, s.k, s.n) for s in mem.summary()]  # doctest: +SKIP
-    [('0', 7, 8), ('2', 12, 16)]
+    >>> x = torch.randn(32, 3) @ torch.randn(3, 8)            # old inputs span 3 of 8 dimensions
+    >>> mem.collect_activations(model, [x], threshold=0.999)["0"]
+    3
+    >>> [(s.name, s.k, s.n) for s in mem.summary()][0]
+    ('0', 3, 8)
 """
 
 from __future__ import annotations
@@ -412,10 +414,14 @@ class SubspaceMemory:
         dtype: storage dtype of the bases (float32 default; estimation always runs in float64).
 
     Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
         >>> mem = SubspaceMemory(model, layers=["0", "2"])          # by name
         >>> mem = SubspaceMemory(model, layers=nn.Linear)           # by type
-        >>> mem.collect_activations(model, loader, threshold=[0.95, 0.99])
-        >>> print(mem)                                             # per-layer k/n and free dims
+        >>> added = mem.collect_activations(model, [torch.randn(32, 8)], threshold=[0.95, 0.99])
+        >>> mem.layer_names
+        ['0', '2']
 
     Reference: GPM (Saha et al., ICLR 2021); SGP (Saha & Roy, AAAI 2023); OGD (Farajtabar et al., 2019).
     """
@@ -956,9 +962,14 @@ class SubspaceMemory:
         Distributed: gradient vectors of all ranks are all-gathered, so every rank builds the same basis.
 
         Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> model = nn.Sequential(nn.Linear(4, 3))
+            >>> mem = SubspaceMemory(model, bias="ignore")
+            >>> x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
             >>> gtl = lambda m, b: m(b[0]).gather(1, b[1][:, None]).squeeze(1)   # OGD ground-truth logits
             >>> mem.collect_gradients(model, gtl, [(x, y)], scope="model")
-            {'__model__': 20}
+            {'__model__': 5}
         """
         if scope not in ("model", "layer"):
             raise ValueError(f"scope must be 'model' or 'layer', got {scope!r}")
@@ -1203,8 +1214,17 @@ class SubspaceMemory:
         update of a layer holding a basis.
 
         Example:
-            >>> g = {model[0].weight: model[0].weight.grad}
-            >>> mem.project_(g)                       # now g[W] @ M ≈ 0
+            >>> import torch
+            >>> from torch import nn
+            >>> model = nn.Sequential(nn.Linear(6, 2, bias=False))
+            >>> mem = SubspaceMemory(model)
+            >>> x_old = torch.randn(10, 2) @ torch.randn(2, 6)
+            >>> mem.collect_activations(model, [x_old], threshold=0.9999)
+            {'0': 2}
+            >>> g = torch.randn(2, 6)
+            >>> mem.project_({model[0].weight: g})    # in place: now g @ x_old.T ≈ 0
+            >>> bool((g @ x_old.T).abs().max() < 1e-4)
+            True
         """
         if mode not in ("hard", "scaled"):
             raise ValueError(f"mode must be 'hard' or 'scaled', got {mode!r}")
@@ -1289,8 +1309,15 @@ class SubspaceMemory:
         removes (0 = no conflict with old tasks, 1 = the update would only move protected directions).
 
         Example:
-            >>> loss.backward()
-            >>> mem.interference()          # {'0': 0.83, '2': 0.41}
+            >>> import torch
+            >>> from torch import nn
+            >>> model = nn.Sequential(nn.Linear(4, 2, bias=False))
+            >>> mem = SubspaceMemory(model)
+            >>> mem.collect_activations(model, [torch.eye(4)[:2]], threshold=0.9999)
+            {'0': 2}
+            >>> model(torch.eye(4)[:1]).sum().backward()   # gradient entirely inside the remembered span
+            >>> round(mem.interference()["0"], 4)
+            1.0
         """
         out: dict[str, float] = {}
         if updates is None:

@@ -12,9 +12,13 @@ used by every implementation: sketchogd, infty, cl-gym), ``"ave"`` — the mean 
 pMNIST MLP); prefer GPM for anything but small models.
 
 Example:
+    >>> import torch
     >>> from orthokit.projection import OGD
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
     >>> ogd = OGD(model, samples_per_task=20)
-    >>> ogd.after_task(task1_loader)                 # batches of (x, y)
+    >>> task1 = [(torch.randn(10, 4), torch.randint(0, 3, (10,))) for _ in range(3)]   # batches of (x, y)
+    >>> ogd.after_task(task1)                        # 20 of the 30 examples
+    {'__model__': 20}
     >>> opt = ogd.wrap(torch.optim.SGD(model.parameters(), lr=1e-3))
 """
 
@@ -83,9 +87,12 @@ class OGD(ProjectionMethod):
         output_fn: ``callable(model, batch) -> Tensor`` of per-example scalars overriding ``variant``.
 
     Example:
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3))
         >>> ogd = OGD(model, samples_per_task=100)
-        >>> ogd.after_task([(x_old, y_old)])
-        >>> opt = ogd.wrap(torch.optim.SGD(model.parameters(), lr=1e-3))
+        >>> ogd.after_task([(torch.randn(6, 4), torch.randint(0, 3, (6,)))])
+        {'__model__': 6}
+        >>> opt = ogd.wrap(torch.optim.AdamW(model.parameters(), lr=1e-3))
     """
 
     mode = "hard"

@@ -18,10 +18,17 @@ Capabilities recorded at registration (the conformance tests read them):
   ``"first_order"`` (unchanged to first order) or ``"soft"`` (only reduced);
 * ``paper``: citation string.
 
+Every method's ``wrap`` returns a :class:`~orthokit.projection._wrapper.WrappedOptimizer` (see that module for the
+protocol). Why two levels (``Method(model, ...)`` + ``.wrap(optimizer)`` instead of one wrapper class): the method
+object outlives optimizers — it holds the memory across tasks (``after_task`` between them), while a fresh
+optimizer is usually built per task (GPM's protocol) — see docs/projection/design.md.
+
 Example:
+    >>> import torch
     >>> from orthokit.projection import PROJECTIONS
-    >>> PROJECTIONS.names(subspace="activation")  # doctest: +SKIP
-    ['gpm', 'sgp']
+    >>> "gpm" in PROJECTIONS.names(subspace="activation")
+    True
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3))
     >>> gpm = PROJECTIONS.get("gpm")(model, threshold=0.97)
 """
 
@@ -55,8 +62,12 @@ def register_projection(name: str, *, aliases: tuple[str, ...] = (), **capabilit
 
     Example:
         >>> @register_projection("mine", subspace="activation", optimizer_agnostic=True,
-        ...                      guarantee="exact", paper="Me et al., 2026")
+        ...                      guarantee="exact", paper="Me et al., 2026")  # doctest: +SKIP
         ... class Mine(ProjectionMethod): ...
+        >>> register_projection("mine", subspace="activation", guarantee="exact")
+        Traceback (most recent call last):
+        ...
+        ValueError: projection method 'mine' must declare capabilities ['optimizer_agnostic', 'paper']
     """
     missing = [c for c in REQUIRED_CAPABILITIES if c not in capabilities]
     if missing:

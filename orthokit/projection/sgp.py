@@ -13,9 +13,14 @@ clipping to [0, 1] — as in the reference ``update_SGP``. ``α`` is ``scale_cof
 code); thresholds as GPM (``ε = 0.97 + 0.003·t`` on CIFAR-100, ``gpm_eps``/``gpm_eps_inc``).
 
 Example:
+    >>> import torch
     >>> from orthokit.projection import SGP
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 4))
     >>> sgp = SGP(model, threshold=lambda t, _: 0.97 + 0.003 * t, scale_coff=10.0)
-    >>> sgp.after_task(task1_batches)
+    >>> added = sgp.after_task([torch.randn(32, 8)])
+    >>> lam = sgp.memory.importance("0")
+    >>> bool(lam.max() == 1.0) and bool((lam > 0).all())     # top direction fully protected
+    True
     >>> opt = sgp.wrap(torch.optim.SGD(model.parameters(), lr=0.05))
 """
 
@@ -55,9 +60,13 @@ class SGP(ProjectionMethod):
         forward: ``callable(model, batch)`` used during collection.
 
     Example:
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Linear(6, 3))
         >>> sgp = SGP(model, threshold=0.97)
-        >>> sgp.after_task([x_old])
+        >>> added = sgp.after_task([torch.randn(20, 6)])
         >>> opt = sgp.wrap(torch.optim.AdamW(model.parameters(), lr=1e-3))
+        >>> opt.mode
+        'scaled'
     """
 
     mode = "scaled"
