@@ -8,8 +8,26 @@ Two ideas on top of Muon:
    ``B = U − S_τ(U) = clamp(U, −τ, τ)``; only ``B`` is orthogonalized, the outliers are dropped from the step.
    The reference example sets ``τ`` to the 0.9-quantile of ``|U|``, recomputed every step.
 2. **Shape-adaptive Newton iterations ("AdaNewton").** One ``(a, b, c)`` triple per matrix shape
-   (key ``(min(m,n), max(m,n))``) applied for 5 steps after Frobenius normalization; unknown shapes fall back to
-   Keller Jordan's (3.4445, −4.7750, 2.0315).
+   (key ``(min(m,n), max(m,n))``) applied for 5 steps after Frobenius normalization. The published table covers
+   four 2048-row shapes; every other shape gets a triple **fitted for that shape** by
+   :func:`fit_root_coefficients` (cached per shape; ``fit_shapes=False`` restores the reference code's fallback
+   to Keller Jordan's (3.4445, −4.7750, 2.0315)).
+
+**The per-shape fit (orthokit's generator; the authors' fitting code and data are not published).** ROOT's stated
+goal is the same orthogonalization precision for every matrix size. For a shape ``p × q`` (``p ≤ q``) the
+Frobenius-normalized singular values of a Gaussian matrix follow, for large sizes, the Marchenko–Pastur law
+``σ = sqrt(λ/p)``, ``λ ∈ [(1−√y)², (1+√y)²]``, ``y = p/q``. The fit minimizes, over ``(a, b, c)``,
+
+    J = ½·E_{σ∼MP(p,q)} (p⁵(σ) − 1)²  +  ½·E_{log σ ∼ U[log ℓ, 0]} (p⁵(σ) − 1)²,   ℓ = max((1−√y)/√p, 1e-3)
+
+(``p⁵`` = five applications of ``x ↦ ax + bx³ + cx⁵``): the first half is the mean-square error of the polar
+factor of a noise-like matrix of that shape (``‖NS(X) − UVᵀ‖²_F / p``), the second keeps every singular value
+between the bulk's lower edge ``ℓ`` and 1 (signal directions above the bulk) close to 1 as well. Levenberg–Marquardt
+from Keller's triple, float64, 1024 quadrature nodes per half; a step is accepted only if it lowers ``J`` and the
+5-step map stays in the engine's safe region on ``[1e-3, 1]`` (iterates in ``(0, 1.95]``, output ``≤ 1.45``), and
+the result must pass :func:`root_schedule_is_safe`. The published entries are **not** reproduced by this fit (their
+fitting data are unknown; docs/optim/root.md gives the numbers): for the published shapes the published triples
+are used verbatim.
 
 Update::  W ← W(1 − ηλ) − η·0.2·sqrt(max(m, n))·NS_shape(clamp(U, −τ, τ)),
 with sum-momentum ``M ← μM + G``, ``U = G + μM`` (reference code).
@@ -24,11 +42,14 @@ entry whose 5-step scalar map passes the polar engine's validation (:func:`root_
 
 from __future__ import annotations
 
+import functools
+import math
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -55,6 +76,7 @@ __all__ = [
     "root_schedule",
     "root_schedule_is_safe",
     "root_coefficients",
+    "fit_root_coefficients",
     "newton_schulz_constant",
 ]
 
@@ -83,6 +105,7 @@ def root_split(u: torch.Tensor, quantile: float = 0.9) -> tuple[torch.Tensor, to
         ``(B, τ)`` with ``τ`` of shape ``[..., 1, 1]``.
 
     Example:
+        >>> from orthokit.optim._normalizers import soft_threshold
         >>> u = torch.randn(32, 16)
         >>> b, tau = root_split(u, 0.9)
         >>> torch.allclose(b + soft_threshold(u, tau), u)
@@ -132,42 +155,164 @@ def root_schedule_is_safe(coeffs: tuple[float, float, float], steps: int = 5) ->
 
 
 _SAFE_CACHE: dict[tuple[float, float, float], bool] = {}
+_FIT_NODES = 1024
+_SAFE_GRID = np.geomspace(1e-3, 1.0, 2001)
+_FIT_WARNED: set[tuple[int, int, int]] = set()
+
+
+def _mp_nodes(p: int, q: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Quadrature of the Marchenko–Pastur law of Frobenius-normalized singular values of a Gaussian ``p × q``.
+
+    ``λ = λ₋ + (λ₊ − λ₋)(1 − cos θ)/2`` with the midpoint rule in ``θ`` (the density's square-root edges become
+    smooth); weights ∝ ``sin²θ / λ``, summing to 1; ``σ = sqrt(λ/p)`` clipped to ``≤ 1``.
+    """
+    y = p / q
+    lo, hi = (1 - math.sqrt(y)) ** 2, (1 + math.sqrt(y)) ** 2
+    th = (np.arange(n) + 0.5) * math.pi / n
+    lam = lo + (hi - lo) * (1 - np.cos(th)) / 2
+    w = np.sin(th) ** 2 / lam
+    return np.minimum(np.sqrt(lam / p), 1.0), w / w.sum()
+
+
+def _map_and_jacobian(c: np.ndarray, x: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """``p^steps(x)`` and its derivative with respect to ``(a, b, c)`` (forward mode), float64."""
+    jac = np.zeros((*x.shape, 3))
+    for _ in range(steps):
+        x2 = x * x
+        dp = c[0] + x2 * (3 * c[1] + 5 * c[2] * x2)
+        jac = jac * dp[:, None] + np.stack([x, x * x2, x * x2 * x2], axis=-1)
+        x = x * (c[0] + x2 * (c[1] + c[2] * x2))
+    return x, jac
+
+
+def _in_safe_region(c: np.ndarray, steps: int) -> bool:
+    x = _SAFE_GRID
+    for _ in range(steps):
+        x = x * (c[0] + x * x * (c[1] + c[2] * x * x))
+        if not (np.all(x > 0) and np.all(x <= 1.95)):
+            return False
+    return bool(np.all(x <= 1.45))
+
+
+@functools.lru_cache(maxsize=512)
+def _fit(p: int, q: int, steps: int) -> tuple[tuple[float, float, float], float, float]:
+    sig, w = _mp_nodes(p, q, _FIT_NODES)
+    ell = max((1 - math.sqrt(p / q)) / math.sqrt(p), 1e-3)
+    x = np.concatenate([sig, np.geomspace(ell, 1.0, _FIT_NODES)])
+    sw = np.sqrt(np.concatenate([0.5 * w, np.full(_FIT_NODES, 0.5 / _FIT_NODES)]))
+
+    def residual(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        y, jac = _map_and_jacobian(c, x, steps)
+        r = sw * (y - 1.0)
+        return r, jac * sw[:, None], float(r @ r)
+
+    c = np.array(ROOT_DEFAULT_COEFFICIENTS, dtype=np.float64)
+    r, jac, f = residual(c)
+    f_keller, damping = f, 1e-3
+    for _ in range(300):
+        a, g = jac.T @ jac, jac.T @ r
+        for _ in range(40):
+            cand = c + np.linalg.solve(a + damping * np.diag(np.diag(a)), -g)
+            r2, jac2, f2 = residual(cand)
+            if f2 < f and _in_safe_region(cand, steps):
+                break
+            damping *= 4.0
+        else:
+            break  # no acceptable step: converged (or pinned at the safe region's boundary)
+        done = (f - f2) <= 1e-12 * f
+        c, r, jac, f = cand, r2, jac2, f2
+        damping = max(damping / 3.0, 1e-12)
+        if done:
+            break
+    coeffs = (round(float(c[0]), 6), round(float(c[1]), 6), round(float(c[2]), 6))
+    return coeffs, math.sqrt(f), math.sqrt(f_keller)
+
+
+def fit_root_coefficients(
+    shape: torch.Size | tuple[int, ...], steps: int = 5, *, return_error: bool = False
+) -> tuple[float, float, float] | tuple[tuple[float, float, float], float, float]:
+    """ROOT's per-shape Newton–Schulz triple, fitted for any ``[..., m, n]`` shape (module docstring: objective).
+
+    Deterministic (float64, no randomness), rounded to 6 decimals, cached per ``(min, max, steps)``; ~0.2 s
+    per new shape. Falls back to :data:`ROOT_DEFAULT_COEFFICIENTS` with a one-time ``UserWarning`` when the
+    fitted triple does not pass :func:`root_schedule_is_safe` or does not improve on Keller's triple.
+
+    Args:
+        shape: the matrix shape (only the last two dims matter; order does not).
+        steps: number of Newton–Schulz steps the triple is fitted for (ROOT: 5).
+        return_error: also return the root-mean-square objective ``sqrt(J)`` of the fit and of Keller's triple.
+
+    Example:
+        >>> c, err, err_keller = fit_root_coefficients((768, 3072), return_error=True)
+        >>> root_schedule_is_safe(c), err < 0.25 * err_keller
+        (True, True)
+    """
+    if len(shape) < 2:
+        raise ValueError(f"shape must have at least 2 dims, got {tuple(shape)}")
+    m, n = int(shape[-2]), int(shape[-1])
+    if m < 1 or n < 1:
+        raise ValueError(f"shape must have positive matrix dims, got {tuple(shape)}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    p, q = min(m, n), max(m, n)
+    coeffs, err, err_keller = _fit(p, q, steps)
+    if not (err < err_keller and root_schedule_is_safe(coeffs, steps)):
+        key = (p, q, steps)
+        if key not in _FIT_WARNED:
+            _FIT_WARNED.add(key)
+            warnings.warn(
+                f"ROOT: no safe per-shape coefficients improving on Keller's for shape {(p, q)} "
+                f"({steps} steps); using {ROOT_DEFAULT_COEFFICIENTS}",
+                stacklevel=2,
+            )
+        coeffs, err = ROOT_DEFAULT_COEFFICIENTS, err_keller
+    return (coeffs, err, err_keller) if return_error else coeffs
 
 
 def root_coefficients(
-    shape: torch.Size | tuple[int, ...], *, warn: bool = False, return_reason: bool = False
+    shape: torch.Size | tuple[int, ...], *, fit: bool = True, warn: bool = False, return_reason: bool = False
 ) -> tuple[float, float, float] | tuple[tuple[float, float, float], str]:
-    """The quintic ROOT uses for a ``[..., m, n]`` matrix: the published shape entry if it passes
-    :func:`root_schedule_is_safe`, else :data:`ROOT_DEFAULT_COEFFICIENTS`.
+    """The quintic ROOT uses for a ``[..., m, n]`` matrix.
+
+    The published shape entry if it passes :func:`root_schedule_is_safe`; otherwise, with ``fit=True``, the
+    triple fitted for the shape (:func:`fit_root_coefficients`); with ``fit=False``, the reference code's
+    fallback :data:`ROOT_DEFAULT_COEFFICIENTS`.
 
     Args:
         shape: the matrix shape.
-        warn: emit a ``UserWarning`` when falling back.
-        return_reason: also return ``"table"``, ``"unknown shape"`` or ``"unsafe table entry"``.
+        fit: fit unknown shapes (True) or fall back to Keller's triple like the reference code (False).
+        warn: emit a ``UserWarning`` when a published entry is rejected as unsafe.
+        return_reason: also return ``"table"``, ``"fitted"``, ``"unsafe table entry, fitted"``,
+            ``"unknown shape"`` or ``"unsafe table entry"`` (the last two: ``fit=False``).
 
     Example:
-        >>> root_coefficients((2048, 3072)), root_coefficients((2048, 2048), return_reason=True)[1]
+        >>> root_coefficients((2048, 3072)), root_coefficients((2048, 2048), fit=False, return_reason=True)[1]
         ((3.4509, -4.579, 1.9325), 'unsafe table entry')
+        >>> root_coefficients((64, 32), return_reason=True)[1], root_coefficients((64, 32), fit=False)
+        ('fitted', (3.4445, -4.775, 2.0315))
     """
     m, n = int(shape[-2]), int(shape[-1])
     key = (min(m, n), max(m, n))
     entry = ROOT_SHAPE_COEFFICIENTS.get(key)
-    if entry is None:
-        coeffs, reason = ROOT_DEFAULT_COEFFICIENTS, "unknown shape"
-    else:
+    if entry is not None:
         if entry not in _SAFE_CACHE:
             _SAFE_CACHE[entry] = root_schedule_is_safe(entry)
         if _SAFE_CACHE[entry]:
             coeffs, reason = entry, "table"
         else:
-            coeffs, reason = ROOT_DEFAULT_COEFFICIENTS, "unsafe table entry"
+            coeffs = fit_root_coefficients(key) if fit else ROOT_DEFAULT_COEFFICIENTS
+            reason = "unsafe table entry, fitted" if fit else "unsafe table entry"
             if warn:
                 warnings.warn(
                     f"ROOT: published coefficients {entry} for shape {key} fail the scalar-map safety check; "
-                    f"using {ROOT_DEFAULT_COEFFICIENTS}",
+                    f"using {coeffs}",
                     stacklevel=2,
                 )
-    return (coeffs, reason) if return_reason else coeffs
+    elif fit:
+        coeffs, reason = fit_root_coefficients(key), "fitted"
+    else:
+        coeffs, reason = ROOT_DEFAULT_COEFFICIENTS, "unknown shape"
+    return (coeffs, reason) if return_reason else coeffs  # type: ignore[return-value]
 
 
 def newton_schulz_constant(
@@ -210,8 +355,8 @@ class robust_orthogonalize(Transform):
     shape-adaptive constant-coefficient Newton–Schulz (:func:`root_coefficients`, engine-validated).
 
     Same-shape matrix views are stacked into one engine call when the group's ``batched`` is True (identical
-    results to the per-parameter path). Reads ``quantile``, ``ns_steps``, ``ns_dtype``, ``batched``, ``shape_table``.
-    A fallback from an unsafe published entry is warned about once per shape.
+    results to the per-parameter path). Reads ``quantile``, ``ns_steps``, ``ns_dtype``, ``batched``,
+    ``shape_table``, ``fit_shapes``. A rejected (unsafe) published entry is warned about once per shape.
 
     Example:
         >>> t = robust_orthogonalize()
@@ -238,13 +383,16 @@ class robust_orthogonalize(Transform):
             x = mats[0] if len(mats) == 1 else torch.cat(mats, dim=0)
             b, _ = root_split(x, group["quantile"])
             if group["shape_table"]:
-                coeffs, reason = root_coefficients((v0.m, v0.n), return_reason=True)
+                fit = group.get("fit_shapes", True)
+                coeffs, reason = root_coefficients((v0.m, v0.n), fit=fit, return_reason=True)
+                if steps != 5 and reason in ("fitted", "unsafe table entry, fitted"):
+                    coeffs = fit_root_coefficients((v0.m, v0.n), steps)  # fitted for the step count in use
                 key = (min(v0.m, v0.n), max(v0.m, v0.n))
-                if reason == "unsafe table entry" and key not in _WARNED:
+                if reason.startswith("unsafe table entry") and key not in _WARNED:
                     _WARNED.add(key)
                     warnings.warn(
                         f"ROOT: the published coefficients for shape {key} fail the engine's scalar-map "
-                        f"validation; using {ROOT_DEFAULT_COEFFICIENTS}",
+                        f"validation; using {coeffs}",
                         stacklevel=2,
                     )
             else:
@@ -275,8 +423,10 @@ class ROOT(OrthogonalOptimizer):
         lr: learning rate (reference default 1e-3 with Moonlight scaling, AdamW-like).
         momentum: μ (0.95), sum convention ``M ← μM + G`` as in the reference code.
         quantile: threshold quantile ``q`` of ``|U|`` (0.9); ``1.0`` disables the outlier clipping.
-        shape_table: use the published per-shape coefficients where they pass validation (True); False always
-            uses Keller's triple.
+        shape_table: shape-adaptive coefficients (True): the published entry where it passes validation, else
+            the per-shape fit (or Keller's triple with ``fit_shapes=False``); False always uses Keller's triple.
+        fit_shapes: fit the coefficients of shapes the published table does not cover (True, default);
+            False restores the reference code's fallback to Keller's triple for them.
         ns_steps: Newton–Schulz steps (5).
         ns_dtype: iteration dtype (``"auto"``; ROOT iterates in fp32).
         weight_decay: decoupled λ (reference 0.1).
@@ -297,6 +447,7 @@ class ROOT(OrthogonalOptimizer):
         momentum: float = 0.95,
         quantile: float = 0.9,
         shape_table: bool = True,
+        fit_shapes: bool = True,
         ns_steps: int = 5,
         ns_dtype: torch.dtype | str | None = "auto",
         nesterov: bool = True,
@@ -311,6 +462,7 @@ class ROOT(OrthogonalOptimizer):
             momentum=momentum,
             quantile=quantile,
             shape_table=shape_table,
+            fit_shapes=fit_shapes,
             nesterov=nesterov,
             momentum_convention=momentum_convention,
             weight_decay=weight_decay,
@@ -330,8 +482,9 @@ class ROOT(OrthogonalOptimizer):
             q = group["quantile"]
             if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 < q <= 1.0:
                 raise ValueError(f"quantile must be a float in (0, 1], got {q!r}")
-            if not isinstance(group["shape_table"], bool):
-                raise TypeError(f"shape_table must be a bool, got {type(group['shape_table']).__name__}")
+            for k in ("shape_table", "fit_shapes"):
+                if not isinstance(group.get(k, True), bool):
+                    raise TypeError(f"{k} must be a bool, got {type(group[k]).__name__}")
 
     def transforms(self, group: dict[str, Any]) -> Sequence[Transform]:
         """``momentum → robust_orthogonalize → scale_by_shape → decoupled_weight_decay``."""
