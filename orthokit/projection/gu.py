@@ -202,8 +202,9 @@ class GeometricUnlearning(WrappedOptimizer):
             ``mode`` of other wrappers, which GU does not take).
         geometry: ``"auto"`` (the optimiser's metric) or ``"euclidean"`` (ablation: ignores the preconditioner).
         metric_iters: fixed-point refinements of the Adam metric with the second moment *including* the new
-            direction (``0`` = the reference code's pre-step metric). Makes the realised Adam step retain-invariant
-            to first order, not only up to the ``O(1 − β₂)`` drift of ``v``.
+            direction. ``0`` (default) = the reference code's pre-step metric; ``10`` (orthokit improvement) makes
+            the realised Adam step retain-invariant to first order, not only up to the ``O(1 − β₂)`` drift of
+            ``v`` (|cos(g_r, Δθ)| 2e-2 → < 1e-6 in ``test_gu.py``).
         check_finite: ``ValueError`` (nothing modified) when a forget/retain gradient holds NaN/inf.
 
     Example:
@@ -229,7 +230,7 @@ class GeometricUnlearning(WrappedOptimizer):
         retain_weight: float = 1.0,
         rule: str = "gu",
         geometry: str = "auto",
-        metric_iters: int = 10,
+        metric_iters: int = 0,
         check_finite: bool = True,
     ) -> None:
         if isinstance(optimizer, nn.Module) and isinstance(model, torch.optim.Optimizer):
