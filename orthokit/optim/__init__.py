@@ -5,8 +5,11 @@
 * :mod:`orthokit.optim.transforms` — ``momentum``, ``orthogonalize``, ``scale_by_shape``,
   ``decoupled_weight_decay``, ``adam``.
 * :class:`Muon` and the registered variants (``OPTIMIZERS.names()``).
-* :func:`hybrid` — ONE optimizer routing hidden matrices to the orthogonalized rule and embeddings, heads, 1-D params
-  and the first conv to AdamW; :func:`describe` prints where each parameter went and why.
+* :func:`hybrid` — ONE optimizer routing hidden matrices to the orthogonalized rule and embeddings, output heads
+  (found by structure), 1-D params and the first conv to AdamW; :func:`describe` prints where each parameter went
+  and why.
+* User defaults live in one place, each class's constructor signature (:func:`constructor_defaults`);
+  :func:`create_optimizer` and :func:`hybrid` use them. A registry's ``default_lr`` is the conformance-test lr.
 
 Example:
     >>> import torch
@@ -21,7 +24,13 @@ from orthokit.optim import transforms
 from orthokit.optim.base import ALGORITHMS, NonFiniteGradientError, OrthogonalOptimizer
 from orthokit.optim.hybrid import describe, hybrid, route_parameters
 from orthokit.optim.muon import Muon
-from orthokit.optim.registry import OPTIMIZERS, create_optimizer, get_optimizer, register_optimizer
+from orthokit.optim.registry import (
+    OPTIMIZERS,
+    constructor_defaults,
+    create_optimizer,
+    get_optimizer,
+    register_optimizer,
+)
 
 # Variant modules (one file each); imported here so that they register themselves.
 # Plain imports, added as each variant file is committed (list maintained by the framework owner).
@@ -51,6 +60,7 @@ __all__ = [
     "NonFiniteGradientError",
     "OPTIMIZERS",
     "OrthogonalOptimizer",
+    "constructor_defaults",
     "create_optimizer",
     "describe",
     "get_optimizer",
