@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -83,8 +85,19 @@ def test_update_orthogonal_to_stored_gradients_and_first_order_invariance() -> N
 def test_pca_rank_and_state_round_trip() -> None:
     model = MLP([10, 12, 4])
     ogd = OGD(model, samples_per_task=8, rank=3)
-    added = ogd.after_task([(torch.randn(8, 10), torch.randint(0, 4, (8,)))])
+    x, y = torch.randn(8, 10), torch.randint(0, 4, (8,))
+    added = ogd.after_task([(x, y)])
     assert added["__model__"] == 3
+    # independent float64 reference: top-3 left singular vectors of the batch-size-1 GTL gradients
+    ref_model = copy.deepcopy(model).double()
+    params = [p for p in ref_model.parameters()]
+    cols = []
+    for i in range(8):
+        out = ref_model(x[i : i + 1].double())[0, y[i]]
+        cols.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(out, params)]))
+    u = torch.linalg.svd(torch.stack(cols, 1), full_matrices=False)[0][:, :3]
+    s = ogd.memory.flat_basis.double()
+    torch.testing.assert_close(s @ s.T, u @ u.T, atol=1e-5, rtol=0)
     other = OGD(MLP([10, 12, 4]))
     other.load_state_dict(ogd.state_dict())
     torch.testing.assert_close(other.memory.flat_basis, ogd.memory.flat_basis, atol=0, rtol=0)
