@@ -33,7 +33,7 @@ def test_oja_converges_to_principal_subspace_of_float64_reference(normalize: boo
     x, _ = _stream()
     C = x.T @ x / x.shape[0]
     evecs = torch.linalg.eigh(C).eigenvectors.flip(1)[:, :3]  # float64 reference principal subspace
-    lr = 0.1 if normalize else 0.005
+    lr = 1.0 if normalize else 0.05  # EMA momentum (HLOP): step η(1 − μ) per batch at start
     h = HebbianSubspace(
         20,
         3,
