@@ -161,13 +161,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+#: the clock probes read (tests replace it with a fake one).
+_clock: Callable[[], float] = time.perf_counter
+
+
 def _time_once(label: str, fn: Callable[[], Any], device: torch.device) -> float:
-    """Seconds one call of ``fn`` takes (tests monkeypatch this to inject a fake timer)."""
+    """Seconds one call of ``fn`` takes (tests monkeypatch this, or :data:`_clock`, to inject a fake timer)."""
     _sync(device)
-    t0 = time.perf_counter()
+    t0 = _clock()
     fn()
     _sync(device)
-    return time.perf_counter() - t0
+    return _clock() - t0
 
 
 def _measure(cands: dict[str, Callable[[], Any]], device: torch.device) -> dict[str, float]:
@@ -247,7 +251,9 @@ def choose_dtype(
     """
     if device.type != "cpu":
         key = ("dtype", device.type)
-        return _cached(key, lambda: Decision("dtype", key, torch.bfloat16, "accelerator: bf16 (torch.optim.Muon)"))
+        return _cached(
+            key, lambda: Decision("dtype", key, torch.bfloat16, "accelerator: bf16 (torch.optim.Muon)")
+        )
     env = _env_cpu_bf16()
     if env is not None:
         dt = torch.bfloat16 if env else torch.float32
@@ -340,7 +346,9 @@ def choose_batch_mode(
     """
     if device.type != "cpu":
         key = ("batch_mode", device.type)
-        return _cached(key, lambda: Decision("batch_mode", key, "batched", "accelerator: one launch per product"))
+        return _cached(
+            key, lambda: Decision("batch_mode", key, "batched", "accelerator: one launch per product")
+        )
     key = ("batch_mode", "cpu", batch > 1, _bucket(m), _bucket(n), it_dtype, gram)
     tiny = m * n < TINY_ENTRIES
     if tiny or not probing_enabled() or batch <= 1:

@@ -31,8 +31,8 @@ from typing import Any, Literal
 import torch
 
 from orthokit._registry import Registry
-from orthokit.linalg._checks import check_finite, check_matrix, compute_dtype
 from orthokit.linalg import dispatch as _dispatch
+from orthokit.linalg._checks import check_finite, check_matrix, compute_dtype
 from orthokit.linalg.coefficients import polar_express_coefficients
 from orthokit.linalg.schedules import Schedule, Triple, get_schedule
 

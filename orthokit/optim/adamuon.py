@@ -149,6 +149,8 @@ class elementwise_normalize(Transform):
     state_keys=("momentum_buffer", "exp_avg_sq", "adamuon_step"),
     supports_batched=True,
     supports_distributed=True,
+    direction="polar",
+    direction_at="orthogonalize",
     paper="Si, Zhang, Shen 2025, arXiv:2507.11005",
 )
 class AdaMuon(OrthogonalOptimizer):

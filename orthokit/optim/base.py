@@ -39,7 +39,7 @@ from torch import Tensor
 
 from orthokit.optim.transforms import MatrixView, Transform, adam, decoupled_weight_decay, scale_by_shape
 
-__all__ = ["OrthogonalOptimizer", "NonFiniteGradientError", "ALGORITHMS"]
+__all__ = ["OrthogonalOptimizer", "NonFiniteGradientError", "NonFiniteUpdateError", "ALGORITHMS"]
 
 logger = logging.getLogger("orthokit.optim")
 
@@ -53,17 +53,42 @@ class NonFiniteGradientError(ValueError):
     """Raised by ``step()`` when a gradient contains NaN/inf (no parameter or state was modified)."""
 
 
+class NonFiniteUpdateError(FloatingPointError):
+    """Raised by ``step()`` when finite gradients produced a NaN/inf update; parameters and state are restored."""
+
+
 def _check_lr(lr: Any, what: str = "lr") -> None:
+    """``lr`` must be a finite float >= 0 or a 1-element tensor holding one (``ValueError``/``TypeError``)."""
     if isinstance(lr, Tensor):
         if lr.numel() != 1:
             raise ValueError(f"tensor {what} must have exactly one element, got shape {tuple(lr.shape)}")
-        if not bool(lr.item() >= 0):
-            raise ValueError(f"{what} must be >= 0, got {lr.item()}")
+        v = float(lr.item())
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"{what} must be a finite number >= 0, got {v}")
         return
     if isinstance(lr, bool) or not isinstance(lr, (int, float)):
         raise TypeError(f"{what} must be a float or a 1-element tensor, got {type(lr).__name__}")
-    if not lr >= 0:
-        raise ValueError(f"{what} must be >= 0, got {lr}")
+    if not (math.isfinite(lr) and lr >= 0):
+        raise ValueError(f"{what} must be a finite number >= 0, got {lr}")
+
+
+def check_finite_hyperparameter(name: str, value: Any) -> None:
+    """Every float hyperparameter of a group must be finite (``ValueError`` naming it); tensors: their value.
+
+    Example:
+        >>> check_finite_hyperparameter("eps", 1e-8)
+        >>> check_finite_hyperparameter("eps", float("inf"))
+        Traceback (most recent call last):
+        ...
+        ValueError: eps must be finite, got inf
+    """
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = float(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if isinstance(value, (tuple, list)):
+        for v in value:
+            check_finite_hyperparameter(name, v)
 
 
 class OrthogonalOptimizer(torch.optim.Optimizer):
@@ -110,7 +135,7 @@ class OrthogonalOptimizer(torch.optim.Optimizer):
         self.dist_context = resolve_dist_context(distributed, process_group)
         super().__init__(params, defaults)
 
-    _EXTRA_STATE = ("skip_nonfinite", "_views", "_names", "dist_context", "_routes")
+    _EXTRA_STATE = ("skip_nonfinite", "_views", "_names", "dist_context", "_routes", "transactional")
 
     def __getstate__(self) -> dict[str, Any]:
         """torch's picklable state plus orthokit's (views, names, flags) so ``copy.deepcopy``/pickle round-trip."""
@@ -130,13 +155,20 @@ class OrthogonalOptimizer(torch.optim.Optimizer):
         return [adam(), decoupled_weight_decay()]
 
     def validate_group(self, group: dict[str, Any]) -> None:
-        """Validate one param group's hyperparameters (``ValueError``/``TypeError`` naming the problem)."""
+        """Validate one param group's hyperparameters (``ValueError``/``TypeError`` naming the problem).
+
+        Base checks: ``lr`` finite >= 0, ``weight_decay`` finite >= 0, every other float hyperparameter finite,
+        ``algorithm``, AdamW ``betas``/``eps``, ``split``, ``layout``, ``flatten``.
+        """
         _check_lr(group["lr"])
+        for k, v in group.items():
+            if k not in ("params", "param_names", "lr"):
+                check_finite_hyperparameter(k, v)
         wd = group.get("weight_decay", 0.0)
         if isinstance(wd, Tensor):
             wd = float(wd.item())
         if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not wd >= 0:
-            raise ValueError(f"weight_decay must be a float >= 0, got {group.get('weight_decay')!r}")
+            raise ValueError(f"weight_decay must be a finite float >= 0, got {group.get('weight_decay')!r}")
         if group["algorithm"] not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {group['algorithm']!r}")
         if group["algorithm"] == "adamw":
@@ -165,17 +197,25 @@ class OrthogonalOptimizer(torch.optim.Optimizer):
                 param_group.setdefault(k, v)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        self.validate_group(group)
         names = group.get("param_names")
-        for i, p in enumerate(group["params"]):
-            name = names[i] if names is not None else f"param_groups[{len(self.param_groups) - 1}][{i}]"
-            self._names[p] = name
-            if p.is_complex():
-                raise ValueError(
-                    f"parameter {name!r} is complex; orthokit optimizers support real parameters only"
-                )
-            if group["algorithm"] == "ortho":
-                self._views[p] = self._make_view(p, group, name)
+        new_names: dict[Tensor, str] = {}
+        new_views: dict[Tensor, MatrixView] = {}
+        try:
+            self.validate_group(group)
+            for i, p in enumerate(group["params"]):
+                name = names[i] if names is not None else f"param_groups[{len(self.param_groups) - 1}][{i}]"
+                new_names[p] = name
+                if p.is_complex():
+                    raise ValueError(
+                        f"parameter {name!r} is complex; orthokit optimizers support real parameters only"
+                    )
+                if group["algorithm"] == "ortho":
+                    new_views[p] = self._make_view(p, group, name)
+        except BaseException:
+            self.param_groups.pop()  # a rejected group leaves the optimizer as it was
+            raise
+        self._names.update(new_names)
+        self._views.update(new_views)
 
     def _make_view(self, p: Tensor, group: dict[str, Any], name: str) -> MatrixView:
         shape = tuple(p.shape)
@@ -209,13 +249,90 @@ class OrthogonalOptimizer(torch.optim.Optimizer):
             raise ValueError(f"parameter {name!r} has an empty matrix view of shape {shape}")
         return MatrixView(shape, mats, m, n, transposed)
 
+    #: top-level ``state_dict`` key naming the optimizer class (torch's ``load_state_dict`` ignores extra keys).
+    STATE_DICT_KEY = "orthokit"
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        """torch's ``state_dict`` plus ``{"orthokit": {"class": <class name>, "format": 1}}``."""
+        sd = super().state_dict()
+        sd[self.STATE_DICT_KEY] = {"class": type(self).__name__, "format": 1}
+        return sd
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch semantics; afterwards matrix views are rebuilt from the loaded groups' ``split``/``flatten``."""
-        super().load_state_dict(state_dict)
-        for group in self.param_groups:
-            if group["algorithm"] == "ortho":
+        """torch semantics, validated first; afterwards matrix views are rebuilt from the loaded groups.
+
+        Raises ``ValueError`` — and modifies nothing — when the checkpoint was saved by a different optimizer
+        class, has different group sizes, when a loaded group's ``split``/``flatten``/``layout`` does not fit a
+        parameter, or when a saved state tensor's shape differs from what this optimizer creates for its
+        parameter (the message names the parameter and the state key). Checkpoints without the class key
+        (saved by plain torch or older orthokit) are accepted if their shapes match.
+        """
+        if not isinstance(state_dict, dict) or "param_groups" not in state_dict or "state" not in state_dict:
+            raise ValueError("state_dict must be a dict with 'state' and 'param_groups' (from state_dict())")
+        meta = state_dict.get(self.STATE_DICT_KEY)
+        if isinstance(meta, dict) and meta.get("class") not in (None, type(self).__name__):
+            raise ValueError(
+                f"state_dict was saved by optimizer class {meta.get('class')!r}, cannot load it into "
+                f"{type(self).__name__}"
+            )
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"state_dict has {len(saved_groups)} param group(s), this optimizer has {len(self.param_groups)}"
+            )
+        views: dict[Tensor, MatrixView] = {}
+        for gi, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(
+                    f"param group {gi}: state_dict has {len(saved['params'])} parameter(s), this optimizer has "
+                    f"{len(group['params'])}"
+                )
+            merged = {**group, **{k: v for k, v in saved.items() if k != "params"}}
+            merged["params"] = group["params"]
+            self.validate_group(merged)
+            if merged["algorithm"] == "ortho":
                 for p in group["params"]:
-                    self._views[p] = self._make_view(p, group, self.param_name(p))
+                    views[p] = self._make_view(p, merged, self.param_name(p))
+            self._check_saved_shapes(merged, saved, state_dict["state"], views)
+        super().load_state_dict(state_dict)
+        self._views.update(views)
+        self.__dict__.pop("_chains", None)
+
+    def _check_saved_shapes(
+        self,
+        group: dict[str, Any],
+        saved: dict[str, Any],
+        saved_state: dict[Any, Any],
+        views: dict[Tensor, MatrixView],
+    ) -> None:
+        """Compare every saved state tensor with the one this optimizer would create for its parameter."""
+        old_views = dict(self._views)
+        self._views.update(views)
+        try:
+            chain = self.chain(group)
+            for pid, p in zip(saved["params"], group["params"]):
+                st = saved_state.get(pid)
+                if not st:
+                    continue
+                with torch.random.fork_rng(devices=[]):
+                    expected: dict[str, Any] = {}
+                    for t in chain:
+                        expected.update(t.init(p, group))
+                for k, v in st.items():
+                    if k not in expected:
+                        raise ValueError(
+                            f"parameter {self.param_name(p)!r}: saved state has key {k!r} that "
+                            f"{type(self).__name__} does not use (expected keys {sorted(expected)})"
+                        )
+                    e = expected[k]
+                    if isinstance(e, Tensor) and isinstance(v, Tensor) and tuple(e.shape) != tuple(v.shape):
+                        raise ValueError(
+                            f"parameter {self.param_name(p)!r}: saved state {k!r} has shape {tuple(v.shape)}, "
+                            f"expected {tuple(e.shape)} (parameter shape {tuple(p.shape)})"
+                        )
+        finally:
+            self._views.clear()
+            self._views.update(old_views)
 
     def matrix_view(self, p: Tensor) -> MatrixView:
         """The ``[mats, m, n]`` view the orthogonalizer uses for ``p`` (``ValueError`` for non-ortho params)."""
@@ -273,33 +390,61 @@ class OrthogonalOptimizer(torch.optim.Optimizer):
         )
 
     def chain(self, group: dict[str, Any]) -> list[Transform]:
-        """The transforms for ``group`` (AdamW chain for ``algorithm="adamw"``), bound to this optimizer."""
+        """The transforms for ``group`` (AdamW chain for ``algorithm="adamw"``), bound to this optimizer.
+
+        A fresh chain is built on every call; :meth:`step` caches one per param group and rebuilds it only when
+        a hyperparameter other than ``lr`` changes (``lr`` is read from the group at update time).
+        """
         ts = list(self.adamw_transforms(group) if group["algorithm"] == "adamw" else self.transforms(group))
         for t in ts:
             t.bind(self)
         return ts
 
-    def _run_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
+    def _cached_chain(self, gi: int, group: dict[str, Any]) -> tuple[list[Transform], scale_by_shape | None]:
+        """``(chain, fused trailing scale_by_shape or None)`` for group ``gi``, rebuilt when hyperparameters change."""
+        sig = _group_signature(group)
+        cache = self.__dict__.setdefault("_chains", {})
+        hit = cache.get(gi)
+        if hit is not None and hit[0] == sig:
+            return hit[1], hit[2]
         chain = self.chain(group)
-        states = [self.state[p] for p in params]
-        for p, st in zip(params, states):
-            if not st:
-                for t in chain:
-                    st.update(t.init(p, group))
-        lr = group["lr"]
         # Fusion: a trailing scale_by_shape (followed only by transforms that pass updates through, e.g. weight
         # decay) is folded into the final foreach add as per-scale alphas — one pass over the updates less.
         fused: scale_by_shape | None = None
-        if not isinstance(lr, Tensor):
+        if not isinstance(group["lr"], Tensor):
             for k in range(len(chain) - 1, -1, -1):
                 if isinstance(chain[k], scale_by_shape):
                     fused = chain.pop(k)  # type: ignore[assignment]
                     break
                 if not getattr(chain[k], "passthrough", False):
                     break
+        cache[gi] = (sig, chain, fused)
+        return chain, fused
+
+    def _run_group(
+        self, gi: int, group: dict[str, Any], params: list[Tensor]
+    ) -> tuple[list[Tensor], scale_by_shape | None]:
+        """Run group ``gi``'s chain; return its final updates (parameters untouched unless a transform says so)."""
+        chain, fused = self._cached_chain(gi, group)
+        states = [self.state[p] for p in params]
+        for p, st in zip(params, states):
+            if not st:
+                for t in chain:
+                    st.update(t.init(p, group))
         updates: list[Tensor] = [p.grad for p in params]  # type: ignore[misc]
+        taps = self.__dict__.get("_taps")
         for t in chain:
-            updates = t.update(updates, states, params, group)
+            new = t.update(updates, states, params, group)
+            if taps:
+                for tap in list(taps.values()):
+                    tap(t, updates, new, params)
+            updates = new
+        return updates, fused
+
+    def _commit_group(
+        self, group: dict[str, Any], params: list[Tensor], updates: list[Tensor], fused: scale_by_shape | None
+    ) -> None:
+        lr = group["lr"]
         if isinstance(lr, Tensor):
             torch._foreach_sub_(params, torch._foreach_mul(updates, lr))
         elif lr != 0 and fused is None:
@@ -313,9 +458,97 @@ class OrthogonalOptimizer(torch.optim.Optimizer):
             for f, (ps, us) in by_factor.items():
                 torch._foreach_add_(ps, us, alpha=-lr * f)
 
+    def register_update_tap(self, fn: Any) -> Any:
+        """Call ``fn(transform, inputs, outputs, params)`` after every transform of every step (inspection only:
+        ``fn`` must not modify the tensors). Used by the conformance suite to look at the orthogonalized
+        direction before a method's rescaling. Returns a handle with ``.remove()``.
+
+        Example:
+            >>> import torch
+            >>> from orthokit.optim import Muon
+            >>> w = torch.nn.Parameter(torch.randn(6, 4)); w.grad = torch.randn(6, 4)
+            >>> opt = Muon([w]); seen = []
+            >>> h = opt.register_update_tap(lambda t, i, o, p: seen.append(t.name))
+            >>> opt.step(); h.remove(); seen
+            ['momentum', 'orthogonalize', 'decoupled_weight_decay']
+        """
+        from collections import OrderedDict
+
+        from torch.utils.hooks import RemovableHandle
+
+        taps = self.__dict__.setdefault("_taps", OrderedDict())
+        handle = RemovableHandle(taps)
+        taps[handle.id] = fn
+        return handle
+
+    # ------------------------------------------------------------------ transactional step
+    def defer_param_op(self, fn: Any) -> bool:
+        """Queue ``fn()`` (an in-place parameter change such as weight decay) to run at commit time.
+
+        Returns False when no step is in progress (the caller should then apply it immediately). Transforms
+        use this so that parameters change only after every group's update is known to be finite.
+        """
+        pending = self.__dict__.get("_pending_param_ops")
+        if pending is None:
+            return False
+        pending.append(fn)
+        return True
+
+    def _snapshot(self, work: list[tuple[int, dict[str, Any], list[Tensor]]]) -> dict[str, Any]:
+        """What a failed step must restore: the state dicts (their tensors cloned) and, for groups whose chain
+        has a transform that may write parameters in place (``touches_params``, True unless a transform says
+        otherwise), the parameters. The first step of a parameter (empty state) costs nothing."""
+        snap_state: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        src: list[Tensor] = []
+        snap_params: list[tuple[Tensor, Tensor]] = []
+        for gi, group, params in work:
+            chain, _ = self._cached_chain(gi, group)
+            touches = any(getattr(t, "touches_params", True) for t in chain)
+            for p in params:
+                st = self.state[p]
+                snap_state.append((st, dict(st)))
+                src.extend(v for v in st.values() if isinstance(v, Tensor))
+                if touches:
+                    snap_params.append((p, p.detach().clone()))
+        dst = [t.clone() for t in src]
+        return {"state": snap_state, "tensors": list(zip(src, dst)), "params": snap_params}
+
+    def _restore(self, snap: dict[str, Any]) -> None:
+        for orig, copy in snap["tensors"]:
+            orig.copy_(copy)
+        for st, saved in snap["state"]:
+            st.clear()
+            st.update(saved)
+        for p, b in snap["params"]:
+            p.copy_(b)
+
+    def _nonfinite_updates(
+        self, results: list[tuple[dict[str, Any], list[Tensor], list[Tensor], Any]]
+    ) -> list[str]:
+        """Names of parameters whose final update is not finite (one host sync on the happy path)."""
+        ups = [u for _, _, us, _ in results for u in us]
+        if not ups:
+            return []
+        norms = torch._foreach_norm(ups)
+        if bool(torch.stack([n.float() for n in norms]).isfinite().all()):
+            return []
+        return [
+            self.param_name(p)
+            for _, ps, us, _ in results
+            for p, u in zip(ps, us)
+            if not bool(torch.isfinite(u).all())
+        ]
+
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
-        """Perform one optimization step (``closure`` re-evaluates the loss, torch semantics)."""
+        """Perform one optimization step (``closure`` re-evaluates the loss, torch semantics).
+
+        Transactional: gradients are checked first (one host sync); every group's update is then computed with
+        parameter writes deferred; if a transform raises, or an update is non-finite although the gradients
+        were finite, parameters and optimizer state are restored exactly and the error is raised
+        (:class:`NonFiniteUpdateError`; with ``skip_nonfinite=True`` the step is skipped with a warning).
+        Set ``optimizer.transactional = False`` to drop the snapshot (one copy of the state per step).
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -323,6 +556,63 @@ class OrthogonalOptimizer(torch.optim.Optimizer):
         work = self._gather_work()
         if not work or not self._check_grads(work):
             return loss
-        for group, params in work:
-            self._run_group(group, params)
+        index = {id(g): i for i, g in enumerate(self.param_groups)}
+        iwork = [(index[id(g)], g, ps) for g, ps in work]
+        transactional = getattr(self, "transactional", True)
+        snap = self._snapshot(iwork) if transactional else None
+        pending: list[Any] = []
+        self.__dict__["_pending_param_ops"] = pending
+        try:
+            results = []
+            for gi, group, params in iwork:
+                updates, fused = self._run_group(gi, group, params)
+                results.append((group, params, updates, fused))
+            bad = self._nonfinite_updates(results)
+        except BaseException:
+            self.__dict__["_pending_param_ops"] = None
+            if snap is not None:
+                self._restore(snap)
+            raise
+        self.__dict__["_pending_param_ops"] = None
+        if bad:
+            if snap is not None:
+                self._restore(snap)
+            msg = (
+                f"non-finite update (NaN or inf) for parameter(s) {', '.join(map(repr, bad))} from finite "
+                "gradients"
+            )
+            if self.skip_nonfinite:
+                warnings.warn(f"{msg}; optimizer step skipped", RuntimeWarning, stacklevel=2)
+                logger.warning("%s; optimizer step skipped", msg)
+                return loss
+            state_note = "parameters and state restored" if snap is not None else "transactional=False"
+            raise NonFiniteUpdateError(f"{msg}; {state_note}")
+        for fn in pending:
+            fn()
+        for group, params, updates, fused in results:
+            self._commit_group(group, params, updates, fused)
         return loss
+
+
+def _freeze(v: Any) -> Any:
+    if isinstance(v, Tensor):
+        return ("tensor", id(v))
+    if isinstance(v, (list, tuple)):
+        return tuple(_freeze(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
+    try:
+        hash(v)
+    except TypeError:
+        return ("id", id(v))
+    return v
+
+
+def _group_signature(group: dict[str, Any]) -> tuple[Any, ...]:
+    """Hyperparameters a chain is built from: everything but ``params``/``param_names``/``lr`` (``lr`` is read
+    from the group at update time, so LR schedulers do not force a rebuild); a float ``lr`` and a tensor ``lr``
+    fuse differently, so the lr *kind* is part of the signature."""
+    return (
+        isinstance(group["lr"], Tensor),
+        tuple(sorted((k, _freeze(v)) for k, v in group.items() if k not in ("params", "param_names", "lr"))),
+    )

@@ -78,6 +78,8 @@ def validate_muon_kwargs(group: dict[str, Any]) -> None:
     state_keys=("momentum_buffer",),
     supports_batched=True,
     supports_distributed=True,
+    direction="polar",
+    direction_at="update",
     paper="Jordan et al. 2024; Liu et al. 2025 (arXiv:2502.16982)",
 )
 class Muon(OrthogonalOptimizer):

@@ -156,6 +156,8 @@ class neuron_normalize(Transform):
     state_keys=("momentum_buffer", "second_momentum_buffer"),
     supports_batched=True,
     supports_distributed=True,
+    direction="polar",
+    direction_at="orthogonalize",
     paper="Li et al. 2025, arXiv:2510.05491",
 )
 class NorMuon(OrthogonalOptimizer):

@@ -134,6 +134,9 @@ class Transform:
     name: str = "transform"
     state_keys: tuple[str, ...] = ()
     optimizer: OrthogonalOptimizer | None = None
+    #: whether :meth:`update` may write parameters in place (then a transactional step snapshots them). True
+    #: unless a transform declares otherwise; weight decay defers its write through the optimizer instead.
+    touches_params: bool = True
 
     def bind(self, optimizer: OrthogonalOptimizer) -> None:
         """Attach the owning optimizer (called by the optimizer; no need to call it yourself)."""
@@ -185,6 +188,7 @@ class momentum(Transform):
     """
 
     name = "momentum"
+    touches_params = False
 
     def __init__(
         self, beta: float, nesterov: bool = True, convention: str = "ema", key: str = "momentum_buffer"
@@ -222,10 +226,9 @@ class momentum(Transform):
         return f"momentum(beta={self.beta}, nesterov={self.nesterov}, convention={self.convention!r})"
 
 
-#: smallest min(m, n) for which ``ns_dtype="auto"`` iterates in bfloat16 on a CPU with AMX-BF16 tiles; below it
-#: float32 is faster there too (measured: 64² 0.35 vs 0.98 ms, 512×128 1.95 vs 2.42 ms, 256² 4.1 vs 3.1 ms,
-#: 768² 86 vs 59 ms, 2304×768 235 vs 130 ms for fp32 vs bf16 Polar Express, 2 threads).
-CPU_BF16_MIN_DIM = 256
+#: kept for backward compatibility: the CPU dtype is now measured per shape class
+#: (:mod:`orthokit.linalg.dispatch`); matrices below ``dispatch.TINY_ENTRIES`` entries always iterate in fp32.
+CPU_BF16_MIN_DIM = 128
 
 
 def resolve_ns_dtype(
@@ -233,26 +236,26 @@ def resolve_ns_dtype(
 ) -> torch.dtype | None:
     """Iteration dtype of the orthogonalizer.
 
-    ``"auto"`` → bfloat16 on CUDA/XPU/MPS (like torch.optim.Muon and Keller's Muon). On CPU it picks the faster
-    one: bfloat16 when the CPU has AMX-BF16 (:func:`cpu_has_fast_bf16`) and the matrices are at least
-    :data:`CPU_BF16_MIN_DIM` on their short side (``shape`` = ``[..., m, n]``), else float32 — without AMX,
-    bfloat16 matmuls are ~18× slower than float32. ``None`` → the update's own dtype. A ``torch.dtype`` or its
-    name (``"bfloat16"``) → that dtype.
+    ``"auto"`` → bfloat16 on CUDA/XPU/MPS (like torch.optim.Muon and Keller's Muon). On CPU the faster of
+    float32 and bfloat16 *as measured on this host* for the shape class of ``shape`` (``[..., m, n]``; probed
+    once per process and cached, :func:`orthokit.linalg.dispatch.choose_dtype`; ``ORTHOKIT_CPU_BF16=0|1``
+    overrides; tiny or unknown shapes → float32). ``None`` → the update's own dtype. A ``torch.dtype`` or its
+    name (``"bfloat16"``) → that dtype (explicit choices are never second-guessed).
 
     Example:
         >>> resolve_ns_dtype("auto", torch.device("cpu"), (64, 64))
         torch.float32
+        >>> resolve_ns_dtype("bfloat16", torch.device("cpu"), (768, 768))
+        torch.bfloat16
     """
     if ns_dtype is None:
         return None
     if isinstance(ns_dtype, torch.dtype):
         return ns_dtype
     if ns_dtype == "auto":
-        if device.type != "cpu":
-            return torch.bfloat16
-        if shape is not None and min(shape[-2:]) >= CPU_BF16_MIN_DIM and cpu_has_fast_bf16():
-            return torch.bfloat16
-        return torch.float32
+        from orthokit.linalg.dispatch import choose_dtype
+
+        return choose_dtype(device, None if shape is None else tuple(shape))
     try:
         dt = getattr(torch, str(ns_dtype))
     except AttributeError:
@@ -322,6 +325,7 @@ class orthogonalize(Transform):
     """
 
     name = "orthogonalize"
+    touches_params = False
 
     def __init__(
         self,
@@ -401,6 +405,7 @@ class scale_by_shape(Transform):
     """
 
     name = "scale_by_shape"
+    touches_params = False
 
     def __init__(self, mode: str = "keller") -> None:
         if mode not in SCALE_MODES:
@@ -430,7 +435,9 @@ class decoupled_weight_decay(Transform):
     r"""Decoupled weight decay with the UNADJUSTED lr: :math:`W ← W(1 − ηλ)` (in place on the parameters).
 
     Reads ``lr`` and ``weight_decay`` (λ) from the group; updates pass through unchanged. Placed last so that the
-    base class then applies :math:`W ← W − η·U` (Loshchilov & Hutter 2019; torch.optim.Muon; Moonlight).
+    base class then applies :math:`W ← W − η·U` (Loshchilov & Hutter 2019; torch.optim.Muon; Moonlight). Inside
+    an optimizer step the multiply is deferred to the commit (after every update is known to be finite), so a
+    failed step leaves the parameters untouched; called directly it applies at once.
 
     Example:
         >>> import torch
@@ -441,6 +448,7 @@ class decoupled_weight_decay(Transform):
     """
 
     name = "decoupled_weight_decay"
+    touches_params = False
     passthrough = True  # returns its input updates unchanged (lets the optimizer fuse a preceding scale)
 
     def __init__(self, key: str = "weight_decay") -> None:
@@ -451,9 +459,11 @@ class decoupled_weight_decay(Transform):
     ) -> list[Tensor]:
         wd = group.get(self.key, 0.0)
         if isinstance(wd, Tensor) or wd != 0:
-            lr = group["lr"]
-            factor = 1 - lr * wd
-            torch._foreach_mul_(params, factor)
+            factor = 1 - group["lr"] * wd
+            ps = list(params)
+            opt = self.optimizer
+            if opt is None or not opt.defer_param_op(lambda: torch._foreach_mul_(ps, factor)):
+                torch._foreach_mul_(ps, factor)
         return updates
 
 
@@ -475,6 +485,7 @@ class adam(Transform):
     """
 
     name = "adam"
+    touches_params = False
     state_keys = ("step", "exp_avg", "exp_avg_sq")
 
     def init(self, param: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:

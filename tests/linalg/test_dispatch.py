@@ -7,7 +7,6 @@ large sleep.
 from __future__ import annotations
 
 import importlib
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -72,29 +71,53 @@ def test_probe_is_short(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls.count("fp32") == 1 + dispatch.PROBE_RUNS
 
 
-def test_artificially_slow_batched_kernel_loses(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Real timing, with the batched kernel made 250 ms slower: the probe must pick the loop."""
-    real = P._ns_3d
+class _FakeClock:
+    """A clock that only advances when a (patched) kernel says so: deterministic on a loaded machine."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _slow(monkeypatch: pytest.MonkeyPatch, kernel: str, cost: float) -> _FakeClock:
+    clock = _FakeClock()
+    monkeypatch.setattr(dispatch, "_clock", clock)
+    real = getattr(P, kernel)
 
     def slow(*a, **k):  # noqa: ANN002, ANN003
-        time.sleep(0.25)
+        clock.now += cost
         return real(*a, **k)
 
-    monkeypatch.setattr(P, "_ns_3d", slow)
+    monkeypatch.setattr(P, kernel, slow)
+    return clock
+
+
+def test_artificially_slow_batched_kernel_loses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real kernels run, the batched one is made slow (on a clock that only it advances): loop wins."""
+    _slow(monkeypatch, "_ns_3d", 1.0)
     X = torch.randn(3, 128, 160)
     assert P._resolve_batch_mode("auto", X) == "loop", dispatch.dispatch_report()
-    assert dispatch.dispatch_decisions()[-1].times_ms["batched"] > 200
+    assert dispatch.dispatch_decisions()[-1].times_ms["batched"] >= 1000
 
 
 def test_artificially_slow_loop_loses(monkeypatch: pytest.MonkeyPatch) -> None:
+    _slow(monkeypatch, "_ns_2d", 1.0)
+    assert P._resolve_batch_mode("auto", torch.randn(3, 128, 160)) == "batched"
+
+
+def test_artificially_slow_bf16_loses(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _FakeClock()
+    monkeypatch.setattr(dispatch, "_clock", clock)
     real = P._ns_2d
 
-    def slow(*a, **k):  # noqa: ANN002, ANN003
-        time.sleep(0.1)
-        return real(*a, **k)
+    def kernel(X, *a, **k):  # noqa: ANN001, ANN002, ANN003
+        clock.now += 5.0 if X.dtype == torch.bfloat16 else 1.0
+        return real(X, *a, **k)
 
-    monkeypatch.setattr(P, "_ns_2d", slow)
-    assert P._resolve_batch_mode("auto", torch.randn(3, 128, 160)) == "batched"
+    monkeypatch.setattr(P, "_ns_2d", kernel)
+    assert dispatch.choose_dtype(CPU, (384, 512)) == torch.float32
 
 
 def test_gram_only_among_accurate_candidates(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -394,10 +394,14 @@ def test_auto_batch_mode_is_measured_and_explicit_wins(monkeypatch: pytest.Monke
     big32, small32 = torch.zeros(4, 256, 256), torch.zeros(4, 32, 64)
     dispatch.set_probing(True)
     try:
-        monkeypatch.setattr(dispatch, "_time_once", lambda label, fn, dev: {"loop": 2.0, "batched": 1.0}[label])
+        monkeypatch.setattr(
+            dispatch, "_time_once", lambda label, fn, dev: {"loop": 2.0, "batched": 1.0}[label]
+        )
         assert P._resolve_batch_mode("auto", big32) == "batched"
         dispatch.clear_cache()
-        monkeypatch.setattr(dispatch, "_time_once", lambda label, fn, dev: {"loop": 1.0, "batched": 2.0}[label])
+        monkeypatch.setattr(
+            dispatch, "_time_once", lambda label, fn, dev: {"loop": 1.0, "batched": 2.0}[label]
+        )
         assert P._resolve_batch_mode("auto", big32) == "loop"
         assert P._resolve_batch_mode("auto", small32) == "batched"  # tiny: fixed rule, no probe
         assert P._resolve_batch_mode("loop", small32) == "loop"

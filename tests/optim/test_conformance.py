@@ -279,3 +279,132 @@ def test_hybrid_routes_with_every_optimizer(name):
     for b, p in zip(before, model.parameters()):
         assert not torch.equal(b, p.detach())
         assert torch.isfinite(p).all()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Purpose: the orthogonalized direction of one step is the float64 polar factor (within the orthogonalizer's
+# documented accuracy). Used by tests/optim/test_mutants.py on deliberately broken optimizers, which must fail it.
+PURPOSE_SHAPES = {"wide": (12, 20), "tall": (20, 12)}
+
+
+def _well_conditioned(m: int, n: int, seed: int, kappa: float = 5.0) -> torch.Tensor:
+    """``U diag(σ) Vᵀ`` with σ log-spaced in [1/κ, 1] (float64)."""
+    g = torch.Generator().manual_seed(seed)
+    r = min(m, n)
+    U = torch.linalg.qr(torch.randn(m, r, generator=g, dtype=torch.float64)).Q
+    V = torch.linalg.qr(torch.randn(n, r, generator=g, dtype=torch.float64)).Q
+    s = torch.logspace(0, -torch.log10(torch.tensor(kappa)).item(), r, dtype=torch.float64)
+    return (U * s) @ V.T
+
+
+def _polar64(X: torch.Tensor) -> torch.Tensor:
+    U, _, Vh = torch.linalg.svd(X.double(), full_matrices=False)
+    return U @ Vh
+
+
+def guaranteed_sigma_range(ns_method: str, ns_steps: int | None) -> tuple[float, float]:
+    """Output σ-range the orthogonalizer guarantees for normalized inputs with σ in [lower, 1] (its own docs)."""
+    from orthokit.linalg.coefficients import polar_express_coefficients
+    from orthokit.linalg.polar import POLAR_METHODS
+    from orthokit.linalg.schedules import get_schedule, validate_schedule
+    from orthokit.optim.transforms import resolve_polar_method
+
+    method, opts = resolve_polar_method(ns_method)
+    if POLAR_METHODS.capabilities(method).get("exact"):
+        return 1.0 - 1e-6, 1.0 + 1e-6
+    if method == "polar_express":
+        k = 5 if ns_steps is None else ns_steps
+        coeffs = (
+            get_schedule("polar_express").coefficients
+            if k == 5
+            else polar_express_coefficients(1e-3, k, 0.02, 0.02)
+        )
+        chk = validate_schedule(coeffs, lower=1e-3)
+    else:
+        chk = validate_schedule(opts["schedule"], ns_steps)
+    return chk.out_min, chk.out_max
+
+
+def check_polar_direction(factory, *, where: str = "update", seed: int = 0, steps: int = 2) -> dict:
+    """Run ``steps`` steps of ``factory(named_params)`` on well-conditioned gradients and check the last step's
+    orthogonalized direction against the float64 polar factor ``U Vᵀ`` of the orthogonalizer's input.
+
+    ``where="update"`` (Muon-like): direction = ``−Δp / (lr · keller_scale)``, input = the Nesterov/EMA momentum
+    re-computed here in float64 from the gradients (independent of the implementation).
+    ``where="orthogonalize"``: direction = output of the chain's ``orthogonalize`` transform, input = its input
+    (for methods that rescale the polar factor afterwards, e.g. NorMuon per row, AdaMuon per entry).
+
+    Passes iff, for every shape, all singular values of the direction lie in the orthogonalizer's guaranteed
+    range (± 0.02 for fp32 round-off) and the cosine with ``U Vᵀ`` is ≥ 0.99 (for orthogonalizers whose range
+    starts below 0.5, the bound that range implies). Raises ``AssertionError`` otherwise.
+    """
+    params = {k: torch.nn.Parameter(torch.zeros(*s)) for k, s in PURPOSE_SHAPES.items()}
+    opt = factory(list(params.items()))
+    group = opt.param_groups[0]
+    lo, hi = guaranteed_sigma_range(group.get("ns_method", "polar_express"), group.get("ns_steps"))
+    grads = [
+        {k: _well_conditioned(*s, seed=seed + 10 * t + i) for i, (k, s) in enumerate(PURPOSE_SHAPES.items())}
+        for t in range(steps)
+    ]
+    tapped: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def tap(t, inputs, outputs, ps):  # noqa: ANN001
+        if t.name == "orthogonalize":
+            for p, i, o in zip(ps, inputs, outputs):
+                tapped[id(p)] = (i.detach().double().clone(), o.detach().double().clone())
+
+    handle = opt.register_update_tap(tap)
+    before = {}
+    for t in range(steps):
+        tapped.clear()
+        before = {k: p.detach().double().clone() for k, p in params.items()}
+        for k, p in params.items():
+            p.grad = grads[t][k].float()
+        opt.step()
+    handle.remove()
+    lr = float(group["lr"])
+    mu = float(group.get("momentum", 0.95))
+    results = {}
+    for k, p in params.items():
+        m, n = p.shape
+        if where == "update":
+            direction = -(p.detach().double() - before[k]) / (lr * max(1.0, m / n) ** 0.5)
+            M = torch.zeros(m, n, dtype=torch.float64)
+            for t in range(steps):  # EMA momentum with Nesterov look-ahead (torch / Keller convention)
+                M = mu * M + (1 - mu) * grads[t][k].float().double()
+            U_in = (1 - mu) * grads[-1][k].float().double() + mu * M
+        elif where == "orthogonalize":
+            assert id(p) in tapped, "the chain has no 'orthogonalize' transform (nothing to check)"
+            U_in, direction = tapped[id(p)]
+        else:
+            raise ValueError(f"where must be 'update' or 'orthogonalize', got {where!r}")
+        P = _polar64(U_in)
+        sig = torch.linalg.svdvals(direction)
+        cos = float((direction * P).sum() / (direction.norm() * P.norm()))
+        results[k] = (float(sig.min()), float(sig.max()), cos)
+        assert lo - 0.02 <= float(sig.min()) and float(sig.max()) <= hi + 0.02, (
+            f"{k}: σ of the direction in [{float(sig.min()):.4f}, {float(sig.max()):.4f}], "
+            f"orthogonalizer guarantees [{lo:.4f}, {hi:.4f}]"
+        )
+        # 0.99 where the orthogonalizer promises a tight range (all shipped defaults: PE-5 [0.859, 1.141]);
+        # for deliberately coarse ones (e.g. 1 Newton–Schulz step) the bound its σ-range implies (Kantorovich).
+        need = 0.99 if lo >= 0.5 else 2 * (lo * hi) ** 0.5 / (lo + hi)
+        assert cos >= need, f"{k}: cosine with the float64 polar factor U Vᵀ is {cos:.4f} < {need:.4f}"
+    return results
+
+
+def test_direction_is_the_polar_factor(name):
+    """Every optimizer whose update is an orthogonalized direction: one step's direction ≈ float64 U Vᵀ."""
+    caps = OPTIMIZERS.capabilities(name)
+    direction = caps.get("direction")
+    where = caps.get("direction_at")
+    if direction is None:
+        # Undeclared: check the orthogonalize transform of its chain if it has one (its own schedule's range).
+        probe = _make(name, [torch.nn.Parameter(torch.zeros(4, 3))])
+        names = [t.name for t in probe.chain(probe.param_groups[0])]
+        if "orthogonalize" not in names:
+            pytest.skip(f"{name}: declares no 'direction' capability and its chain has no orthogonalize step")
+        where = "orthogonalize"
+    elif direction != "polar":
+        pytest.skip(f"{name}: direction={direction!r} is not a polar factor (tested in its own file)")
+    check_polar_direction(lambda ps: _make(name, ps, weight_decay=0.0), where=where)
