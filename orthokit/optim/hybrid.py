@@ -17,7 +17,8 @@ Routing rules (first match wins; reasons are recorded verbatim):
    a. HuggingFace models: the module returned by ``model.get_output_embeddings()``;
    b. with ``example_input`` given: every module whose forward output *is* (same storage as) a tensor of the
       model's output, found by forward hooks on one no-grad forward in eval mode (training flags, parameters and
-      buffers are restored/untouched);
+      buffers are restored/untouched). Only a module's own ``weight`` is routed this way, and a submodule whose
+      weight its parent uses functionally (``nn.MultiheadAttention.out_proj``) fires no hook;
    c. without it, structurally: the **last** ``nn.Linear`` in module registration order, when no ``nn.Linear``
       or convolution of the model (itself included) takes its ``out_features`` as input width — its output cannot
       feed another layer, so it is the classifier (the last Linear of an ``nn.Sequential`` MLP, a ResNet's
@@ -175,6 +176,8 @@ def _structural_head(model: nn.Module) -> tuple[nn.Module, str] | None:
             in_widths.add(int(mod.in_channels))
         elif _is_hf_conv1d(mod):
             in_widths.add(int(mod.weight.shape[0]))  # HF Conv1D stores (in, out)
+        elif isinstance(mod, nn.MultiheadAttention):  # its in-projection is a raw parameter, not a Linear
+            in_widths.update({int(mod.embed_dim), int(mod.kdim), int(mod.vdim)})
     if not linears:
         return None
     name, last = linears[-1]

@@ -354,3 +354,19 @@ def test_transformers_gpt2_head_from_get_output_embeddings(tie):
     # the forward-hook path agrees (HF ModelOutput is searched for the logits tensor)
     rh = _routes(model, example_input=torch.randint(0, 50, (1, 5)))
     assert {k: v.rule for k, v in rh.items()} == {k: v.rule for k, v in r.items()}
+
+
+def test_a_linear_feeding_attention_is_not_taken_for_a_head():
+    class AttnLast(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2)
+            self.inp = nn.Linear(4, 8)  # registered last; its width 8 is read by the attention's raw in_proj
+
+        def forward(self, x):
+            h = self.inp(x)
+            return self.attn(h, h, h)[0]
+
+    r = _routes(AttnLast())
+    assert r["inp.weight"].rule == "ortho" and r["attn.out_proj.weight"].rule == "ortho"
+    assert r["attn.in_proj_weight"].rule == "ortho"
