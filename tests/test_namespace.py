@@ -188,6 +188,11 @@ def test_linalg_submodules_stay_importable() -> None:
     assert isinstance(mod, types.ModuleType) and mod.POLAR_METHODS is L.POLAR_METHODS
     assert isinstance(L.polar, types.FunctionType) and orthokit.polar is L.polar
     assert isinstance(L.cayley, types.FunctionType) and isinstance(L.procrustes, types.FunctionType)
+    # functions and results from the private modules pickle by reference and come back identical
+    import pickle
+
+    for obj in (L.polar, L.cayley, L.procrustes, L.ProcrustesResult):
+        assert pickle.loads(pickle.dumps(obj)) is obj
 
 
 def test_cayley_and_procrustes_modules_are_private() -> None:
