@@ -480,12 +480,137 @@ def demo(out_dir: Path) -> str:
     return body + "\n![polar](polar.png)\n"
 
 
+def _ns5_fp32(G: torch.Tensor) -> torch.Tensor:
+    """torch.optim.Muon's NS5 loop line by line with the iteration dtype swapped to fp32 (torch: always bf16)."""
+    from torch.optim._muon import DEFAULT_A as a
+    from torch.optim._muon import DEFAULT_B as b
+    from torch.optim._muon import DEFAULT_C as c
+
+    X = G.float().clone()
+    tall = X.size(0) > X.size(1)
+    if tall:
+        X = X.T
+    X.div_(X.norm().clamp(min=1e-7))
+    for _ in range(5):
+        A = X @ X.T
+        B = torch.addmm(A, A, A, beta=b, alpha=c)
+        X = torch.addmm(X, B, X, beta=a)
+    return X.T if tall else X
+
+
+def run_headline(n: int = 256, rounds: int = 5, out: Path | None = None) -> dict:
+    """Short headline: the acceptance matrix (σ log-spaced 1..1e-2, n×n) and a Gaussian n×4n, torch NS5 (bf16,
+    the anchor) vs ``orthokit.polar`` default (iterates in the input dtype, fp32), ``dtype="auto"`` (measured
+    dispatch), forced bf16 (same dtype as torch) and torch's loop in fp32; interleaved rounds, ratio = median
+    of per-round ratios. Writes ``out`` (markdown) and ``out.json`` when given."""
+    import orthokit
+    from orthokit.linalg._hw import cpu_info
+    from orthokit.linalg.dispatch import dispatch_report
+
+    g = torch.Generator().manual_seed(0)
+    mats = {
+        f"log-spaced 1..1e-2 {n}x{n}": _with_spectrum(n, n, torch.logspace(0, -2, n), g),
+        f"gaussian {n}x{4 * n}": torch.randn(n, 4 * n, generator=g),
+    }
+    fns_of: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "torch.optim.Muon NS5 (bf16, anchor)": _torch_ns5,
+        "torch NS5 loop in fp32 (replica)": _ns5_fp32,
+        "orthokit.polar default (input dtype fp32)": lambda G: orthokit.polar(G),
+        'orthokit.polar dtype="auto" (measured)': lambda G: orthokit.polar(G, dtype="auto"),
+        "orthokit.polar dtype=bf16 (torch's dtype)": lambda G: orthokit.polar(G, dtype=torch.bfloat16),
+    }
+    rows = []
+    for mname, G in mats.items():
+        P = _exact_polar64(G)
+        fns = {k: (lambda f=f, G=G: f(G)) for k, f in fns_of.items()}
+        mets = {k: _metrics(fn(), P) for k, fn in fns.items()}  # also the warm-up (and the dispatch probes)
+        times: dict[str, list[float]] = {}
+        med, ratios = time_interleaved(
+            fns, rounds=rounds, warmup=0, anchor="torch.optim.Muon NS5 (bf16, anchor)", times_out=times
+        )
+        anc = times["torch.optim.Muon NS5 (bf16, anchor)"]
+        for k in fns:
+            rr = [t / a for t, a in zip(times[k], anc)]
+            rows.append(
+                {
+                    "matrix": mname,
+                    "method": k,
+                    **mets[k],
+                    "time_s": med[k],
+                    "ratio": ratios[k],
+                    "ratio_min": min(rr),
+                    "ratio_max": max(rr),
+                }
+            )
+    cpu = cpu_info()
+    res = {
+        "cpu": cpu,
+        "machine": machine_info(),
+        "rounds": rounds,
+        "rows": rows,
+        "dispatch": dispatch_report(),
+    }
+    body = [
+        [
+            r["matrix"],
+            r["method"],
+            f"[{_fmt(r['sigma_min'])}, {_fmt(r['sigma_max'])}]",
+            _fmt(r["rel_error"], 4),
+            f"{1e3 * r['time_s']:.1f}",
+            f"{r['ratio']:.3f}×",
+            f"{r['ratio_min']:.2f}–{r['ratio_max']:.2f}",
+        ]
+        for r in rows
+    ]
+    md = "\n".join(
+        [
+            f"CPU: {cpu['model']}; flags: {' '.join(cpu['flags']) or '–'}; torch {res['machine']['torch']}, "
+            f"{cpu['torch_threads']} thread(s); {rounds} interleaved rounds after one warm-up call each.",
+            "",
+            md_table(
+                [
+                    "matrix",
+                    "method",
+                    "σ-range",
+                    "rel. error",
+                    "ms (median)",
+                    "× torch NS5",
+                    "per-round range",
+                ],
+                body,
+            ),
+            "",
+            "Dispatch decisions (`dispatch_report()`):",
+            "",
+            res["dispatch"],
+            "",
+        ]
+    )
+    if out is not None:
+        atomic_write_text(out, md)
+        atomic_write_json(Path(out).with_suffix(".json"), res)
+    print(md)
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="orthokit bench polar", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes only (about a minute)")
+    ap.add_argument(
+        "--headline",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only the short headline comparison at size N (acceptance matrix N×N and Gaussian N×4N)",
+    )
     ap.add_argument("--out", default=None, help="output folder (default benchmarks/results)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args(argv)
+    if args.headline:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        run_headline(args.headline, out=Path(args.out) / "polar_headline.md" if args.out else None)
+        return 0
     res = run(quick=args.quick, out_dir=Path(args.out) if args.out else None, threads=args.threads)
     print(_markdown(res))
     return 0
