@@ -101,8 +101,9 @@ class Muon(OrthogonalOptimizer):
             schedule name (``"keller"`` = torch/Keller NS5, ``"quintic"``, ``"cans"``, ...). The normalization
             (safety factor and ε) belongs to the method/schedule, so Muon has no separate ``eps``.
         ns_steps: polar iterations (None → the method's default, 5 for Polar Express).
-        ns_dtype: iteration dtype: ``"auto"`` (bf16 on GPU; on CPU bf16 with AMX-BF16 for matrices ≥ 256 on a side, else
-            fp32 — emulated bf16 matmuls are ~18× slower; see :func:`~orthokit.optim.transforms.resolve_ns_dtype`),
+        ns_dtype: iteration dtype: ``"auto"`` (bf16 on GPU; on CPU whichever of fp32/bf16 measured faster on this
+            host for the shape class, probed once per process — :mod:`orthokit.linalg.dispatch`;
+            ``ORTHOKIT_CPU_BF16=0|1`` overrides; see :func:`~orthokit.optim.transforms.resolve_ns_dtype`),
             ``None`` (parameter dtype) or a torch dtype.
         scale: ``"keller"`` (√max(1,m/n)), ``"match_rms_adamw"`` (0.2·√max(m,n)), ``"spectral"`` (√(m/n)) or
             ``"none"``.
