@@ -101,6 +101,7 @@ class sign_input(Transform):
     """
 
     name = "sign_input"
+    touches_params = False
 
     def update(
         self, updates: list[Tensor], states: list[dict[str, Any]], params: list[Tensor], group: dict[str, Any]
@@ -121,6 +122,7 @@ class elementwise_normalize(Transform):
     """
 
     name = "elementwise_normalize"
+    touches_params = False
     state_keys = ("exp_avg_sq", "adamuon_step")
 
     def init(self, param: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:

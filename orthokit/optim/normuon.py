@@ -128,6 +128,7 @@ class neuron_normalize(Transform):
     """
 
     name = "neuron_normalize"
+    touches_params = False
     state_keys = ("second_momentum_buffer",)
 
     def init(self, param: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
