@@ -217,6 +217,7 @@ class low_rank_orthonormalize(Transform):
     supports_batched=True,
     supports_distributed=False,
     extra_kwargs={"rank": 0.5},
+    direction="low_rank",  # P Qᵀ from one power-iteration step (tests/optim/test_dion.py), not U Vᵀ
     paper="Ahn et al. 2025, arXiv:2504.05295",
 )
 class Dion(OrthogonalOptimizer):

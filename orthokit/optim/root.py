@@ -410,6 +410,7 @@ class robust_orthogonalize(Transform):
     state_keys=("momentum_buffer",),
     supports_batched=True,
     supports_distributed=False,
+    direction="polar_of_clipped",  # NS of clamp(U, −τ, τ), not of U (tests/optim/test_root.py)
     paper="arXiv:2511.20626 (ROOT, Huawei Noah's Ark)",
 )
 class ROOT(OrthogonalOptimizer):
