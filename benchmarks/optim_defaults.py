@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -82,7 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--tasks", nargs="*", default=["charlm", "mnist"])
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--optimizers", nargs="*", default=list(GRIDS), help="subset of the changed optimizers")
+    ap.add_argument("--grid", action="append", default=[], metavar="NAME=LR,LR,LR", help="override a grid")
+    ap.add_argument("--stem", default="optim_quality_defaults", help="output file stem")
     args = ap.parse_args(argv)
+    for spec in args.grid:
+        name, vals = spec.split("=", 1)
+        GRIDS[name] = tuple(float(v) for v in vals.split(","))  # type: ignore[assignment]
+    for name in list(GRIDS):
+        if name not in args.optimizers:
+            del GRIDS[name]
     bench.LR_GRIDS.update(GRIDS)
     t0 = time.perf_counter()
     cfgs = [c for c in bench._configs(False) if c.task in args.tasks]
@@ -97,10 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     old_path = Path(args.out) / "optim_quality.json"
     old = json.loads(old_path.read_text())["quality"]["tasks"] if old_path.exists() else {}
     out = Path(args.out)
-    cmd = "OMP_NUM_THREADS=1 python benchmarks/optim_defaults.py " + " ".join(argv or [])
-    atomic_write_json(out / "optim_quality_defaults.json", {"machine": machine_info(), "quality": res})
-    atomic_write_text(out / "optim_quality_defaults.md", _md(res, old, cmd.strip(), minutes))
-    print(f"wrote {out / 'optim_quality_defaults.md'} ({minutes:.1f} min)")
+    cmd = "OMP_NUM_THREADS=1 python benchmarks/optim_defaults.py " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    atomic_write_json(out / f"{args.stem}.json", {"machine": machine_info(), "quality": res})
+    atomic_write_text(out / f"{args.stem}.md", _md(res, old, cmd.strip(), minutes))
+    print(f"wrote {out / (args.stem + '.md')} ({minutes:.1f} min)")
     return 0
 
 
