@@ -337,7 +337,7 @@ def method_specs(stream_name: str) -> dict[str, MethodSpec]:
             "SGP (SGD)",
             lambda s, seed: _gpm_strategy("sgp", s.protected_layers, thr, 300),
             _sgd(),
-            f"ε={list(thr)}, 300 samples, scale_coff 10",
+            f"ε={list(thr)}, 300 samples, scale_coff 10, criterion='minimal' (paper)",
         ),
         "gpm_code": MethodSpec(
             "GPM (SGD), reference-code criterion",

@@ -27,7 +27,9 @@ from torch import nn
 from orthokit.projection import PROJECTIONS
 from orthokit.projection.registry import REQUIRED_CAPABILITIES
 
-NAMES = PROJECTIONS.names()
+# methods whose default-size runs take > 5 s here (HLOP's online Hebbian passes, engineer H4's file) run as slow tests
+SLOW = {"hlop"}
+NAMES = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in PROJECTIONS.names()]
 D_IN, D_SUB = 12, 3
 # methods whose "exact" promise does not hold today; owned by another engineer (fidelity work in progress)
 KNOWN_FAILING: dict[str, str] = {
@@ -141,7 +143,7 @@ def check_conformance(name: str, cls: type | None = None) -> dict[str, float]:
 
 
 def test_registry_not_empty() -> None:
-    assert {"gpm", "sgp", "ogd", "gu"} <= set(NAMES)
+    assert {"gpm", "sgp", "ogd", "gu"} <= set(PROJECTIONS.names())
 
 
 @pytest.mark.parametrize("name", NAMES)
