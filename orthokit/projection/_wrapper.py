@@ -50,7 +50,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["WrappedOptimizer", "check_projection_state", "WHERE_CHOICES", "MODE_CHOICES"]
+__all__ = ["WrappedOptimizer", "check_projection_state", "check_where_mode", "WHERE_CHOICES", "MODE_CHOICES"]
 
 WHERE_CHOICES = ("update", "gradient")
 MODE_CHOICES = ("hard", "scaled")

@@ -103,7 +103,7 @@ def _check(
         assert float((mods[n].weight.detach() - weights_before[n]).norm()) > 1e-4, f"{n} did not train"
 
 
-@pytest.mark.parametrize("path", ["callback", "optimizer"])
+@pytest.mark.parametrize("path", ["callback", "optimizer", "callback_gpm", "optimizer_gpm"])
 def test_trainer_keeps_protected_outputs(tmp_path: Path, path: str) -> None:
     model = _model()
     old_ids = torch.stack([d["input_ids"] for d in _dataset(1, 2)])
@@ -111,7 +111,15 @@ def test_trainer_keeps_protected_outputs(tmp_path: Path, path: str) -> None:
     before = _layer_outputs(model, inputs)
     mods = dict(model.named_modules())
     w0 = {n: mods[n].weight.detach().clone() for n in PROTECTED}
-    mem = _memory(model, old_ids)
+    ln0 = model.transformer.ln_f.weight.detach().clone()
+    if path.endswith("_gpm"):  # a registered method object instead of its memory (frozen LayerNorms included)
+        from orthokit.projection import GPM
+
+        mem = GPM(model, layers=PROTECTED, threshold=1.0 - 1e-9, max_samples=None)
+        mem.after_task([{"input_ids": old_ids}])
+        path = path[: -len("_gpm")]
+    else:
+        mem = _memory(model, old_ids)
     model.train()
     if path == "callback":
         trainer = Trainer(
@@ -130,6 +138,8 @@ def test_trainer_keeps_protected_outputs(tmp_path: Path, path: str) -> None:
     trainer.train()
     assert trainer.state.global_step == 3
     _check(model, inputs, before, w0)
+    if not isinstance(mem, SubspaceMemory):  # GPM freezes normalisation parameters after the first task
+        assert torch.equal(model.transformer.ln_f.weight, ln0)
 
 
 @pytest.mark.slow
@@ -154,3 +164,5 @@ def test_helper_errors() -> None:
         projected_optimizer_for_trainer(model, mem)
     with pytest.raises(TypeError, match="SubspaceMemory"):
         ProjectionCallback("nope")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="bogus"):
+        ProjectionCallback(mem, bogus=1)  # type: ignore[call-arg]
