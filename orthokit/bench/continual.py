@@ -824,11 +824,11 @@ def lm_preservation(cfg: LMConfig, seed: int = 0, log: Callable[[str], None] = p
             return OGPSA(
                 torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0),
                 model,
-                lm_loss,
-                ref,
+                loss_fn=lm_loss,
+                reference_batches=ref,
                 rank=4,
                 refresh_every=30,
-                project="update",
+                where="update",
             )
         if key == "osft":
             mods = apply_osft(model, preserve_ratio=0.5, targets=lambda n, m: n.startswith("blocks"))
