@@ -9,9 +9,10 @@ Two ideas on top of Muon:
    The reference example sets ``τ`` to the 0.9-quantile of ``|U|``, recomputed every step.
 2. **Shape-adaptive Newton iterations ("AdaNewton").** One ``(a, b, c)`` triple per matrix shape
    (key ``(min(m,n), max(m,n))``) applied for 5 steps after Frobenius normalization. The published table covers
-   four 2048-row shapes; every other shape gets a triple **fitted for that shape** by
-   :func:`fit_root_coefficients` (cached per shape; ``fit_shapes=False`` restores the reference code's fallback
-   to Keller Jordan's (3.4445, −4.7750, 2.0315)).
+   four 2048-row shapes; every other shape falls back, as in the reference code, to Keller Jordan's
+   (3.4445, −4.7750, 2.0315) — with a warning once per shape — unless ``fit_shapes=True``, which gives it a
+   triple **fitted for that shape** by :func:`fit_root_coefficients` (cached per shape; measured slightly worse
+   in training at this repository's benchmark sizes, docs/optim/root.md).
 
 **The per-shape fit (orthokit's generator; the authors' fitting code and data are not published).** ROOT's stated
 goal is the same orthogonalization precision for every matrix size. For a shape ``p × q`` (``p ≤ q``) the
@@ -383,7 +384,7 @@ class robust_orthogonalize(Transform):
             x = mats[0] if len(mats) == 1 else torch.cat(mats, dim=0)
             b, _ = root_split(x, group["quantile"])
             if group["shape_table"]:
-                fit = group.get("fit_shapes", True)
+                fit = group.get("fit_shapes", False)
                 coeffs, reason = root_coefficients((v0.m, v0.n), fit=fit, return_reason=True)
                 if steps != 5 and reason in ("fitted", "unsafe table entry, fitted"):
                     coeffs = fit_root_coefficients((v0.m, v0.n), steps)  # fitted for the step count in use
@@ -393,6 +394,13 @@ class robust_orthogonalize(Transform):
                     warnings.warn(
                         f"ROOT: the published coefficients for shape {key} fail the engine's scalar-map "
                         f"validation; using {coeffs}",
+                        stacklevel=2,
+                    )
+                elif reason == "unknown shape" and key not in _WARNED:
+                    _WARNED.add(key)
+                    warnings.warn(
+                        f"ROOT: shape {key} is not in the published coefficient table; using Keller's "
+                        f"{coeffs} as the reference code does (fit_shapes=True fits coefficients per shape)",
                         stacklevel=2,
                     )
             else:
@@ -425,9 +433,10 @@ class ROOT(OrthogonalOptimizer):
         momentum: μ (0.95), sum convention ``M ← μM + G`` as in the reference code.
         quantile: threshold quantile ``q`` of ``|U|`` (0.9); ``1.0`` disables the outlier clipping.
         shape_table: shape-adaptive coefficients (True): the published entry where it passes validation, else
-            the per-shape fit (or Keller's triple with ``fit_shapes=False``); False always uses Keller's triple.
-        fit_shapes: fit the coefficients of shapes the published table does not cover (True, default);
-            False restores the reference code's fallback to Keller's triple for them.
+            Keller's triple, warned once per shape (or the per-shape fit with ``fit_shapes=True``); False always
+            uses Keller's triple.
+        fit_shapes: fit the coefficients of shapes the published table does not cover (True); False (default)
+            is the reference code's fallback to Keller's triple for them.
         ns_steps: Newton–Schulz steps (5).
         ns_dtype: iteration dtype (``"auto"``; ROOT iterates in fp32).
         weight_decay: decoupled λ (reference 0.1).
@@ -448,7 +457,7 @@ class ROOT(OrthogonalOptimizer):
         momentum: float = 0.95,
         quantile: float = 0.9,
         shape_table: bool = True,
-        fit_shapes: bool = True,
+        fit_shapes: bool = False,
         ns_steps: int = 5,
         ns_dtype: torch.dtype | str | None = "auto",
         nesterov: bool = True,

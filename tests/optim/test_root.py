@@ -197,3 +197,24 @@ def test_fit_is_deterministic_cached_and_fails_loudly(monkeypatch: pytest.Monkey
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert fit_root_coefficients((11, 13)) == ROOT_DEFAULT_COEFFICIENTS
+
+
+def test_default_is_the_reference_fallback_with_a_warning() -> None:
+    """Issue 15: shapes outside the table use Keller's triple by default (as the reference) and say so once."""
+    torch.manual_seed(0)
+    from orthokit.optim import ROOT
+
+    g = torch.randn(7, 11)
+    outs = {}
+    for fit in (None, False, True):
+        w = torch.nn.Parameter(torch.zeros(7, 11))
+        opt = ROOT([w], lr=0.1) if fit is None else ROOT([w], lr=0.1, fit_shapes=fit)
+        w.grad = g.clone()
+        if fit is None:
+            with pytest.warns(UserWarning, match="not in the published coefficient table"):
+                opt.step()
+        else:
+            opt.step()
+        outs[fit] = w.detach().clone()
+    assert torch.equal(outs[None], outs[False])
+    assert not torch.allclose(outs[None], outs[True])
