@@ -293,46 +293,10 @@ class OrthogonalOptimizer(torch.optim.Optimizer):
             if merged["algorithm"] == "ortho":
                 for p in group["params"]:
                     views[p] = self._make_view(p, merged, self.param_name(p))
-            self._check_saved_shapes(merged, saved, state_dict["state"], views)
+            _check_saved_shapes(self, merged, saved, state_dict["state"], views)
         super().load_state_dict(state_dict)
         self._views.update(views)
         self.__dict__.pop("_chains", None)
-
-    def _check_saved_shapes(
-        self,
-        group: dict[str, Any],
-        saved: dict[str, Any],
-        saved_state: dict[Any, Any],
-        views: dict[Tensor, MatrixView],
-    ) -> None:
-        """Compare every saved state tensor with the one this optimizer would create for its parameter."""
-        old_views = dict(self._views)
-        self._views.update(views)
-        try:
-            chain = self.chain(group)
-            for pid, p in zip(saved["params"], group["params"]):
-                st = saved_state.get(pid)
-                if not st:
-                    continue
-                with torch.random.fork_rng(devices=[]):
-                    expected: dict[str, Any] = {}
-                    for t in chain:
-                        expected.update(t.init(p, group))
-                for k, v in st.items():
-                    if k not in expected:
-                        raise ValueError(
-                            f"parameter {self.param_name(p)!r}: saved state has key {k!r} that "
-                            f"{type(self).__name__} does not use (expected keys {sorted(expected)})"
-                        )
-                    e = expected[k]
-                    if isinstance(e, Tensor) and isinstance(v, Tensor) and tuple(e.shape) != tuple(v.shape):
-                        raise ValueError(
-                            f"parameter {self.param_name(p)!r}: saved state {k!r} has shape {tuple(v.shape)}, "
-                            f"expected {tuple(e.shape)} (parameter shape {tuple(p.shape)})"
-                        )
-        finally:
-            self._views.clear()
-            self._views.update(old_views)
 
     def matrix_view(self, p: Tensor) -> MatrixView:
         """The ``[mats, m, n]`` view the orthogonalizer uses for ``p`` (``ValueError`` for non-ortho params)."""
@@ -494,51 +458,6 @@ class OrthogonalOptimizer(torch.optim.Optimizer):
         pending.append(fn)
         return True
 
-    def _snapshot(self, work: list[tuple[int, dict[str, Any], list[Tensor]]]) -> dict[str, Any]:
-        """What a failed step must restore: the state dicts (their tensors cloned) and, for groups whose chain
-        has a transform that may write parameters in place (``touches_params``, True unless a transform says
-        otherwise), the parameters. The first step of a parameter (empty state) costs nothing."""
-        snap_state: list[tuple[dict[str, Any], dict[str, Any]]] = []
-        src: list[Tensor] = []
-        snap_params: list[tuple[Tensor, Tensor]] = []
-        for gi, group, params in work:
-            chain, _ = self._cached_chain(gi, group)
-            touches = any(getattr(t, "touches_params", True) for t in chain)
-            for p in params:
-                st = self.state[p]
-                snap_state.append((st, dict(st)))
-                src.extend(v for v in st.values() if isinstance(v, Tensor))
-                if touches:
-                    snap_params.append((p, p.detach().clone()))
-        dst = [t.clone() for t in src]
-        return {"state": snap_state, "tensors": list(zip(src, dst)), "params": snap_params}
-
-    def _restore(self, snap: dict[str, Any]) -> None:
-        for orig, copy in snap["tensors"]:
-            orig.copy_(copy)
-        for st, saved in snap["state"]:
-            st.clear()
-            st.update(saved)
-        for p, b in snap["params"]:
-            p.copy_(b)
-
-    def _nonfinite_updates(
-        self, results: list[tuple[dict[str, Any], list[Tensor], list[Tensor], Any]]
-    ) -> list[str]:
-        """Names of parameters whose final update is not finite (one host sync on the happy path)."""
-        ups = [u for _, _, us, _ in results for u in us]
-        if not ups:
-            return []
-        norms = torch._foreach_norm(ups)
-        if bool(torch.stack([n.float() for n in norms]).isfinite().all()):
-            return []
-        return [
-            self.param_name(p)
-            for _, ps, us, _ in results
-            for p, u in zip(ps, us)
-            if not bool(torch.isfinite(u).all())
-        ]
-
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
         """Perform one optimization step (``closure`` re-evaluates the loss, torch semantics).
@@ -559,7 +478,7 @@ class OrthogonalOptimizer(torch.optim.Optimizer):
         index = {id(g): i for i, g in enumerate(self.param_groups)}
         iwork = [(index[id(g)], g, ps) for g, ps in work]
         transactional = getattr(self, "transactional", True)
-        snap = self._snapshot(iwork) if transactional else None
+        snap = _snapshot(self, iwork) if transactional else None
         pending: list[Any] = []
         self.__dict__["_pending_param_ops"] = pending
         try:
@@ -567,16 +486,16 @@ class OrthogonalOptimizer(torch.optim.Optimizer):
             for gi, group, params in iwork:
                 updates, fused = self._run_group(gi, group, params)
                 results.append((group, params, updates, fused))
-            bad = self._nonfinite_updates(results)
+            bad = _nonfinite_updates(self, results)
         except BaseException:
             self.__dict__["_pending_param_ops"] = None
             if snap is not None:
-                self._restore(snap)
+                _restore(snap)
             raise
         self.__dict__["_pending_param_ops"] = None
         if bad:
             if snap is not None:
-                self._restore(snap)
+                _restore(snap)
             msg = (
                 f"non-finite update (NaN or inf) for parameter(s) {', '.join(map(repr, bad))} from finite "
                 "gradients"
@@ -592,6 +511,93 @@ class OrthogonalOptimizer(torch.optim.Optimizer):
         for group, params, updates, fused in results:
             self._commit_group(group, params, updates, fused)
         return loss
+
+
+def _check_saved_shapes(
+    opt: OrthogonalOptimizer,
+    group: dict[str, Any],
+    saved: dict[str, Any],
+    saved_state: dict[Any, Any],
+    views: dict[Tensor, MatrixView],
+) -> None:
+    """Compare every saved state tensor with the one this optimizer would create for its parameter."""
+    old_views = dict(opt._views)
+    opt._views.update(views)
+    try:
+        chain = opt.chain(group)
+        for pid, p in zip(saved["params"], group["params"]):
+            st = saved_state.get(pid)
+            if not st:
+                continue
+            with torch.random.fork_rng(devices=[]):
+                expected: dict[str, Any] = {}
+                for t in chain:
+                    expected.update(t.init(p, group))
+            for k, v in st.items():
+                if k not in expected:
+                    raise ValueError(
+                        f"parameter {opt.param_name(p)!r}: saved state has key {k!r} that "
+                        f"{type(opt).__name__} does not use (expected keys {sorted(expected)})"
+                    )
+                e = expected[k]
+                if isinstance(e, Tensor) and isinstance(v, Tensor) and tuple(e.shape) != tuple(v.shape):
+                    raise ValueError(
+                        f"parameter {opt.param_name(p)!r}: saved state {k!r} has shape {tuple(v.shape)}, "
+                        f"expected {tuple(e.shape)} (parameter shape {tuple(p.shape)})"
+                    )
+    finally:
+        opt._views.clear()
+        opt._views.update(old_views)
+
+
+def _snapshot(
+    opt: OrthogonalOptimizer, work: list[tuple[int, dict[str, Any], list[Tensor]]]
+) -> dict[str, Any]:
+    """What a failed step must restore: the state dicts (their tensors cloned) and, for groups whose chain
+    has a transform that may write parameters in place (``touches_params``, True unless a transform says
+    otherwise), the parameters. The first step of a parameter (empty state) costs nothing."""
+    snap_state: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    src: list[Tensor] = []
+    snap_params: list[tuple[Tensor, Tensor]] = []
+    for gi, group, params in work:
+        chain, _ = opt._cached_chain(gi, group)
+        touches = any(getattr(t, "touches_params", True) for t in chain)
+        for p in params:
+            st = opt.state[p]
+            snap_state.append((st, dict(st)))
+            src.extend(v for v in st.values() if isinstance(v, Tensor))
+            if touches:
+                snap_params.append((p, p.detach().clone()))
+    dst = [t.clone() for t in src]
+    return {"state": snap_state, "tensors": list(zip(src, dst)), "params": snap_params}
+
+
+def _restore(snap: dict[str, Any]) -> None:
+    for orig, copy in snap["tensors"]:
+        orig.copy_(copy)
+    for st, saved in snap["state"]:
+        st.clear()
+        st.update(saved)
+    for p, b in snap["params"]:
+        p.copy_(b)
+
+
+def _nonfinite_updates(
+    opt, results: list[tuple[dict[str, Any], list[Tensor], list[Tensor], Any]]
+) -> list[str]:
+    """Names of parameters whose final update is not finite (one host sync on the happy path)."""
+    ups = [u for _, _, us, _ in results for u in us]
+    if not ups:
+        return []
+    norms = torch._foreach_norm(ups)
+    if bool(torch.stack([n.float() for n in norms]).isfinite().all()):
+        return []
+    return [
+        opt.param_name(p)
+        for _, ps, us, _ in results
+        for p, u in zip(ps, us)
+        if not bool(torch.isfinite(u).all())
+    ]
 
 
 def _freeze(v: Any) -> Any:
