@@ -21,7 +21,7 @@ Example:
 from __future__ import annotations
 
 from orthokit.optim import transforms
-from orthokit.optim.base import ALGORITHMS, NonFiniteGradientError, OrthogonalOptimizer
+from orthokit.optim.base import ALGORITHMS, NonFiniteGradientError, NonFiniteUpdateError, OrthogonalOptimizer
 from orthokit.optim.hybrid import describe, hybrid, route_parameters
 from orthokit.optim.muon import Muon
 from orthokit.optim.registry import (
@@ -58,6 +58,7 @@ __all__ = [
     "NorMuon",
     "ROOT",
     "NonFiniteGradientError",
+    "NonFiniteUpdateError",
     "OPTIMIZERS",
     "OrthogonalOptimizer",
     "constructor_defaults",

@@ -161,6 +161,7 @@ class adaptive_rotate(Transform):
     state_keys=("momentum_buffer", "aro_rotation"),
     supports_batched=True,
     supports_distributed=False,
+    direction="rotation",  # polar of the rotated momentum, rotated back (tests/optim/test_fismo_aro.py)
     paper="Gong et al. 2026, arXiv:2602.09006",
 )
 class ARO(OrthogonalOptimizer):

@@ -145,6 +145,7 @@ def _validate_auon(group: dict[str, Any]) -> None:
     state_keys=("momentum_buffer",),
     supports_batched=True,
     supports_distributed=False,
+    direction="normalized",  # cosh-RMS-normalized momentum, no polar step (tests/optim/test_auon.py)
     paper="Maity 2025, arXiv:2509.24320; github.com/ryyzn9/AuON",
 )
 class AuON(OrthogonalOptimizer):

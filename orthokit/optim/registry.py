@@ -19,6 +19,12 @@ Capabilities understood by the framework and the conformance suite:
 * ``deterministic`` (bool, default True) — two identical runs give identical results (False for randomized methods
   that do not take a generator/seed).
 * ``extra_kwargs`` (dict) — constructor kwargs the conformance suite should pass (e.g. a rank for low-rank methods).
+* ``direction`` (str) — what one step's direction is, for the purpose test
+  (``tests/optim/test_conformance.py::test_direction_is_the_polar_factor``): ``"polar"`` (the polar factor of the
+  momentum input, checked against float64 ``U Vᵀ``), or another word — ``"low_rank"`` (Dion), ``"polar_of_clipped"``
+  (ROOT), ``"rotation"`` (ARO), ``"normalized"`` (AuON) — whose purpose is tested in the method's own file.
+* ``direction_at`` (``"update"`` or ``"orthogonalize"``) — where the polar direction is read: the weight change
+  (Muon-like) or the output of the chain's ``orthogonalize`` transform, before per-row/Adam-style rescaling.
 
 Example:
     >>> import torch
