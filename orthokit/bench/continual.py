@@ -151,46 +151,6 @@ def split_stream(limit: int | None = None, n_train: int = 54000) -> TaskStream:
 # ----------------------------------------------------------------------------------------------------------
 # projection-method adapters (GPM / SGP / OGD from orthokit.projection, HLOP from hlop.py)
 # ----------------------------------------------------------------------------------------------------------
-class _HLOPStrategy(ContinualStrategy):
-    """HLOP: streaming Oja-subspace per protected layer, gradients right-projected (tasks > 1)."""
-
-    name = "hlop"
-
-    def __init__(self, layers: list[str], k_new: list[int], samples: int = 3000, batch: int = 100) -> None:
-        self.layers, self.k_new, self.samples, self.batch = layers, k_new, samples, batch
-        self.mem: Any = None
-
-    def begin_task(self, model: nn.Module, task: int) -> None:
-        if self.mem is None:
-            from orthokit.projection.hlop import HLOPMemory
-
-            self.mem = HLOPMemory(
-                model,
-                self.layers,
-                self.k_new,
-                lr=0.05,
-                momentum=0.9,
-                iters=5,
-                generator=torch.Generator().manual_seed(task + 7),
-            )
-
-    def before_step(self, model: nn.Module, task: int) -> None:
-        if task > 0:
-            self.mem.project_grads()
-
-    def end_task(self, model: nn.Module, task: int, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.mem.begin_task()
-        xs = x[: self.samples]
-        for _ in range(3):  # a few passes over the stream; nothing is stored between batches
-            self.mem.observe(model, list(xs.split(self.batch)))
-
-    def memory_floats(self) -> int:
-        return 0 if self.mem is None else self.mem.memory_floats()
-
-    def dims(self) -> dict[str, int]:
-        return {} if self.mem is None else self.mem.dims()
-
-
 def _gpm_strategy(
     kind: str, layers: list[str], thresholds: tuple[float, ...], samples: int, criterion: str = "minimal"
 ) -> ContinualStrategy:
@@ -210,9 +170,10 @@ class _ProjectionAdapter(ContinualStrategy):
         thresholds: tuple[float, ...],
         samples: int,
         criterion: str = "minimal",
+        **opts: Any,
     ) -> None:
         self.kind, self.layers, self.thresholds, self.samples = kind, layers, thresholds, samples
-        self.criterion = criterion
+        self.criterion, self.opts = criterion, opts
         self.name = kind
         self.method: Any = None
         self.task = 0
@@ -238,7 +199,7 @@ class _ProjectionAdapter(ContinualStrategy):
                     output_fn=lambda m, b: m(b[0], task=self.task).gather(1, b[1][:, None]).squeeze(1),
                 )
             else:
-                self.method = cls(model, self.layers)
+                self.method = cls(model, self.layers, **self.opts)
 
     def wrap_optimizer(self, model: nn.Module, opt: torch.optim.Optimizer) -> Any:
         self._ensure(model)
@@ -311,6 +272,8 @@ def method_specs(stream_name: str) -> dict[str, MethodSpec]:
     lf = _loss_fn(mh)
     thr = GPM_THRESHOLDS if stream_name == "pmnist" else GPM_THRESHOLDS[:2]
     hlop_k = [60, 12, 10] if stream_name == "pmnist" else [30, 10]
+    # HLOP's pMNIST Hebbian lrs (its config); elsewhere the class default 0.01
+    hlop_lr: list[float] | float = [0.001, 0.01, 0.01] if stream_name == "pmnist" else 0.01
     return {
         "finetune": MethodSpec("Fine-tune (SGD)", lambda s, seed: FineTune(), _sgd()),
         "ewc": MethodSpec(
@@ -359,9 +322,12 @@ def method_specs(stream_name: str) -> dict[str, MethodSpec]:
         ),
         "hlop": MethodSpec(
             "HLOP (SGD)",
-            lambda s, seed: _HLOPStrategy(s.protected_layers, hlop_k),
+            lambda s, seed: _ProjectionAdapter(
+                "hlop", s.protected_layers, thr, 1000, k_new=hlop_k, lr=hlop_lr
+            ),
             _sgd(),
-            f"Oja subspace, {hlop_k} new neurons/task/layer, 3 passes over the 1000-sample end-of-task subset",
+            f"registered HLOP (reference defaults: online Oja during training, EMA momentum 0.9), "
+            f"{hlop_k} new neurons/task/layer, Hebbian lr {hlop_lr}",
         ),
         "gpm_adamw": MethodSpec(
             "GPM + AdamW",
