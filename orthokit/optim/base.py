@@ -497,8 +497,8 @@ class OrthogonalOptimizer(torch.optim.Optimizer):
             if snap is not None:
                 _restore(snap)
             msg = (
-                f"non-finite update (NaN or inf) for parameter(s) {', '.join(map(repr, bad))} from finite "
-                "gradients"
+                f"non-finite update or state (NaN or inf; a finite gradient too large for the state's dtype "
+                f"overflows) for parameter(s) {', '.join(bad)} from finite gradients"
             )
             if self.skip_nonfinite:
                 warnings.warn(f"{msg}; optimizer step skipped", RuntimeWarning, stacklevel=2)
@@ -585,19 +585,22 @@ def _restore(snap: dict[str, Any]) -> None:
 def _nonfinite_updates(
     opt, results: list[tuple[dict[str, Any], list[Tensor], list[Tensor], Any]]
 ) -> list[str]:
-    """Names of parameters whose final update is not finite (one host sync on the happy path)."""
-    ups = [u for _, _, us, _ in results for u in us]
-    if not ups:
+    """Names of parameters whose final update, or whose new optimizer state, is not finite (one host sync on
+    the happy path). Checking the state too catches a finite gradient too large for the state's dtype (an
+    Adam second moment of a 1e20 fp32 gradient overflows to inf and would freeze that entry forever)."""
+    items: list[tuple[Tensor, Tensor, str]] = []
+    for _, ps, us, _ in results:
+        for p, u in zip(ps, us):
+            items.append((p, u, "update"))
+            for k, v in opt.state[p].items():
+                if isinstance(v, Tensor) and v.is_floating_point() and v.numel() > 0:
+                    items.append((p, v, f"state {k!r}"))
+    if not items:
         return []
-    norms = torch._foreach_norm(ups)
+    norms = torch._foreach_norm([t for _, t, _ in items])
     if bool(torch.stack([n.float() for n in norms]).isfinite().all()):
         return []
-    return [
-        opt.param_name(p)
-        for _, ps, us, _ in results
-        for p, u in zip(ps, us)
-        if not bool(torch.isfinite(u).all())
-    ]
+    return [f"{opt.param_name(p)} ({what})" for p, t, what in items if not bool(torch.isfinite(t).all())]
 
 
 def _freeze(v: Any) -> Any:

@@ -280,3 +280,29 @@ def test_huge_finite_gradient_gives_the_same_step(cls):
     for (_, p), (_, q) in zip(pa, pb):
         assert torch.isfinite(q).all()
         torch.testing.assert_close(p, q, atol=1e-5, rtol=0)
+
+
+def test_state_overflow_from_a_finite_gradient_is_refused_and_restored() -> None:
+    """A finite 1e20 gradient in an AdamW group overflows the fp32 second moment: the step fails cleanly."""
+    import pytest as _pytest
+
+    from orthokit.optim import NonFiniteUpdateError, hybrid
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    opt = hybrid(m, "muon")
+    m(torch.randn(4, 8)).sum().backward()
+    opt.step()
+    for p in m.parameters():
+        p.grad = torch.randn_like(p)
+    m[0].bias.grad[0] = 1e20
+    state = {
+        id(p): {k: v.clone() for k, v in st.items() if torch.is_tensor(v)} for p, st in opt.state.items()
+    }
+    params = [p.detach().clone() for p in m.parameters()]
+    with _pytest.raises(NonFiniteUpdateError, match="exp_avg_sq"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(params, m.parameters()))
+    for p, st in opt.state.items():
+        for k, v in state[id(p)].items():
+            assert torch.equal(v, st[k]), k
