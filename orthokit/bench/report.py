@@ -1,9 +1,13 @@
 """Small helpers shared by the benchmarks: atomic writes, markdown tables, robust timing.
 
 Example:
+    >>> import os, tempfile
     >>> from orthokit.bench.report import md_table, atomic_write_text, time_call
     >>> t = time_call(lambda: torch.randn(256, 256) @ torch.randn(256, 256), repeats=5)
-    >>> atomic_write_text("out.md", md_table(["method", "ms"], [["matmul", f"{1e3 * t:.2f}"]]))
+    >>> out = os.path.join(tempfile.mkdtemp(), "out.md")
+    >>> atomic_write_text(out, md_table(["method", "ms"], [["matmul", f"{1e3 * t:.2f}"]]))
+    >>> open(out).read().splitlines()[0]
+    '| method | ms |'
 """
 
 from __future__ import annotations
