@@ -375,6 +375,13 @@ class commit_stage(Transform):
     def __init__(self, stage: StepStage) -> None:
         self.stage_ = stage
 
+    def begin_step(self) -> None:
+        """Drop writes staged by an earlier step that failed before reaching this transform (the optimizer
+        calls this at the start of every step; the chain and its stage are reused across steps)."""
+        self.stage_.writes.clear()
+        self.stage_.param_factors.clear()
+        self.stage_.inputs = []
+
     def update(
         self, updates: list[Tensor], states: list[dict[str, Any]], params: list[Tensor], group: dict[str, Any]
     ) -> list[Tensor]:

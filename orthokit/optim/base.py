@@ -395,6 +395,10 @@ class OrthogonalOptimizer(torch.optim.Optimizer):
             if not st:
                 for t in chain:
                     st.update(t.init(p, group))
+        for t in chain:  # chains are cached across steps: transforms holding per-step scratch reset it here
+            begin = getattr(t, "begin_step", None)
+            if begin is not None:
+                begin()
         updates: list[Tensor] = [p.grad for p in params]  # type: ignore[misc]
         taps = self.__dict__.get("_taps")
         for t in chain:

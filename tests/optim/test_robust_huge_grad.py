@@ -130,3 +130,24 @@ def test_nonfinite_aro_rotation_leaves_everything_untouched(monkeypatch: pytest.
     with pytest.raises(StepComputationError):
         opt.step()
     assert _same(snap, _snapshot(opt, w))
+
+
+@pytest.mark.parametrize("name", ["fismo", "namo", "namo_d", "aro", "auon", "hybrid_auon"])
+def test_step_after_a_failed_step_is_normal(name: str) -> None:
+    """A step that fails before its commit stage leaves nothing staged for the next step (chains are cached)."""
+    from orthokit.optim import create_optimizer
+
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(12, 16))
+    opt = create_optimizer(name, [w])
+    w.grad = torch.randn(12, 16)
+    opt.step()
+    w.grad = torch.randn(12, 16).sign() * 3e38
+    try:
+        opt.step()
+    except (ValueError, FloatingPointError):
+        pass
+    for _ in range(2):
+        w.grad = torch.randn(12, 16)
+        opt.step()  # must not raise
+    assert torch.isfinite(w).all()
