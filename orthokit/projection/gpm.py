@@ -57,7 +57,10 @@ class GPM(ProjectionMethod):
         threshold: ε — float, per-layer list/dict, or ``callable(task_index, layer_name)`` (e.g.
             ``lambda t, _: 0.97 + 0.003 * t`` for GPM's CIFAR-100 schedule).
         max_samples: examples used to build the representation matrices (GPM pMNIST: 300).
-        criterion: ``"gpm"`` (reference code's counting, default) or ``"minimal"``.
+        criterion: ``"minimal"`` (default: the smallest basis holding ≥ ε of the energy, paper Eq. 8–9) or
+            ``"gpm_code"`` (the reference code's first-task count, one direction fewer).
+        freeze_1d: ``"norm"`` (default, as GPM's code: normalization-layer 1-D parameters fixed once a basis
+            exists), ``"all"`` or ``"none"``.
         bias: bias policy of :class:`SubspaceMemory` (``"augment"`` default).
         forward: ``callable(model, batch)`` used during collection (default: ``model(x)``).
 
@@ -89,12 +92,16 @@ class GPM(ProjectionMethod):
         if freeze_1d not in FREEZE_1D:
             raise ValueError(f"freeze_1d must be 'norm', 'all' or 'none', got {freeze_1d!r}")
         self.model = model
-        self.memory = SubspaceMemory(model, layers, bias=bias)
+        self.memory = self._new_memory(model, layers, bias)
         self.threshold = threshold
         self.max_samples = max_samples
         self.criterion = criterion
         self.freeze_1d = freeze_1d
         self.forward = forward
+
+    def _new_memory(self, model: nn.Module, layers: Any, bias: str) -> SubspaceMemory:
+        """The memory this method keeps (SGP adds importances)."""
+        return SubspaceMemory(model, layers, bias=bias)
 
     def after_task(
         self,

@@ -26,13 +26,14 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-from orthokit.projection.memory import SampleBudget, SubspaceMemory, Threshold, check_criterion
-from orthokit.projection.registry import FREEZE_1D, ProjectionMethod, one_d_parameters, register_projection
+from orthokit.projection.gpm import GPM
+from orthokit.projection.memory import SampleBudget, SubspaceMemory, Threshold
+from orthokit.projection.registry import register_projection
 
 __all__ = ["SGP"]
 
@@ -46,8 +47,10 @@ __all__ = ["SGP"]
     mode="scaled",
     paper="Saha & Roy, Continual Learning with Scaled Gradient Projection, AAAI 2023 (arXiv 2302.01386)",
 )
-class SGP(ProjectionMethod):
+class SGP(GPM):
     """Scaled Gradient Projection: importance-weighted partial projection ``ΔW(I − MΛMᵀ)``.
+
+    GPM's memory and collection (same ``after_task``, ``freeze_1d``) with importances and ``mode="scaled"``.
 
     Args:
         model: the network.
@@ -55,7 +58,8 @@ class SGP(ProjectionMethod):
         threshold: ε (float, per-layer list/dict or ``callable(task_index, layer_name)``).
         scale_coff: SGP's ``α`` in ``λ = (α+1)σ/(ασ + max σ)``; larger → closer to GPM.
         max_samples: examples for the representation matrices (SGP CIFAR-100: 125).
-        criterion: ``"gpm"`` (reference counting) or ``"minimal"``.
+        criterion: ``"minimal"`` (default, the paper's energy rule) or ``"gpm_code"`` (reference counting).
+        freeze_1d: as :class:`~orthokit.projection.gpm.GPM`.
         bias: bias policy of :class:`SubspaceMemory`.
         forward: ``callable(model, batch)`` used during collection.
 
@@ -86,40 +90,17 @@ class SGP(ProjectionMethod):
     ) -> None:
         if scale_coff < 0:
             raise ValueError(f"scale_coff must be >= 0, got {scale_coff}")
-        check_criterion(criterion)
-        if freeze_1d not in FREEZE_1D:
-            raise ValueError(f"freeze_1d must be 'norm', 'all' or 'none', got {freeze_1d!r}")
-        self.model = model
-        self.memory = SubspaceMemory(model, layers, bias=bias, importance_alpha=scale_coff)
-        self.threshold = threshold
-        self.max_samples = max_samples
-        self.criterion = criterion
-        self.freeze_1d = freeze_1d
-        self.forward = forward
-
-    def after_task(
-        self,
-        batches: Iterable[Any],
-        *,
-        threshold: Threshold | None = None,
-        max_samples: SampleBudget | str = "default",
-        task_index: int | None = None,
-    ) -> dict[str, int]:
-        """Extend the bases with the finished task's representations (``threshold``/``max_samples`` override
-        the constructor's for this call). Returns the number of directions added per layer."""
-        return self.memory.collect_activations(
-            self.model,
-            batches,
-            self.threshold if threshold is None else threshold,
-            max_samples=self.max_samples
-            if isinstance(max_samples, str) and max_samples == "default"
-            else max_samples,  # type: ignore[arg-type]
-            criterion=self.criterion,
-            forward=self.forward,
-            task_index=task_index,
+        self.scale_coff = scale_coff
+        super().__init__(
+            model,
+            layers,
+            threshold=threshold,
+            max_samples=max_samples,
+            criterion=criterion,
+            freeze_1d=freeze_1d,
+            bias=bias,
+            forward=forward,
         )
 
-    def frozen_parameters(self) -> list[nn.Parameter]:
-        """1-D parameters kept fixed once the memory holds a basis (``freeze_1d``, see
-        :func:`~orthokit.projection.registry.one_d_parameters`)."""
-        return one_d_parameters(self.model, self.memory, self.freeze_1d)
+    def _new_memory(self, model: nn.Module, layers: Any, bias: str) -> SubspaceMemory:
+        return SubspaceMemory(model, layers, bias=bias, importance_alpha=self.scale_coff)
