@@ -458,7 +458,7 @@ def run_step_cost(
 
     from orthokit.optim.transforms import resolve_ns_dtype
 
-    # the iteration dtype "auto" picks on this machine for these shapes (bf16 with AMX-BF16, else fp32)
+    # the iteration dtype "auto" picks on this machine for these shapes (measured: orthokit.linalg.dispatch)
     auto = str(resolve_ns_dtype("auto", torch.device("cpu"), (768, 768))).removeprefix("torch.")
     builders: dict[str, Callable[[], list[torch.optim.Optimizer]]] = {
         "AdamW (all params)": lambda: [torch.optim.AdamW(list(params.values()), lr=3e-4)],
