@@ -3,6 +3,7 @@
 * :mod:`orthokit.io.safetensors_io` — lazy memory-mapped safetensors readers (single file, sharded index,
   Hugging Face folder, PEFT LoRA adapter) and a streaming, sharded, atomic writer.
 * :mod:`orthokit.io.config` — YAML loading with clear errors (duplicate keys, syntax errors with line numbers).
+* :mod:`orthokit.io.model_card` — output ``config.json`` fix-ups (dtype, layer count) and the README model card.
 
 Example:
     >>> from orthokit.io import open_checkpoint, save_sharded, load_yaml
@@ -13,6 +14,7 @@ Example:
 from __future__ import annotations
 
 from orthokit.io.config import ConfigError, load_yaml
+from orthokit.io.model_card import model_card, update_output_config
 from orthokit.io.safetensors_io import (
     INDEX_NAME,
     LoraAdapter,
@@ -46,7 +48,9 @@ __all__ = [
     "atomic_output_dir",
     "load_file",
     "load_yaml",
+    "model_card",
     "open_checkpoint",
     "plan_shards",
     "save_sharded",
+    "update_output_config",
 ]

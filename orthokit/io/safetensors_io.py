@@ -539,6 +539,20 @@ class LoraAdapter:
         d = (b @ a).mul_(scale)
         return d.T if transpose else d
 
+    def factors(self, name: str, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        """``(A, B)`` for base tensor ``name`` in ``dtype`` with ``B A = ΔW`` exactly as :meth:`delta` applies it:
+        the scale is folded into ``B``; for transposed layers (``fan_in_fan_out``, embeddings) ``A = Bᵀ_peft``
+        and ``B = scale · Aᵀ_peft``. This is the input convention of ``inputs="lora"`` merge methods."""
+        assert self.file is not None
+        if name not in self.deltas:
+            raise KeyError(f"LoRA adapter {self.path} has no factors for {name!r}")
+        ka, kb, scale, transpose = self.deltas[name]
+        a = self.file.get(ka).to(dtype)
+        b = self.file.get(kb).to(dtype)
+        if transpose:
+            return b.T.contiguous(), (a.T * scale).contiguous()
+        return a.contiguous(), b * scale
+
 
 class LoraAppliedCheckpoint:
     """A base checkpoint with a LoRA adapter merged in lazily: get(name) = W + s · B A for targeted tensors.

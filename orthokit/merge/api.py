@@ -35,10 +35,12 @@ import torch
 from torch import Tensor, nn
 
 from orthokit._fs import check_output_target, check_replaceable, resolve_inside
+from orthokit.io.model_card import model_card, update_output_config
 from orthokit.io.safetensors_io import SafetensorsError, StreamingShardWriter, atomic_output_dir
 from orthokit.merge.config import MergeConfig, load_config, parse_dtype
-from orthokit.merge.plan import MergePlan, build_plan
+from orthokit.merge.plan import MergePlan, TensorTask, build_plan
 from orthokit.merge.registry import MERGE_METHODS, method_schema, validate_params
+from orthokit.merge.slices import registered
 
 __all__ = [
     "merge",
@@ -51,7 +53,8 @@ __all__ = [
     "check_output_dir",
 ]
 
-#: Files copied from the base (or first) model folder into the output.
+#: Files copied from the base (or first) model folder into the output (all but ``config.json`` are skipped
+#: with ``copy_tokenizer=False``, mergekit's ``--no-copy-tokenizer``).
 COPIED_FILES = (
     "config.json",
     "generation_config.json",
@@ -255,6 +258,113 @@ def merge(
     return out
 
 
+def _input(plan: MergePlan, ref: tuple[int, str] | None, base: bool) -> Tensor | None:
+    if ref is not None:
+        return plan.models[ref[0]].get(ref[1])
+    return None
+
+
+def _copied_tensor(task: TensorTask, plan: MergePlan) -> Tensor:
+    """A tensor that is not merged: a sliced input, or the base's (checked equal in every plain model)."""
+    name = task.name
+    if task.sources is not None:
+        ref = task.base_source if task.base_source is not None else task.sources[0]
+        return plan.models[ref[0]].get(ref[1])
+    src0 = plan.base if plan.base is not None else plan.models[0]
+    r = src0.get(name)
+    if task.factors is not None or plan.config.inputs_kind == "lora":
+        return r  # an adapter does not change a tensor it does not target
+    for m, src in zip(plan.config.models, plan.models):
+        if not torch.equal(src.get(name), r):
+            raise ValueError(f"non-floating tensor {name!r} differs between the base and {m.spec!r}")
+    return r
+
+
+def _subset_per_model(kw: dict[str, Any], method: str, keep: Sequence[int]) -> dict[str, Any]:
+    per = {p.name for p in method_schema(method).params if p.per_model} | {
+        p.config_name for p in method_schema(method).params if p.per_model
+    }
+    return {
+        k: ([v[i] for i in keep] if k in per and isinstance(v, (list, tuple)) else v) for k, v in kw.items()
+    }
+
+
+def _merge_task(task: TensorTask, plan: MergePlan, fn: Any, dev: torch.device | None, seed: int) -> Tensor:
+    """Run the method on one output tensor's inputs (plain, sliced or LoRA factors)."""
+    cfg, name, cd = plan.config, task.name, task.compute_dtype
+    if task.sources is not None:  # slices
+        assert task.params is not None
+        fts = [plan.models[i].get(n).to(device=dev, dtype=cd) for i, n in task.sources]
+        if cfg.merge_method == "passthrough" and not registered("passthrough"):
+            (x,), (scale,) = fts, task.params["scale"]
+            return x if scale is None else x * scale
+        b = _input(plan, task.base_source, True)
+        b = b.to(device=dev, dtype=cd) if b is not None else None
+        return fn(b, fts, **task.params, **_method_kwargs(cfg.merge_method, name, seed, dev))
+    kw = cfg.resolve(name, task.t)
+    if task.factors is not None:  # LoRA-factor method: (A, B) pairs of the adapters targeting this tensor
+        assert plan.base is not None
+        b = plan.base.get(name).to(device=dev, dtype=cd)
+        pairs = []
+        for i in task.factors:
+            a_, b_ = plan.models[i].adapter.factors(name, cd)  # type: ignore[attr-defined]
+            pairs.append((a_.to(dev), b_.to(dev)))
+        kw = _subset_per_model(kw, cfg.merge_method, task.factors)
+        return fn(b, pairs, **kw, **_method_kwargs(cfg.merge_method, name, seed, dev))
+    b = plan.base.get(name).to(device=dev, dtype=cd) if plan.base is not None else None
+    fts = [src.get(name).to(device=dev, dtype=cd) for src in plan.models]
+    return fn(b, fts, **kw, **_method_kwargs(cfg.merge_method, name, seed, dev))
+
+
+def _release(task: TensorTask, plan: MergePlan) -> None:
+    """Drop the mapped pages of the inputs just used (keeps resident memory at a few tensors)."""
+    if task.sources is not None:
+        used = ([task.base_source] if task.base_source is not None else []) + list(task.sources)
+        pairs = [(plan.models[i], n) for i, n in used]
+    else:
+        pairs = [(src, task.name) for src in [plan.base, *plan.models] if src is not None]
+    for src, n in pairs:
+        rel = getattr(src, "release", None)
+        if rel is not None:
+            rel(n)
+
+
+def _write_metadata(cfg: MergeConfig, plan: MergePlan, tmp: Path, name: str, card: bool) -> list[str]:
+    """``merge_config.yml`` and (if ``card``) the ``README.md`` model card; returns the file names."""
+    import yaml
+
+    import orthokit
+
+    text = None
+    if cfg.source is not None and cfg.source.is_file():
+        text = cfg.source.read_text()
+    if text is None:
+        text = yaml.safe_dump(json.loads(json.dumps(cfg.raw, default=str)), sort_keys=False)
+    (tmp / "merge_config.yml").write_text(text)
+    files = ["merge_config.yml"]
+    if card:
+        slices = []
+        for sl in cfg.slices or []:
+            slices.append(
+                ", ".join(f"{cfg.models[s.model].spec} layers {list(s.layer_range)}" for s in sl.sources)
+            )
+        caps = MERGE_METHODS.capabilities(cfg.merge_method) if registered(cfg.merge_method) else {}
+        md = model_card(
+            method=cfg.merge_method,
+            base=cfg.base.spec if cfg.base is not None else None,
+            models=[m.spec for m in cfg.models],
+            parameters=cfg.parameters,
+            config_yaml=text,
+            version=orthokit.__version__,
+            name=name,
+            slices=slices,
+            reference=caps.get("reference"),
+        )
+        (tmp / "README.md").write_text(md)
+        files.append("README.md")
+    return files
+
+
 @dataclass
 class MergeResult:
     """What :func:`run_merge` did: output folder, files, tensor count, bytes written and wall time."""
@@ -281,8 +391,8 @@ def _files_to_copy(src: Path | None) -> list[str]:
     return names
 
 
-def _copy_files(src: Path | None, dst: Path) -> list[str]:
-    copied = _files_to_copy(src)
+def _copy_files(src: Path | None, dst: Path, tokenizer: bool = True) -> list[str]:
+    copied = [f for f in _files_to_copy(src) if tokenizer or f == "config.json"]
     for fname in copied:
         assert src is not None
         shutil.copy2(src / fname, dst / fname)
@@ -317,6 +427,8 @@ def run_merge(
     copy_files: bool = True,
     plan: MergePlan | None = None,
     allow_nonfinite: bool | None = None,
+    copy_tokenizer: bool = True,
+    write_model_card: bool = True,
 ) -> MergeResult:
     """Run a merge config on checkpoints on disk, streaming, writing ``out_dir`` atomically.
 
@@ -332,6 +444,11 @@ def run_merge(
         seed: seeds stochastic methods per tensor. progress: tqdm bar (default: when stderr is a terminal).
         copy_files: copy config/tokenizer files. plan: a prebuilt plan (else built here).
         allow_nonfinite: write tensors holding NaN/inf (default: the config's ``allow_nonfinite``, false).
+        copy_tokenizer: also copy the tokenizer/generation files (else only ``config.json``).
+        write_model_card: write ``README.md`` describing the merge (method, models, parameters, version, YAML).
+
+    The copied ``config.json`` gets the output dtype (``out_dtype``, else ``dtype``, under both ``torch_dtype`` and
+    ``dtype``) and, for ``slices:``, the output layer count.
 
     Safety (checked before any work): ``out_dir`` may not be, contain or lie inside an input model folder, nor
     contain the config file, nor be the current directory or a parent of it; with ``overwrite`` an existing
@@ -380,33 +497,15 @@ def run_merge(
                 for task in plan.tasks:
                     name = task.name
                     if not task.merge:
-                        ref = plan.base if plan.base is not None else plan.models[0]
-                        r = ref.get(name)
-                        for m, src in zip(cfg.models, plan.models):
-                            if not torch.equal(src.get(name), r):
-                                raise ValueError(
-                                    f"non-floating tensor {name!r} differs between the base and {m.spec!r}"
-                                )
-                        writer.write(name, r)
+                        writer.write(name, _copied_tensor(task, plan))
                     else:
-                        kw = cfg.resolve(name, task.t)
-                        b = (
-                            plan.base.get(name).to(device=dev, dtype=task.compute_dtype)
-                            if plan.base is not None
-                            else None
-                        )
-                        fts = [src.get(name).to(device=dev, dtype=task.compute_dtype) for src in plan.models]
-                        res = entry.obj(b, fts, **kw, **_method_kwargs(entry.name, name, seed, dev))
-                        del b, fts
+                        res = _merge_task(task, plan, entry.obj, dev, seed)
                         written = res.to(dtype=task.out.dtype)
                         if not nonfinite_ok:
                             check_finite_output(name, res, written)
                         writer.write(name, written)
                         del res, written
-                    for src in [plan.base, *plan.models]:  # keep resident file pages at a few tensors
-                        rel = getattr(src, "release", None)
-                        if rel is not None:
-                            rel(name)
+                    _release(task, plan)
                     if bar is not None:
                         bar.update(1)
                 writer.close()
@@ -418,13 +517,12 @@ def run_merge(
                     bar.close()
             files = [s.filename for s in plan.shards] + ["model.safetensors.index.json"]
             if copy_files:
-                files += _copy_files(plan.copy_from, tmp)
-            import yaml
-
-            (tmp / "merge_config.yml").write_text(
-                yaml.safe_dump(json.loads(json.dumps(cfg.raw, default=str)), sort_keys=False)
-            )
-            files.append("merge_config.yml")
+                files += _copy_files(plan.copy_from, tmp, tokenizer=copy_tokenizer)
+            if "config.json" in files:
+                update_output_config(
+                    tmp / "config.json", dtype=cfg.out_dtype or cfg.dtype, num_layers=plan.out_num_layers
+                )
+            files += _write_metadata(cfg, plan, tmp, out.name, write_model_card)
             written = writer.bytes_written
     finally:
         plan.close()

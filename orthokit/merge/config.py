@@ -24,8 +24,12 @@ parameters (``weight``, ``density``, …: the method's schema says which) may be
 (``lambda``, ``normalize``, …) only at the top level. ``int8_mask`` is accepted and ignored (a mergekit memory
 option with no effect on results).
 
-Any other key — including mergekit's ``slices``, ``modules``, ``tokenizer``, ``chat_template`` — is an error that
-names it. Paths are resolved against the current directory, then against the config file's folder; ``@revision``
+Instead of ``models``, mergekit's ``slices:`` (layer ranges, frankenmerges) may be given: see
+:mod:`orthokit.merge.slices`. Any other key — including mergekit's ``modules``, ``tokenizer``, ``chat_template`` —
+is an error that names it. Factor methods (registered with ``inputs="lora"``, e.g. ``do_merging``) need every
+model to be a PEFT LoRA adapter folder and a ``base_model``; ``inputs="orthogonal"`` methods (``orthomerge_oft``)
+are not run from folders (PEFT stores OFT in a parametrisation orthokit does not decode) — both are checked here,
+so ``--dry-run`` reports a mismatch. Paths are resolved against the current directory, then against the config file's folder; ``@revision``
 references and hub ids are rejected (the tool is offline).
 
 Example:
@@ -75,9 +79,9 @@ TOP_LEVEL_KEYS = (
     "out_dtype",
     "tokenizer_source",
     "allow_nonfinite",
+    "slices",
 )
 _MERGEKIT_UNSUPPORTED = {
-    "slices": "layer-range assembly (slices) is not supported; list whole models under 'models'",
     "modules": "multi-module configs (modules) are not supported",
     "tokenizer": "tokenizer surgery (tokenizer:) is not supported; the base model's tokenizer files are copied",
     "chat_template": "chat_template is not supported; the base model's tokenizer files are copied",
@@ -243,6 +247,38 @@ class MergeConfig:
     raw: dict[str, Any] = field(default_factory=dict)
     num_layers: int = 0
     allow_nonfinite: bool = False
+    slices: list[Any] | None = None
+
+    @property
+    def inputs_kind(self) -> str:
+        """What the method merges: ``"full"`` weights, ``"lora"`` or ``"orthogonal"`` factors."""
+        if self.merge_method == "passthrough" and not _registered(self.merge_method):
+            return "full"
+        return str(MERGE_METHODS.capabilities(self.merge_method).get("inputs", "full"))
+
+    def resolve_slice(
+        self, slice_index: int, positions: Sequence[int], name: str, t: float
+    ) -> dict[str, Any]:
+        """Keyword arguments for tensor ``name`` of slice ``slice_index`` whose merged sources sit at
+        ``positions`` in that slice: a source's own parameters → the slice's → the top level (as mergekit)."""
+        assert self.slices is not None
+        sl = self.slices[slice_index]
+        levels = [[sl.sources[j].parameters, sl.parameters, self.parameters] for j in positions]
+        if self.merge_method == "passthrough" and not _registered("passthrough"):
+            scales = []
+            for lv in levels:
+                v = None
+                for level in lv:
+                    if "scale" in level:
+                        v = evaluate_setting(level["scale"], name, t)
+                        if v is not None:
+                            break
+                if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                    raise ConfigError(f"passthrough 'scale' must be a number, got {v!r} ({name})")
+                scales.append(None if v is None else float(v))
+            return {"scale": scales}
+        labels = [self.models[sl.sources[j].model].label for j in positions]
+        return resolve_params(self.merge_method, levels, [sl.parameters, self.parameters], labels, name, t)
 
     def protected_paths(self) -> list[tuple[str, Path]]:
         """``(label, path)`` of every input (base, models, adapters) and the config file: what an output folder
@@ -272,57 +308,89 @@ class MergeConfig:
         """
         if t is None:
             t = layer_position(name, self.num_layers)
-        schema = self.schema
-        n = len(self.models)
-        params: dict[str, Any] = {}
-        for spec in schema.params:
-            keys = (spec.config_name, spec.name)
-            if spec.per_model:
-                vals = []
-                given = False
-                for m in self.models:
-                    v = None
-                    for level in (m.parameters, self.parameters):
-                        for k in keys:
-                            if k in level:
-                                v = evaluate_setting(level[k], name, t)
-                                if v is not None:
-                                    break
-                        if v is not None:
-                            break
-                    given = given or v is not None
-                    vals.append(v)
-                if given:
-                    if any(v is None for v in vals):
-                        if spec.required:
-                            missing = self.models[vals.index(None)].label
-                            raise ConfigError(
-                                f"{spec.config_name!r} is required but not set for model {missing!r} ({name})"
-                            )
-                        fill = (
-                            spec.default
-                            if spec.default is not None
-                            else (1.0 if spec.name == "weights" else None)
+        return resolve_params(
+            self.merge_method,
+            [[m.parameters, self.parameters] for m in self.models],
+            [self.parameters],
+            [m.label for m in self.models],
+            name,
+            t,
+        )
+
+
+def resolve_params(
+    method: str,
+    model_levels: Sequence[Sequence[Mapping[str, Any]]],
+    global_levels: Sequence[Mapping[str, Any]],
+    labels: Sequence[str],
+    name: str,
+    t: float,
+) -> dict[str, Any]:
+    """Resolve a method's parameters for tensor ``name`` at layer position ``t`` (mergekit's precedence).
+
+    ``model_levels[i]`` are model i's parameter mappings from highest to lowest precedence (its own, then a
+    slice's, then the top level); ``global_levels`` those searched for global parameters. A conditional list
+    that matches nothing falls through to the next level.
+
+    Example:
+        >>> resolve_params("task_arithmetic", [[{"weight": 0.5}, {}], [{}, {"weight": [0, 1]}]],
+        ...                [{"lambda": 2}], ["a", "b"], "model.layers.1.w", 0.5)["weights"]
+        [0.5, 0.5]
+    """
+    schema = method_schema(method)
+    n = len(model_levels)
+    params: dict[str, Any] = {}
+    for spec in schema.params:
+        keys = (spec.config_name, spec.name)
+        if spec.per_model:
+            vals = []
+            given = False
+            for levels in model_levels:
+                v = None
+                for level in levels:
+                    for k in keys:
+                        if k in level:
+                            v = evaluate_setting(level[k], name, t)
+                            if v is not None:
+                                break
+                    if v is not None:
+                        break
+                given = given or v is not None
+                vals.append(v)
+            if given:
+                if any(v is None for v in vals):
+                    missing = labels[vals.index(None)]
+                    if spec.required:
+                        raise ConfigError(
+                            f"{spec.config_name!r} is required but not set for model {missing!r} ({name})"
                         )
-                        if fill is None:
-                            raise ConfigError(
-                                f"{spec.config_name!r} is set for some models but not for {self.models[vals.index(None)].label!r}"
-                            )
-                        vals = [fill if v is None else v for v in vals]
-                    params[spec.config_name] = vals
-            else:
+                    fill = (
+                        spec.default
+                        if spec.default is not None
+                        else (1.0 if spec.name == "weights" else None)
+                    )
+                    if fill is None:
+                        raise ConfigError(
+                            f"{spec.config_name!r} is set for some models but not for {missing!r}"
+                        )
+                    vals = [fill if v is None else v for v in vals]
+                params[spec.config_name] = vals
+        else:
+            found = False
+            for level in global_levels:
                 for k in keys:
-                    if k in self.parameters:
-                        v = evaluate_setting(self.parameters[k], name, t)
+                    if k in level:
+                        v = evaluate_setting(level[k], name, t)
                         if v is not None:
                             params[spec.config_name] = v
+                            found = True
                             break
-        try:
-            return validate_params(
-                self.merge_method, params, n, where=f"merge method {self.merge_method!r}, tensor {name!r}"
-            )
-        except (TypeError, ValueError) as e:
-            raise ConfigError(str(e)) from None
+                if found:
+                    break
+    try:
+        return validate_params(method, params, n, where=f"merge method {method!r}, tensor {name!r}")
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_param_keys(params: Any, where: str, schema: MethodSchema, per_model_level: bool) -> dict[str, Any]:
@@ -366,20 +434,26 @@ def parse_config(data: Mapping[str, Any], *, source: str | os.PathLike[str] | No
             raise ConfigError(f"unknown config key {k!r}; valid keys: {', '.join(TOP_LEVEL_KEYS)}")
     if "merge_method" not in data:
         raise ConfigError("missing required key 'merge_method'")
+    ts = data.get("tokenizer_source")
+    if ts not in (None, "base"):
+        raise ConfigError(
+            f"tokenizer_source: only 'base' is supported (got {ts!r}); the base's tokenizer is copied"
+        )
+    if data.get("slices") is not None and data.get("models") is not None:
+        raise ConfigError("give either 'models' or 'slices', not both (as in mergekit)")
+    if str(data["merge_method"]).strip().lower() == "passthrough" and not _registered("passthrough"):
+        return _parse_plan_level_passthrough(data, src, base_dir)
     try:
         method = MERGE_METHODS.entry(str(data["merge_method"])).name
     except ValueError as e:
         raise ConfigError(f"merge_method: {e}") from None
     schema = method_schema(method)
     caps = MERGE_METHODS.capabilities(method)
-    ts = data.get("tokenizer_source")
-    if ts not in (None, "base"):
-        raise ConfigError(
-            f"tokenizer_source: only 'base' is supported (got {ts!r}); the base's tokenizer is copied"
-        )
     base = (
         _parse_ref(data["base_model"], "base_model", base_dir) if data.get("base_model") is not None else None
     )
+    if data.get("slices") is not None:
+        return _parse_sliced(data, method, base, src, base_dir, schema)
     models_raw = data.get("models")
     if not isinstance(models_raw, list) or not models_raw:
         raise ConfigError("'models' must be a non-empty list of {model: PATH, parameters: {...}}")
@@ -410,6 +484,7 @@ def parse_config(data: Mapping[str, Any], *, source: str | os.PathLike[str] | No
         raise ConfigError("no fine-tuned models to merge (the only model listed is the base)")
     if caps.get("needs_base") and base is None:
         raise ConfigError(f"merge method {method!r} needs 'base_model'")
+    _check_input_kinds(method, str(caps.get("inputs", "full")), base, models)
     params = _check_param_keys(data.get("parameters"), "parameters", schema, False)
     allow_nonfinite = data.get("allow_nonfinite", False)
     if not isinstance(allow_nonfinite, bool):
@@ -429,6 +504,101 @@ def parse_config(data: Mapping[str, Any], *, source: str | os.PathLike[str] | No
     for t in (0.0, 1.0):
         cfg.resolve("model.layers.0.self_attn.q_proj.weight", t)
     return cfg
+
+
+def _registered(method: str) -> bool:
+    from orthokit.merge.slices import registered
+
+    return registered(method)
+
+
+def _check_input_kinds(method: str, kind: str, base: ModelRef | None, models: Sequence[ModelRef]) -> None:
+    """A factor method needs PEFT adapter folders of its kind; a full-weight checkpoint is a one-line error."""
+    if kind == "full":
+        return
+    if kind == "orthogonal":
+        raise ConfigError(
+            f"merge method {method!r} merges orthogonal (OFT) factors; PEFT OFT folders store them in a "
+            "parametrisation orthokit does not decode, so it runs only from Python (orthokit.merge."
+            f"{method}) — the CLI cannot feed it {models[0].spec!r}"
+        )
+    if base is None:
+        raise ConfigError(
+            f"merge method {method!r} merges LoRA factors and needs 'base_model' (the frozen W0)"
+        )
+    for i, m in enumerate(models):
+        if m.adapter is None:
+            raise ConfigError(
+                f"models[{i}]: merge method {method!r} merges LoRA factors (inputs='lora'), but {m.spec!r} is a "
+                "full checkpoint; list PEFT LoRA adapter folders, or use a full-weight method"
+            )
+
+
+def _parse_sliced(
+    data: Mapping[str, Any],
+    method: str,
+    base: ModelRef | None,
+    src: Path | None,
+    base_dir: Path | None,
+    schema: MethodSchema | None,
+) -> MergeConfig:
+    from orthokit.merge.slices import parse_slices
+
+    caps = MERGE_METHODS.capabilities(method) if schema is not None else {}
+    if caps.get("inputs", "full") != "full":
+        raise ConfigError(f"merge method {method!r} merges adapter factors and cannot be used with 'slices'")
+
+    def check(params: Any, where: str, per_model: bool) -> dict[str, Any]:
+        if schema is None:  # plan-level passthrough: only mergekit's per-source 'scale'
+            if params is None:
+                return {}
+            if not isinstance(params, Mapping):
+                raise ConfigError(f"{where}: parameters must be a mapping, got {type(params).__name__}")
+            bad = [k for k in params if k not in ("scale", *_IGNORED_PARAMS)]
+            if bad:
+                raise ConfigError(
+                    f"{where}: unknown parameter {bad[0]!r} for merge method 'passthrough'; valid: scale"
+                )
+            return {k: v for k, v in params.items() if k == "scale"}
+        return _check_param_keys(params, where, schema, per_model)
+
+    slices, models = parse_slices(
+        data["slices"],
+        method=method,
+        needs_base=bool(caps.get("needs_base")),
+        base=base,
+        parse_ref=lambda v, w: _parse_ref(v, w, base_dir),
+        check_params=check,
+    )
+    allow_nonfinite = data.get("allow_nonfinite", False)
+    if not isinstance(allow_nonfinite, bool):
+        raise ConfigError(f"allow_nonfinite must be true or false, got {allow_nonfinite!r}")
+    return MergeConfig(
+        merge_method=method,
+        base=base,
+        models=models,
+        parameters=check(data.get("parameters"), "parameters", False),
+        dtype=parse_dtype(data.get("dtype"), "dtype"),
+        out_dtype=parse_dtype(data.get("out_dtype"), "out_dtype"),
+        source=src,
+        raw=dict(data),
+        allow_nonfinite=allow_nonfinite,
+        slices=slices,
+    )
+
+
+def _parse_plan_level_passthrough(
+    data: Mapping[str, Any], src: Path | None, base_dir: Path | None
+) -> MergeConfig:
+    """``merge_method: passthrough`` while no passthrough method is registered: slices only, copied at plan level."""
+    if data.get("slices") is None:
+        raise ConfigError(
+            "merge_method 'passthrough' is only available with 'slices:' here (each slice copies its one source)"
+        )
+    base = (
+        _parse_ref(data["base_model"], "base_model", base_dir) if data.get("base_model") is not None else None
+    )
+    return _parse_sliced(data, "passthrough", base, src, base_dir, None)
 
 
 def load_config(path: str | os.PathLike[str]) -> MergeConfig:

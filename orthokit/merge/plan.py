@@ -78,13 +78,23 @@ def parse_size(text: str | int) -> int:
 
 @dataclass
 class TensorTask:
-    """One output tensor: its name, output info, compute dtype, layer position and whether it is merged."""
+    """One output tensor: its name, output info, compute dtype, layer position and whether it is merged.
+
+    For ``slices:`` configs ``base_source``/``sources`` say where the inputs come from (``(index into
+    MergePlan.models, input tensor name)``) and ``params`` holds the resolved method parameters; for LoRA-factor
+    methods ``factors`` lists the models whose adapter targets the tensor. ``None`` = the plain layout (the base
+    and every model, same name; parameters resolved from the config).
+    """
 
     name: str
     out: TensorInfo
     compute_dtype: torch.dtype
     t: float
     merge: bool
+    base_source: tuple[int, str] | None = None
+    sources: list[tuple[int, str]] | None = None
+    params: dict[str, Any] | None = None
+    factors: list[int] | None = None
 
 
 @dataclass
@@ -99,20 +109,31 @@ class MergePlan:
     peak_bytes_estimate: int
     copy_from: Path | None
     notes: list[str] = field(default_factory=list)
+    out_num_layers: int | None = None
 
     def describe(self) -> str:
         """The human-readable plan (printed by ``--dry-run``)."""
         c = self.config
-        lines = [f"merge_method: {c.merge_method}", c.schema.describe()]
+        from orthokit.merge.slices import registered
+
+        plan_level = c.slices is not None and not registered(c.merge_method)
+        head = "passthrough: copied at the plan level (one source per slice, optional per-source scale)"
+        lines = [f"merge_method: {c.merge_method}", head if plan_level else c.schema.describe()]
+        lines.append(f"inputs: {c.inputs_kind}")
         lines.append(f"base_model: {c.base.spec if c.base else None}")
         for i, m in enumerate(c.models):
             extra = f" + LoRA {m.adapter}" if m.adapter else ""
             lines.append(f"model[{i}]: {m.path}{extra}  parameters={m.parameters}")
+        for i, sl in enumerate(c.slices or []):
+            srcs = ", ".join(f"{c.models[s.model].spec}{list(s.layer_range)}" for s in sl.sources)
+            lines.append(f"slice[{i}]: {srcs}  parameters={sl.parameters}")
+        if self.out_num_layers is not None:
+            lines.append(f"output layers: {self.out_num_layers}")
         lines.append(f"parameters: {c.parameters}")
         n_merge = sum(t.merge for t in self.tasks)
         total = sum(t.out.nbytes for t in self.tasks)
         lines.append(
-            f"tensors: {len(self.tasks)} ({n_merge} merged, {len(self.tasks) - n_merge} copied from the base), "
+            f"tensors: {len(self.tasks)} ({n_merge} merged, {len(self.tasks) - n_merge} copied{' from the base' if c.slices is None else ''}), "
             f"output {format_bytes(total)} in {len(self.shards)} shard(s)"
         )
         for s in self.shards:
@@ -122,9 +143,12 @@ class MergePlan:
             lines.append(f"config/tokenizer files copied from: {self.copy_from}")
         if self.tasks:
             probe = next((t for t in self.tasks if t.merge), self.tasks[0])
-            lines.append(
-                f"example parameters for {probe.name!r} (t={probe.t:.3f}): {c.resolve(probe.name, probe.t)}"
+            kw = (
+                probe.params
+                if probe.params is not None or c.slices is not None
+                else c.resolve(probe.name, probe.t)
             )
+            lines.append(f"example parameters for {probe.name!r} (t={probe.t:.3f}): {kw}")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -157,8 +181,11 @@ def build_plan(config: MergeConfig, max_shard_bytes: int | None = None) -> Merge
         ConfigError: missing/extra tensors (named, with the model), shape or dtype mismatches, parameter errors.
         SafetensorsError / FileNotFoundError: unreadable inputs.
     """
+    if config.slices is not None:
+        return _build_sliced(config, max_shard_bytes)
     base = open_ref(config.base) if config.base is not None else None
     models: list[TensorSource] = []
+    lora = config.inputs_kind == "lora"
     try:
         for m in config.models:
             models.append(open_ref(m))
@@ -203,7 +230,18 @@ def build_plan(config: MergeConfig, max_shard_bytes: int | None = None) -> Merge
                     )
             is_float = info.dtype.is_floating_point
             t = layer_position(name, config.num_layers)
-            if is_float:
+            if is_float and lora:
+                factors = _lora_targets(name, config, models)
+                if not factors:
+                    tasks.append(TensorTask(name, info, info.dtype, t, False))
+                    continue
+                cd = config.dtype or info.dtype
+                config.resolve(name, t)
+                tb = TensorInfo(cd, info.shape).nbytes
+                peak = max(peak, tb * 4)
+                od = config.out_dtype or cd
+                tasks.append(TensorTask(name, TensorInfo(od, info.shape), cd, t, True, factors=factors))
+            elif is_float:
                 cd = config.dtype or info.dtype
                 od = config.out_dtype or cd
                 config.resolve(name, t)  # validate parameters for this tensor now
@@ -226,6 +264,90 @@ def build_plan(config: MergeConfig, max_shard_bytes: int | None = None) -> Merge
         for s in [base, *models]:
             if s is not None:
                 s.close()
+        raise
+
+
+def _lora_targets(name: str, config: MergeConfig, models: list[TensorSource]) -> list[int]:
+    """Indices of the models whose LoRA adapter has factors for ``name`` (factor methods)."""
+    out = []
+    for i, (m, src) in enumerate(zip(config.models, models)):
+        adapter = getattr(src, "adapter", None)
+        if adapter is None:  # pragma: no cover - parse_config guarantees adapters
+            raise ConfigError(f"model {m.spec!r} is not a LoRA adapter")
+        if name in adapter.replacements:
+            raise ConfigError(
+                f"LoRA adapter {m.spec!r} replaces {name!r} in full (PEFT modules_to_save); merge method "
+                f"{config.merge_method!r} merges only LoRA factors — use a full-weight method"
+            )
+        if name in adapter.deltas:
+            out.append(i)
+    return out
+
+
+def _build_sliced(config: MergeConfig, max_shard_bytes: int | None) -> MergePlan:
+    """The plan of a ``slices:`` config (see :mod:`orthokit.merge.slices`)."""
+    from orthokit.merge.slices import layout_slices
+
+    assert config.slices is not None
+    models: list[TensorSource] = []
+    try:
+        for m in config.models:
+            models.append(open_ref(m))
+        labels = [m.spec for m in config.models]
+        layout, n_layers = layout_slices(config.slices, [s.keys() for s in models], labels)
+        config.num_layers = n_layers
+        tasks: list[TensorTask] = []
+        peak = 0
+        for st in layout:
+            ins = ([st.base_source] if st.base_source is not None else []) + st.sources
+            infos = [models[i].info(n) for i, n in ins]
+            info = infos[0]
+            for (i, n), mi in zip(ins[1:], infos[1:]):
+                where = f"tensor {st.name!r} (slices[{st.slice_index}])"
+                if mi.shape != info.shape:
+                    raise ConfigError(
+                        f"{where}: {labels[i]!r} {n!r} has shape {list(mi.shape)}, {labels[ins[0][0]]!r} "
+                        f"{ins[0][1]!r} has {list(info.shape)}"
+                    )
+                if mi.dtype != info.dtype and (
+                    config.dtype is None or not (mi.dtype.is_floating_point and info.dtype.is_floating_point)
+                ):
+                    raise ConfigError(
+                        f"{where}: {labels[i]!r} is {mi.dtype} but {labels[ins[0][0]]!r} is {info.dtype} "
+                        "(set 'dtype:' in the config to compute in one dtype)"
+                    )
+            if info.dtype.is_floating_point:
+                cd = config.dtype or info.dtype
+                od = config.out_dtype or cd
+                params = config.resolve_slice(st.slice_index, st.source_positions, st.name, st.t)
+                tb = TensorInfo(cd, info.shape).nbytes
+                casts = len(ins) * tb if cd != info.dtype else 0
+                peak = max(peak, tb * (len(ins) + 2) + casts)
+                tasks.append(
+                    TensorTask(
+                        st.name,
+                        TensorInfo(od, info.shape),
+                        cd,
+                        st.t,
+                        True,
+                        st.base_source,
+                        st.sources,
+                        params,
+                    )
+                )
+            else:
+                tasks.append(TensorTask(st.name, info, info.dtype, st.t, False, st.base_source, st.sources))
+        if not tasks:
+            raise ConfigError("the slices select no tensors")
+        meta = {"merged_by": "orthokit", "merge_method": config.merge_method}
+        shards = plan_shards([(t.name, t.out) for t in tasks], max_shard_bytes, metadata=meta)
+        first = config.models[config.slices[0].sources[0].model]
+        copy_from = _config_dir(config.base) or _config_dir(first)
+        notes = [f"slices: {len(config.slices)}, {n_layers} output layers (config.json updated)"]
+        return MergePlan(config, None, models, tasks, shards, peak, copy_from, notes, n_layers)
+    except BaseException:
+        for s in models:
+            s.close()
         raise
 
 

@@ -51,8 +51,10 @@ def test_parse_and_resolve(models: Path) -> None:
 def test_unknown_and_unsupported_keys_are_named(models: Path) -> None:
     with pytest.raises(ConfigError, match="unknown config key 'merge_methd'"):
         parse_config({**_cfg(models), "merge_methd": "ties"})
-    with pytest.raises(ConfigError, match="'slices'.*not supported"):
+    with pytest.raises(ConfigError, match="either 'models' or 'slices', not both"):
         parse_config({**_cfg(models), "slices": []})
+    with pytest.raises(ConfigError, match="'modules'.*not supported"):
+        parse_config({**_cfg(models), "modules": {}})
     bad = _cfg(models)
     bad["parameters"]["densty"] = 0.3
     with pytest.raises(ConfigError, match="unknown parameter 'densty' for merge method 'ties'"):

@@ -115,12 +115,12 @@ def test_overwrite_only_replaces_orthokit_outputs(proj: Path, capsys: pytest.Cap
     assert (proj / "notes" / "todo.txt").read_text() == "mine"
     assert _run(capsys, "merge.yml", "merged")[0] == 0
     listed = json.loads((proj / "merged" / MARKER_NAME).read_text())["files"]
-    assert "model.safetensors" in listed and "merge_config.yml" in listed
+    assert "model.safetensors" in listed and "merge_config.yml" in listed and "README.md" in listed
     assert _run(capsys, "merge.yml", "merged", "--overwrite")[0] == 0  # our own output: replaced
-    (proj / "merged" / "README.md").write_text("added by the user")
+    (proj / "merged" / "NOTES.md").write_text("added by the user")
     rc, err = _run(capsys, "merge.yml", "merged", "--overwrite")
-    assert rc == 1 and "'README.md'" in _one_line_error(err)
-    assert (proj / "merged" / "README.md").is_file()
+    assert rc == 1 and "'NOTES.md'" in _one_line_error(err)
+    assert (proj / "merged" / "NOTES.md").is_file()
     (proj / "empty").mkdir()
     assert _run(capsys, "merge.yml", "empty", "--overwrite")[0] == 0  # an empty folder may be replaced
 
