@@ -29,7 +29,13 @@ from orthokit.merge.diagnostics import (
     weight_disentanglement_error,
 )
 from orthokit.merge.do_merging import do_merging
+from orthokit.merge.karcher import karcher
+from orthokit.merge.linear import linear
+from orthokit.merge.multislerp import multislerp
+from orthokit.merge.nearswap import nearswap
+from orthokit.merge.nuslerp import nuslerp
 from orthokit.merge.orthomerge import orthomerge, orthomerge_oft
+from orthokit.merge.passthrough import passthrough
 from orthokit.merge.registry import (
     MERGE_METHODS,
     MethodSchema,
@@ -38,10 +44,18 @@ from orthokit.merge.registry import (
     register_merge_method,
     validate_params,
 )
+from orthokit.merge.slerp import slerp
 from orthokit.merge.task_arithmetic import task_arithmetic
 from orthokit.merge.ties import ties
 
 __all__ = [
+    "karcher",
+    "linear",
+    "multislerp",
+    "nearswap",
+    "nuslerp",
+    "passthrough",
+    "slerp",
     "MERGE_METHODS",
     "MethodSchema",
     "ParamSpec",
