@@ -20,8 +20,10 @@ from __future__ import annotations
 # Importing a method module registers its methods in MERGE_METHODS.
 # (the function imports below load the method modules; the module names are shadowed by their functions)
 from orthokit.merge.api import merge, run_merge
+from orthokit.merge.breadcrumbs import breadcrumbs, breadcrumbs_ties
 from orthokit.merge.dare import dare, dare_linear, dare_ties
 from orthokit.merge.dc_merge import dc_merge
+from orthokit.merge.della import della, della_linear
 from orthokit.merge.diagnostics import (
     pairwise_cosine,
     subspace_overlap,
@@ -31,6 +33,7 @@ from orthokit.merge.diagnostics import (
 from orthokit.merge.do_merging import do_merging
 from orthokit.merge.karcher import karcher
 from orthokit.merge.linear import linear
+from orthokit.merge.model_stock import model_stock
 from orthokit.merge.multislerp import multislerp
 from orthokit.merge.nearswap import nearswap
 from orthokit.merge.nuslerp import nuslerp
@@ -44,6 +47,7 @@ from orthokit.merge.registry import (
     register_merge_method,
     validate_params,
 )
+from orthokit.merge.sce import sce
 from orthokit.merge.slerp import slerp
 from orthokit.merge.task_arithmetic import task_arithmetic
 from orthokit.merge.ties import ties
@@ -76,5 +80,11 @@ __all__ = [
     "run_merge",
     "task_arithmetic",
     "ties",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "della",
+    "della_linear",
+    "model_stock",
+    "sce",
     "validate_params",
 ]

@@ -107,7 +107,7 @@ def sce(
     Example:
         >>> import torch
         >>> b = torch.zeros(2); ft = [torch.tensor([1.0, 1.0]), torch.tensor([-3.0, 1.0])]
-        >>> sce(b, ft)  # η = [0.2, 0.8]; entry 0 elects −: only τ₂ survives there
+        >>> sce(b, ft)  # η = [1, 5]/6; entry 0 elects −: only τ₂ survives there
         tensor([-3.,  1.])
 
     Reference: FuseChat-2.0 (SCE), arXiv:2408.07990; mergekit 0.1.5 ``sce``.

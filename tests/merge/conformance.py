@@ -513,6 +513,9 @@ CLOSED_FORM: dict[str, Callable[..., None]] = {
     "orthomerge": check_orthomerge,
     "orthomerge_oft": check_orthomerge_oft,
 }
+from .conformance_mergekit_b import CLOSED_FORM as _B  # noqa: E402
+
+CLOSED_FORM.update(_B)
 from .conformance_mergekit_a import CLOSED_FORM as _A  # noqa: E402
 
 CLOSED_FORM.update(_A)
