@@ -12,6 +12,20 @@ Two ways to protect a subspace while training with ``transformers.Trainer``:
 2. :func:`projected_optimizer_for_trainer` — builds ``(Projected(AdamW), scheduler)`` for
    ``Trainer(optimizers=(opt, sched))``; the optimizer itself projects, so it also works outside the Trainer.
 
+Both accept every registered projection method object (``orthokit.projection.PROJECTIONS``: GPM, SGP, OGD, FOT,
+GU, OSFT, ... — or a bare :class:`SubspaceMemory`). The callback applies the method's memory itself, so it needs a
+method whose optimizer is the plain :class:`Projected` (all but HLOP and OGPSA, whose ``wrap()`` adds per-step
+logic); for those it raises a one-line ``TypeError`` pointing to :func:`projected_optimizer_for_trainer`, which
+calls the method's own ``wrap()``.
+
+Checkpoints: the callback writes the method's state (bases, embedding rows, counters) to
+``checkpoint-N/orthokit_projection.pt`` in ``on_save`` and restores it in ``on_train_begin`` when the Trainer
+resumes (``trainer.train(resume_from_checkpoint=...)``), so a fresh process resumes bit-identically without
+re-running ``after_task``. With :func:`projected_optimizer_for_trainer` the memory travels inside ``optimizer.pt``.
+
+Coverage: when training starts with a non-empty memory, a one-time ``UserWarning`` lists the trainable
+parameters that are neither protected nor frozen (free embeddings / norm gains are where an LLM forgets).
+
 Under DeepSpeed ZeRO-3 / FSDP parameters are sharded and these hooks see shards; they are not supported there
 (reference §12.8). DDP works (every rank holds the same basis and the same reduced gradients).
 
@@ -32,6 +46,8 @@ Example:
 
 from __future__ import annotations
 
+import os
+import warnings
 from typing import Any
 
 import torch
@@ -39,30 +55,60 @@ from torch import nn
 from transformers import TrainerCallback, get_scheduler
 
 from orthokit.projection._wrapper import WrappedOptimizer, check_where_mode
-from orthokit.projection.memory import SubspaceMemory
+from orthokit.projection.memory import SubspaceMemory, warn_uncovered
 from orthokit.projection.projected import Projected
 from orthokit.projection.registry import ProjectionMethod
 
-__all__ = ["ProjectionCallback", "projected_optimizer_for_trainer"]
+__all__ = ["ProjectionCallback", "projected_optimizer_for_trainer", "PROJECTION_FILE"]
+
+PROJECTION_FILE = "orthokit_projection.pt"
+_FORMAT = "orthokit.projection/1"
+
+
+def _check_object(projection: Any) -> None:
+    if not isinstance(projection, (ProjectionMethod, SubspaceMemory)):
+        raise TypeError(
+            "projection must be a registered projection method object (orthokit.projection.PROJECTIONS: GPM, "
+            f"SGP, ...) or a SubspaceMemory, got {type(projection).__name__}"
+        )
+
+
+def _plain_wrap(projection: ProjectionMethod) -> bool:
+    """Whether the method's optimizer is the plain ``Projected`` of its memory (the callback can replay it)."""
+    return type(projection).wrap is ProjectionMethod.wrap and isinstance(projection.memory, SubspaceMemory)
 
 
 def _resolve(
     projection: Any, mode: str | None
 ) -> tuple[SubspaceMemory, str, float | None, list[nn.Parameter]]:
-    """``(memory, mode, scale_alpha, frozen)`` of a registered method object (GPM, SGP, ...) or a memory."""
+    """``(memory, mode, scale_alpha, frozen)`` of a method whose optimizer is a plain Projected, or a memory."""
+    _check_object(projection)
     if isinstance(projection, ProjectionMethod):
-        mem = projection.memory
-        if not isinstance(mem, SubspaceMemory):
+        if not _plain_wrap(projection):
+            name = type(projection).__name__
             raise TypeError(
-                f"{type(projection).__name__} does not keep a SubspaceMemory; use its wrap() instead"
+                f"ProjectionCallback cannot apply {name}: its wrap() adds per-step logic the callback cannot "
+                f"replay; use projected_optimizer_for_trainer(model, {name.lower()}_object, ...) and "
+                "Trainer(optimizers=(opt, sched))"
             )
+        mem = projection.memory
         return mem, mode or projection.mode, projection.scale_alpha, projection.frozen_parameters()
+    return projection, mode or "hard", None, []
+
+
+def _state_of(projection: ProjectionMethod | SubspaceMemory) -> dict[str, Any]:
     if isinstance(projection, SubspaceMemory):
-        return projection, mode or "hard", None, []
-    raise TypeError(
-        "projection must be a registered projection method object (GPM, SGP, ...) or a SubspaceMemory, got "
-        f"{type(projection).__name__}"
-    )
+        return {"memory": projection.state_dict()}
+    return projection.state_dict()
+
+
+def _load_into(projection: ProjectionMethod | SubspaceMemory, state: dict[str, Any]) -> None:
+    if isinstance(projection, SubspaceMemory):
+        if "memory" not in state:
+            raise ValueError("no 'memory' entry")
+        projection.load_state_dict(state["memory"])
+    else:
+        projection.load_state_dict(state)
 
 
 class ProjectionCallback(TrainerCallback):
@@ -72,15 +118,25 @@ class ProjectionCallback(TrainerCallback):
     ``W ← W_old + P(W_new − W_old)`` where ``P(Δ) = Δ(I − MMᵀ)`` (hard) or ``Δ(I − MΛMᵀ)`` (scaled, SGP).
 
     Args:
-        projection: a registered method object (``GPM``, ``SGP``, ... — its memory, mode and frozen 1-D
-            parameters are used) or a :class:`SubspaceMemory` (built on the same model the Trainer trains).
+        projection: a registered method object (``GPM``, ``SGP``, ``OGD``, ``FOT``, ``GUProjection``,
+            ``OSFTProjection`` — its memory, mode and frozen parameters are used) or a :class:`SubspaceMemory`
+            (built on the same model the Trainer trains). ``HLOP`` / ``OGPSAProjection`` raise ``TypeError``
+            (use :func:`projected_optimizer_for_trainer`).
         mode: ``"hard"`` or ``"scaled"`` (default: the method's, ``"hard"`` for a bare memory).
         scale_alpha: see :class:`~orthokit.projection.Projected`.
         where: ``"update"`` (default) or ``"gradient"``.
         check_finite: raise ``ValueError`` on NaN/inf gradients of protected parameters before the step.
+        warn_uncovered: warn once at ``on_train_begin`` (non-empty memory) about trainable parameters that are
+            neither protected nor frozen.
+        save: write the method's state to ``checkpoint-N/orthokit_projection.pt`` in ``on_save`` and restore
+            it when the Trainer resumes (``on_train_begin`` with ``state.global_step > 0``: from
+            ``args.resume_from_checkpoint`` when it is a folder, else ``output_dir/checkpoint-<global_step>``).
+            A saved state that does not fit the method (other layers, dimensions, embeddings option or method
+            class) raises ``ValueError`` naming the file. :meth:`save_to` / :meth:`load_from` do the same by hand.
 
     Example:
-        >>> trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[ProjectionCallback(mem)])  # doctest: +SKIP
+        >>> trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[ProjectionCallback(gpm)])  # doctest: +SKIP
+        >>> trainer.train(resume_from_checkpoint=True)   # restores gpm's memory from the checkpoint  # doctest: +SKIP
 
     Reference: GPM (Saha et al., ICLR 2021); HF callback events: transformers PR #33444 / #31095.
     """
@@ -93,9 +149,14 @@ class ProjectionCallback(TrainerCallback):
         scale_alpha: float | None = None,
         where: str = "update",
         check_finite: bool = True,
+        warn_uncovered: bool = True,
+        save: bool = True,
     ) -> None:
         memory, mode, method_alpha, frozen = _resolve(projection, mode)
         check_where_mode(where, mode)
+        self.projection = projection
+        self.warn_uncovered = warn_uncovered
+        self.save = save
         self.memory = memory
         self.mode = mode
         self.scale_alpha = scale_alpha if scale_alpha is not None else method_alpha
@@ -106,6 +167,80 @@ class ProjectionCallback(TrainerCallback):
 
     def _params(self) -> list[nn.Parameter]:
         return [p for p in self.memory.protected_parameters() if p.requires_grad]
+
+    def _refresh_frozen(self) -> None:
+        if isinstance(self.projection, ProjectionMethod):
+            self.frozen = self.projection.frozen_parameters()
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def save_to(self, folder: str | os.PathLike[str]) -> str:
+        """Write the method's (or memory's) state to ``folder/orthokit_projection.pt`` (atomic); returns the path."""
+        path = os.path.join(os.fspath(folder), PROJECTION_FILE)
+        payload = {
+            "format": _FORMAT,
+            "kind": type(self.projection).__name__,
+            "state": _state_of(self.projection),
+        }
+        tmp = path + ".tmp"
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_from(self, folder: str | os.PathLike[str]) -> None:
+        """Restore :meth:`save_to` output from ``folder`` (``ValueError`` naming the file when it does not fit;
+        nothing is modified then)."""
+        path = os.path.join(os.fspath(folder), PROJECTION_FILE)
+        if not os.path.isfile(path):
+            raise ValueError(f"no projection state at {path}")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - report any unreadable file as one clear error
+            raise ValueError(
+                f"{path}: not a readable orthokit projection state ({type(e).__name__}: {e})"
+            ) from e
+        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+            raise ValueError(f"{path}: not an orthokit projection state (format {_FORMAT!r} expected)")
+        kind = type(self.projection).__name__
+        if payload.get("kind") != kind:
+            raise ValueError(f"{path}: saved by a {payload.get('kind')}, this callback holds a {kind}")
+        try:
+            _load_into(self.projection, payload["state"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: the saved projection memory does not fit this {kind}: {e}") from e
+        self._refresh_frozen()
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Write the memory next to the checkpoint the Trainer just saved (main process only)."""
+        if not self.save or not getattr(state, "is_world_process_zero", True):
+            return
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if os.path.isdir(folder):
+            self.save_to(folder)
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Restore the memory when resuming; warn once about uncovered trainable parameters."""
+        step = int(getattr(state, "global_step", 0) or 0)
+        if self.save and step > 0:
+            folders = []
+            resume = getattr(args, "resume_from_checkpoint", None)
+            if isinstance(resume, str) and os.path.isdir(resume):
+                folders.append(resume)
+            folders.append(os.path.join(args.output_dir, f"checkpoint-{step}"))
+            found = [f for f in folders if os.path.isfile(os.path.join(f, PROJECTION_FILE))]
+            if found:
+                self.load_from(found[0])
+            else:
+                warnings.warn(
+                    f"ProjectionCallback: resuming at step {step} but no {PROJECTION_FILE} in {folders}; the "
+                    "memory built in this process is used as is (call callback.load_from(folder) to restore one)",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        self._refresh_frozen()
+        if self.warn_uncovered and not self.memory.is_empty:
+            model = kwargs.get("model") or self.memory.model
+            warn_uncovered(self.memory.uncovered_parameters(self.frozen, model=model), "ProjectionCallback")
+            self.warn_uncovered = False  # once
 
     @torch.no_grad()
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -174,7 +309,8 @@ def projected_optimizer_for_trainer(
 
     Args:
         model: the model being trained (trainable parameters only are optimized).
-        projection: a registered method object (``GPM``, ``SGP``, ...: its ``wrap`` builds the wrapper) or a
+        projection: any registered method object (``PROJECTIONS``: GPM, SGP, OGD, FOT, GU, OSFT, HLOP, OGPSA —
+            methods with their own ``wrap()`` logic, HLOP and OGPSA, are wrapped by it) or a
             :class:`SubspaceMemory` (wrapped in :class:`Projected`).
         optimizer_cls: inner optimizer class (AdamW default; any ``torch.optim.Optimizer`` such as orthokit Muon).
         lr, weight_decay: inner optimizer settings; extra ``optimizer_kwargs`` are passed through.
@@ -198,10 +334,20 @@ def projected_optimizer_for_trainer(
     ]
     if not groups:
         raise ValueError("the model has no trainable parameters")
-    inner = optimizer_cls(groups, lr=lr, **optimizer_kwargs)
-    memory, mode, method_alpha, frozen = _resolve(projection, mode)
-    alpha = scale_alpha if scale_alpha is not None else method_alpha
-    opt = Projected(inner, memory, mode=mode, scale_alpha=alpha, where=where, frozen=frozen)
+    _check_object(projection)
+    check_where_mode(where, mode)
+    if isinstance(projection, ProjectionMethod) and not _plain_wrap(projection):
+        if mode is not None or scale_alpha is not None:
+            raise ValueError(
+                f"mode/scale_alpha cannot be overridden for {type(projection).__name__} (its wrap() decides them)"
+            )
+        inner = optimizer_cls(groups, lr=lr, **optimizer_kwargs)
+        opt = projection.wrap(inner, where=where)
+    else:
+        memory, mode, method_alpha, frozen = _resolve(projection, mode)
+        alpha = scale_alpha if scale_alpha is not None else method_alpha
+        inner = optimizer_cls(groups, lr=lr, **optimizer_kwargs)
+        opt = Projected(inner, memory, mode=mode, scale_alpha=alpha, where=where, frozen=frozen)
     sched = get_scheduler(
         scheduler, optimizer=opt, num_warmup_steps=warmup_steps, num_training_steps=num_training_steps
     )

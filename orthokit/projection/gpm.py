@@ -36,7 +36,9 @@ from torch import nn
 from orthokit.projection.memory import SampleBudget, SubspaceMemory, Threshold, check_criterion
 from orthokit.projection.registry import FREEZE_1D, ProjectionMethod, one_d_parameters, register_projection
 
-__all__ = ["GPM"]
+__all__ = ["GPM", "EMBEDDINGS"]
+
+EMBEDDINGS = ("rows", "freeze", "none")
 
 
 @register_projection(
@@ -59,8 +61,14 @@ class GPM(ProjectionMethod):
         max_samples: examples used to build the representation matrices (GPM pMNIST: 300).
         criterion: ``"minimal"`` (default: the smallest basis holding ≥ ε of the energy, paper Eq. 8–9) or
             ``"gpm_code"`` (the reference code's first-task count, one direction fewer).
-        freeze_1d: ``"norm"`` (default, as GPM's code: normalization-layer 1-D parameters fixed once a basis
-            exists), ``"all"`` or ``"none"``.
+        freeze_1d: ``"norm"`` (default, as GPM's code: normalization-layer 1-D parameters — LayerNorm/RMSNorm
+            gains and biases, incl. classes named ``*Norm`` such as ``LlamaRMSNorm`` — fixed once a basis exists),
+            ``"all"`` (every 1-D parameter the memory does not project) or ``"none"``.
+        embeddings: ``"rows"`` (default: every ``nn.Embedding`` — token and position tables — is protected by
+            rows: the ids the old tasks looked up during :meth:`after_task` cannot move, new ids stay trainable),
+            ``"freeze"`` (embedding tables fixed once a basis exists) or ``"none"`` (left free: measured on the
+            tiny-Llama two-corpus task, free embeddings carry most of the forgetting that remains — see
+            docs/projection/llm_recipe.md). A tied LM head (same parameter) is covered by the same rows.
         bias: bias policy of :class:`SubspaceMemory` (``"augment"`` default).
         forward: ``callable(model, batch)`` used during collection (default: ``model(x)``).
 
@@ -87,12 +95,18 @@ class GPM(ProjectionMethod):
         freeze_1d: str = "norm",
         bias: str = "augment",
         forward: Callable[[nn.Module, Any], Any] | None = None,
+        embeddings: str = "rows",
     ) -> None:
         check_criterion(criterion)
         if freeze_1d not in FREEZE_1D:
             raise ValueError(f"freeze_1d must be 'norm', 'all' or 'none', got {freeze_1d!r}")
+        if embeddings not in EMBEDDINGS:
+            raise ValueError(f"embeddings must be 'rows', 'freeze' or 'none', got {embeddings!r}")
         self.model = model
         self.memory = self._new_memory(model, layers, bias)
+        self.embeddings = embeddings
+        if embeddings == "rows":
+            self.memory.protect_embeddings(nn.Embedding)
         self.threshold = threshold
         self.max_samples = max_samples
         self.criterion = criterion
@@ -126,6 +140,14 @@ class GPM(ProjectionMethod):
         )
 
     def frozen_parameters(self) -> list[nn.Parameter]:
-        """1-D parameters kept fixed once the memory holds a basis (``freeze_1d``, see
-        :func:`~orthokit.projection.registry.one_d_parameters`)."""
-        return one_d_parameters(self.model, self.memory, self.freeze_1d)
+        """Parameters kept fixed once the memory holds a basis: 1-D parameters per ``freeze_1d`` (see
+        :func:`~orthokit.projection.registry.one_d_parameters`) and, with ``embeddings="freeze"``, the embedding
+        tables."""
+        out = one_d_parameters(self.model, self.memory, self.freeze_1d)
+        if getattr(self, "embeddings", "rows") == "freeze":
+            seen = {id(p) for p in out}
+            for m in self.model.modules():
+                if isinstance(m, nn.Embedding) and id(m.weight) not in seen:
+                    seen.add(id(m.weight))
+                    out.append(m.weight)
+        return out

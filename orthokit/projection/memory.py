@@ -16,6 +16,12 @@ Hugging Face's GPT-2 style ``Conv1D``). For every protected layer it stores one 
 * ``"weight"`` — the top singular directions ``(U_k, V_k)`` of the weight itself (OSFT): the update is kept in
   the orthogonal complement on both sides, ``ΔW ← (I − U Uᵀ) ΔW (I − V Vᵀ)``.
 
+Embedding tables (``nn.Embedding``, passed as ``embeddings=``) are protected by **rows**: during collection the
+memory records the ids the old tasks' examples looked up, and the update of those rows is zeroed (old-token and
+old-position vectors never move; rows of ids never seen stay trainable). This is the embedding analogue of the
+activation basis: an embedding is a linear layer fed one-hot inputs, whose old inputs span exactly the coordinate
+directions of the ids seen, so ``ΔE`` restricted to those rows is what ``ΔW(I − MMᵀ)`` removes.
+
 Activation bases are estimated with GPM's energy criterion from the float64 second-moment matrix
 ``C = R Rᵀ = Σ x xᵀ`` (``R = [x_1 … x_N]``): the singular values of ``R`` are ``√eig(C)``, the residual after the
 existing basis is ``R̂ = (I − MMᵀ)R`` with ``R̂R̂ᵀ = P⊥ C P⊥``. Working on ``C`` keeps memory at ``n×n`` per
@@ -62,6 +68,7 @@ __all__ = [
     "CRITERIA",
     "SampleBudget",
     "default_forward",
+    "warn_uncovered",
 ]
 
 Threshold = float | Sequence[float] | Mapping[str, float] | Callable[[int, str], float]
@@ -155,6 +162,33 @@ def _orthonormal_extension(base: torch.Tensor | None, new: torch.Tensor) -> torc
     sign = torch.sign(torch.diagonal(r))
     sign[sign == 0] = 1
     return q * sign
+
+
+def warn_uncovered(names: Sequence[str], who: str, stacklevel: int = 3) -> None:
+    """Warn (``UserWarning``) that the trainable parameters ``names`` are neither protected nor frozen.
+
+    Called once when training starts by :class:`~orthokit.projection.Projected` and
+    :class:`~orthokit.integrations.hf.ProjectionCallback`; names the first 10 and the count.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as w:
+        ...     warnings.simplefilter("always")
+        ...     warn_uncovered(["model.norm.weight"], "Projected")
+        >>> str(w[0].message).split(" — ")[0]
+        'Projected: 1 trainable parameter is neither protected by the memory nor frozen: model.norm.weight'
+    """
+    if not names:
+        return
+    n = len(names)
+    shown = ", ".join(names[:10]) + (f", ... ({n - 10} more)" if n > 10 else "")
+    warnings.warn(
+        f"{who}: {n} trainable parameter{'s are' if n > 1 else ' is'} neither protected by the memory nor frozen: "
+        f"{shown} — old-task outputs can drift through them; protect them (GPM embeddings='rows', "
+        "freeze_1d='all', more layers), freeze them (requires_grad=False) or pass warn_uncovered=False",
+        UserWarning,
+        stacklevel=stacklevel,
+    )
 
 
 def default_forward(model: nn.Module, batch: Any) -> Any:
@@ -396,6 +430,23 @@ class _Layer:
         }
 
 
+class _EmbeddingRows:
+    """A protected embedding table: the set of row ids (tokens / positions) the old tasks looked up."""
+
+    def __init__(self, name: str, module: nn.Embedding) -> None:
+        self.name = name
+        self.module = module
+        self.num = int(module.num_embeddings)
+        self.used = torch.zeros(self.num, dtype=torch.bool)  # CPU mask of protected rows
+
+    @property
+    def count(self) -> int:
+        return int(self.used.sum())
+
+    def ids(self) -> torch.Tensor:
+        return self.used.nonzero().flatten()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the memory
 # ---------------------------------------------------------------------------------------------------------------
@@ -412,6 +463,9 @@ class SubspaceMemory:
             ``"ignore"`` (bias updates pass through untouched — old outputs then shift by ``Δb``).
         importance_alpha: SGP's ``α`` used to maintain per-direction importances during collection.
         dtype: storage dtype of the bases (float32 default; estimation always runs in float64).
+        embeddings: ``nn.Embedding`` tables protected by rows (``None`` default: none; ``nn.Embedding`` for every
+            table; or names / modules): :meth:`collect_activations` records the ids looked up and
+            :meth:`project_` zeroes the update of those rows (see :meth:`protect_embeddings`).
 
     Example:
         >>> import torch
@@ -434,6 +488,7 @@ class SubspaceMemory:
         bias: str = "augment",
         importance_alpha: float = 10.0,
         dtype: torch.dtype = torch.float32,
+        embeddings: Any = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -451,6 +506,111 @@ class SubspaceMemory:
         # model-scope flattened gradient basis (OGD)
         self.flat_basis: torch.Tensor | None = None
         self._param_names = {id(p): n for n, p in self.model.named_parameters()}
+        self._embeddings: dict[str, _EmbeddingRows] = {}
+        if embeddings is not None:
+            self.protect_embeddings(embeddings)
+
+    # -- embedding rows ---------------------------------------------------------------------------------------
+    def protect_embeddings(self, embeddings: Any) -> list[str]:
+        """Protect ``nn.Embedding`` tables by rows: names, modules, the type ``nn.Embedding`` (every table of the
+        model; none is fine) or a sequence of them. Returns the names now protected (idempotent).
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> net = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 3))
+            >>> mem = SubspaceMemory(net, layers="1")
+            >>> mem.protect_embeddings(nn.Embedding)
+            ['0']
+            >>> mem.protect_embeddings("1")
+            Traceback (most recent call last):
+            ...
+            TypeError: embedding '1' is a Linear, not an nn.Embedding
+        """
+        named = dict(self.model.named_modules())
+        by_id = {id(m): n for n, m in named.items()}
+        specs = [embeddings] if isinstance(embeddings, (str, nn.Module, type)) else embeddings
+        if not isinstance(specs, Iterable):
+            raise TypeError(
+                f"embeddings must be names, modules or nn.Embedding, got {type(embeddings).__name__}"
+            )
+        chosen: list[tuple[str, nn.Module]] = []
+        for spec in specs:
+            if isinstance(spec, type):
+                if not issubclass(spec, nn.Embedding):
+                    raise TypeError(
+                        f"embeddings type must be nn.Embedding (or a subclass), got {spec.__name__}"
+                    )
+                chosen += [(n, m) for n, m in named.items() if isinstance(m, spec)]
+                continue
+            if isinstance(spec, str):
+                if spec not in named:
+                    close = difflib.get_close_matches(spec, [n for n in named if n], n=3)
+                    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+                    raise ValueError(f"embedding {spec!r} is not in the model.{hint}")
+                chosen.append((spec, named[spec]))
+            elif isinstance(spec, nn.Module):
+                if id(spec) not in by_id:
+                    raise ValueError(
+                        f"embedding module {type(spec).__name__} object is not part of the model"
+                    )
+                chosen.append((by_id[id(spec)], spec))
+            else:
+                raise TypeError(
+                    f"embeddings entries must be str, nn.Module or a type, got {type(spec).__name__}"
+                )
+        for n, m in chosen:
+            if not isinstance(m, nn.Embedding):
+                raise TypeError(f"embedding {n!r} is a {type(m).__name__}, not an nn.Embedding")
+        for n, m in chosen:
+            if n not in self._embeddings:
+                self._embeddings[n] = _EmbeddingRows(n, m)  # type: ignore[arg-type]
+        return list(self._embeddings)
+
+    @property
+    def embedding_names(self) -> list[str]:
+        """Names of the embedding tables protected by rows."""
+        return list(self._embeddings)
+
+    def embedding_rows(self, name: str) -> torch.Tensor:
+        """Sorted ids of the protected rows of embedding ``name`` (``int64``)."""
+        if name not in self._embeddings:
+            raise ValueError(
+                f"embedding {name!r} is not protected by this memory; protected: {self.embedding_names}"
+            )
+        return self._embeddings[name].ids()
+
+    def protect_rows(self, name: str, ids: torch.Tensor | Iterable[int]) -> int:
+        """Add row ids (e.g. every token id of the old task's whole dataset) to embedding ``name``'s protected
+        set; returns the number of newly protected rows. Out-of-range ids raise ``ValueError`` (nothing added).
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> net = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 3))
+            >>> mem = SubspaceMemory(net, embeddings=nn.Embedding)
+            >>> mem.protect_rows("0", [1, 2, 2, 7])
+            3
+            >>> mem.embedding_rows("0").tolist()
+            [1, 2, 7]
+        """
+        if name not in self._embeddings:
+            raise ValueError(
+                f"embedding {name!r} is not protected by this memory; protected: {self.embedding_names}"
+            )
+        rec = self._embeddings[name]
+        t = (
+            torch.as_tensor(ids if isinstance(ids, torch.Tensor) else list(ids), dtype=torch.long)
+            .flatten()
+            .cpu()
+        )
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= rec.num):
+            raise ValueError(
+                f"embedding {name!r}: row ids must be in [0, {rec.num}), got [{int(t.min())}, {int(t.max())}]"
+            )
+        before = rec.count
+        rec.used[t] = True
+        return rec.count - before
 
     # -- layer resolution -------------------------------------------------------------------------------------
     def _resolve_layers(self, layers: Any) -> list[tuple[str, nn.Module]]:
@@ -526,7 +686,11 @@ class SubspaceMemory:
     @property
     def is_empty(self) -> bool:
         """``True`` when no layer holds a basis: projection is then an exact no-op."""
-        return self.flat_basis is None and all(lay.k == 0 for lay in self._layers.values())
+        return (
+            self.flat_basis is None
+            and all(lay.k == 0 for lay in self._layers.values())
+            and all(e.count == 0 for e in self._embeddings.values())
+        )
 
     def summary(self) -> list[LayerSummary]:
         """Per-layer protected dimension ``k`` of ``n`` (and ``free = n − k``); the model-scope gradient
@@ -579,6 +743,8 @@ class SubspaceMemory:
         if name is None:
             self.flat_basis = None
             self.task_count = 0
+            for rec in self._embeddings.values():
+                rec.used.zero_()
 
     # -- module tracking / budgets ------------------------------------------------------------------------------
     def _sync_modules(self) -> None:
@@ -719,13 +885,16 @@ class SubspaceMemory:
         forward: Callable[[nn.Module, Any], Any] | None = None,
         layers: Sequence[str] | None = None,
         reduce: bool = True,
+        rows: dict[str, torch.Tensor] | None = None,
     ) -> tuple[dict[str, torch.Tensor], int]:
         """Float64 second moments ``C_l = Σ x xᵀ`` of the protected layers' inputs (im2col/bias-augmented rows).
 
         Runs ``forward(model, batch)`` (default :func:`default_forward`) in eval mode under ``no_grad`` over at
         most ``max_samples`` examples (an int, or per-layer budgets as in :meth:`collect_activations`: the
         batches run up to the largest budget, layer ``l`` uses the rows of its first ``budget_l`` examples), and — when ``torch.distributed`` is initialised and ``reduce`` — sums the
-        matrices over ranks. Returns ``({layer: C}, n_examples)``; ``n_examples`` is this rank's count.
+        matrices over ranks. Returns ``({layer: C}, n_examples)``; ``n_examples`` is this rank's count. When a dict
+        ``rows`` is given, the ids looked up in each protected embedding table are recorded into it as boolean
+        masks ``{embedding: [num_embeddings]}`` (OR-reduced over ranks); the memory itself is not modified.
         """
         model = self.model if model is None else _unwrap(model)
         forward = forward or default_forward
@@ -755,9 +924,20 @@ class SubspaceMemory:
 
             return hook
 
+        def make_row_hook(rec: _EmbeddingRows) -> Callable[..., None]:
+            def hook(_m: nn.Module, args: tuple[Any, ...]) -> None:
+                if args and isinstance(args[0], torch.Tensor):
+                    mask = rows.setdefault(rec.name, torch.zeros(rec.num, dtype=torch.bool))  # type: ignore[union-attr]
+                    mask[args[0].detach().reshape(-1).cpu().long()] = True
+
+            return hook
+
         for n in names:
             lay = self.layer(n)
             handles.append(lay.module.register_forward_pre_hook(make_hook(lay)))
+        if rows is not None:
+            for rec in self._embeddings.values():
+                handles.append(rec.module.register_forward_pre_hook(make_row_hook(rec)))
         max_samples = max(budgets.values()) if per_layer else budgets  # type: ignore[union-attr]
         was_training = model.training
         model.eval()
@@ -787,6 +967,14 @@ class SubspaceMemory:
         if reduce and _dist_ready():
             for n in names:
                 torch.distributed.all_reduce(covs[n])
+            if rows is not None:
+                for rec in self._embeddings.values():
+                    dev = rec.module.weight.device
+                    m = rows.get(rec.name, torch.zeros(rec.num, dtype=torch.bool)).to(
+                        device=dev, dtype=torch.int32
+                    )
+                    torch.distributed.all_reduce(m, op=torch.distributed.ReduceOp.MAX)
+                    rows[rec.name] = m.bool().cpu()
         return covs, seen
 
     def collect_activations(
@@ -811,7 +999,8 @@ class SubspaceMemory:
         for paper reproduction: its first collection counts ``#{i : cumsum(ratio)_i < ε}`` (strict ``<``, the
         ``+1`` commented out), one direction fewer than Eq. 5 unless ε is hit exactly, and the minimal count
         afterwards. A layer that receives non-zero inputs but gets 0 directions triggers a ``RuntimeWarning``
-        (once per layer): it is not protected at all.
+        (once per layer): it is not protected at all. Embedding tables protected by rows (``embeddings=``) add
+        the ids looked up by the same examples (``max_samples``) to their protected rows.
         The basis is capped at ``n`` columns (a warning reports a fully frozen layer); SGP importances are
         maintained alongside (:func:`sgp_importance` with ``importance_alpha``; old directions re-scored by
         ``‖m_iᵀR‖`` and accumulated with clipping to [0, 1], as in SGP's ``update_SGP``).
@@ -852,7 +1041,10 @@ class SubspaceMemory:
         for lay in self._layers.values():
             if lay.kind not in (None, "activation") and lay.k > 0:
                 raise ValueError(f"layer {lay.name!r} holds a {lay.kind!r} basis, cannot add activations")
-        covs, seen = self.activation_covariances(model, batches, max_samples=budgets, forward=forward)
+        new_rows: dict[str, torch.Tensor] = {}
+        covs, seen = self.activation_covariances(
+            model, batches, max_samples=budgets, forward=forward, rows=new_rows
+        )
         if seen == 0 and not _dist_ready():
             raise ValueError("collect_activations got no batches")
         added = {}
@@ -860,6 +1052,8 @@ class SubspaceMemory:
             added[name] = self._update_activation_basis(lay, covs[name], eps[name], criterion)
             if added[name] == 0 and lay.k == 0 and float(torch.trace(covs[name])) > 0.0:
                 self._warn_unprotected(lay, eps[name], criterion)
+        for name, mask in new_rows.items():
+            self._embeddings[name].used |= mask
         if _dist_ready():
             self._broadcast_layers()
         self.task_count += 1
@@ -1192,8 +1386,35 @@ class SubspaceMemory:
         see :meth:`_sync_modules`."""
         self._sync_modules()
         if self.flat_basis is not None:
-            return self._scope_params("model")
-        return [p for lay in self._layers.values() if lay.k > 0 for p in lay.params]
+            out = self._scope_params("model")
+        else:
+            out = [p for lay in self._layers.values() if lay.k > 0 for p in lay.params]
+        seen = {id(p) for p in out}
+        for rec in self._embeddings.values():
+            w = rec.module.weight
+            if rec.count and id(w) not in seen:  # tied weights (lm_head = embedding) appear once
+                seen.add(id(w))
+                out.append(w)
+        return out
+
+    def uncovered_parameters(
+        self, frozen: Iterable[nn.Parameter] = (), model: nn.Module | None = None
+    ) -> list[str]:
+        """Names of the trainable parameters of ``model`` (default: the memory's) that are neither protected
+        (:meth:`protected_parameters`) nor in ``frozen``: old-task outputs can drift through them freely.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> net = nn.Sequential(nn.Embedding(10, 4), nn.LayerNorm(4), nn.Linear(4, 3))
+            >>> mem = SubspaceMemory(net, layers="2")
+            >>> added = mem.collect_activations(net, [torch.tensor([[1, 2, 3]])], threshold=0.99)
+            >>> mem.uncovered_parameters()
+            ['0.weight', '1.weight', '1.bias']
+        """
+        model = self.model if model is None else _unwrap(model)
+        covered = {id(p) for p in self.protected_parameters()} | {id(p) for p in frozen}
+        return [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
 
     def project_(
         self,
@@ -1202,7 +1423,41 @@ class SubspaceMemory:
         mode: str = "hard",
         scale_alpha: float | None = None,
     ) -> None:
-        """Project update (or gradient) tensors **in place**, keyed by parameter.
+        """Project update (or gradient) tensors **in place**, keyed by parameter: the layers' subspaces (see
+        :meth:`_project_subspaces_` for the formulas), then the protected embedding rows — their update is zeroed
+        in both modes (an old token's vector is fully protected; a tied LM head gets both projections, which
+        commute: rows on the left, the hidden-state basis on the right).
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> net = nn.Sequential(nn.Embedding(6, 3), nn.Linear(3, 2))
+            >>> mem = SubspaceMemory(net, layers="1", embeddings=nn.Embedding)
+            >>> added = mem.collect_activations(net, [torch.tensor([[0, 2]])], threshold=0.99)
+            >>> d = torch.ones(6, 3)
+            >>> mem.project_({net[0].weight: d})
+            >>> d[:, 0].tolist()      # rows of ids 0 and 2 (seen by the old task) are zeroed
+            [0.0, 1.0, 0.0, 1.0, 1.0, 1.0]
+        """
+        self._project_subspaces_(updates, mode=mode, scale_alpha=scale_alpha)
+        for rec in self._embeddings.values():
+            d = updates.get(rec.module.weight)
+            if d is None or not rec.count:
+                continue
+            if d.is_sparse:
+                raise ValueError(
+                    f"embedding {rec.name!r}: sparse gradients are not supported by row protection"
+                )
+            d[rec.used.to(d.device)] = 0
+
+    def _project_subspaces_(
+        self,
+        updates: Mapping[nn.Parameter, torch.Tensor],
+        *,
+        mode: str = "hard",
+        scale_alpha: float | None = None,
+    ) -> None:
+        """Project update (or gradient) tensors **in place**, keyed by parameter (layers' subspaces only).
 
         Hard: ``Δ ← Δ (I − MMᵀ)`` (activation), ``Δθ ← Δθ − S Sᵀ Δθ`` (gradient), ``Δ ← (I − UUᵀ) Δ (I − VVᵀ)``
         (weight). Scaled (SGP): ``Δ ← Δ (I − M Λ Mᵀ)`` with ``Λ`` the stored importances, or — when
@@ -1398,6 +1653,7 @@ class SubspaceMemory:
                 n: {k: (cpu(v) if isinstance(v, torch.Tensor) else v) for k, v in lay.state().items()}
                 for n, lay in self._layers.items()
             },
+            "embeddings": {n: {"num": rec.num, "rows": rec.ids()} for n, rec in self._embeddings.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -1434,6 +1690,23 @@ class SubspaceMemory:
                     raise ValueError(
                         f"layer {n!r}: basis shape {tuple(b.shape)} does not match dimension {expect}"
                     )
+        emb = state.get("embeddings", {})
+        if emb is None or not isinstance(emb, Mapping):
+            raise ValueError(f"state dict 'embeddings' must be a dict, got {type(emb).__name__}")
+        if sorted(emb) != sorted(self._embeddings):
+            raise ValueError(
+                f"state dict protects embedding rows of {sorted(emb)}, this memory of {sorted(self._embeddings)} "
+                "(build the memory / method with the same embeddings option)"
+            )
+        for n, st in emb.items():
+            rec = self._embeddings[n]
+            ids = st.get("rows") if isinstance(st, Mapping) else None
+            if not isinstance(ids, torch.Tensor) or st.get("num") != rec.num:
+                raise ValueError(
+                    f"embedding {n!r}: state has {st.get('num') if isinstance(st, Mapping) else st!r} rows, the model {rec.num}"
+                )
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= rec.num):
+                raise ValueError(f"embedding {n!r}: stored row ids out of range [0, {rec.num})")
         fb = state.get("flat_basis")
         if fb is not None and (fb.dim() != 2 or fb.shape[0] != self._flat_dim()):
             raise ValueError(
@@ -1452,6 +1725,10 @@ class SubspaceMemory:
             )
             lay.collections = int(st["collections"])
         self.flat_basis = to(fb)
+        for n, st in emb.items():
+            rec = self._embeddings[n]
+            rec.used = torch.zeros(rec.num, dtype=torch.bool)
+            rec.used[st["rows"].long()] = True
         self.task_count = int(state["task_count"])
         self.importance_alpha = float(state["importance_alpha"])
 

@@ -53,7 +53,7 @@ import torch
 from torch import nn
 
 from orthokit.projection._wrapper import WrappedOptimizer, check_where_mode
-from orthokit.projection.memory import SubspaceMemory
+from orthokit.projection.memory import SubspaceMemory, warn_uncovered
 
 __all__ = ["Projected"]
 
@@ -76,6 +76,9 @@ class Projected(WrappedOptimizer):
             included); with ``where="gradient"`` their gradient is zeroed (the reference code's
             ``grad.fill_(0)``; decoupled weight decay can still move them).
         check_finite: raise ``ValueError`` (before anything is modified) when a gradient is NaN/inf.
+        warn_uncovered: on the first step with a non-empty memory, warn once (``UserWarning``, naming up to 10)
+            about optimized parameters that are neither protected by ``memory`` nor ``frozen`` — e.g. free
+            embeddings or norm gains of an LLM, through which old-task outputs drift.
 
     It behaves like an optimizer: ``param_groups``/``state``/``defaults`` are the inner optimizer's (so LR
     schedulers work on either object), ``zero_grad``, ``add_param_group``; ``state_dict`` is the inner
@@ -94,8 +97,11 @@ class Projected(WrappedOptimizer):
         where: str = "update",
         frozen: Iterable[nn.Parameter] = (),
         check_finite: bool = True,
+        warn_uncovered: bool = True,
     ) -> None:
         super().__init__(optimizer, check_finite=check_finite)
+        if not isinstance(warn_uncovered, bool):
+            raise TypeError(f"warn_uncovered must be a bool, got {type(warn_uncovered).__name__}")
         if not isinstance(memory, SubspaceMemory):
             raise TypeError(f"memory must be a SubspaceMemory, got {type(memory).__name__}")
         check_where_mode(where, mode)
@@ -110,6 +116,8 @@ class Projected(WrappedOptimizer):
         self.scale_alpha = scale_alpha
         self.where = where
         self.frozen = frozen
+        self.warn_uncovered = warn_uncovered
+        self._coverage_checked = False
 
     def __repr__(self) -> str:
         return (
@@ -162,6 +170,17 @@ class Projected(WrappedOptimizer):
                 "memory and the optimizer built on different models (e.g. a copy)?"
             )
         frozen = [p for p in frozen if id(p) in in_opt]
+        if self.warn_uncovered and not self._coverage_checked:
+            self._coverage_checked = True
+            ids = {id(p) for p in protected} | {id(p) for p in frozen}
+            names = self.memory._param_names
+            uncovered = [
+                names.get(id(p), str(tuple(p.shape)))
+                for g in self.optimizer.param_groups
+                for p in g["params"]
+                if p.requires_grad and id(p) not in ids
+            ]
+            warn_uncovered(uncovered, "Projected", stacklevel=4)
         if self.where == "gradient":
             grads: dict[nn.Parameter, torch.Tensor] = {}
             for p in params:

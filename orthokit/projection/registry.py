@@ -113,7 +113,8 @@ def one_d_parameters(model: torch.nn.Module, memory: Any, policy: str) -> list[t
     if policy == "norm":
         out: list[torch.nn.Parameter] = []
         for m in model.modules():
-            if isinstance(m, _NORM_TYPES):
+            # by type, or by class name for norms that subclass nn.Module directly (LlamaRMSNorm, T5LayerNorm)
+            if isinstance(m, _NORM_TYPES) or type(m).__name__.endswith("Norm"):
                 out += [p for p in m.parameters(recurse=False) if p.dim() == 1]
         return out
     covered = set()
