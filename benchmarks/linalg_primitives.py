@@ -4,8 +4,8 @@
 Usage:
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/linalg_primitives.py [--quick] [--out DIR]
 
-Writes ``linalg_primitives.md`` and ``linalg_primitives.json`` (atomically) to ``benchmarks/results``
-(or ``--out``). Every row quotes a ratio to an anchor timed in the same process, so numbers from a
+Writes ``linalg_primitives{,_quick}.md`` and ``.json`` (atomically) into ``--out`` (default
+``./orthokit_results``; the committed results: ``--out benchmarks/results``) and prints the paths. Every row quotes a ratio to an anchor timed in the same process, so numbers from a
 loaded machine remain comparable. Anchors: a precomputed dense ``x @ H`` (Hadamard), forming the
 HRA matrix and multiplying (Householder), ``torch.linalg.svd`` and ``torch.svd_lowrank`` (rSVD),
 ``scipy.linalg.logm`` / ``scipy.linalg.orthogonal_procrustes`` (SO(n) log, Procrustes), the dense
@@ -17,16 +17,19 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from orthokit.bench.report import (
+    add_out_argument,
+    announce,
     atomic_write_json,
     atomic_write_text,
     machine_info,
+    machine_line,
     md_table,
+    result_stem,
     results_dir,
     time_call,
 )
@@ -255,10 +258,11 @@ def bench_expm_accuracy() -> list[list[Any]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes on one loaded core)")
-    ap.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results)")
+    add_out_argument(ap)
     args = ap.parse_args(argv)
     torch.manual_seed(0)
-    out = args.out or results_dir()
+    out = results_dir(args.out)
+    stem = result_stem("linalg_primitives", args.quick)
     sections: dict[str, tuple[list[str], list[list[Any]]]] = {
         "Hadamard transform, fp32 (ms; ratio to precomputed dense x@H)": (
             ["d", "batch", "anchor x@H", "fwht", "dense (cached H)", "auto", "max err fwht(fp32) vs f64"],
@@ -326,18 +330,19 @@ def main(argv: list[str] | None = None) -> int:
     }
     info = machine_info()
     md = [
-        f"# linalg primitives benchmark\n\nMachine: `{info}`\n\nCommand: `OMP_NUM_THREADS={torch.get_num_threads()} "
+        f"# linalg primitives benchmark\n\nMachine: {machine_line()}\n\nCommand: `OMP_NUM_THREADS={torch.get_num_threads()} "
         f".venv/bin/python benchmarks/linalg_primitives.py{' --quick' if args.quick else ''}`\n"
     ]
     for title, (header, rows) in sections.items():
         md.append(f"## {title}\n\n{md_table(header, rows)}\n")
     text = "\n".join(md)
-    atomic_write_text(out / "linalg_primitives.md", text)
+    atomic_write_text(out / f"{stem}.md", text)
     atomic_write_json(
-        out / "linalg_primitives.json",
+        out / f"{stem}.json",
         {"machine": info, "sections": {k: {"header": h, "rows": r} for k, (h, r) in sections.items()}},
     )
     print(text)
+    announce([out / f"{stem}.md", out / f"{stem}.json"], "linalg_primitives")
     return 0
 
 

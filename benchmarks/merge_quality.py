@@ -1,5 +1,5 @@
 """Merge quality benchmark (task arithmetic / TIES / DARE vs OrthoMerge / DC-Merge / DO-Merging on real
-multi-task fine-tunes). See orthokit/bench/merge_quality.py. Usage: ``python benchmarks/merge_quality.py [--quick]``."""
+multi-task fine-tunes). See orthokit/bench/merge_quality.py. Usage: ``python benchmarks/merge_quality.py [--quick] [--out DIR]``."""
 
 import sys
 

@@ -3,7 +3,8 @@ AuON, Hybrid-AuON) with lr grids centred on the new constructor defaults, and wr
 ``benchmarks/results/optim_quality_defaults.{md,json}`` with the previous numbers (``optim_quality.json``) side by
 side.
 
-Usage: ``OMP_NUM_THREADS=1 python benchmarks/optim_defaults.py [--seeds 2] [--workers 2]``.
+Usage: ``OMP_NUM_THREADS=1 python benchmarks/optim_defaults.py [--seeds 2] [--workers 2] [--out DIR]`` (results
+in ``--out``, default ``./orthokit_results``).
 Uses ``orthokit.bench.optim.run_quality`` unchanged (same tasks, budgets, schedule, AdamW routing); AdamW runs
 once per seed at its previous best lr to give the "steps to AdamW's loss" target.
 """
@@ -17,7 +18,14 @@ import time
 from pathlib import Path
 
 from orthokit.bench import optim as bench
-from orthokit.bench.report import atomic_write_json, atomic_write_text, machine_info
+from orthokit.bench.report import (
+    add_out_argument,
+    announce,
+    atomic_write_json,
+    atomic_write_text,
+    machine_info,
+    results_dir,
+)
 
 GRIDS: dict[str, tuple[float, float, float]] = {
     "namo": (3e-3, 1e-2, 3e-2),  # default 1e-2 (official)
@@ -82,7 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--tasks", nargs="*", default=["charlm", "mnist"])
-    ap.add_argument("--out", default="benchmarks/results")
+    add_out_argument(ap)
+    ap.add_argument(
+        "--previous",
+        default="benchmarks/results/optim_quality.json",
+        help="optim_quality.json with the numbers before the default changes (compared side by side)",
+    )
     ap.add_argument("--optimizers", nargs="*", default=list(GRIDS), help="subset of the changed optimizers")
     ap.add_argument("--grid", action="append", default=[], metavar="NAME=LR,LR,LR", help="override a grid")
     ap.add_argument("--stem", default="optim_quality_defaults", help="output file stem")
@@ -104,15 +117,16 @@ def main(argv: list[str] | None = None) -> int:
         fixed_lrs={task: {"adamw": lr} for task, lr in ADAMW_LR.items()},
     )
     minutes = (time.perf_counter() - t0) / 60
-    old_path = Path(args.out) / "optim_quality.json"
+    old_path = Path(args.previous)
     old = json.loads(old_path.read_text())["quality"]["tasks"] if old_path.exists() else {}
-    out = Path(args.out)
+    out = results_dir(args.out)
     cmd = "OMP_NUM_THREADS=1 python benchmarks/optim_defaults.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
     atomic_write_json(out / f"{args.stem}.json", {"machine": machine_info(), "quality": res})
     atomic_write_text(out / f"{args.stem}.md", _md(res, old, cmd.strip(), minutes))
-    print(f"wrote {out / (args.stem + '.md')} ({minutes:.1f} min)")
+    print(f"done in {minutes:.1f} min")
+    announce([out / f"{args.stem}.md", out / f"{args.stem}.json"], "optim_defaults")
     return 0
 
 

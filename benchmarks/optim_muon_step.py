@@ -23,7 +23,9 @@ runs the dispatch probes), ratio = median of per-round ratios; the per-round rat
 Usage::
 
     OMP_NUM_THREADS=2 python benchmarks/optim_muon_step.py --d 768 --layers 6 --rounds 5 \\
-        --out benchmarks/results/optim_step.md
+        --out benchmarks/results --stem optim_step
+
+Writes ``<stem>.md`` and ``<stem>.json`` into ``--out`` (default ``./orthokit_results``) and prints the paths.
 """
 
 from __future__ import annotations
@@ -32,15 +34,17 @@ import argparse
 import contextlib
 import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import torch
 
 from orthokit.bench.report import (
+    add_out_argument,
+    announce,
     atomic_write_json,
     atomic_write_text,
     machine_info,
     md_table,
+    results_dir,
     time_interleaved,
 )
 from orthokit.linalg._hw import cpu_info
@@ -219,8 +223,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--exclude", nargs="*", default=[], help="substrings of rows to leave out")
     ap.add_argument("--anchor", choices=["torch", "torch_fp32"], default="torch")
+    add_out_argument(ap)
     ap.add_argument(
-        "--out", default="", help="markdown output path (a .json with the raw data goes beside it)"
+        "--stem", default="optim_step", help="output file stem in --out (.md, and .json with the raw data)"
     )
     args = ap.parse_args(argv)
     cpu = cpu_info()
@@ -231,10 +236,10 @@ def main(argv: list[str] | None = None) -> None:
     res = run(args.d, args.layers, args.rounds, args.variants, anchor, args.exclude)
     md = to_markdown(res)
     print(md)
-    if args.out:
-        out = Path(args.out)
-        atomic_write_text(out, md)
-        atomic_write_json(out.with_suffix(".json"), res)
+    out = results_dir(args.out) / f"{args.stem}.md"
+    atomic_write_text(out, md)
+    atomic_write_json(out.with_suffix(".json"), res)
+    announce([out, out.with_suffix(".json")], "optim_muon_step")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Polar-factor benchmark (orthokit vs torch.optim.Muon's Newton–Schulz). See orthokit/bench/polar.py."""
+"""Polar-factor benchmark (orthokit vs torch.optim.Muon's Newton–Schulz). See orthokit/bench/polar.py.
+
+Usage: ``python benchmarks/polar.py [--quick] [--out DIR]`` (default ``./orthokit_results``)."""
 
 import sys
 

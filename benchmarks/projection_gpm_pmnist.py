@@ -13,7 +13,8 @@ Metrics: ACC = mean_j R[T, j]; BWT = mean_{j<T} (R[T, j] − R[j, j]) (GPM/GEM d
 mean_j R[j, j].
 
 Usage: ``OMP_NUM_THREADS=1 python benchmarks/projection_gpm_pmnist.py [--epochs 1] [--tasks 10]
-[--train 54000] [--methods finetune,gpm]``; writes ``benchmarks/results/projection_gpm_pmnist.{md,json}``.
+[--train 54000] [--methods finetune,gpm] [--out DIR] [--stem NAME]``; writes ``<stem>.{md,json}`` into ``--out``
+(default ``./orthokit_results``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,16 @@ from torch import nn
 
 from orthokit.bench.data import load_mnist
 from orthokit.bench.models import MLP
-from orthokit.bench.report import atomic_write_json, atomic_write_text, machine_info, md_table, results_dir
+from orthokit.bench.report import (
+    add_out_argument,
+    announce,
+    atomic_write_json,
+    atomic_write_text,
+    machine_info,
+    machine_line,
+    md_table,
+    results_dir,
+)
 from orthokit.projection import GPM, SGP
 
 
@@ -102,7 +112,8 @@ def main(argv: list[str]) -> int:
         choices=["minimal", "gpm_code"],
         help="energy criterion: 'minimal' (library default, the paper's) or 'gpm_code' (reference code's first task)",
     )
-    p.add_argument("--out", default="projection_gpm_pmnist", help="results file stem in benchmarks/results")
+    add_out_argument(p)
+    p.add_argument("--stem", default="projection_gpm_pmnist", help="results file stem in --out")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     results = [run(m, args) for m in args.methods.split(",")]
@@ -124,17 +135,18 @@ def main(argv: list[str]) -> int:
             "",
             md_table(["method", "ACC %", "BWT %", "learning acc %", "basis k/n", "wall s (1 thread)"], rows),
             "",
-            f"Machine: {machine_info()}",
+            f"Machine: {machine_line()}",
             "",
         ]
     )
-    out = results_dir()
-    atomic_write_text(out / f"{args.out}.md", text)
+    out = results_dir(args.out)
+    atomic_write_text(out / f"{args.stem}.md", text)
     atomic_write_json(
-        out / f"{args.out}.json",
+        out / f"{args.stem}.json",
         {"args": vars(args), "results": results, "machine": machine_info()},
     )
     print(text)
+    announce([out / f"{args.stem}.md", out / f"{args.stem}.json"], "projection_gpm_pmnist")
     return 0
 
 

@@ -8,12 +8,13 @@ Cases (real data from ../shared/data):
   variants: plain AdamW (anchor), ``Projected(where="update")``, ``ProjectionCallback``-equivalent cost is the same.
 
 Timing: median of interleaved repeats of a full training step (zero_grad + forward + backward + step).
-Usage: ``OMP_NUM_THREADS=1 python benchmarks/projection_overhead.py [--quick]``; writes
-``benchmarks/results/projection_overhead.{md,json}`` atomically.
+Usage: ``OMP_NUM_THREADS=1 python benchmarks/projection_overhead.py [--quick] [--out DIR]``; writes
+``projection_overhead{,_quick}.{md,json}`` atomically into ``--out`` (default ``./orthokit_results``).
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -24,7 +25,17 @@ from torch import nn
 
 from orthokit.bench.data import char_corpus, get_batch, load_mnist
 from orthokit.bench.models import MLP, CharGPT
-from orthokit.bench.report import atomic_write_json, atomic_write_text, machine_info, md_table, results_dir
+from orthokit.bench.report import (
+    add_out_argument,
+    announce,
+    atomic_write_json,
+    atomic_write_text,
+    machine_info,
+    machine_line,
+    md_table,
+    result_stem,
+    results_dir,
+)
 from orthokit.projection import Projected, SubspaceMemory
 
 
@@ -111,7 +122,11 @@ def gpt_case(repeats: int) -> tuple[dict[str, float], str]:
 
 
 def main(argv: list[str]) -> int:
-    quick = "--quick" in argv
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer timed steps")
+    add_out_argument(ap)
+    args = ap.parse_args(argv)
+    quick = args.quick
     torch.set_num_threads(1)
     mlp, mlp_dims = mlp_case(30 if quick else 200)
     gpt, gpt_dims = gpt_case(5 if quick else 30)
@@ -130,17 +145,19 @@ def main(argv: list[str]) -> int:
             md_table(["case", "variant", "ms/step", "vs plain"], rows),
             "",
             f"MLP memory k/n per layer: {mlp_dims}; CharGPT memory: {gpt_dims}.",
-            f"Machine: {machine_info()}",
+            f"Machine: {machine_line()}",
             "",
         ]
     )
-    out = results_dir()
-    atomic_write_text(out / "projection_overhead.md", text)
+    out = results_dir(args.out)
+    stem = result_stem("projection_overhead", quick)
+    atomic_write_text(out / f"{stem}.md", text)
     atomic_write_json(
-        out / "projection_overhead.json",
+        out / f"{stem}.json",
         {"mlp": mlp, "gpt": gpt, "mlp_dims": mlp_dims, "gpt_dims": gpt_dims, "machine": machine_info()},
     )
     print(text)
+    announce([out / f"{stem}.md", out / f"{stem}.json"], "projection_overhead")
     return 0
 
 

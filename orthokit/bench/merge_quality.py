@@ -21,8 +21,8 @@ normalized score, then reported on test; methods are compared **paired by seed**
 Data-free diagnostics of the task vectors (cosine, subspace overlap, sign conflicts) and the weight
 disentanglement error of task arithmetic are reported alongside.
 
-Reproduce: ``OMP_NUM_THREADS=1 python benchmarks/merge_quality.py`` (3 seeds) or ``--quick`` (1 seed, shorter
-training). Results: ``benchmarks/results/merge_quality.{md,json,png}``.
+Reproduce: ``OMP_NUM_THREADS=1 python benchmarks/merge_quality.py [--out DIR]`` (3 seeds) or ``--quick`` (1 seed, shorter
+training). Results: ``merge_quality{,_quick}.{md,json,png}`` in ``--out`` (default ``./orthokit_results``).
 """
 
 from __future__ import annotations
@@ -726,7 +726,7 @@ def run(
     """Run both testbeds for ``seeds`` and write ``merge_quality{_quick}.{json,md,png}`` to ``out_dir``.
 
     Args:
-        out_dir: output folder (default ``benchmarks/results``).
+        out_dir: output folder (default ``./orthokit_results``).
         quick: shorter training and one pass (for ``make demo``).
         seeds: random seeds (each retrains the base model and all experts).
         log: progress printer.
@@ -734,9 +734,9 @@ def run(
     Returns:
         The results dict (also written as JSON).
     """
-    from orthokit.bench.report import results_dir
+    from orthokit.bench.report import result_stem, results_dir
 
-    out = Path(out_dir) if out_dir is not None else results_dir()
+    out = results_dir(out_dir)
     vcfg, lcfg = (QUICK_VISION, QUICK_LM) if quick else (VisionConfig(), LMConfig())
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
@@ -760,7 +760,8 @@ def run(
         "wall_s": time.perf_counter() - t0,
         "machine": machine_info(),
     }
-    stem = "merge_quality_quick" if quick else "merge_quality"
+    stem = result_stem("merge_quality", quick)
+    res["files"] = [str(out / f"{stem}.{ext}") for ext in ("md", "json", "png")]
     atomic_write_json(out / f"{stem}.json", res)
     _plot(res, out / f"{stem}.png")
     atomic_write_text(out / f"{stem}.md", markdown(res, png=f"{stem}.png"))
@@ -768,17 +769,18 @@ def run(
 
 
 def _fmt_rows(rows: Sequence[dict[str, Any]], n_seeds: int) -> list[list[str]]:
+    """Table rows; with one seed there is no spread and no win count (only the difference is shown)."""
     out = []
     for r in rows:
+        wins = f" ({r['wins_vs_ta']}/{n_seeds})" if n_seeds > 1 else ""
         paired = (
             "–"
             if r["label"] == "task_arithmetic" or "pretrained" in r["label"]
-            else (f"{100 * r['delta_vs_ta']:+.1f} ({r['wins_vs_ta']}/{n_seeds})")
+            else f"{100 * r['delta_vs_ta']:+.1f}{wins}"
         )
         ms = f"{1000 * r['merge_s']:.0f}" if r["merge_s"] else "–"
-        out.append(
-            [r["label"], f"{r['mean']:.3f} ± {r['std']:.3f}", paired, "; ".join(map(str, r["choices"])), ms]
-        )
+        mean = f"{r['mean']:.3f} ± {r['std']:.3f}" if n_seeds > 1 else f"{r['mean']:.3f}"
+        out.append([r["label"], mean, paired, "; ".join(map(str, r["choices"])), ms])
     return out
 
 
@@ -789,9 +791,11 @@ def headline(res: dict[str, Any]) -> str:
         ta = next(r for r in rows if r["label"] == "task_arithmetic")
         cands = [r for r in rows if r["label"].startswith(("orthomerge", "dc_merge", "do_merging"))]
         best = max(cands, key=lambda r: r["mean"])
+        n = len(res["seeds"])
+        wins = f", wins {best['wins_vs_ta']}/{n}" if n > 1 else ""
         parts.append(
             f"{track}: {best['label']} {best['mean']:.3f} vs TA {ta['mean']:.3f} "
-            f"({100 * best['delta_vs_ta']:+.1f} pts, wins {best['wins_vs_ta']}/{len(res['seeds'])})"
+            f"({100 * best['delta_vs_ta']:+.1f} pts{wins})"
         )
     return "; ".join(parts)
 
@@ -802,8 +806,8 @@ def markdown(res: dict[str, Any], png: str | None = None, level: int = 1) -> str
     n = len(res["seeds"])
     hdr = [
         "method",
-        "normalized (mean ± std over seeds)",
-        "Δ vs TA, pts (wins)",
+        "normalized (mean ± std over seeds)" if n > 1 else "normalized (1 seed)",
+        "Δ vs TA, pts (wins)" if n > 1 else "Δ vs TA, pts",
         "chosen on val per seed",
         "merge ms / grid point",
     ]
@@ -813,7 +817,12 @@ def markdown(res: dict[str, Any], png: str | None = None, level: int = 1) -> str
         "",
         f"Seeds {res['seeds']}; every seed retrains the base model and all experts; λ chosen on validation, "
         f"test reported; Δ = paired (same seed) difference to task arithmetic in normalized points. "
-        f"Wall time {res['wall_s']:.0f} s on {res['machine']['cpu_count']} CPUs "
+        + (
+            "One seed: no spread or win count; differences under ~1 point are within noise. "
+            if n == 1
+            else ""
+        )
+        + f"Wall time {res['wall_s']:.0f} s on {res['machine']['cpu_count']} CPUs "
         f"({res['machine']['threads']} torch threads, shared machine).",
         "",
         f"{h}# Vision: MLP pre-trained on MNIST, {len(v0['tasks'])} tasks ({', '.join(v0['tasks'])}), full fine-tunes",
@@ -921,8 +930,25 @@ def _plot(res: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def demo_summary(res: dict[str, Any]) -> tuple[str, str, str]:
+    """(orthokit, anchor, verdict) for the demo's summary row: the best orthogonal/subspace method vs task
+    arithmetic on the vision track with full fine-tunes (paired difference; win count only with > 1 seed)."""
+    rows = res["summary"]["vision_full"]
+    ta = next(r for r in rows if r["label"] == "task_arithmetic")
+    cands = [r for r in rows if r["label"].startswith(("orthomerge", "dc_merge", "do_merging"))]
+    best = max(cands, key=lambda r: r["mean"])
+    n = len(res["seeds"])
+    wins = f", wins {best['wins_vs_ta']}/{n} seeds" if n > 1 else ""
+    return (
+        f"{best['label']} {best['mean']:.3f}",
+        f"task arithmetic {ta['mean']:.3f}",
+        f"{100 * best['delta_vs_ta']:+.1f} pts{wins}",
+    )
+
+
 def demo(out_dir: Path) -> str:
-    """Quick single-seed run for ``make demo`` (a few minutes on 2 cores); returns a markdown section."""
+    """Quick single-seed run (a few minutes on 2 cores); returns a markdown section. ``make demo`` uses
+    :func:`orthokit.bench.merge.demo`, which runs this and the speed comparison."""
     res = run(out_dir=Path(out_dir), quick=True, seeds=(0,))
     return markdown(res, png="merge_quality_quick.png", level=2)
 
@@ -931,11 +957,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="orthokit bench merge_quality", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="shorter training (for a smoke run)")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2; quick: 0)")
-    ap.add_argument("--out", default=None, help="output folder (default benchmarks/results)")
+    from orthokit.bench.report import add_out_argument, announce
+
+    add_out_argument(ap)
     args = ap.parse_args(argv)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
-    res = run(out_dir=Path(args.out) if args.out else None, quick=args.quick, seeds=seeds)
+    res = run(out_dir=args.out, quick=args.quick, seeds=seeds)
     print(markdown(res))
+    announce(res["files"], "orthokit bench merge_quality")
     return 0
 
 

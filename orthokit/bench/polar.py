@@ -11,8 +11,9 @@ Matrices: Gaussian, power-law spectrum (σ_i ∝ i^-1.5), log-spaced spectrum (�
 acceptance case), near-rank-1, and real momentum buffers from a few steps of a character-level
 transformer on Tiny Shakespeare.
 
-Run: ``python benchmarks/polar.py [--quick]`` or ``orthokit bench polar``; writes
-``benchmarks/results/polar.{md,json,png}``.
+Run: ``python benchmarks/polar.py [--quick] [--out DIR]`` or ``orthokit bench polar``; writes
+``polar{,_quick}.{md,json,png}`` into ``--out`` (default ``./orthokit_results``; the committed results:
+``--out benchmarks/results``).
 """
 
 from __future__ import annotations
@@ -26,16 +27,25 @@ from pathlib import Path
 import torch
 
 from orthokit.bench.report import (
+    Section,
+    add_out_argument,
+    announce,
     atomic_savefig,
     atomic_write_json,
     atomic_write_text,
     machine_info,
+    machine_line,
     md_table,
+    result_stem,
     results_dir,
     time_interleaved,
 )
 
-__all__ = ["main", "demo", "run", "test_matrices", "momentum_matrices"]
+__all__ = ["main", "demo", "run", "test_matrices", "momentum_matrices", "UNSAFE_SIGMA_MAX"]
+
+#: output σ_max above which a schedule is flagged unsafe as an optimizer update (e.g. ``cans``, σ_max ≈ 7):
+#: the update's spectral norm would exceed the intended one by > 50 %.
+UNSAFE_SIGMA_MAX = 1.5
 
 
 def _torch_ns5(G: torch.Tensor) -> torch.Tensor:
@@ -176,10 +186,11 @@ def _fmt(x: float, nd: int = 3) -> str:
 
 
 def run(quick: bool = False, out_dir: Path | None = None, threads: int | None = None) -> dict:
-    """Run the benchmark; return the results dict and write ``polar.{md,json,png}`` into ``out_dir``."""
+    """Run the benchmark; return the results dict and write ``polar{,_quick}.{md,json,png}`` into ``out_dir``
+    (default ``./orthokit_results``); the written paths are in ``results["files"]``."""
     if threads:
         torch.set_num_threads(threads)
-    out_dir = Path(out_dir) if out_dir is not None else results_dir()
+    out_dir = results_dir(out_dir)
     t_start = time.perf_counter()
     sizes = _quick_sizes() if quick else [(256, 256), (768, 768), (1024, 4096), (2048, 2048), (2048, 8192)]
     mats = test_matrices(sizes)
@@ -224,13 +235,14 @@ def run(quick: bool = False, out_dir: Path | None = None, threads: int | None = 
     gram = _gram_section(quick)
     results = {
         "machine": machine_info(),
+        "machine_line": machine_line(),
         "quick": quick,
         "rows": rows,
         "batched": batched,
         "gram": gram,
         "elapsed_s": time.perf_counter() - t_start,
     }
-    _write(results, out_dir)
+    results["files"] = [str(p) for p in _write(results, out_dir, result_stem("polar", quick))]
     return results
 
 
@@ -296,7 +308,7 @@ def _markdown(res: dict) -> str:
     lines = [
         f"# Polar-factor benchmark{' (quick)' if res['quick'] else ''}",
         "",
-        f"Machine: {res['machine']}",
+        f"Machine: {res.get('machine_line') or res['machine']}",
         "",
         "σ-range of the output, relative error ‖X − UVᵀ‖_F/‖UVᵀ‖_F against the float64 exact polar factor, "
         "alignment ⟨X, UVᵀ⟩/‖UVᵀ‖², median wall time, and the time ratio against torch.optim.Muon's NS5 "
@@ -317,7 +329,7 @@ def _markdown(res: dict) -> str:
             ratio = r.get("ratio_vs_torch_bf16")
             body.append(
                 [
-                    r["method"],
+                    r["method"] + (" ⚠ unsafe: σ_max > 1.5" if r["sigma_max"] > UNSAFE_SIGMA_MAX else ""),
                     r["dtype"],
                     f"[{_fmt(r['sigma_min'])}, {_fmt(r['sigma_max'])}]",
                     _fmt(r["rel_error"], 4),
@@ -426,19 +438,25 @@ def _plot(res: dict, path: Path) -> None:
     meths = list(dict.fromkeys(r["method"] for r in rows))
     fig, axes = plt.subplots(1, 2, figsize=(15, 0.45 * len(mats) + 3))
     ax = axes[0]
+    clipped = sorted({r["method"] for r in rows if r["sigma_max"] > UNSAFE_SIGMA_MAX})
     for j, meth in enumerate(meths):
         for i, mat in enumerate(mats):
             r = next((r for r in rows if r["matrix"] == mat and r["method"] == meth), None)
             if r is None:
                 continue
             y = i + (j - len(meths) / 2) * 0.8 / len(meths)
-            ax.plot(
-                [r["sigma_min"], r["sigma_max"]], [y, y], lw=3, color=f"C{j}", label=meth if i == 0 else None
-            )
+            hi = min(r["sigma_max"], UNSAFE_SIGMA_MAX)
+            ax.plot([r["sigma_min"], hi], [y, y], lw=3, color=f"C{j}", label=meth if i == 0 else None)
+            if r["sigma_max"] > UNSAFE_SIGMA_MAX:  # unsafe schedule: clipped at the axis edge, marked ▶
+                ax.plot([hi], [y], marker=">", color=f"C{j}", ms=6)
     ax.axvline(1.0, color="k", lw=0.5)
     ax.axvspan(0.84, 1.16, color="g", alpha=0.08)
+    ax.set_xlim(0.0, UNSAFE_SIGMA_MAX + 0.02)
     ax.set_yticks(range(len(mats)), mats, fontsize=7)
-    ax.set_xlabel("output singular values (bf16 iteration)")
+    ax.set_xlabel(
+        "output singular values (bf16 iteration)"
+        + (f"; ▶ = σ_max > {UNSAFE_SIGMA_MAX} clipped ({', '.join(clipped)}: unsafe)" if clipped else "")
+    )
     ax.set_title("σ-range of the orthogonalized output (green: [0.84, 1.16])")
     ax.legend(fontsize=7, loc="lower right")
     ax = axes[1]
@@ -464,10 +482,12 @@ def _plot(res: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _write(res: dict, out_dir: Path, stem: str = "polar") -> None:
-    atomic_write_json(out_dir / f"{stem}.json", res)
-    atomic_write_text(out_dir / f"{stem}.md", _markdown(res))
-    _plot(res, out_dir / f"{stem}.png")
+def _write(res: dict, out_dir: Path, stem: str = "polar") -> list[Path]:
+    paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md", out_dir / f"{stem}.png"]
+    atomic_write_json(paths[0], res)
+    atomic_write_text(paths[1], _markdown(res))
+    _plot(res, paths[2])
+    return paths
 
 
 def _quick_sizes() -> list[tuple[int, int]]:
@@ -478,19 +498,55 @@ def _quick_sizes() -> list[tuple[int, int]]:
     return [(256, 256), (768, 768)] if cpu_has_fast_bf16() else [(256, 256)]
 
 
-def demo(out_dir: Path) -> str:
-    """Short polar benchmark for ``make demo``; returns a markdown section."""
+def demo(out_dir: Path) -> Section:
+    """Short polar benchmark for ``make demo`` (``polar_quick.*`` in ``out_dir``); returns its report section."""
     res = run(quick=True, out_dir=Path(out_dir))
-    body = _markdown(res).replace(
-        "# Polar-factor benchmark (quick)", "## Polar factor: orthokit vs torch.optim.Muon"
-    )
+    body = _markdown(res).replace("# Polar-factor benchmark (quick)", "### Polar factor: all matrices")
+    note = ""
     if (768, 768) not in _quick_sizes():
-        body += (
-            "\nbf16 matmuls measured slower than fp32 on this CPU, so the 768×768 case (where torch's bf16-only NS5 "
-            "anchor takes ~10 s a call) is left out here and the batched/Gram sections use 256-sided matrices; "
-            "`benchmarks/polar.py` runs the full set.\n"
+        note = (
+            " bf16 matmuls measured slower than fp32 on this CPU, so the 768×768 case (where torch's bf16-only "
+            "NS5 anchor takes ~10 s a call) is left out and the batched/Gram sections use 256-sided matrices; "
+            "`benchmarks/polar.py` runs the full set."
         )
-    return body + "\n![polar](polar.png)\n"
+    ours, anchor, verdict = demo_summary(res)
+    return Section(
+        title="Polar factor: orthokit vs torch.optim.Muon's Newton–Schulz",
+        family="polar",
+        metric="output σ-range and time, matrices with σ_min/‖G‖ ≥ 1e-3",
+        ours=f"default polar: {ours}",
+        anchor=anchor,
+        verdict=verdict,
+        intro=f"Quick version of `benchmarks/polar.py`: {headline(res)}.{note} Schedules whose output σ_max "
+        f"exceeds {UNSAFE_SIGMA_MAX} are flagged ⚠ and clipped on the plot's axis.",
+        figures=("polar_quick.png",),
+        body=body,
+    )
+
+
+def demo_summary(res: dict) -> tuple[str, str, str]:
+    """(orthokit, anchor, verdict) for the demo's summary row: the default ``orthokit.polar`` (fp32 input, so it
+    iterates in fp32) vs torch.optim.Muon's NS5 (bf16) on the matrices whose normalized σ_min ≥ 1e-3."""
+    rows = [r for r in res["rows"] if (r.get("input_sigma_min") or 0.0) >= 1e-3]
+    ours = [r for r in rows if "default" in r["method"] and r["dtype"] == "float32"]
+    anc = [r for r in rows if r["method"].startswith("torch")]
+    if not ours or not anc:
+        return "–", "–", "no acceptance matrix in this run"
+    ratios = sorted(r["ratio_vs_torch_bf16"] for r in ours if r.get("ratio_vs_torch_bf16"))
+    med = ratios[len(ratios) // 2] if ratios else float("nan")
+
+    def rng(rs: list[dict]) -> str:
+        return f"σ ∈ [{min(r['sigma_min'] for r in rs):.2f}, {max(r['sigma_max'] for r in rs):.2f}]"
+
+    t_ours = sorted(r["time_s"] for r in ours)[len(ours) // 2]
+    t_anc = sorted(r["time_s"] for r in anc)[len(anc) // 2]
+    unsafe = sorted({r["method"].split()[-1] for r in res["rows"] if r["sigma_max"] > UNSAFE_SIGMA_MAX})
+    return (
+        f"{rng(ours)}, {1e3 * t_ours:.1f} ms (fp32)",
+        f"torch NS5: {rng(anc)}, {1e3 * t_anc:.1f} ms (bf16)",
+        f"{med:.2f}× torch's time (median of {len(ratios)})"
+        + (f"; unsafe σ_max > {UNSAFE_SIGMA_MAX}: {', '.join(unsafe)}" if unsafe else ""),
+    )
 
 
 def _ns5_fp32(G: torch.Tensor) -> torch.Tensor:
@@ -616,16 +672,20 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="only the short headline comparison at size N (acceptance matrix N×N and Gaussian N×4N)",
     )
-    ap.add_argument("--out", default=None, help="output folder (default benchmarks/results)")
+    add_out_argument(ap)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args(argv)
+    out = results_dir(args.out)
     if args.headline:
         if args.threads:
             torch.set_num_threads(args.threads)
-        run_headline(args.headline, out=Path(args.out) / "polar_headline.md" if args.out else None)
+        path = out / "polar_headline.md"
+        run_headline(args.headline, out=path)
+        announce([path, path.with_suffix(".json")], "orthokit bench polar")
         return 0
-    res = run(quick=args.quick, out_dir=Path(args.out) if args.out else None, threads=args.threads)
+    res = run(quick=args.quick, out_dir=out, threads=args.threads)
     print(_markdown(res))
+    announce(res["files"], "orthokit bench polar")
     return 0
 
 

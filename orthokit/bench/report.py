@@ -2,12 +2,14 @@
 
 Example:
     >>> import os, tempfile
-    >>> from orthokit.bench.report import md_table, atomic_write_text, time_call
+    >>> from orthokit.bench.report import md_table, atomic_write_text, time_call, result_stem
     >>> t = time_call(lambda: torch.randn(256, 256) @ torch.randn(256, 256), repeats=5)
     >>> out = os.path.join(tempfile.mkdtemp(), "out.md")
     >>> atomic_write_text(out, md_table(["method", "ms"], [["matmul", f"{1e3 * t:.2f}"]]))
     >>> open(out).read().splitlines()[0]
     '| method | ms |'
+    >>> result_stem("polar", quick=True)
+    'polar_quick'
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +37,50 @@ __all__ = [
     "time_call",
     "machine_info",
     "results_dir",
+    "add_out_argument",
+    "result_stem",
+    "announce",
+    "DEFAULT_OUT",
+    "Section",
+    "machine_line",
 ]
 
+#: default output folder of every benchmark, relative to the current working directory (never the package).
+DEFAULT_OUT = "orthokit_results"
 
-def results_dir() -> Path:
-    """``benchmarks/results`` of the repository (created if missing)."""
-    d = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+
+def results_dir(out: str | os.PathLike | None = None) -> Path:
+    """The benchmark output folder: ``out``, or ``./orthokit_results`` under the current working directory;
+    created if missing and returned as an absolute path. The repository's committed results live in
+    ``benchmarks/results`` and are written only when a maintainer passes ``--out benchmarks/results``."""
+    d = Path(out if out is not None else DEFAULT_OUT).expanduser().resolve()
+    if d.exists() and not d.is_dir():
+        raise ValueError(f"--out {str(out)!r} exists and is not a folder")
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def add_out_argument(ap: Any) -> None:
+    """Add the shared ``--out DIR`` option (default ``./orthokit_results``) to an ``argparse`` parser."""
+    ap.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        metavar="DIR",
+        help=f"output folder, created if missing (default ./{DEFAULT_OUT}; the committed results: "
+        "--out benchmarks/results)",
+    )
+
+
+def result_stem(stem: str, quick: bool) -> str:
+    """File stem of a result: quick runs are written as ``<stem>_quick`` so they never replace full results."""
+    return f"{stem}_quick" if quick and not stem.endswith("_quick") else stem
+
+
+def announce(paths: Sequence[str | os.PathLike], prog: str = "orthokit bench") -> None:
+    """Print the absolute path of every file a benchmark wrote (the last lines of its output)."""
+    print(f"[{prog}] results written to:", flush=True)
+    for p in paths:
+        print(f"  {Path(p).resolve()}", flush=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -146,3 +185,49 @@ def machine_info() -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+@dataclass(frozen=True)
+class Section:
+    """One ``make demo`` section: a headline row for the report's summary table plus the section's body.
+
+    ``family`` names the pillar, ``metric`` what was measured, ``ours`` / ``anchor`` the two numbers as text
+    (measured in this run), ``verdict`` a few words comparing them; ``body`` is the long markdown (collapsed in
+    the report), ``figures`` the PNG file names shown above it, ``intro`` one or two visible sentences.
+    """
+
+    title: str
+    family: str
+    metric: str
+    ours: str
+    anchor: str
+    verdict: str
+    body: str
+    intro: str = ""
+    figures: tuple[str, ...] = field(default_factory=tuple)
+
+    def summary_row(self) -> list[str]:
+        """The row of the summary table: family, metric, orthokit, anchor, verdict."""
+        return [self.family, self.metric, self.ours, self.anchor, self.verdict]
+
+
+def machine_line() -> str:
+    """One human-readable line: CPU model, cores, the SIMD flags that matter for the kernels, torch version.
+
+    Example:
+        >>> from orthokit.bench.report import machine_line
+        >>> line = machine_line()
+        >>> "torch" in line and "{" not in line
+        True
+    """
+    from orthokit.linalg._hw import cpu_has_fast_bf16, cpu_info
+
+    cpu = cpu_info()
+    flags = [f.upper().replace("_", ".") for f in cpu["flags"]]
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return (
+        f"{cpu['model']}, {cpu['logical_cpus']} logical cores ({', '.join(flags) or 'no AVX'}; bf16 matmul "
+        f"{'fast' if cpu_has_fast_bf16() else 'measured slower than fp32'}) · torch {torch.__version__}, "
+        f"{torch.get_num_threads()} thread(s) · Python {platform.python_version()} on {platform.system()}"
+        + (f" · GPU {gpu}" if gpu else " · no GPU")
+    )
