@@ -4,18 +4,48 @@ Each reference is written from the method's equations (docs/merge/interpolation.
 the papers) — never by calling orthokit. Every check takes the method under test as ``fn`` (default: the
 registered one) and raises ``AssertionError`` when it does not do what it claims; the mutants in
 ``test_mutants_mergekit_a.py`` must fail them. ``tests/merge/conformance.py`` merges :data:`CLOSED_FORM` into the
-suite-wide table.
+suite-wide table. The helpers below mirror conformance.py's ``call`` / ``_close`` / ``_fts`` instead of importing
+them, so this module can be imported first (conformance.py imports it at its end).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .conformance import D64, _close, _fts, call
+import orthokit.merge  # noqa: F401  (registers every method)
+from orthokit.merge.registry import MERGE_METHODS, method_schema, validate_params
+
+D64 = torch.float64
+
+
+def call(
+    name: str, base: Any, tensors: Sequence[Any], fn: Callable[..., Tensor] | None = None, **params: Any
+) -> Tensor:
+    """Call merge method ``name`` (or the substitute ``fn``) with config-style parameters, as the engine does."""
+    kw = validate_params(name, params, n_models=len(tensors))
+    if method_schema(name).takes_generator:
+        kw["generator"] = torch.Generator().manual_seed(0)
+    return (MERGE_METHODS.get(name) if fn is None else fn)(base, list(tensors), **kw)
+
+
+def _close(got: Tensor, want: Any, tol: float, what: str) -> None:
+    w = torch.as_tensor(np.asarray(want), dtype=D64)
+    g = got.to(D64)
+    assert g.shape == w.shape, f"{what}: shape {tuple(g.shape)} != {tuple(w.shape)}"
+    err = float((g - w).abs().max()) if g.numel() else 0.0
+    assert err <= tol * max(1.0, float(w.abs().max())), f"{what}: max error {err:.3g} > {tol:.1g}"
+
+
+def _fts(n: int, shape: tuple[int, ...], seed: int) -> tuple[Tensor, list[Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(*shape, generator=g, dtype=D64)
+    return base, [base + torch.randn(*shape, generator=g, dtype=D64) for _ in range(n)]
+
 
 # ------------------------------------------------------------------------------------------ linear
 
