@@ -51,10 +51,13 @@ def model_stock_ratio(offsets: Sequence[Tensor]) -> Tensor:
         raise ValueError(f"model_stock needs at least 2 fine-tuned tensors, got {n}")
     norms = [torch.norm(o, dim=-1) for o in offsets]
     cos = []
+    buf = torch.empty_like(offsets[0])
     for i in range(n):
         for j in range(i + 1, n):
             denom = (norms[i] * norms[j]).clamp(min=1e-6)
-            cos.append(((offsets[i] * offsets[j]).sum(dim=-1) / denom).clamp(-1, 1))
+            dot = torch.mul(offsets[i], offsets[j], out=buf).sum(dim=-1)
+            cos.append((dot / denom).clamp(-1, 1))
+    del buf
     c = torch.stack(cos).mean(dim=0).unsqueeze(-1)
     denominator = 1 + (n - 1) * c
     singular = denominator.abs() < 1e-6
@@ -70,6 +73,7 @@ def model_stock_ratio(offsets: Sequence[Tensor]) -> Tensor:
     order_invariant=True,
     stochastic=False,
     reference="arXiv:2403.19522",
+    min_models=2,
     one_model_exact=False,
     idempotent={},
     base_fixed_point={},
@@ -125,11 +129,17 @@ def model_stock(
         ws = [t.reshape(-1) for t in tensors]
     ratio = model_stock_ratio([x - w0 for x in ws])
     n = len(ws)
+    # in place where it rounds the same as mergekit's out-of-place expression
     if all(x == 1.0 for x in w):
         average = ws[0] + ws[1]  # mergekit's sum(ws) / N (0 + θ₁ is exact)
         for x in ws[2:]:
-            average = average + x
-        average = average / n
+            average.add_(x)
+        average.div_(n)
     else:
-        average = sum(wi * x for wi, x in zip(w, ws)) / sum(w)  # type: ignore[assignment]
-    return (ratio * average + (1 - ratio) * w0).reshape(out_shape)
+        average = torch.mul(ws[0], w[0])
+        for wi, x in zip(w[1:], ws[1:]):
+            average.add_(x * wi)
+        average.div_(sum(w))
+    out = average.mul_(ratio) if ratio.dtype == average.dtype else ratio * average
+    out.add_((1 - ratio) * w0)
+    return out.reshape(out_shape)
