@@ -184,6 +184,11 @@ class AuON(OrthogonalOptimizer):
         scale: str = "none",
         skip_nonfinite: bool = False,
         batched: bool = True,
+        fallback: str = "adamw",
+        fallback_lr: float | torch.Tensor | None = None,
+        fallback_betas: tuple[float, float] = (0.9, 0.95),
+        fallback_eps: float = 1e-8,
+        fallback_weight_decay: float | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -199,7 +204,16 @@ class AuON(OrthogonalOptimizer):
             scale=scale,
             batched=batched,
         )
-        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+        super().__init__(
+            params,
+            defaults,
+            skip_nonfinite=skip_nonfinite,
+            fallback=fallback,
+            fallback_lr=fallback_lr,
+            fallback_betas=fallback_betas,
+            fallback_eps=fallback_eps,
+            fallback_weight_decay=fallback_weight_decay,
+        )
 
     def validate_group(self, group: dict[str, Any]) -> None:
         """Muon's checks plus ``gamma`` > 0 and ``normalize`` bool."""
@@ -274,6 +288,11 @@ class HybridAuON(OrthogonalOptimizer):
         batched: bool = True,
         distributed: bool | str = False,
         process_group: Any = None,
+        fallback: str = "adamw",
+        fallback_lr: float | torch.Tensor | None = None,
+        fallback_betas: tuple[float, float] = (0.9, 0.95),
+        fallback_eps: float = 1e-8,
+        fallback_weight_decay: float | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -295,6 +314,11 @@ class HybridAuON(OrthogonalOptimizer):
             skip_nonfinite=skip_nonfinite,
             distributed=distributed,
             process_group=process_group,
+            fallback=fallback,
+            fallback_lr=fallback_lr,
+            fallback_betas=fallback_betas,
+            fallback_eps=fallback_eps,
+            fallback_weight_decay=fallback_weight_decay,
         )
 
     def validate_group(self, group: dict[str, Any]) -> None:

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from orthokit.optim._fallback import FallbackConfig, split_fallback
 from orthokit.optim.transforms import MatrixView, Transform, adam, decoupled_weight_decay, scale_by_shape
 
 __all__ = ["OrthogonalOptimizer", "NonFiniteGradientError", "NonFiniteUpdateError", "ALGORITHMS"]
@@ -119,9 +120,18 @@ class OrthogonalOptimizer(torch.optim.Optimizer):
         skip_nonfinite: bool = False,
         distributed: bool | str = False,
         process_group: Any = None,
+        fallback: str = "adamw",
+        fallback_lr: float | Tensor | None = None,
+        fallback_betas: tuple[float, float] = (0.9, 0.95),
+        fallback_eps: float = 1e-8,
+        fallback_weight_decay: float | None = None,
     ) -> None:
         if not isinstance(skip_nonfinite, bool):
             raise TypeError(f"skip_nonfinite must be a bool, got {type(skip_nonfinite).__name__}")
+        fb = FallbackConfig(fallback, fallback_lr, fallback_betas, fallback_eps, fallback_weight_decay)
+        fb.validate()
+        self.fallback = fb
+        self._fallback_log: list[tuple[int, int]] | None = []  # collected during __init__, logged once
         defaults = dict(defaults)
         defaults.setdefault("algorithm", "ortho")
         defaults.setdefault("split", 1)
@@ -134,8 +144,20 @@ class OrthogonalOptimizer(torch.optim.Optimizer):
 
         self.dist_context = resolve_dist_context(distributed, process_group)
         super().__init__(params, defaults)
+        pending, self._fallback_log = self._fallback_log, None
+        if pending:
+            self._log_fallback(sum(n for n, _ in pending), sum(e for _, e in pending))
 
-    _EXTRA_STATE = ("skip_nonfinite", "_views", "_names", "dist_context", "_routes", "transactional")
+    _EXTRA_STATE = (
+        "skip_nonfinite",
+        "_views",
+        "_names",
+        "dist_context",
+        "_routes",
+        "transactional",
+        "fallback",
+        "_fallback_log",
+    )
 
     def __getstate__(self) -> dict[str, Any]:
         """torch's picklable state plus orthokit's (views, names, flags) so ``copy.deepcopy``/pickle round-trip."""
@@ -195,27 +217,52 @@ class OrthogonalOptimizer(torch.optim.Optimizer):
                 raise ValueError("a param group with algorithm='adamw' must set its own 'lr'")
             for k, v in ADAMW_GROUP_DEFAULTS.items():
                 param_group.setdefault(k, v)
+        n_groups = len(self.param_groups)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        names = group.get("param_names")
+        fb = self.__dict__.get("fallback") or FallbackConfig()
         new_names: dict[Tensor, str] = {}
         new_views: dict[Tensor, MatrixView] = {}
         try:
-            self.validate_group(group)
-            for i, p in enumerate(group["params"]):
-                name = names[i] if names is not None else f"param_groups[{len(self.param_groups) - 1}][{i}]"
-                new_names[p] = name
-                if p.is_complex():
-                    raise ValueError(
-                        f"parameter {name!r} is complex; orthokit optimizers support real parameters only"
-                    )
-                if group["algorithm"] == "ortho":
-                    new_views[p] = self._make_view(p, group, name)
+            extra, moved, moved_numel = None, 0, 0
+            if group["algorithm"] == "ortho" and fb.mode == "adamw":
+                extra, moved, moved_numel = split_fallback(group, fb)
+            for g in (group, extra) if extra is not None else (group,):
+                if g is extra:
+                    self.param_groups.append(g)  # params already checked by torch as part of `group`
+                gi, names = len(self.param_groups) - 1, g.get("param_names")
+                self.validate_group(g)
+                for i, p in enumerate(g["params"]):
+                    name = names[i] if names is not None else f"param_groups[{gi}][{i}]"
+                    new_names[p] = name
+                    if p.is_complex():
+                        raise ValueError(
+                            f"parameter {name!r} is complex; orthokit optimizers support real parameters only"
+                        )
+                    if g["algorithm"] == "ortho":
+                        new_views[p] = self._make_view(p, g, name)
         except BaseException:
-            self.param_groups.pop()  # a rejected group leaves the optimizer as it was
+            del self.param_groups[n_groups:]  # a rejected group leaves the optimizer as it was
             raise
         self._names.update(new_names)
         self._views.update(new_views)
+        if moved:
+            log = self.__dict__.get("_fallback_log")
+            if log is not None:
+                log.append((moved, moved_numel))
+            else:
+                self._log_fallback(moved, moved_numel)
+
+    def _log_fallback(self, n: int, numel: int) -> None:
+        """One INFO line: how many parameters went to the AdamW fallback (see :mod:`orthokit.optim._fallback`)."""
+        logger.info(
+            "%s: %d parameter(s) (%s elements) cannot be orthogonalized (fewer than 2 dims or empty) and use "
+            "the AdamW fallback group(s) (fallback='adamw'; fallback='error' raises instead; "
+            "orthokit.optim.hybrid routes embeddings and heads to AdamW too)",
+            type(self).__name__,
+            n,
+            f"{numel:,}",
+        )
 
     def _make_view(self, p: Tensor, group: dict[str, Any], name: str) -> MatrixView:
         shape = tuple(p.shape)

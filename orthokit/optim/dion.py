@@ -257,6 +257,11 @@ class Dion(OrthogonalOptimizer):
         scale: str = "spectral",
         skip_nonfinite: bool = False,
         batched: bool = True,
+        fallback: str = "adamw",
+        fallback_lr: float | torch.Tensor | None = None,
+        fallback_betas: tuple[float, float] = (0.9, 0.95),
+        fallback_eps: float = 1e-8,
+        fallback_weight_decay: float | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -268,7 +273,16 @@ class Dion(OrthogonalOptimizer):
             scale=scale,
             batched=batched,
         )
-        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+        super().__init__(
+            params,
+            defaults,
+            skip_nonfinite=skip_nonfinite,
+            fallback=fallback,
+            fallback_lr=fallback_lr,
+            fallback_betas=fallback_betas,
+            fallback_eps=fallback_eps,
+            fallback_weight_decay=fallback_weight_decay,
+        )
 
     def validate_group(self, group: dict[str, Any]) -> None:
         """Base checks plus ``rank`` (int ≥ 1 or fraction in (0, 1]), ``momentum`` ∈ [0, 1), ``eps`` > 0."""

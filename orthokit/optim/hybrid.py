@@ -429,6 +429,7 @@ def hybrid(
         groups.append({"params": adamw_nodecay, "role": "adamw_no_decay", "weight_decay": 0.0, **common})
     if not groups:
         raise ValueError("model has no trainable parameters")
+    kwargs.setdefault("fallback", "error")  # routing is explicit: a 1-D param forced to ortho= is an error
     opt = cls(groups, lr=lr, **kwargs)
     opt._routes = [r for r, _ in routes]  # type: ignore[attr-defined]
     return opt
@@ -456,7 +457,12 @@ def describe(optimizer: torch.optim.Optimizer, *, printed: bool = False) -> str:
     if not isinstance(optimizer, OrthogonalOptimizer):
         raise TypeError(f"describe() needs an orthokit OrthogonalOptimizer, got {type(optimizer).__name__}")
     reasons = {r.name: r.reason for r in getattr(optimizer, "_routes", [])}
+    # after an LR scheduler's warmup starts, ``lr`` is the current (possibly 0) value: also show the group's
+    # ``initial_lr`` — the base value the scheduler multiplies (the peak of warmup-then-decay schedules)
+    sched = any("initial_lr" in g for g in optimizer.param_groups)
     rows = [("parameter", "shape", "rule", "matrices", "lr", "scale", "wd", "reason")]
+    if sched:
+        rows[0] = rows[0][:5] + ("base lr",) + rows[0][5:]
     seen: set[str] = set()
     for group in optimizer.param_groups:
         for p in group["params"]:
@@ -477,21 +483,28 @@ def describe(optimizer: torch.optim.Optimizer, *, printed: bool = False) -> str:
             else:
                 view, scale, rule = "-", "-", "adamw"
             default_reason = "orthogonalized group" if group["algorithm"] == "ortho" else "adamw group"
-            rows.append(
-                (
-                    name,
-                    "×".join(map(str, p.shape)),
-                    rule,
-                    view,
-                    _fmt_lr(group["lr"]),
-                    scale,
-                    _fmt_lr(group.get("weight_decay", 0.0)),
-                    reasons.get(name, default_reason),
-                )
-            )
+            if group.get("role") == "fallback":
+                default_reason = "AdamW fallback: cannot be orthogonalized (fewer than 2 dims or empty)"
+            row = (name, "×".join(map(str, p.shape)), rule, view, _fmt_lr(group["lr"]))
+            if sched:
+                row += (_fmt_lr(group["initial_lr"]) if "initial_lr" in group else "-",)
+            wd = _fmt_lr(group.get("weight_decay", 0.0))
+            rows.append(row + (scale, wd, reasons.get(name, default_reason)))
     for r in getattr(optimizer, "_routes", []):
         if r.rule == "frozen" and r.name not in seen:
-            rows.append((r.name, "×".join(map(str, r.shape)), "frozen", "-", "-", "-", "-", r.reason))
+            rows.append(
+                (
+                    r.name,
+                    "×".join(map(str, r.shape)),
+                    "frozen",
+                    "-",
+                    "-",
+                    *(("-",) if sched else ()),
+                    "-",
+                    "-",
+                    r.reason,
+                )
+            )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -500,6 +513,8 @@ def describe(optimizer: torch.optim.Optimizer, *, printed: bool = False) -> str:
     lines.append(
         f"{n_ortho:,} of {n_all:,} parameters ({100.0 * n_ortho / max(n_all, 1):.1f}%) orthogonalized"
     )
+    if sched:
+        lines.append("lr = the current value; base lr = initial_lr, which the LR scheduler multiplies")
     text = "\n".join(lines)
     if printed:
         print(text)

@@ -205,6 +205,11 @@ class NorMuon(OrthogonalOptimizer):
         batched: bool = True,
         distributed: bool | str = False,
         process_group: Any = None,
+        fallback: str = "adamw",
+        fallback_lr: float | torch.Tensor | None = None,
+        fallback_betas: tuple[float, float] = (0.9, 0.95),
+        fallback_eps: float = 1e-8,
+        fallback_weight_decay: float | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -227,6 +232,11 @@ class NorMuon(OrthogonalOptimizer):
             skip_nonfinite=skip_nonfinite,
             distributed=distributed,
             process_group=process_group,
+            fallback=fallback,
+            fallback_lr=fallback_lr,
+            fallback_betas=fallback_betas,
+            fallback_eps=fallback_eps,
+            fallback_weight_decay=fallback_weight_decay,
         )
 
     def validate_group(self, group: dict[str, Any]) -> None:

@@ -466,6 +466,11 @@ class ROOT(OrthogonalOptimizer):
         scale: str = "match_rms_adamw",
         skip_nonfinite: bool = False,
         batched: bool = True,
+        fallback: str = "adamw",
+        fallback_lr: float | torch.Tensor | None = None,
+        fallback_betas: tuple[float, float] = (0.9, 0.95),
+        fallback_eps: float = 1e-8,
+        fallback_weight_decay: float | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -482,7 +487,16 @@ class ROOT(OrthogonalOptimizer):
             scale=scale,
             batched=batched,
         )
-        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+        super().__init__(
+            params,
+            defaults,
+            skip_nonfinite=skip_nonfinite,
+            fallback=fallback,
+            fallback_lr=fallback_lr,
+            fallback_betas=fallback_betas,
+            fallback_eps=fallback_eps,
+            fallback_weight_decay=fallback_weight_decay,
+        )
 
     def validate_group(self, group: dict[str, Any]) -> None:
         """Muon's checks plus ``quantile`` ∈ (0, 1] and ``shape_table`` bool."""

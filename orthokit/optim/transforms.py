@@ -286,6 +286,9 @@ def resolve_polar_method(method: str) -> tuple[str, dict[str, Any]]:
     key = method.strip().lower().replace("-", "_")
     if key in SCHEDULES:
         get_schedule(key)  # raises for schedules marked unsafe
+        from orthokit.optim._schedule_safety import check_optimizer_schedule
+
+        check_optimizer_schedule(key)  # raises for schedules that diverge just above σ = 1 (cans, cubic5)
         return "newton_schulz", {"schedule": key}
     raise ValueError(
         f"unknown orthogonalizer {method!r}; valid polar methods: {', '.join(POLAR_METHODS.names())}; "
