@@ -29,13 +29,23 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
 
-__all__ = ["FALLBACK_MODES", "DEFAULT_FALLBACK_LR", "FallbackConfig", "fallback_reason", "split_fallback"]
+__all__ = [
+    "FALLBACK_MODES",
+    "DEFAULT_FALLBACK_LR",
+    "FallbackConfig",
+    "fallback_reason",
+    "split_fallback",
+    "log_fallback",
+]
+
+logger = logging.getLogger("orthokit.optim")
 
 FALLBACK_MODES: tuple[str, ...] = ("adamw", "error")
 
@@ -161,3 +171,15 @@ def split_fallback(group: dict[str, Any], cfg: FallbackConfig) -> tuple[dict[str
         group["param_names"] = [names[i] for i in keep]
     _as_fallback(new, cfg)
     return new, len(moved), numel
+
+
+def log_fallback(owner: str, n: int, numel: int) -> None:
+    """The one INFO line an optimizer emits when ``n`` parameters (``numel`` elements) went to the fallback."""
+    logger.info(
+        "%s: %d parameter(s) (%s elements) cannot be orthogonalized (fewer than 2 dims or empty) and use the "
+        "AdamW fallback group(s) (fallback='adamw'; fallback='error' raises instead; orthokit.optim.hybrid "
+        "routes embeddings and heads to AdamW too)",
+        owner,
+        n,
+        f"{numel:,}",
+    )

@@ -7,7 +7,9 @@ handles everything else, identically for every variant:
 * parameter groups (each group is run through its own chain, hyperparameters read from the group, so
   ``torch.optim.lr_scheduler`` and per-group overrides work; tensor ``lr`` is supported);
 * ``algorithm="adamw"`` groups (embeddings, heads, norms, biases) run a bias-corrected AdamW chain inside the SAME
-  optimizer — this is how :func:`orthokit.optim.hybrid` returns one optimizer with one ``state_dict``;
+  optimizer — this is how :func:`orthokit.optim.hybrid` returns one optimizer with one ``state_dict``, and where
+  parameters that cannot be orthogonalized go with ``fallback="adamw"`` (the default; so ``Cls(model.parameters())``
+  and ``transformers.Trainer(optimizer_cls_and_kwargs=...)`` work — :mod:`orthokit.optim._fallback`);
 * matrix views of non-2-D parameters (conv kernels flattened to ``(out, in·kh·kw)``, 3-D expert stacks as
   batches, fused QKV split into row blocks via the group key ``split``);
 * gradient checks: sparse/complex gradients raise ``ValueError`` naming the parameter; non-finite gradients raise
@@ -37,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from orthokit.optim._fallback import FallbackConfig, split_fallback
+from orthokit.optim._fallback import FallbackConfig, log_fallback, split_fallback
 from orthokit.optim.transforms import MatrixView, Transform, adam, decoupled_weight_decay, scale_by_shape
 
 __all__ = ["OrthogonalOptimizer", "NonFiniteGradientError", "NonFiniteUpdateError", "ALGORITHMS"]
@@ -110,6 +112,11 @@ class OrthogonalOptimizer(torch.optim.Optimizer):
         distributed: ``False``, ``True`` (requires an initialized process group) or ``"auto"`` (on when
             ``torch.distributed`` is initialized with world size > 1).
         process_group: process group for ``distributed`` (default: the world group).
+        fallback: ``"adamw"`` (default): parameters that cannot be orthogonalized because of their shape go to a
+            real ``algorithm="adamw"`` group tagged ``role="fallback"`` (:mod:`orthokit.optim._fallback`);
+            ``"error"`` raises naming the parameter. ``fallback_lr`` (``None``: the group's lr if
+            ``scale="match_rms_adamw"``, else 3e-4), ``fallback_betas``, ``fallback_eps``:
+            its AdamW settings; ``fallback_weight_decay`` (``None``: the source group's ``weight_decay``).
     """
 
     def __init__(
@@ -146,18 +153,10 @@ class OrthogonalOptimizer(torch.optim.Optimizer):
         super().__init__(params, defaults)
         pending, self._fallback_log = self._fallback_log, None
         if pending:
-            self._log_fallback(sum(n for n, _ in pending), sum(e for _, e in pending))
+            log_fallback(type(self).__name__, sum(n for n, _ in pending), sum(e for _, e in pending))
 
-    _EXTRA_STATE = (
-        "skip_nonfinite",
-        "_views",
-        "_names",
-        "dist_context",
-        "_routes",
-        "transactional",
-        "fallback",
-        "_fallback_log",
-    )
+    _EXTRA_STATE = ("skip_nonfinite", "_views", "_names", "dist_context", "_routes", "transactional")
+    _EXTRA_STATE += ("fallback", "_fallback_log")
 
     def __getstate__(self) -> dict[str, Any]:
         """torch's picklable state plus orthokit's (views, names, flags) so ``copy.deepcopy``/pickle round-trip."""
@@ -251,18 +250,7 @@ class OrthogonalOptimizer(torch.optim.Optimizer):
             if log is not None:
                 log.append((moved, moved_numel))
             else:
-                self._log_fallback(moved, moved_numel)
-
-    def _log_fallback(self, n: int, numel: int) -> None:
-        """One INFO line: how many parameters went to the AdamW fallback (see :mod:`orthokit.optim._fallback`)."""
-        logger.info(
-            "%s: %d parameter(s) (%s elements) cannot be orthogonalized (fewer than 2 dims or empty) and use "
-            "the AdamW fallback group(s) (fallback='adamw'; fallback='error' raises instead; "
-            "orthokit.optim.hybrid routes embeddings and heads to AdamW too)",
-            type(self).__name__,
-            n,
-            f"{numel:,}",
-        )
+                log_fallback(type(self).__name__, moved, moved_numel)
 
     def _make_view(self, p: Tensor, group: dict[str, Any], name: str) -> MatrixView:
         shape = tuple(p.shape)

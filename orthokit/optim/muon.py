@@ -88,9 +88,9 @@ class Muon(OrthogonalOptimizer):
     Chain: ``momentum → orthogonalize → scale_by_shape → decoupled_weight_decay``, then ``W ← W − lr·update``.
 
     Args:
-        params: parameters, ``(name, param)`` pairs or param groups (see :class:`OrthogonalOptimizer`). Every
-            ``"ortho"`` parameter must have ≥ 2 dims; use :func:`orthokit.optim.hybrid` to route embeddings,
-            heads and 1-D params to AdamW inside the same optimizer.
+        params: parameters, ``(name, param)`` pairs or param groups (see :class:`OrthogonalOptimizer`). Parameters
+            with < 2 dims go to an internal AdamW group (``fallback="adamw"``; ``"error"`` raises instead); use
+            :func:`orthokit.optim.hybrid` to also route embeddings and heads to AdamW, as Muon's authors do.
         lr: learning rate η (0.02 with ``scale="keller"``, Keller's default; with ``"match_rms_adamw"`` use your
             AdamW lr, e.g. 1e-3–3e-3).
         momentum: μ (0.95).
@@ -111,6 +111,8 @@ class Muon(OrthogonalOptimizer):
         batched: stack same-shape matrices into one polar call (equal to the per-parameter path).
         distributed: ``False``/``True``/``"auto"`` — shard orthogonalization across DDP ranks.
         process_group: process group for ``distributed``.
+        fallback, fallback_lr, fallback_betas, fallback_eps, fallback_weight_decay: the AdamW fallback for
+            non-matrix parameters (see :class:`OrthogonalOptimizer`; an orthokit extension, not Muon's).
 
     Example:
         >>> import torch
