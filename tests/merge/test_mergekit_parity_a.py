@@ -8,6 +8,11 @@ errors.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -212,3 +217,68 @@ def test_input_errors() -> None:
         karcher(None, fts, max_iter=-1)
     with pytest.raises(TypeError, match="dtype mismatch"):
         linear(None, [fts[0], fts[1].double()])
+
+
+# ------------------------------------------------------------------------------------------------ slow: CLI
+
+
+def _configs(b: Path, f0: Path, f1: Path, f2: Path) -> dict[str, str]:
+    """mergekit YAML configs, unchanged, one per method (per-layer gradients and filters for slerp)."""
+    return {
+        "slerp": (
+            f"merge_method: slerp\nbase_model: {b}\nmodels:\n  - model: {b}\n  - model: {f0}\nparameters:\n"
+            "  t:\n    - filter: self_attn\n      value: [0, 0.5, 0.3, 0.7, 1]\n"
+            "    - filter: mlp\n      value: [1, 0.5, 0.7, 0.3, 0]\n    - value: 0.5\ndtype: bfloat16\n"
+        ),
+        "linear": (
+            f"merge_method: linear\nmodels:\n  - model: {f0}\n    parameters: {{weight: 0.5}}\n"
+            f"  - model: {f1}\n    parameters: {{weight: [0.2, 0.9]}}\n"
+            f"  - model: {f2}\n    parameters: {{weight: 1.0}}\ndtype: float32\n"
+        ),
+        "nuslerp": (
+            f"merge_method: nuslerp\nbase_model: {b}\nmodels:\n  - model: {f0}\n    parameters: {{weight: 0.3}}\n"
+            f"  - model: {f1}\n    parameters: {{weight: 0.8}}\nparameters: {{nuslerp_flatten: false}}\n"
+            "dtype: float32\n"
+        ),
+        "multislerp": (
+            f"merge_method: multislerp\nbase_model: {b}\nmodels:\n  - model: {f0}\n    parameters: {{weight: 0.3}}\n"
+            f"  - model: {f1}\n    parameters: {{weight: 0.8}}\n  - model: {f2}\n    parameters: {{weight: 0.5}}\n"
+            "dtype: bfloat16\n"
+        ),
+        "karcher": f"merge_method: karcher\nmodels:\n  - model: {f0}\n  - model: {f1}\n  - model: {f2}\ndtype: float32\n",
+        "nearswap": (
+            f"merge_method: nearswap\nbase_model: {b}\nmodels:\n  - model: {b}\n  - model: {f0}\n"
+            "parameters: {t: 0.005}\ndtype: float32\n"
+        ),
+    }
+
+
+@pytest.mark.slow
+def test_cli_bit_equal_to_mergekit_yaml(tmp_path: Path) -> None:
+    """The same YAML through ``mergekit-yaml`` and ``orthokit merge``: every output tensor equal."""
+    from orthokit.io import open_checkpoint
+    from orthokit.merge.cli import main
+
+    from .test_cli import _tiny_llama
+
+    mk_bin = Path(sys.executable).with_name("mergekit-yaml")
+    if not mk_bin.is_file():
+        pytest.skip("mergekit-yaml not installed")
+    paths = _tiny_llama(tmp_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    for name, text in _configs(*paths).items():
+        cfg = tmp_path / f"{name}.yml"
+        cfg.write_text(text)
+        r = subprocess.run(
+            [str(mk_bin), str(cfg), str(tmp_path / f"mk_{name}")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert main([str(cfg), str(tmp_path / f"ok_{name}"), "--no-progress"]) == 0
+        a, m = open_checkpoint(tmp_path / f"ok_{name}"), open_checkpoint(tmp_path / f"mk_{name}")
+        assert sorted(a.keys()) == sorted(m.keys()), name
+        for k in m.keys():
+            _same(a.get(k), m.get(k), f"{name} {k}")
