@@ -40,7 +40,6 @@ from orthokit.io.safetensors_io import SafetensorsError, StreamingShardWriter, a
 from orthokit.merge.config import MergeConfig, load_config, parse_dtype
 from orthokit.merge.plan import MergePlan, TensorTask, build_plan
 from orthokit.merge.registry import MERGE_METHODS, method_schema, validate_params
-from orthokit.merge.slices import registered
 
 __all__ = [
     "merge",
@@ -258,12 +257,6 @@ def merge(
     return out
 
 
-def _input(plan: MergePlan, ref: tuple[int, str] | None, base: bool) -> Tensor | None:
-    if ref is not None:
-        return plan.models[ref[0]].get(ref[1])
-    return None
-
-
 def _copied_tensor(task: TensorTask, plan: MergePlan) -> Tensor:
     """A tensor that is not merged: a sliced input, or the base's (checked equal in every plain model)."""
     name = task.name
@@ -295,11 +288,8 @@ def _merge_task(task: TensorTask, plan: MergePlan, fn: Any, dev: torch.device | 
     if task.sources is not None:  # slices
         assert task.params is not None
         fts = [plan.models[i].get(n).to(device=dev, dtype=cd) for i, n in task.sources]
-        if cfg.merge_method == "passthrough" and not registered("passthrough"):
-            (x,), (scale,) = fts, task.params["scale"]
-            return x if scale is None else x * scale
-        b = _input(plan, task.base_source, True)
-        b = b.to(device=dev, dtype=cd) if b is not None else None
+        bs = task.base_source
+        b = plan.models[bs[0]].get(bs[1]).to(device=dev, dtype=cd) if bs is not None else None
         return fn(b, fts, **task.params, **_method_kwargs(cfg.merge_method, name, seed, dev))
     kw = cfg.resolve(name, task.t)
     if task.factors is not None:  # LoRA-factor method: (A, B) pairs of the adapters targeting this tensor
@@ -348,7 +338,7 @@ def _write_metadata(cfg: MergeConfig, plan: MergePlan, tmp: Path, name: str, car
             slices.append(
                 ", ".join(f"{cfg.models[s.model].spec} layers {list(s.layer_range)}" for s in sl.sources)
             )
-        caps = MERGE_METHODS.capabilities(cfg.merge_method) if registered(cfg.merge_method) else {}
+        caps = MERGE_METHODS.capabilities(cfg.merge_method)
         md = model_card(
             method=cfg.merge_method,
             base=cfg.base.spec if cfg.base is not None else None,

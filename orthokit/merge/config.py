@@ -4,7 +4,8 @@ Accepted top-level keys (mergekit's names and meaning where they overlap)::
 
     merge_method: ties               # a registered method (orthokit.merge.MERGE_METHODS)
     base_model: path/to/base         # required by methods with needs_base
-    models:                          # the fine-tuned models (the base may be listed too; it is skipped)
+    models:                          # the fine-tuned models (a listed base is skipped, except for methods with
+                                     # base_policy "ignored", e.g. linear, where it is one more input)
       - model: path/to/ft1           # HF folder, sharded folder, .safetensors file, or BASE+ADAPTER (PEFT LoRA)
         parameters: {weight: 1.0, density: 0.2}
       - model: path/to/lora_adapter  # an adapter folder alone is applied to base_model
@@ -252,8 +253,6 @@ class MergeConfig:
     @property
     def inputs_kind(self) -> str:
         """What the method merges: ``"full"`` weights, ``"lora"`` or ``"orthogonal"`` factors."""
-        if self.merge_method == "passthrough" and not _registered(self.merge_method):
-            return "full"
         return str(MERGE_METHODS.capabilities(self.merge_method).get("inputs", "full"))
 
     def resolve_slice(
@@ -264,19 +263,6 @@ class MergeConfig:
         assert self.slices is not None
         sl = self.slices[slice_index]
         levels = [[sl.sources[j].parameters, sl.parameters, self.parameters] for j in positions]
-        if self.merge_method == "passthrough" and not _registered("passthrough"):
-            scales = []
-            for lv in levels:
-                v = None
-                for level in lv:
-                    if "scale" in level:
-                        v = evaluate_setting(level["scale"], name, t)
-                        if v is not None:
-                            break
-                if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                    raise ConfigError(f"passthrough 'scale' must be a number, got {v!r} ({name})")
-                scales.append(None if v is None else float(v))
-            return {"scale": scales}
         labels = [self.models[sl.sources[j].model].label for j in positions]
         return resolve_params(self.merge_method, levels, [sl.parameters, self.parameters], labels, name, t)
 
@@ -441,8 +427,6 @@ def parse_config(data: Mapping[str, Any], *, source: str | os.PathLike[str] | No
         )
     if data.get("slices") is not None and data.get("models") is not None:
         raise ConfigError("give either 'models' or 'slices', not both (as in mergekit)")
-    if str(data["merge_method"]).strip().lower() == "passthrough" and not _registered("passthrough"):
-        return _parse_plan_level_passthrough(data, src, base_dir)
     try:
         method = MERGE_METHODS.entry(str(data["merge_method"])).name
     except ValueError as e:
@@ -453,11 +437,18 @@ def parse_config(data: Mapping[str, Any], *, source: str | os.PathLike[str] | No
         _parse_ref(data["base_model"], "base_model", base_dir) if data.get("base_model") is not None else None
     )
     if data.get("slices") is not None:
-        return _parse_sliced(data, method, base, src, base_dir, schema)
+        from orthokit.merge.slices import parse_sliced_config
+
+        return parse_sliced_config(data, method, base, src, base_dir)
     models_raw = data.get("models")
     if not isinstance(models_raw, list) or not models_raw:
         raise ConfigError("'models' must be a non-empty list of {model: PATH, parameters: {...}}")
     models: list[ModelRef] = []
+    from orthokit.merge.slices import base_policy_of
+
+    base_is_input = (
+        base_policy_of(caps) == "ignored"
+    )  # e.g. linear: a listed base is one more input (mergekit)
     for i, entry in enumerate(models_raw):
         where = f"models[{i}]"
         if isinstance(entry, str):
@@ -471,7 +462,7 @@ def parse_config(data: Mapping[str, Any], *, source: str | os.PathLike[str] | No
             raise ConfigError(f"{where}: missing 'model'")
         ref = _parse_ref(entry["model"], f"{where}.model", base_dir)
         ref.parameters = _check_param_keys(entry.get("parameters"), f"{where}.parameters", schema, True)
-        if base is not None and ref.path == base.path and ref.adapter == base.adapter:
+        if base is not None and ref.path == base.path and ref.adapter == base.adapter and not base_is_input:
             continue  # mergekit lists the base among models; it is not a fine-tune
         if ref.adapter is None and ref.path is not None and (ref.path / "adapter_config.json").is_file():
             if base is None:
@@ -506,12 +497,6 @@ def parse_config(data: Mapping[str, Any], *, source: str | os.PathLike[str] | No
     return cfg
 
 
-def _registered(method: str) -> bool:
-    from orthokit.merge.slices import registered
-
-    return registered(method)
-
-
 def _check_input_kinds(method: str, kind: str, base: ModelRef | None, models: Sequence[ModelRef]) -> None:
     """A factor method needs PEFT adapter folders of its kind; a full-weight checkpoint is a one-line error."""
     if kind == "full":
@@ -532,73 +517,6 @@ def _check_input_kinds(method: str, kind: str, base: ModelRef | None, models: Se
                 f"models[{i}]: merge method {method!r} merges LoRA factors (inputs='lora'), but {m.spec!r} is a "
                 "full checkpoint; list PEFT LoRA adapter folders, or use a full-weight method"
             )
-
-
-def _parse_sliced(
-    data: Mapping[str, Any],
-    method: str,
-    base: ModelRef | None,
-    src: Path | None,
-    base_dir: Path | None,
-    schema: MethodSchema | None,
-) -> MergeConfig:
-    from orthokit.merge.slices import parse_slices
-
-    caps = MERGE_METHODS.capabilities(method) if schema is not None else {}
-    if caps.get("inputs", "full") != "full":
-        raise ConfigError(f"merge method {method!r} merges adapter factors and cannot be used with 'slices'")
-
-    def check(params: Any, where: str, per_model: bool) -> dict[str, Any]:
-        if schema is None:  # plan-level passthrough: only mergekit's per-source 'scale'
-            if params is None:
-                return {}
-            if not isinstance(params, Mapping):
-                raise ConfigError(f"{where}: parameters must be a mapping, got {type(params).__name__}")
-            bad = [k for k in params if k not in ("scale", *_IGNORED_PARAMS)]
-            if bad:
-                raise ConfigError(
-                    f"{where}: unknown parameter {bad[0]!r} for merge method 'passthrough'; valid: scale"
-                )
-            return {k: v for k, v in params.items() if k == "scale"}
-        return _check_param_keys(params, where, schema, per_model)
-
-    slices, models = parse_slices(
-        data["slices"],
-        method=method,
-        needs_base=bool(caps.get("needs_base")),
-        base=base,
-        parse_ref=lambda v, w: _parse_ref(v, w, base_dir),
-        check_params=check,
-    )
-    allow_nonfinite = data.get("allow_nonfinite", False)
-    if not isinstance(allow_nonfinite, bool):
-        raise ConfigError(f"allow_nonfinite must be true or false, got {allow_nonfinite!r}")
-    return MergeConfig(
-        merge_method=method,
-        base=base,
-        models=models,
-        parameters=check(data.get("parameters"), "parameters", False),
-        dtype=parse_dtype(data.get("dtype"), "dtype"),
-        out_dtype=parse_dtype(data.get("out_dtype"), "out_dtype"),
-        source=src,
-        raw=dict(data),
-        allow_nonfinite=allow_nonfinite,
-        slices=slices,
-    )
-
-
-def _parse_plan_level_passthrough(
-    data: Mapping[str, Any], src: Path | None, base_dir: Path | None
-) -> MergeConfig:
-    """``merge_method: passthrough`` while no passthrough method is registered: slices only, copied at plan level."""
-    if data.get("slices") is None:
-        raise ConfigError(
-            "merge_method 'passthrough' is only available with 'slices:' here (each slice copies its one source)"
-        )
-    base = (
-        _parse_ref(data["base_model"], "base_model", base_dir) if data.get("base_model") is not None else None
-    )
-    return _parse_sliced(data, "passthrough", base, src, base_dir, None)
 
 
 def load_config(path: str | os.PathLike[str]) -> MergeConfig:

@@ -114,11 +114,7 @@ class MergePlan:
     def describe(self) -> str:
         """The human-readable plan (printed by ``--dry-run``)."""
         c = self.config
-        from orthokit.merge.slices import registered
-
-        plan_level = c.slices is not None and not registered(c.merge_method)
-        head = "passthrough: copied at the plan level (one source per slice, optional per-source scale)"
-        lines = [f"merge_method: {c.merge_method}", head if plan_level else c.schema.describe()]
+        lines = [f"merge_method: {c.merge_method}", c.schema.describe()]
         lines.append(f"inputs: {c.inputs_kind}")
         lines.append(f"base_model: {c.base.spec if c.base else None}")
         for i, m in enumerate(c.models):

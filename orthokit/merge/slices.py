@@ -22,12 +22,13 @@ Semantics follow mergekit 0.1.5 (``mergekit/plan.py``, ``MergePlanner.plan_modul
 * Gradients inside a slice use ``t = k / (n − 1)`` over the slice's own ``n`` layers (``t = 1`` for a one-layer
   slice), exactly as mergekit.
 * Parameters: a source's own ``parameters`` → the slice's ``parameters`` → the top-level ``parameters``.
-* Several sources in one slice are merged with ``merge_method``. For methods with ``needs_base`` the slice's
-  ``base_model`` (else the top-level one) must be one of the sources (matched by path); it becomes the base and
-  the other sources the models. For other methods every source is an input (mergekit's ``linear`` averages all
-  listed sources, the base included).
-* ``passthrough`` copies the single source of each slice (times an optional per-source ``scale``). When no
-  ``passthrough`` method is registered, the copy happens here, at the plan level (which is what mergekit does).
+* Several sources in one slice are merged with ``merge_method``. The slice's ``base_model`` (else the top-level
+  one), matched by path among the sources, becomes the base and the other sources the models — for methods whose
+  registered ``base_policy`` is ``"required"`` (it must be there) or ``"optional"`` (used when there). For
+  ``"ignored"`` methods every source is an input (mergekit's ``linear`` averages all listed sources, the base
+  included).
+* ``passthrough`` (:mod:`orthokit.merge.passthrough`) copies the single source of each slice (times an optional
+  per-source ``scale``).
 
 Example:
     >>> import tempfile, pathlib, torch
@@ -68,6 +69,7 @@ __all__ = [
     "SliceDef",
     "SliceTensor",
     "parse_slices",
+    "parse_sliced_config",
     "layout_slices",
     "is_pre_weight",
     "registered",
@@ -88,6 +90,20 @@ def registered(method: str) -> bool:
     except (KeyError, ValueError):
         return False
     return True
+
+
+def base_policy_of(caps: Mapping[str, Any]) -> str:
+    """A method's ``base_policy`` capability: ``"required"``, ``"optional"`` (used if given) or ``"ignored"``
+    (the base is not special: listed among the models it is one more input, as in mergekit's ``linear``).
+
+    Example:
+        >>> base_policy_of({"needs_base": True}), base_policy_of({"base_policy": "ignored"}), base_policy_of({})
+        ('required', 'ignored', 'optional')
+    """
+    policy = caps.get("base_policy")
+    if policy is None:
+        return "required" if caps.get("needs_base") else "optional"
+    return str(policy)
 
 
 def is_pre_weight(name: str) -> bool:
@@ -158,7 +174,7 @@ def parse_slices(
     raw: Any,
     *,
     method: str,
-    needs_base: bool,
+    base_policy: str,
     base: Any,
     parse_ref: Any,
     check_params: Any,
@@ -231,11 +247,12 @@ def parse_slices(
             )
         sbase = parse_ref(entry["base_model"], f"{where}.base_model") if entry.get("base_model") else base
         base_pos = None
-        if needs_base:
+        if base_policy != "ignored":
             for j, ref in enumerate(refs):
                 if sbase is not None and ref.path == sbase.path and ref.adapter == sbase.adapter:
                     base_pos = j
                     break
+        if base_policy == "required":
             if base_pos is None:
                 what = f"its base model {sbase.spec!r}" if sbase is not None else "a base_model"
                 raise ConfigError(
@@ -252,6 +269,50 @@ def parse_slices(
             SliceDef(sources, base_pos, check_params(entry.get("parameters"), f"{where}.parameters", False))
         )
     return slices, models
+
+
+def parse_sliced_config(
+    data: Mapping[str, Any], method: str, base: Any, src: Path | None, base_dir: Path | None
+) -> Any:
+    """The :class:`~orthokit.merge.config.MergeConfig` of a ``slices:`` config (called by ``parse_config``).
+
+    Raises:
+        ConfigError: a factor method (``inputs`` other than ``"full"``), or any error of :func:`parse_slices`.
+    """
+    from orthokit.merge.config import MergeConfig, _check_param_keys, _parse_ref, parse_dtype
+    from orthokit.merge.registry import MERGE_METHODS, method_schema
+
+    schema = method_schema(method)
+    caps = MERGE_METHODS.capabilities(method)
+    if caps.get("inputs", "full") != "full":
+        raise ConfigError(f"merge method {method!r} merges adapter factors and cannot be used with 'slices'")
+
+    def check(params: Any, where: str, per_model: bool) -> dict[str, Any]:
+        return _check_param_keys(params, where, schema, per_model)
+
+    slices, models = parse_slices(
+        data["slices"],
+        method=method,
+        base_policy=base_policy_of(caps),
+        base=base,
+        parse_ref=lambda v, w: _parse_ref(v, w, base_dir),
+        check_params=check,
+    )
+    allow_nonfinite = data.get("allow_nonfinite", False)
+    if not isinstance(allow_nonfinite, bool):
+        raise ConfigError(f"allow_nonfinite must be true or false, got {allow_nonfinite!r}")
+    return MergeConfig(
+        merge_method=method,
+        base=base,
+        models=models,
+        parameters=check(data.get("parameters"), "parameters", False),
+        dtype=parse_dtype(data.get("dtype"), "dtype"),
+        out_dtype=parse_dtype(data.get("out_dtype"), "out_dtype"),
+        source=src,
+        raw=dict(data),
+        allow_nonfinite=allow_nonfinite,
+        slices=slices,
+    )
 
 
 def layout_slices(

@@ -202,6 +202,41 @@ def test_bit_equal_to_mergekit_yaml(tmp_path: Path, method: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("method", ["slerp", "linear"])
+def test_base_listed_in_models_bit_equal_to_mergekit_yaml(tmp_path: Path, method: str) -> None:
+    """mergekit's own config shapes: slerp lists the base and the other model (t a filtered gradient);
+    linear averages the base when it is listed with a weight."""
+    mk = Path(sys.executable).with_name("mergekit-yaml")
+    if not mk.is_file():
+        pytest.skip("mergekit-yaml not installed")
+    paths = _tiny_llama(tmp_path)
+    lines = [f"merge_method: {method}", f"base_model: {paths[0]}", "models:"]
+    if method == "slerp":
+        lines += [f"  - model: {paths[0]}", f"  - model: {paths[1]}", "parameters:", "  t:"]
+        lines += [
+            "    - {filter: self_attn, value: [0, 0.5, 0.3, 0.7, 1]}",
+            "    - {filter: mlp, value: [1, 0.5, 0]}",
+        ]
+        lines += ["    - value: 0.5"]
+    else:
+        for p, w in zip(paths[:3], ["0.3", "[0.7, 0.1]", "0.5"]):
+            lines += [f"  - model: {p}", f"    parameters: {{weight: {w}}}"]
+    lines += ["dtype: float32"]
+    cfg = tmp_path / "c.yml"
+    cfg.write_text("\n".join(lines) + "\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [str(mk), str(cfg), str(tmp_path / "mk")], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert main([str(cfg), str(tmp_path / "ok"), "--no-progress"]) == 0
+    a, b = open_checkpoint(tmp_path / "ok"), open_checkpoint(tmp_path / "mk")
+    assert sorted(a.keys()) == sorted(b.keys())
+    for k in a.keys():
+        assert torch.equal(a.get(k), b.get(k)), k
+
+
+@pytest.mark.slow
 def test_lora_matches_peft_merge_and_unload(tmp_path: Path) -> None:
     peft = pytest.importorskip("peft")
     transformers = pytest.importorskip("transformers")

@@ -153,3 +153,21 @@ def test_yaml_errors(tmp_path: Path) -> None:
         load_yaml(p)
     with pytest.raises(FileNotFoundError):
         load_yaml(tmp_path / "missing.yml")
+
+
+def test_base_listed_among_models_follows_the_method(models: Path) -> None:
+    """slerp lists the base and one model (the base is the base); linear averages a listed base (mergekit)."""
+    listed = [{"model": str(models / "base"), "parameters": {"weight": 0.3}}, {"model": str(models / "ft0")}]
+    cfg = parse_config(
+        {
+            "merge_method": "slerp",
+            "base_model": str(models / "base"),
+            "models": listed[:1] + [{"model": str(models / "ft0")}],
+            "parameters": {"t": [0, 0.5, 1]},
+        }
+    )
+    assert [m.path for m in cfg.models] == [(models / "ft0").absolute()]
+    assert cfg.resolve("model.layers.1.mlp.w", 0.25)["t"] == 0.25  # gradient [0, 0.5, 1] at t = 0.25
+    cfg = parse_config({"merge_method": "linear", "base_model": str(models / "base"), "models": listed})
+    assert [m.path for m in cfg.models] == [(models / "base").absolute(), (models / "ft0").absolute()]
+    assert cfg.resolve("x")["weights"] == [0.3, 1.0]
