@@ -245,6 +245,10 @@ def _configs(b: Path, f0: Path, f1: Path, f2: Path) -> dict[str, str]:
             f"  - model: {f1}\n    parameters: {{weight: 0.8}}\n  - model: {f2}\n    parameters: {{weight: 0.5}}\n"
             "dtype: bfloat16\n"
         ),
+        "linear_base_listed": (
+            f"merge_method: linear\nbase_model: {b}\nmodels:\n  - model: {b}\n    parameters: {{weight: 0.3}}\n"
+            f"  - model: {f0}\n    parameters: {{weight: 0.5}}\ndtype: float32\n"
+        ),
         "karcher": f"merge_method: karcher\nmodels:\n  - model: {f0}\n  - model: {f1}\n  - model: {f2}\ndtype: float32\n",
         "nearswap": (
             f"merge_method: nearswap\nbase_model: {b}\nmodels:\n  - model: {b}\n  - model: {f0}\n"
