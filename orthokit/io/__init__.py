@@ -3,6 +3,7 @@
 * :mod:`orthokit.io.safetensors_io` — lazy memory-mapped safetensors readers (single file, sharded index,
   Hugging Face folder, PEFT LoRA adapter) and a streaming, sharded, atomic writer.
 * :mod:`orthokit.io.config` — YAML loading with clear errors (duplicate keys, syntax errors with line numbers).
+* :mod:`orthokit.io.oft` — PEFT OFT adapter folders (block rotations; applied lazily like LoRA).
 * :mod:`orthokit.io.model_card` — output ``config.json`` fix-ups (dtype, layer count) and the README model card.
 
 Example:
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from orthokit.io.config import ConfigError, load_yaml
 from orthokit.io.model_card import model_card, update_output_config
+from orthokit.io.oft import OftAdapter, OftAppliedCheckpoint
 from orthokit.io.safetensors_io import (
     INDEX_NAME,
     LoraAdapter,
@@ -38,6 +40,8 @@ __all__ = [
     "INDEX_NAME",
     "LoraAdapter",
     "LoraAppliedCheckpoint",
+    "OftAdapter",
+    "OftAppliedCheckpoint",
     "SafetensorsError",
     "SafetensorsFile",
     "ShardedCheckpoint",

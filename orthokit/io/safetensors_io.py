@@ -464,7 +464,7 @@ class LoraAdapter:
             raise SafetensorsError(f"{cfg_path}: not valid JSON ({e})") from None
         ptype = str(cfg.get("peft_type", "LORA")).upper()
         if ptype != "LORA":
-            raise SafetensorsError(f"{cfg_path}: peft_type {ptype!r} is not supported (only LORA)")
+            raise SafetensorsError(f"{cfg_path}: peft_type {ptype!r} is not supported (LORA and OFT are)")
         if cfg.get("use_dora"):
             raise SafetensorsError(f"{cfg_path}: DoRA adapters (use_dora: true) are not supported")
         wfile = folder / ADAPTER_WEIGHTS
@@ -644,8 +644,8 @@ def open_checkpoint(
     """Open any supported checkpoint location as a lazy :class:`TensorSource`.
 
     Accepted: a ``.safetensors`` file; a ``*.index.json``; a folder holding ``model.safetensors.index.json``,
-    ``model.safetensors`` or exactly one ``*.safetensors``; a PEFT LoRA adapter folder (``adapter_config.json``),
-    applied to ``base`` (a path or an open source; falls back to the adapter's ``base_model_name_or_path`` when
+    ``model.safetensors`` or exactly one ``*.safetensors``; a PEFT LoRA or OFT adapter folder
+    (``adapter_config.json``; OFT: :mod:`orthokit.io.oft`), applied to ``base`` (a path or an open source; falls back to the adapter's ``base_model_name_or_path`` when
     that is an existing local folder).
 
     Raises:
@@ -662,7 +662,10 @@ def open_checkpoint(
             return SafetensorsFile(p)
         raise SafetensorsError(f"{p}: unsupported checkpoint file (expected .safetensors or an index .json)")
     if (p / ADAPTER_CONFIG).is_file():
-        adapter = LoraAdapter.load(p)
+        from orthokit.io.oft import OftAdapter, OftAppliedCheckpoint, peft_type
+
+        is_oft = peft_type(_inside(p, ADAPTER_CONFIG).parent) == "OFT"
+        adapter: Any = OftAdapter.load(p) if is_oft else LoraAdapter.load(p)
         if base is None:
             guess = adapter.base_model_name_or_path
             if guess and Path(guess).is_dir():
@@ -673,7 +676,7 @@ def open_checkpoint(
                     "explicitly (config: 'model: BASE+ADAPTER', or base_model)"
                 )
         src = base if not isinstance(base, (str, os.PathLike)) else open_checkpoint(base)
-        return LoraAppliedCheckpoint(src, adapter)
+        return OftAppliedCheckpoint(src, adapter) if is_oft else LoraAppliedCheckpoint(src, adapter)
     if (p / INDEX_NAME).is_file():
         return ShardedCheckpoint(_inside(p, INDEX_NAME))
     if (p / SINGLE_NAME).is_file():

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from orthokit._fs import check_output_target, check_replaceable, resolve_inside
 from orthokit.io.model_card import model_card, update_output_config
+from orthokit.io.oft import apply_block_rotation
 from orthokit.io.safetensors_io import SafetensorsError, StreamingShardWriter, atomic_output_dir
 from orthokit.merge.config import MergeConfig, load_config, parse_dtype
 from orthokit.merge.plan import MergePlan, TensorTask, build_plan
@@ -265,7 +266,7 @@ def _copied_tensor(task: TensorTask, plan: MergePlan) -> Tensor:
         return plan.models[ref[0]].get(ref[1])
     src0 = plan.base if plan.base is not None else plan.models[0]
     r = src0.get(name)
-    if task.factors is not None or plan.config.inputs_kind == "lora":
+    if task.factors is not None or plan.config.inputs_kind != "full":
         return r  # an adapter does not change a tensor it does not target
     for m, src in zip(plan.config.models, plan.models):
         if not torch.equal(src.get(name), r):
@@ -292,6 +293,18 @@ def _merge_task(task: TensorTask, plan: MergePlan, fn: Any, dev: torch.device | 
         b = plan.models[bs[0]].get(bs[1]).to(device=dev, dtype=cd) if bs is not None else None
         return fn(b, fts, **task.params, **_method_kwargs(cfg.merge_method, name, seed, dev))
     kw = cfg.resolve(name, task.t)
+    if task.factors is not None and cfg.inputs_kind == "orthogonal":  # OFT rotations → W0 · blockdiag(R*)ᵀ
+        assert plan.base is not None
+        rots = [plan.models[i].adapter.rotations(name, cd).to(dev) for i in task.factors]  # type: ignore[attr-defined]
+        shapes = {tuple(r.shape) for r in rots}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"tensor {name!r}: the OFT adapters use different blocks {sorted(shapes)}; cannot merge"
+            )
+        kw = _subset_per_model(kw, cfg.merge_method, task.factors)
+        rot = fn(None, rots, **kw, **_method_kwargs(cfg.merge_method, name, seed, dev))
+        w0 = plan.base.get(name).to(device=dev, dtype=torch.float64)
+        return apply_block_rotation(w0, rot.to(torch.float64)).to(cd)
     if task.factors is not None:  # LoRA-factor method: (A, B) pairs of the adapters targeting this tensor
         assert plan.base is not None
         b = plan.base.get(name).to(device=dev, dtype=cd)

@@ -27,10 +27,9 @@ option with no effect on results).
 
 Instead of ``models``, mergekit's ``slices:`` (layer ranges, frankenmerges) may be given: see
 :mod:`orthokit.merge.slices`. Any other key — including mergekit's ``modules``, ``tokenizer``, ``chat_template`` —
-is an error that names it. Factor methods (registered with ``inputs="lora"``, e.g. ``do_merging``) need every
-model to be a PEFT LoRA adapter folder and a ``base_model``; ``inputs="orthogonal"`` methods (``orthomerge_oft``)
-are not run from folders (PEFT stores OFT in a parametrisation orthokit does not decode) — both are checked here,
-so ``--dry-run`` reports a mismatch. Paths are resolved against the current directory, then against the config file's folder; ``@revision``
+is an error that names it. Factor methods (registered with ``inputs="lora"``, e.g. ``do_merging``, or
+``inputs="orthogonal"``, e.g. ``orthomerge_oft``) need a ``base_model`` and every model to be a PEFT adapter
+folder (LoRA, resp. OFT: checked when the plan opens them), so ``--dry-run`` reports a mismatch. Paths are resolved against the current directory, then against the config file's folder; ``@revision``
 references and hub ids are rejected (the tool is offline).
 
 Example:
@@ -501,21 +500,16 @@ def _check_input_kinds(method: str, kind: str, base: ModelRef | None, models: Se
     """A factor method needs PEFT adapter folders of its kind; a full-weight checkpoint is a one-line error."""
     if kind == "full":
         return
-    if kind == "orthogonal":
-        raise ConfigError(
-            f"merge method {method!r} merges orthogonal (OFT) factors; PEFT OFT folders store them in a "
-            "parametrisation orthokit does not decode, so it runs only from Python (orthokit.merge."
-            f"{method}) — the CLI cannot feed it {models[0].spec!r}"
-        )
+    what = "LoRA" if kind == "lora" else "OFT (orthogonal)"
     if base is None:
         raise ConfigError(
-            f"merge method {method!r} merges LoRA factors and needs 'base_model' (the frozen W0)"
+            f"merge method {method!r} merges {what} factors and needs 'base_model' (the frozen W0)"
         )
     for i, m in enumerate(models):
         if m.adapter is None:
             raise ConfigError(
-                f"models[{i}]: merge method {method!r} merges LoRA factors (inputs='lora'), but {m.spec!r} is a "
-                "full checkpoint; list PEFT LoRA adapter folders, or use a full-weight method"
+                f"models[{i}]: merge method {method!r} merges {what} factors (inputs={kind!r}), but {m.spec!r} is "
+                f"a full checkpoint; list PEFT {what.split()[0]} adapter folders, or use a full-weight method"
             )
 
 

@@ -181,7 +181,7 @@ def build_plan(config: MergeConfig, max_shard_bytes: int | None = None) -> Merge
         return _build_sliced(config, max_shard_bytes)
     base = open_ref(config.base) if config.base is not None else None
     models: list[TensorSource] = []
-    lora = config.inputs_kind == "lora"
+    lora = config.inputs_kind in ("lora", "orthogonal")
     try:
         for m in config.models:
             models.append(open_ref(m))
@@ -264,16 +264,21 @@ def build_plan(config: MergeConfig, max_shard_bytes: int | None = None) -> Merge
 
 
 def _lora_targets(name: str, config: MergeConfig, models: list[TensorSource]) -> list[int]:
-    """Indices of the models whose LoRA adapter has factors for ``name`` (factor methods)."""
+    """Indices of the models whose adapter (LoRA or OFT, as the method's ``inputs`` says) targets ``name``."""
     out = []
+    kind = config.inputs_kind
     for i, (m, src) in enumerate(zip(config.models, models)):
         adapter = getattr(src, "adapter", None)
-        if adapter is None:  # pragma: no cover - parse_config guarantees adapters
-            raise ConfigError(f"model {m.spec!r} is not a LoRA adapter")
+        if adapter is None or not hasattr(adapter, "factors" if kind == "lora" else "rotations"):
+            want = "a PEFT LoRA" if kind == "lora" else "a PEFT OFT"
+            raise ConfigError(
+                f"model {m.spec!r} is not {want} adapter folder, which merge method {config.merge_method!r} "
+                f"(inputs={kind!r}) needs"
+            )
         if name in adapter.replacements:
             raise ConfigError(
-                f"LoRA adapter {m.spec!r} replaces {name!r} in full (PEFT modules_to_save); merge method "
-                f"{config.merge_method!r} merges only LoRA factors — use a full-weight method"
+                f"adapter {m.spec!r} replaces {name!r} in full (PEFT modules_to_save); merge method "
+                f"{config.merge_method!r} merges only adapter factors — use a full-weight method"
             )
         if name in adapter.deltas:
             out.append(i)

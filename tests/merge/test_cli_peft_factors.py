@@ -37,9 +37,29 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if name == "lora1":
             merged = pm.merge_and_unload().state_dict()
             torch.save({k: v.clone() for k, v in merged.items()}, root / "lora1_merged.pt")
-    model = transformers.LlamaForCausalLM.from_pretrained(root / "base")
-    ocfg = peft.OFTConfig(r=0, oft_block_size=4, target_modules=["q_proj"], init_weights=False)
-    peft.get_peft_model(model, ocfg).save_pretrained(root / "oft1")
+    for name, neumann, seed in (("oft1", True, 20), ("oft_exact1", False, 21), ("oft_exact2", False, 22)):
+        torch.manual_seed(seed)
+        model = transformers.LlamaForCausalLM.from_pretrained(root / "base")
+        ocfg = peft.OFTConfig(
+            r=0,
+            oft_block_size=4,
+            target_modules=["q_proj", "v_proj"] if name != "oft_exact2" else ["q_proj", "up_proj"],
+            init_weights=False,
+            use_cayley_neumann=neumann,
+        )
+        pm = peft.get_peft_model(model, ocfg)
+        pm.save_pretrained(root / name)
+        rots = {  # PEFT's own block-diagonal rotation of every targeted layer
+            f"{n.removeprefix('base_model.model.')}.weight": mod.oft_R["default"]
+            .get_weight()
+            .detach()
+            .clone()
+            for n, mod in pm.named_modules()
+            if hasattr(mod, "oft_R") and "default" in getattr(mod, "oft_R", {})
+        }
+        torch.save(rots, root / f"{name}_rot.pt")
+        merged = pm.merge_and_unload().state_dict()
+        torch.save({k: v.clone() for k, v in merged.items()}, root / f"{name}_merged.pt")
     return root
 
 
@@ -129,21 +149,76 @@ def test_dry_run_catches_input_kind_mismatches(
         f"merge_method: do_merging\nmodels:\n  - model: {folders / 'lora1'}+{folders / 'lora1'}\n"
     )
     assert main([str(nobase), str(tmp_path / "o2"), "--dry-run"]) == 1
-    oft = tmp_path / "oft.yml"  # an orthogonal-factor method cannot be fed from folders
+    oft = tmp_path / "oft.yml"  # an orthogonal-factor method given a LoRA folder
     oft.write_text(
-        f"merge_method: orthomerge_oft\nbase_model: {folders / 'base'}\nmodels:\n  - model: {folders / 'oft1'}\n"
+        f"merge_method: orthomerge_oft\nbase_model: {folders / 'base'}\nmodels:\n  - model: {folders / 'lora1'}\n"
     )
     capsys.readouterr()
     assert main([str(oft), str(tmp_path / "o3"), "--dry-run"]) == 1
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "orthogonal (OFT) factors" in err
+    assert len(err.splitlines()) == 1 and "is not a PEFT OFT adapter folder" in err
+    oft.write_text(oft.read_text().replace("lora1", "oft1").replace("orthomerge_oft", "do_merging"))
+    assert (
+        main([str(oft), str(tmp_path / "o3"), "--dry-run"]) == 1
+    )  # a LoRA-factor method given an OFT folder
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not a PEFT LoRA adapter folder" in err
     ok = tmp_path / "ok.yml"  # a full-weight method given LoRA folders applies them (W + s·BA): accepted
     ok.write_text(
         f"merge_method: task_arithmetic\nbase_model: {folders / 'base'}\nmodels:\n  - model: {folders / 'lora1'}\n"
     )
     assert main([str(ok), str(tmp_path / "o4"), "--dry-run"]) == 0
     assert "inputs: full" in capsys.readouterr().out
-    ok.write_text(ok.read_text().replace("lora1", "oft1"))  # ... but an OFT folder is not a LoRA delta
-    assert main([str(ok), str(tmp_path / "o5"), "--dry-run"]) == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "peft_type 'OFT' is not supported" in err
+
+
+def _blocks(full: torch.Tensor, b: int = 4) -> torch.Tensor:
+    """The diagonal b×b blocks of PEFT's block-diagonal rotation."""
+    n = full.shape[0] // b
+    return torch.stack([full[i * b : (i + 1) * b, i * b : (i + 1) * b] for i in range(n)])
+
+
+def test_orthomerge_oft_from_peft_folders_end_to_end(folders: Path, tmp_path: Path) -> None:
+    from orthokit.merge.orthomerge import orthomerge_oft
+
+    cfg = tmp_path / "oft.yml"
+    cfg.write_text(
+        f"merge_method: orthomerge_oft\nbase_model: {folders / 'base'}\nmodels:\n"
+        f"  - model: {folders / 'oft_exact1'}\n    parameters: {{weight: 1.0}}\n"
+        f"  - model: {folders / 'oft_exact2'}\n    parameters: {{weight: 0.5}}\n"
+        "parameters: {lambda: 0.9}\ndtype: float64\nout_dtype: float32\n"
+    )
+    assert main([str(cfg), str(tmp_path / "out"), "--no-progress"]) == 0
+    out, base = open_checkpoint(tmp_path / "out"), open_checkpoint(folders / "base")
+    rots = [torch.load(folders / f"oft_exact{i}_rot.pt") for i in (1, 2)]
+    n_merged = 0
+    for k in base.keys():
+        have = [(w, _blocks(r[k].double())) for w, r in zip((1.0, 0.5), rots) if k in r]
+        if not have:
+            assert torch.equal(out.get(k), base.get(k)), k
+            continue
+        merged = orthomerge_oft(None, [r for _, r in have], weights=[w for w, _ in have], lambda_=0.9)
+        want = base.get(k).double() @ torch.block_diag(*merged).T  # PEFT's merge rule: (R Wᵀ)ᵀ
+        torch.testing.assert_close(out.get(k), want.float(), rtol=1e-5, atol=1e-6)
+        n_merged += 1
+    assert n_merged == 6  # q_proj (both), v_proj (first), up_proj (second), two layers each
+
+
+@pytest.mark.parametrize(
+    ("method", "folder"),
+    [("orthomerge_oft", "oft_exact1"), ("task_arithmetic", "oft1"), ("ties", "oft_exact2")],
+)
+def test_one_oft_adapter_equals_peft_merge_and_unload(
+    folders: Path, tmp_path: Path, method: str, folder: str
+) -> None:
+    """One OFT adapter merged alone (orthomerge_oft) or applied by a full-weight method (the Neumann-series
+    adapter included) gives PEFT's merge_and_unload."""
+    cfg = tmp_path / "c.yml"
+    extra = "parameters: {density: 1.0}\n" if method == "ties" else ""
+    cfg.write_text(
+        f"merge_method: {method}\nbase_model: {folders / 'base'}\nmodels:\n  - model: {folders / folder}\n{extra}"
+    )
+    assert main([str(cfg), str(tmp_path / "out"), "--no-progress"]) == 0
+    ref = torch.load(folders / f"{folder}_merged.pt")
+    out = open_checkpoint(tmp_path / "out")
+    for k in out.keys():
+        torch.testing.assert_close(out.get(k), ref[k], rtol=1e-5, atol=1e-6)
