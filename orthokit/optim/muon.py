@@ -98,8 +98,9 @@ class Muon(OrthogonalOptimizer):
         momentum_convention: ``"ema"`` (torch/Keller buffer) or ``"sum"`` (Moonlight/Dion buffer).
         weight_decay: decoupled λ (0.0, Keller's default; Moonlight uses 0.1): ``W ← W(1 − ηλ)``.
         ns_method: ``orthokit.polar`` method (``"polar_express"``; ``"svd"``, ``"eigh"``, ...) or a Newton–Schulz
-            schedule name (``"keller"`` = torch/Keller NS5, ``"quintic"``, ``"cans"``, ...). The normalization
-            (safety factor and ε) belongs to the method/schedule, so Muon has no separate ``eps``.
+            schedule name (``"keller"`` = torch/Keller NS5, ``"quintic"``, ...; ``"cans"`` and ``"cubic5"`` are
+            refused, see :mod:`orthokit.optim._schedule_safety`). The normalization (safety factor and ε) belongs
+            to the method/schedule, so Muon has no separate ``eps``.
         ns_steps: polar iterations (None → the method's default, 5 for Polar Express).
         ns_dtype: iteration dtype: ``"auto"`` (bf16 on GPU; on CPU whichever of fp32/bf16 measured faster on this
             host for the shape class, probed once per process — :mod:`orthokit.linalg.dispatch`;

@@ -269,8 +269,10 @@ def resolve_polar_method(method: str) -> tuple[str, dict[str, Any]]:
     """Map an orthogonalizer name to ``(orthokit.polar method, options)``.
 
     ``method`` is either a polar method (``"polar_express"``, ``"newton_schulz"``, ``"svd"``, ``"eigh"``,
-    ``"qr"``) or a Newton–Schulz schedule name (``"keller"``, ``"quintic"``, ``"cans"``, ``"deepseek_v4"``,
-    ``"cubic5"``, ``"polar_express_8"``) which selects ``method="newton_schulz", schedule=<name>``.
+    ``"qr"``) or a Newton–Schulz schedule name (``"keller"``, ``"quintic"``, ``"deepseek_v4"``,
+    ``"polar_express_8"``) which selects ``method="newton_schulz", schedule=<name>``. Schedules whose scalar map
+    leaves (0, 1.5] when σ is 2⁻⁸ above 1 (``"cans"``, ``"cubic5"``) are refused
+    (:mod:`orthokit.optim._schedule_safety`), as are schedules marked unsafe.
 
     Example:
         >>> resolve_polar_method("keller")
