@@ -222,3 +222,25 @@ def test_one_oft_adapter_equals_peft_merge_and_unload(
     out = open_checkpoint(tmp_path / "out")
     for k in out.keys():
         torch.testing.assert_close(out.get(k), ref[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("coft", True), ("bias", "all"), ("modules_to_save", ["lm_head"])]
+)
+def test_unsupported_oft_options_are_one_line_errors(
+    folders: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, value: object
+) -> None:
+    import shutil
+
+    shutil.copytree(folders / "oft_exact1", tmp_path / "ad")
+    conf = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
+    conf[key] = value
+    (tmp_path / "ad" / "adapter_config.json").write_text(json.dumps(conf))
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(
+        f"merge_method: orthomerge_oft\nbase_model: {folders / 'base'}\nmodels:\n  - model: {tmp_path / 'ad'}\n"
+    )
+    capsys.readouterr()
+    assert main([str(cfg), str(tmp_path / "out"), "--dry-run"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"OFT with {key}=" in err and "not supported" in err
