@@ -54,12 +54,18 @@ import torch
 from torch import nn
 from transformers import TrainerCallback, get_scheduler
 
+from orthokit.integrations.hf_optim import optimizer_for_trainer
 from orthokit.projection._wrapper import WrappedOptimizer, check_where_mode
 from orthokit.projection.memory import SubspaceMemory, warn_uncovered
 from orthokit.projection.projected import Projected
 from orthokit.projection.registry import ProjectionMethod
 
-__all__ = ["ProjectionCallback", "projected_optimizer_for_trainer", "PROJECTION_FILE"]
+__all__ = [
+    "ProjectionCallback",
+    "projected_optimizer_for_trainer",
+    "optimizer_for_trainer",
+    "PROJECTION_FILE",
+]
 
 PROJECTION_FILE = "orthokit_projection.pt"
 _FORMAT = "orthokit.projection/1"

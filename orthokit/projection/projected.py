@@ -170,7 +170,9 @@ class Projected(WrappedOptimizer):
                 "memory and the optimizer built on different models (e.g. a copy)?"
             )
         frozen = [p for p in frozen if id(p) in in_opt]
-        if self.warn_uncovered and not self._coverage_checked:
+        if getattr(self, "warn_uncovered", True) and not getattr(
+            self, "_coverage_checked", False
+        ):  # old pickles
             self._coverage_checked = True
             ids = {id(p) for p in protected} | {id(p) for p in frozen}
             names = self.memory._param_names
