@@ -309,14 +309,38 @@ def compare_outputs(ours: Path, ref: Path, method: str) -> dict[str, Any]:
     return res
 
 
+#: methods whose two implementations draw different random masks (outputs compared by L1 mass only)
+RANDOM_METHODS = frozenset({"dare_ties", "dare_linear", "della", "della_linear"})
+#: the methods added for mergekit parity (issue 10); timed with the same protocol as ``METHODS``
+PARITY_METHODS = ("linear", "slerp", "model_stock", "della")
+
+
 def _yaml(method: str, base: Path, fts: Sequence[Path]) -> str:
-    lines = [f"merge_method: {method}", f"base_model: {base.absolute()}", "models:"]
+    """The YAML both tools run: 3 fine-tunes (fp32, weight 1) over the base; per-method parameters —
+    TA/TIES/DARE/DELLA λ 0.4, density 0.2 (DELLA ε 0.1); linear = the normalized mean of the fine-tunes;
+    slerp = base → first fine-tune at t 0.5; model_stock = base + the 3 fine-tunes."""
+    b = base.absolute()
+    if method == "slerp":
+        return (
+            f"merge_method: slerp\nbase_model: {b}\nmodels:\n  - model: {b}\n  - model: {fts[0].absolute()}\n"
+            "parameters: {t: 0.5}\ndtype: float32\n"
+        )
+    lines = [f"merge_method: {method}"]
+    if method != "linear":
+        lines.append(f"base_model: {b}")
+    lines.append("models:")
+    per = {
+        "task_arithmetic": "{weight: 1.0}",
+        "linear": "{weight: 1.0}",
+        "model_stock": None,
+        "della": "{weight: 1.0, density: 0.2, epsilon: 0.1}",
+    }.get(method, "{weight: 1.0, density: 0.2}")
     for f in fts:
         lines.append(f"  - model: {f.absolute()}")
-        lines.append(
-            "    parameters: {weight: 1.0" + (", density: 0.2}" if method != "task_arithmetic" else "}")
-        )
-    lines.append("parameters: {lambda: 0.4}")
+        if per is not None:
+            lines.append(f"    parameters: {per}")
+    if method not in ("linear", "model_stock"):
+        lines.append("parameters: {lambda: 0.4}")
     lines.append("dtype: float32")
     return "\n".join(lines) + "\n"
 
@@ -337,9 +361,12 @@ def run_speed(
     keep_outputs: bool = False,
     log: Any = print,
     checkpoint: Any = None,
+    rounds: int = 1,
 ) -> dict[str, Any]:
     """Run the speed/memory comparison; returns a results dict (rows per size × method × tool).
 
+    With ``rounds > 1`` the two tools run in interleaved rounds (alternating which goes first) and each row
+    holds the median wall time and median peak memories over the rounds (the ratios are ratios of medians).
     ``checkpoint(partial_results)`` is called after every method so long runs leave partial results behind.
     """
     work = Path(work)
@@ -384,23 +411,28 @@ def run_speed(
             out_mk = work / f"out_{size}_{method}_mergekit"
             for d in (out_ok, out_mk):
                 shutil.rmtree(d, ignore_errors=True)
-            runs = {}
+            cmds: dict[str, list[str]] = {}
             if mk_size is not None:
-                runs["mergekit"] = measure([mk_size, str(cfg), str(out_mk), "--random-seed", "0"], env=env)
-            runs["orthokit"] = measure(
-                [
-                    sys.executable,
-                    "-m",
-                    "orthokit.cli",
-                    "merge",
-                    str(cfg),
-                    str(out_ok),
-                    "--no-progress",
-                    "--seed",
-                    "0",
-                ],
-                env=env,
-            )
+                cmds["mergekit"] = [mk_size, str(cfg), str(out_mk), "--random-seed", "0"]
+            cmds["orthokit"] = [
+                sys.executable,
+                "-m",
+                "orthokit.cli",
+                "merge",
+                str(cfg),
+                str(out_ok),
+                "--no-progress",
+                "--seed",
+                "0",
+            ]
+            outs = {"mergekit": out_mk, "orthokit": out_ok}
+            per_round: dict[str, list[dict[str, Any]]] = {t: [] for t in cmds}
+            for rnd in range(max(1, rounds)):
+                order = list(cmds) if rnd % 2 == 0 else list(cmds)[::-1]  # interleaved, alternating first
+                for tool in order:
+                    shutil.rmtree(outs[tool], ignore_errors=True)  # the last round's outputs are compared
+                    per_round[tool].append(measure(cmds[tool], env=env))
+            runs = {tool: _median_run(rs) for tool, rs in per_round.items()}
             cmp = None
             if mk_size is not None and runs["mergekit"]["rc"] == 0 and runs["orthokit"]["rc"] == 0:
                 cmp = compare_outputs(out_ok, out_mk, method)
@@ -423,6 +455,11 @@ def run_speed(
                 log(
                     f"[merge bench] {size:10s} {method:15s} {tool:9s} {r['wall_s']:7.2f} s  "
                     f"anon {r['peak_anon_bytes'] / 1e6:7.0f} MB  file {r['peak_file_bytes'] / 1e6:7.0f} MB"
+                    + (
+                        f"  (median of {len(r['rounds_wall_s'])} rounds)"
+                        if len(r["rounds_wall_s"]) > 1
+                        else ""
+                    )
                 )
             if cmp is not None:
                 log(f"[merge bench]   equality vs mergekit: {json.dumps(cmp)}")
@@ -442,11 +479,25 @@ def run_speed(
     return {"rows": rows, "notes": notes, "threads": threads, "machine": machine_info(), "mergekit": mk}
 
 
+def _median_run(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One tool's rounds summarized: median wall time and peak memories (a failed round makes the row fail)."""
+    import statistics
+
+    bad = [r for r in runs if r["rc"] != 0]
+    if bad:
+        return {**bad[0], "rounds_wall_s": [r["wall_s"] for r in runs]}
+    out = dict(runs[-1])
+    for k in ("wall_s", "peak_anon_bytes", "peak_file_bytes", "peak_rss_bytes"):
+        out[k] = statistics.median(r[k] for r in runs)
+    out["rounds_wall_s"] = [r["wall_s"] for r in runs]
+    return out
+
+
 def _eq_text(row: dict[str, Any]) -> str:
     e = row.get("equality")
     if not e:
         return "–"
-    if row["method"] == "dare_ties":
+    if row["method"] in RANDOM_METHODS:
         return f"different RNG; L1 ratio {e['l1_ratio']:.4f}"
     if e["tensors_not_bit_equal"] == 0:
         return "bit-equal"
@@ -466,7 +517,10 @@ def markdown(res: dict[str, Any], level: int = 1) -> str:
                 f"{r['params'] / 1e6:.1f} M",
                 r["method"],
                 r["tool"],
-                "FAILED" if r["rc"] else f"{r['wall_s']:.2f}",
+                "FAILED"
+                if r["rc"]
+                else f"{r['wall_s']:.2f}"
+                + (f" (median of {len(r['rounds_wall_s'])})" if len(r.get("rounds_wall_s", [])) > 1 else ""),
                 f"{r['peak_anon_bytes'] / 1e6:.0f}",
                 f"{r['peak_file_bytes'] / 1e6:.0f}",
                 f"{ratio_t:.2f}×" if ratio_t else "",
@@ -478,10 +532,14 @@ def markdown(res: dict[str, Any], level: int = 1) -> str:
     text = [
         f"{h} Merge speed and memory: orthokit vs mergekit-yaml",
         "",
-        f"Same YAML for both tools (fp32, weights 1, density 0.2, λ 0.4, 3 fine-tunes), default options, "
+        "Same YAML for both tools (fp32, weights 1, density 0.2, λ 0.4, 3 fine-tunes; linear: the normalized "
+        "mean of the 3 fine-tunes; slerp: base → first fine-tune at t 0.5; model_stock: base + 3 fine-tunes; "
+        f"della: ε 0.1), default options, "
         f"{res['threads']} threads, each merge in its own subprocess; peak RssAnon/RssFile polled every 20 ms. "
         f"torch {m['torch']}, {m['cpu_count']} CPUs. Ratios are orthokit / mergekit in the same run "
-        "(goals: task arithmetic ≤ 1.0×, TIES ≤ 0.5×, anonymous memory ≤ 1.0×).",
+        "(goals: task arithmetic ≤ 1.0×, TIES ≤ 0.5×, linear/slerp/model_stock/della ≤ 0.5×, anonymous memory "
+        "≤ 1.0×). Rows timed in several rounds ran the two tools interleaved (alternating which went first) and "
+        "show medians; their ratios are ratios of medians.",
         "",
         md_table(
             [
@@ -550,6 +608,19 @@ def demo(out_dir: Path) -> Section:
     )
 
 
+def _load_rows(path: Path) -> dict[str, Any] | None:
+    """The previous results at ``path`` (None if missing); raises a one-line ValueError if unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--update: {path} is not valid JSON ({e.msg})") from None
+    if not isinstance(old, dict) or not isinstance(old.get("rows"), list):
+        raise ValueError(f"--update: {path} has no 'rows' list")
+    return old
+
+
 def main(argv: list[str] | None = None) -> int:
     """``orthokit bench merge [--quick] [--only speed|quality] [--sizes ...] [--work DIR] [--out DIR]``."""
     ap = argparse.ArgumentParser(prog="orthokit bench merge", description=__doc__.split("\n\n")[0])
@@ -558,7 +629,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--sizes", nargs="+", choices=SIZES, default=None, help="input sets (default: all; quick: minilm)"
     )
-    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--methods", nargs="+", default=[*METHODS, *PARITY_METHODS])
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="interleaved rounds per method (rows: medians over rounds)"
+    )
+    ap.add_argument(
+        "--update",
+        action="store_true",
+        help="keep the rows of (inputs, method) pairs not re-run from an existing <out>/<stem>.json",
+    )
     ap.add_argument("--work", default=str(DEFAULT_WORK), help="scratch folder for generated checkpoints")
     add_out_argument(ap)
     ap.add_argument("--threads", type=int, default=2)
@@ -578,6 +657,16 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write_json(out / f"{stem}.json", partial)
             atomic_write_text(out / f"{stem}.md", markdown(partial))
 
+        old = _load_rows(out / f"{stem}.json") if args.update else None
+
+        def merged(partial: dict[str, Any]) -> dict[str, Any]:
+            if old is None:
+                return partial
+            done = {(r["size"], r["method"]) for r in partial["rows"]}
+            keep = [r for r in old["rows"] if (r["size"], r["method"]) not in done]
+            notes = [n for n in old.get("notes", []) if n not in partial["notes"]] + partial["notes"]
+            return {**partial, "rows": keep + partial["rows"], "notes": notes}
+
         res = run_speed(
             sizes,
             args.methods,
@@ -585,8 +674,10 @@ def main(argv: list[str] | None = None) -> int:
             threads=args.threads,
             with_mergekit=not args.no_mergekit,
             keep_outputs=args.keep_outputs,
-            checkpoint=save,
+            checkpoint=lambda partial: save(merged(partial)),
+            rounds=args.rounds,
         )
+        res = merged(res)
         res["quick"] = bool(args.quick)
         atomic_write_json(out / f"{stem}.json", res)
         atomic_write_text(out / f"{stem}.md", markdown(res))

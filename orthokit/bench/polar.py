@@ -185,16 +185,24 @@ def _fmt(x: float, nd: int = 3) -> str:
     return f"{x:.{nd}f}"
 
 
-def run(quick: bool = False, out_dir: Path | None = None, threads: int | None = None) -> dict:
+def run(
+    quick: bool = False, out_dir: Path | None = None, threads: int | None = None, demo: bool = False
+) -> dict:
     """Run the benchmark; return the results dict and write ``polar{,_quick}.{md,json,png}`` into ``out_dir``
-    (default ``./orthokit_results``); the written paths are in ``results["files"]``."""
+    (default ``./orthokit_results``); the written paths are in ``results["files"]``.
+
+    ``demo=True`` (implies quick; ``make demo``): the four synthetic 256² matrices only, bf16 iterations only
+    for torch's anchor and the default (every schedule in fp32), no momentum/batched/Gram sections — about a
+    CPU-minute where bf16 is slow (the quick run measured 5.4 CPU-minutes on this AVX2 host)."""
+    quick = quick or demo
     if threads:
         torch.set_num_threads(threads)
     out_dir = results_dir(out_dir)
     t_start = time.perf_counter()
     sizes = _quick_sizes() if quick else [(256, 256), (768, 768), (1024, 4096), (2048, 2048), (2048, 8192)]
-    mats = test_matrices(sizes)
-    mats.update(momentum_matrices(steps=10 if quick else 30))
+    mats = test_matrices([(256, 256)] if demo else sizes)
+    if not demo:
+        mats.update(momentum_matrices(steps=10 if quick else 30))
     methods = _methods()
     dtypes = [torch.bfloat16, torch.float32]
     repeats = 3 if quick else 5
@@ -209,6 +217,12 @@ def run(quick: bool = False, out_dir: Path | None = None, threads: int | None = 
         for dt in dtypes:
             for meth in methods:
                 if dt not in meth.dtypes:
+                    continue
+                if (
+                    demo
+                    and dt == torch.bfloat16
+                    and not meth.name.startswith(("torch", "orthokit polar (default"))
+                ):
                     continue
                 key = f"{meth.name}|{dt}"
                 fn = lambda meth=meth, dt=dt, G=G: meth.fn(G, dt)  # noqa: E731
@@ -231,8 +245,8 @@ def run(quick: bool = False, out_dir: Path | None = None, threads: int | None = 
             rec["anchor_time_s"] = med[anchor_key] if anchor_key else None
             rec["ratio_vs_torch_bf16"] = ratios.get(key)
             rows.append(rec)
-    batched = _batched_section(quick)
-    gram = _gram_section(quick)
+    batched = [] if demo else _batched_section(quick)
+    gram = [] if demo else _gram_section(quick)
     results = {
         "machine": machine_info(),
         "machine_line": machine_line(),
@@ -433,7 +447,18 @@ def _plot(res: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in res["rows"] if r["dtype"] == "bfloat16" and "momentum" not in r["matrix"]]
+    # each (matrix, method) once: its bf16 row (torch's dtype), else its fp32 row (labelled "(fp32)")
+    rows = []
+    for r in res["rows"]:
+        if "momentum" in r["matrix"]:
+            continue
+        if r["dtype"] == "bfloat16":
+            rows.append(r)
+        elif not any(
+            q["dtype"] == "bfloat16" and q["matrix"] == r["matrix"] and q["method"] == r["method"]
+            for q in res["rows"]
+        ):
+            rows.append({**r, "method": r["method"] + " (fp32)"})
     mats = list(dict.fromkeys(r["matrix"] for r in rows))
     meths = list(dict.fromkeys(r["method"] for r in rows))
     fig, axes = plt.subplots(1, 2, figsize=(15, 0.45 * len(mats) + 3))
@@ -454,11 +479,10 @@ def _plot(res: dict, path: Path) -> None:
     ax.set_xlim(0.0, UNSAFE_SIGMA_MAX + 0.02)
     ax.set_yticks(range(len(mats)), mats, fontsize=7)
     ax.set_xlabel(
-        "output singular values (bf16 iteration)"
+        "output singular values (bf16 iteration unless marked fp32)"
         + (f"; ▶ = σ_max > {UNSAFE_SIGMA_MAX} clipped ({', '.join(clipped)}: unsafe)" if clipped else "")
     )
     ax.set_title("σ-range of the orthogonalized output (green: [0.84, 1.16])")
-    ax.legend(fontsize=7, loc="lower right")
     ax = axes[1]
     for j, meth in enumerate(meths):
         xs = [
@@ -476,9 +500,16 @@ def _plot(res: dict, path: Path) -> None:
     ax.axvline(1.0, color="k", lw=0.5)
     ax.set_yticks(range(len(mats)), mats, fontsize=7)
     ax.set_xlabel("time / torch.optim.Muon NS5 (bf16)")
+    ax.legend(
+        [plt.Rectangle((0, 0), 1, 1, color=f"C{j}") for j in range(len(meths))],
+        meths,
+        fontsize=7,
+        loc="center left",
+        bbox_to_anchor=(1.01, 0.5),
+    )
     ax.set_title("relative time")
     fig.tight_layout()
-    atomic_savefig(fig, path, dpi=110)
+    atomic_savefig(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -500,15 +531,13 @@ def _quick_sizes() -> list[tuple[int, int]]:
 
 def demo(out_dir: Path) -> Section:
     """Short polar benchmark for ``make demo`` (``polar_quick.*`` in ``out_dir``); returns its report section."""
-    res = run(quick=True, out_dir=Path(out_dir))
+    res = run(demo=True, out_dir=Path(out_dir))
     body = _markdown(res).replace("# Polar-factor benchmark (quick)", "### Polar factor: all matrices")
-    note = ""
-    if (768, 768) not in _quick_sizes():
-        note = (
-            " bf16 matmuls measured slower than fp32 on this CPU, so the 768×768 case (where torch's bf16-only "
-            "NS5 anchor takes ~10 s a call) is left out and the batched/Gram sections use 256-sided matrices; "
-            "`benchmarks/polar.py` runs the full set."
-        )
+    note = (
+        " Demo subset: four synthetic 256×256 matrices; in bf16 only torch's anchor and the default (bf16 matmuls "
+        "are measured slower than fp32 on CPUs without AMX/AVX-512-BF16), every schedule in fp32; larger sizes, "
+        "real momentum buffers and the batched/Gram sections: `benchmarks/polar.py --quick` or the full run."
+    )
     ours, anchor, verdict = demo_summary(res)
     return Section(
         title="Polar factor: orthokit vs torch.optim.Muon's Newton–Schulz",
@@ -544,7 +573,8 @@ def demo_summary(res: dict) -> tuple[str, str, str]:
     return (
         f"{rng(ours)}, {1e3 * t_ours:.1f} ms (fp32)",
         f"torch NS5: {rng(anc)}, {1e3 * t_anc:.1f} ms (bf16)",
-        f"{med:.2f}× torch's time (median of {len(ratios)})"
+        f"{med:.2f}× torch's time"
+        + (f" (median over {len(ratios)} matrices)" if len(ratios) > 1 else "")
         + (f"; unsafe σ_max > {UNSAFE_SIGMA_MAX}: {', '.join(unsafe)}" if unsafe else ""),
     )
 
