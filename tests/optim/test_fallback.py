@@ -139,7 +139,11 @@ def test_state_dict_round_trip_and_resume_bit_identical() -> None:
     m_half, opt_half, sched_half = run(2)
     ckpt = copy.deepcopy({"opt": opt_half.state_dict(), "sched": sched_half.state_dict(), "step": 2})
     assert ckpt["opt"]["param_groups"][1]["role"] == "fallback"
-    assert set(ckpt["opt"]["state"][ckpt["opt"]["param_groups"][1]["params"][0]]) == {"step", "exp_avg", "exp_avg_sq"}
+    assert set(ckpt["opt"]["state"][ckpt["opt"]["param_groups"][1]["params"][0]]) == {
+        "step",
+        "exp_avg",
+        "exp_avg_sq",
+    }
     m_res, _, _ = run(4, resume_from=ckpt, model_state=copy.deepcopy(m_half.state_dict()))
     for a, b in zip(m_full.parameters(), m_res.parameters()):
         assert torch.equal(a, b)

@@ -261,7 +261,10 @@ def test_1d_param_names_the_parameter():
     # fallback="error" keeps the strict behaviour (the default "adamw" moves 1-D params to an AdamW group)
     with pytest.raises(ValueError, match="'norm.weight'.*1-D|'norm.weight'"):
         Muon(
-            [("w", torch.nn.Parameter(torch.randn(4, 4))), ("norm.weight", torch.nn.Parameter(torch.ones(4)))],
+            [
+                ("w", torch.nn.Parameter(torch.randn(4, 4))),
+                ("norm.weight", torch.nn.Parameter(torch.ones(4))),
+            ],
             fallback="error",
         )
 
