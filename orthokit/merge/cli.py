@@ -97,11 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--no-quiet", dest="no_progress", action="store_false", help=argparse.SUPPRESS)
     g = p.add_argument_group("mergekit options accepted without effect (a one-line notice says why)")
-    for flag, (takes_value, _why) in NO_EFFECT.items():
+    for flag, (takes_value, why) in NO_EFFECT.items():
         if takes_value:
-            g.add_argument(flag, default=None, metavar="VALUE", help=argparse.SUPPRESS)
+            g.add_argument(flag, default=None, metavar="VALUE", help=f"no effect: {why}")
         else:
-            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=argparse.SUPPRESS)
+            g.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=f"no effect: {why}"
+            )
     p.add_argument(
         "--list-methods", action="store_true", help="list merge methods and their parameters, then exit"
     )
