@@ -98,8 +98,6 @@ def model_card(
         ('tags:', True, True)
     """
     lines = ["---", "tags:", "- merge", "- orthokit"]
-    if base and not Path(base).is_absolute():
-        lines.append(f"base_model: {base}")
     lines += [
         "---",
         f"# {name}",
