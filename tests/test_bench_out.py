@@ -92,3 +92,5 @@ def test_every_package_benchmark_main_takes_out(name: str, capsys: pytest.Captur
         mod.main(["--help"])
     text = capsys.readouterr().out
     assert "--out" in text and DEFAULT_OUT in text, name
+    # `python -m orthokit.bench.<name>` must run main (it silently did nothing for optim and continual)
+    assert 'if __name__ == "__main__":' in Path(mod.__file__).read_text(encoding="utf-8"), name

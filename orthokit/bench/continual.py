@@ -1176,3 +1176,7 @@ def demo(out_dir: Path) -> Section:
         figures=("continual_lm_quick.png", "continual_pmnist_quick.png"),
         body=lm_md + "\n\n" + md,
     )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

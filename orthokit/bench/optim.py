@@ -823,3 +823,7 @@ def demo(out_dir: Path) -> Section:
         figures=tuple(pngs.values()),
         body=_quality_md(q, {}),
     )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
