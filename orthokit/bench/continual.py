@@ -1068,7 +1068,7 @@ def main(argv: list[str] | None = None) -> int:
         md = _classification_markdown(bench, rows, runs, args.epochs, args.quick, args.train_per_task)
         ntag = "" if args.train_per_task == 54000 or args.quick else f"_n{args.train_per_task}"
         etag = "" if args.epochs == 1 else f"_e{args.epochs}"  # keeps the 1-epoch report when epochs differ
-        stem = f"continual_{bench}{suffix}{ntag}{etag}"
+        stem = f"continual_{bench}{ntag}{etag}{suffix}"
         atomic_write_json(
             out / f"{stem}.json",
             {
