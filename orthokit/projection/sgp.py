@@ -59,7 +59,7 @@ class SGP(GPM):
         scale_coff: SGP's ``α`` in ``λ = (α+1)σ/(ασ + max σ)``; larger → closer to GPM.
         max_samples: examples for the representation matrices (SGP CIFAR-100: 125).
         criterion: ``"minimal"`` (default, the paper's energy rule) or ``"gpm_code"`` (reference counting).
-        freeze_1d: as :class:`~orthokit.projection.gpm.GPM`.
+        freeze_1d, embeddings: as :class:`~orthokit.projection.gpm.GPM`.
         bias: bias policy of :class:`SubspaceMemory`.
         forward: ``callable(model, batch)`` used during collection.
 
@@ -85,6 +85,7 @@ class SGP(GPM):
         max_samples: SampleBudget = 125,
         criterion: str = "minimal",
         freeze_1d: str = "norm",
+        embeddings: str = "rows",
         bias: str = "augment",
         forward: Callable[[nn.Module, Any], Any] | None = None,
     ) -> None:
@@ -98,6 +99,7 @@ class SGP(GPM):
             max_samples=max_samples,
             criterion=criterion,
             freeze_1d=freeze_1d,
+            embeddings=embeddings,
             bias=bias,
             forward=forward,
         )
