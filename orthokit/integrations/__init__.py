@@ -1,16 +1,16 @@
 """orthokit.integrations — glue for training frameworks (imported lazily; each submodule needs its framework).
 
-* :mod:`orthokit.integrations.hf` — Hugging Face ``transformers.Trainer``: ``ProjectionCallback`` and
-  ``projected_optimizer_for_trainer``.
+* :mod:`orthokit.integrations.hf` — Hugging Face ``transformers.Trainer``: ``ProjectionCallback``,
+  ``projected_optimizer_for_trainer`` and ``optimizer_for_trainer`` (from :mod:`orthokit.integrations.hf_optim`).
 """
 
 from __future__ import annotations
 
-__all__ = ["hf"]
+__all__ = ["hf", "hf_optim"]
 
 
 def __getattr__(name: str) -> object:
-    """``orthokit.integrations.hf`` imports the submodule on first access (it needs ``transformers``)."""
+    """``orthokit.integrations.hf`` / ``.hf_optim`` import the submodule on first access (they need ``transformers``)."""
     if name in __all__:
         import importlib
 

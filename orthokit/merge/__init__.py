@@ -1,7 +1,10 @@
 """``orthokit.merge`` — model merging: a registry of tensor-level merge methods plus a streaming tool.
 
-* Methods (one file each, registered in :data:`MERGE_METHODS`): ``task_arithmetic``, ``ties``, ``dare_ties``,
-  ``dare_linear`` and the orthogonal/subspace mergers of the geometry track.
+* Methods (one file each, registered in :data:`MERGE_METHODS`): mergekit 0.1.5's ``linear``, ``slerp``,
+  ``nuslerp``, ``multislerp``, ``karcher``, ``nearswap``, ``passthrough``, ``task_arithmetic``, ``ties``,
+  ``dare_ties``, ``dare_linear``, ``breadcrumbs``, ``breadcrumbs_ties``, ``della``, ``della_linear``, ``sce``,
+  ``model_stock``, and the orthogonal/subspace mergers of the geometry track (``orthomerge``, ``orthomerge_oft``,
+  ``dc_merge``, ``do_merging``).
 * :func:`merge` merges in-memory state dicts or ``nn.Module`` s (notebooks).
 * ``orthokit merge CONFIG.yaml OUT_DIR`` (:mod:`orthokit.merge.cli`) merges checkpoints on disk, streaming one
   tensor at a time from memory-mapped safetensors, with a mergekit-compatible YAML config.
