@@ -1,6 +1,6 @@
 """The ``orthokit`` command line: a thin layer over the library.
 
-orthokit bench {polar,optim,continual,merge} [options]   run a benchmark (results in benchmarks/results/)
+orthokit bench {polar,optim,continual,merge} [options]   run a benchmark (results in ./orthokit_results, or --out DIR)
 orthokit merge CONFIG.yaml OUT_DIR [--dry-run]            merge checkpoints from a mergekit-style config
 orthokit demo [--out DIR]                                 the end-to-end demo report
 """

@@ -15,7 +15,7 @@ import orthokit.bench.optim as O
 from orthokit.bench.report import DEFAULT_OUT, result_stem, results_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = sorted(p for p in (ROOT / "benchmarks").glob("*.py") if p.name != "projection_llm_recipe.py")
+SCRIPTS = sorted((ROOT / "benchmarks").glob("*.py"))
 PACKAGE_MAINS = ["polar", "optim", "continual", "merge", "merge_quality"]
 
 
