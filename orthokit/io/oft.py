@@ -52,9 +52,9 @@ from torch import Tensor
 from orthokit.io.safetensors_io import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
+    AdapterAppliedCheckpoint,
     SafetensorsError,
     SafetensorsFile,
-    TensorInfo,
     TensorSource,
     _finite_number,
     _inside,
@@ -210,7 +210,7 @@ class OftAdapter:
         return cayley_blocks(self._vec(name).to(dtype), self.block_sizes[name], self.neumann_terms)
 
 
-class OftAppliedCheckpoint:
+class OftAppliedCheckpoint(AdapterAppliedCheckpoint):
     """A base checkpoint with an OFT adapter merged in lazily: ``get(name) = W · blockdiag(R)ᵀ`` (PEFT's merge,
     computed in float32 — float64 for float64 weights — and cast back to the weight's dtype)."""
 
@@ -234,14 +234,6 @@ class OftAppliedCheckpoint:
                     "(only nn.Linear targets are supported)"
                 )
 
-    def keys(self) -> list[str]:
-        """The base's tensor names."""
-        return self.base.keys()
-
-    def info(self, name: str) -> TensorInfo:
-        """The base tensor's dtype and shape."""
-        return self.base.info(name)
-
     def get(self, name: str) -> Tensor:
         """W, rotated if the adapter targets ``name``."""
         w = self.base.get(name)
@@ -249,15 +241,3 @@ class OftAppliedCheckpoint:
             return w
         work = torch.float64 if w.dtype == torch.float64 else torch.float32
         return apply_block_rotation(w.to(work), self.adapter.applied_rotations(name, work)).to(w.dtype)
-
-    def release(self, name: str) -> None:
-        """Drop the base tensor's mapped pages once used."""
-        rel = getattr(self.base, "release", None)
-        if rel is not None:
-            rel(name)
-
-    def close(self) -> None:
-        """Release the base and adapter maps."""
-        self.base.close()
-        if self.adapter.file is not None:
-            self.adapter.file.close()

@@ -66,6 +66,7 @@ from orthokit._fs import (
 )
 
 __all__ = [
+    "AdapterAppliedCheckpoint",
     "SafetensorsError",
     "TensorInfo",
     "TensorSource",
@@ -554,7 +555,35 @@ class LoraAdapter:
         return a.contiguous(), b * scale
 
 
-class LoraAppliedCheckpoint:
+class AdapterAppliedCheckpoint:
+    """Shared part of a base checkpoint with a PEFT adapter applied lazily: the base's names and infos, and
+    releasing/closing both maps. Subclasses set ``base``, ``adapter`` and ``path`` and define ``get``."""
+
+    base: TensorSource
+    adapter: Any
+
+    def keys(self) -> list[str]:
+        """The base's tensor names."""
+        return self.base.keys()
+
+    def info(self, name: str) -> TensorInfo:
+        """The base tensor's dtype and shape."""
+        return self.base.info(name)
+
+    def release(self, name: str) -> None:
+        """Drop the base tensor's mapped pages once used."""
+        rel = getattr(self.base, "release", None)
+        if rel is not None:
+            rel(name)
+
+    def close(self) -> None:
+        """Release the base and adapter maps."""
+        self.base.close()
+        if self.adapter.file is not None:
+            self.adapter.file.close()
+
+
+class LoraAppliedCheckpoint(AdapterAppliedCheckpoint):
     """A base checkpoint with a LoRA adapter merged in lazily: get(name) = W + s · B A for targeted tensors.
 
     The product is computed in float32 (float64 for float64 weights) and cast to the base tensor's dtype.
@@ -598,14 +627,6 @@ class LoraAppliedCheckpoint:
                     f"has {list(base.info(name).shape)}"
                 )
 
-    def keys(self) -> list[str]:
-        """The base's tensor names."""
-        return self.base.keys()
-
-    def info(self, name: str) -> TensorInfo:
-        """The base tensor's dtype and shape."""
-        return self.base.info(name)
-
     def get(self, name: str) -> Tensor:
         """W (+ scale · B A if the adapter targets ``name``; the adapter's copy for ``modules_to_save``)."""
         if name in self.adapter.replacements:
@@ -617,18 +638,6 @@ class LoraAppliedCheckpoint:
             return w
         work = torch.float64 if w.dtype == torch.float64 else torch.float32
         return (w.to(work) + self.adapter.delta(name, work)).to(w.dtype)
-
-    def release(self, name: str) -> None:
-        """Drop the base tensor's mapped pages once used."""
-        rel = getattr(self.base, "release", None)
-        if rel is not None:
-            rel(name)
-
-    def close(self) -> None:
-        """Release the base and adapter maps."""
-        self.base.close()
-        if self.adapter.file is not None:
-            self.adapter.file.close()
 
 
 def _inside(folder: Path, name: str) -> Path:
