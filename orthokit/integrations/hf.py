@@ -47,7 +47,6 @@ Example:
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Any
 
 import torch
@@ -117,6 +116,24 @@ def _load_into(projection: ProjectionMethod | SubspaceMemory, state: dict[str, A
         projection.load_state_dict(state)
 
 
+def _trainer_resume_folder() -> str | None:
+    """The ``resume_from_checkpoint`` folder of the ``Trainer`` call on the stack, if any (transformers passes it
+    down its training loop as a local but does not store it in ``TrainingArguments``)."""
+    import inspect
+
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            loc = frame.f_locals
+            value = loc.get("resume_from_checkpoint")
+            if isinstance(value, str) and "self" in loc and type(loc["self"]).__name__.endswith("Trainer"):
+                return value
+            frame = frame.f_back
+    finally:
+        del frame
+    return None
+
+
 class ProjectionCallback(TrainerCallback):
     """Keep the Trainer's parameter updates out of (or scaled inside) ``memory``'s protected subspaces.
 
@@ -136,7 +153,8 @@ class ProjectionCallback(TrainerCallback):
             neither protected nor frozen.
         save: write the method's state to ``checkpoint-N/orthokit_projection.pt`` in ``on_save`` and restore
             it when the Trainer resumes (``on_train_begin`` with ``state.global_step > 0``: from
-            ``args.resume_from_checkpoint`` when it is a folder, else ``output_dir/checkpoint-<global_step>``).
+            ``args.resume_from_checkpoint`` when it is a folder, else the folder given to ``train()``, else
+            ``output_dir/checkpoint-<global_step>``; none holding a saved memory raises ``ValueError``).
             A saved state that does not fit the method (other layers, dimensions, embeddings option or method
             class) raises ``ValueError`` naming the file. :meth:`save_to` / :meth:`load_from` do the same by hand.
 
@@ -170,6 +188,7 @@ class ProjectionCallback(TrainerCallback):
         self.frozen = frozen
         self.check_finite = check_finite
         self._snapshot: dict[nn.Parameter, torch.Tensor] | None = None
+        self._loaded = False  # load_from() ran: on_train_begin does not look for a checkpoint again
 
     def _params(self) -> list[nn.Parameter]:
         return [p for p in self.memory.protected_parameters() if p.requires_grad]
@@ -213,6 +232,7 @@ class ProjectionCallback(TrainerCallback):
             _load_into(self.projection, payload["state"])
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{path}: the saved projection memory does not fit this {kind}: {e}") from e
+        self._loaded = True
         self._refresh_frozen()
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -224,24 +244,29 @@ class ProjectionCallback(TrainerCallback):
             self.save_to(folder)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """Restore the memory when resuming; warn once about uncovered trainable parameters."""
+        """Restore the memory when resuming; warn once about uncovered trainable parameters.
+
+        The checkpoint folder is ``args.resume_from_checkpoint``, else the folder given to
+        ``Trainer.train(resume_from_checkpoint=...)`` (transformers does not copy it into ``args``; it is read
+        from the calling Trainer frame), else ``output_dir/checkpoint-<step>``. Resuming (step > 0) without a
+        saved memory in any of them raises ``ValueError`` — continuing with this process's memory would give a
+        different run — unless :meth:`load_from` was called first.
+        """
         step = int(getattr(state, "global_step", 0) or 0)
-        if self.save and step > 0:
+        if self.save and step > 0 and not self._loaded:
             folders = []
-            resume = getattr(args, "resume_from_checkpoint", None)
-            if isinstance(resume, str) and os.path.isdir(resume):
-                folders.append(resume)
+            for resume in (getattr(args, "resume_from_checkpoint", None), _trainer_resume_folder()):
+                if isinstance(resume, str) and os.path.isdir(resume) and resume not in folders:
+                    folders.append(resume)
             folders.append(os.path.join(args.output_dir, f"checkpoint-{step}"))
             found = [f for f in folders if os.path.isfile(os.path.join(f, PROJECTION_FILE))]
-            if found:
-                self.load_from(found[0])
-            else:
-                warnings.warn(
-                    f"ProjectionCallback: resuming at step {step} but no {PROJECTION_FILE} in {folders}; the "
-                    "memory built in this process is used as is (call callback.load_from(folder) to restore one)",
-                    UserWarning,
-                    stacklevel=2,
+            if not found:
+                raise ValueError(
+                    f"ProjectionCallback: resuming at step {step} but no {PROJECTION_FILE} in {folders}; call "
+                    "callback.load_from(folder) before train() to restore one, or ProjectionCallback(..., "
+                    "save=False) to train on with the memory built in this process"
                 )
+            self.load_from(found[0])
         self._refresh_frozen()
         if self.warn_uncovered and not self.memory.is_empty:
             model = kwargs.get("model") or self.memory.model

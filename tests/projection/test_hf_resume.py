@@ -103,6 +103,39 @@ def test_resume_restores_memory_bit_identical(tmp_path: Path) -> None:
     assert torch.equal(model2.model.embed_tokens.weight[rows], init[rows])
 
 
+def test_resume_from_a_checkpoint_outside_output_dir(tmp_path: Path) -> None:
+    """``train(resume_from_checkpoint=<another run's folder>)``: transformers does not put the folder in ``args``;
+    the callback still restores the memory from it (bit-identical run), and raises when the folder has none."""
+    model = _llama()
+    gpm = _gpm(model)
+    gpm.after_task(_old_batches())
+    Trainer(
+        model=model, args=_args(tmp_path / "a"), train_dataset=_dataset(), callbacks=[ProjectionCallback(gpm)]
+    ).train()
+    model2 = _llama()
+    gpm2 = _gpm(model2)
+    Trainer(
+        model=model2,
+        args=_args(tmp_path / "b"),
+        train_dataset=_dataset(),
+        callbacks=[ProjectionCallback(gpm2)],
+    ).train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
+    for (n, p), q in zip(model.named_parameters(), model2.parameters()):
+        assert torch.equal(p, q), n
+    # a checkpoint without the memory: a clear error, not a silently different run
+    shutil.copytree(tmp_path / "a" / "checkpoint-2", tmp_path / "bare")
+    (tmp_path / "bare" / PROJECTION_FILE).unlink()
+    model3 = _llama()
+    trainer = Trainer(
+        model=model3,
+        args=_args(tmp_path / "c"),
+        train_dataset=_dataset(),
+        callbacks=[ProjectionCallback(_gpm(model3))],
+    )
+    with pytest.raises(ValueError, match="no orthokit_projection.pt"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "bare"))
+
+
 def test_resume_with_mismatched_memory_is_a_clear_error(tmp_path: Path) -> None:
     model = _llama()
     gpm = _gpm(model)
