@@ -449,6 +449,8 @@ class LoraAdapter:
     config: dict[str, Any]
     deltas: dict[str, tuple[str, str, float, bool]] = field(default_factory=dict)
     replacements: dict[str, str] = field(default_factory=dict)
+    #: replacements that are PEFT's saved copy of a wrapped layer's own weight (``<module>.base_layer.weight``)
+    saved_base_layers: set[str] = field(default_factory=set)
     file: SafetensorsFile | None = None
 
     @classmethod
@@ -494,6 +496,12 @@ class LoraAdapter:
                 pairs.setdefault(mod, {})[kind] = key
             else:
                 name = key[len("base_model.model.") :] if key.startswith("base_model.model.") else key
+                # PEFT's save_embedding_layers (default "auto": on when an embedding is a target) stores the
+                # wrapped layer's full weight as `<module>.base_layer.weight`: it replaces `<module>.weight`,
+                # and the LoRA delta of that module is added on top (as PEFT's merge_and_unload does).
+                if ".base_layer." in name:
+                    name = name.replace(".base_layer.", ".")
+                    ad.saved_base_layers.add(name)
                 ad.replacements[name] = key
 
         def lookup(pats: Mapping[str, Any], mod: str, default: Any) -> Any:
@@ -617,6 +625,14 @@ class LoraAppliedCheckpoint(AdapterAppliedCheckpoint):
                 raise SafetensorsError(
                     f"LoRA adapter {adapter.path}: targets tensor {name!r}, which the base model does not have"
                 )
+        for name, key in adapter.replacements.items():
+            assert adapter.file is not None
+            if tuple(adapter.file.info(key).shape) != tuple(base.info(name).shape):
+                raise SafetensorsError(
+                    f"LoRA adapter {adapter.path}: its copy of {name!r} has shape "
+                    f"{list(adapter.file.info(key).shape)} but the base tensor has {list(base.info(name).shape)} "
+                    "(resized vocabularies are not supported)"
+                )
         for name, (ka, kb, _s, tr) in adapter.deltas.items():
             assert adapter.file is not None
             a, b = adapter.file.info(ka), adapter.file.info(kb)
@@ -628,12 +644,12 @@ class LoraAppliedCheckpoint(AdapterAppliedCheckpoint):
                 )
 
     def get(self, name: str) -> Tensor:
-        """W (+ scale · B A if the adapter targets ``name``; the adapter's copy for ``modules_to_save``)."""
+        """W (the adapter's copy for ``modules_to_save`` / saved embedding layers) + scale · B A if targeted."""
         if name in self.adapter.replacements:
             assert self.adapter.file is not None
-            t = self.adapter.file.get(self.adapter.replacements[name])
-            return t.to(self.base.info(name).dtype)
-        w = self.base.get(name)
+            w = self.adapter.file.get(self.adapter.replacements[name]).to(self.base.info(name).dtype)
+        else:
+            w = self.base.get(name)
         if name not in self.adapter.deltas:
             return w
         work = torch.float64 if w.dtype == torch.float64 else torch.float32

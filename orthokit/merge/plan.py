@@ -263,6 +263,15 @@ def build_plan(config: MergeConfig, max_shard_bytes: int | None = None) -> Merge
         raise
 
 
+def _unchanged_base_layer(src: Any, name: str) -> bool:
+    """Whether the adapter's copy of ``name`` is PEFT's saved base layer (``save_embedding_layers``) and equal to
+    the base model's tensor — then it carries nothing to merge and the factor methods may ignore it."""
+    adapter = src.adapter
+    if name not in getattr(adapter, "saved_base_layers", ()):
+        return False
+    return bool(torch.equal(adapter.file.get(adapter.replacements[name]), src.base.get(name)))
+
+
 def _lora_targets(name: str, config: MergeConfig, models: list[TensorSource]) -> list[int]:
     """Indices of the models whose adapter (LoRA or OFT, as the method's ``inputs`` says) targets ``name``."""
     out = []
@@ -275,7 +284,7 @@ def _lora_targets(name: str, config: MergeConfig, models: list[TensorSource]) ->
                 f"model {m.spec!r} is not {want} adapter folder, which merge method {config.merge_method!r} "
                 f"(inputs={kind!r}) needs"
             )
-        if name in adapter.replacements:
+        if name in adapter.replacements and not _unchanged_base_layer(src, name):
             raise ConfigError(
                 f"adapter {m.spec!r} replaces {name!r} in full (PEFT modules_to_save); merge method "
                 f"{config.merge_method!r} merges only adapter factors — use a full-weight method"

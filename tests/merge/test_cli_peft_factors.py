@@ -244,3 +244,41 @@ def test_unsupported_oft_options_are_one_line_errors(
     assert main([str(cfg), str(tmp_path / "out"), "--dry-run"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"OFT with {key}=" in err and "not supported" in err
+
+
+def test_lora_on_embeddings_with_peft_saved_base_layer(folders: Path, tmp_path: Path) -> None:
+    """PEFT saves ``embed_tokens.base_layer.weight`` in the adapter when an embedding is a target
+    (``save_embedding_layers="auto"``): a full-weight merge equals PEFT's ``merge_and_unload`` and the factor
+    method ignores the unchanged copy (it used to stop with "targets a tensor the base model does not have")."""
+    torch.manual_seed(30)
+    model = transformers.LlamaForCausalLM.from_pretrained(folders / "base")
+    pm = peft.get_peft_model(
+        model,
+        peft.LoraConfig(
+            r=2, lora_alpha=4, target_modules=["q_proj", "embed_tokens"], init_lora_weights=False
+        ),
+    )
+    pm.save_pretrained(tmp_path / "lora_emb")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "lora_emb" / "adapter_model.safetensors"), "pt") as f:
+        assert any(".base_layer." in k for k in f.keys())  # the PEFT layout this test is about
+    merged = pm.merge_and_unload().state_dict()
+    ta = tmp_path / "ta.yml"
+    ta.write_text(
+        f"base_model: {folders / 'base'}\nmerge_method: task_arithmetic\nmodels:\n  - model: {tmp_path / 'lora_emb'}\n"
+    )
+    assert main([str(ta), str(tmp_path / "out_ta"), "--no-progress"]) == 0
+    out = open_checkpoint(tmp_path / "out_ta")
+    base_emb = open_checkpoint(folders / "base").get("model.embed_tokens.weight")
+    assert not torch.equal(out.get("model.embed_tokens.weight"), base_emb)  # the embedding's LoRA was applied
+    for k in out.keys():
+        torch.testing.assert_close(out.get(k), merged[k], rtol=1e-5, atol=1e-6)
+    dm = tmp_path / "dm.yml"
+    dm.write_text(
+        f"base_model: {folders / 'base'}\nmerge_method: do_merging\nmodels:\n  - model: {tmp_path / 'lora_emb'}\n"
+    )
+    assert main([str(dm), str(tmp_path / "out_dm"), "--no-progress"]) == 0
+    out = open_checkpoint(tmp_path / "out_dm")
+    for k in out.keys():
+        torch.testing.assert_close(out.get(k), merged[k], rtol=1e-5, atol=1e-6)
