@@ -454,8 +454,17 @@ def describe(optimizer: torch.optim.Optimizer, *, printed: bool = False) -> str:
         >>> "hidden matrix" in text, "output head: last Linear of the Sequential model" in text
         (True, True)
     """
+    given = type(optimizer).__name__
+    # wrappers (accelerate's AcceleratedOptimizer in a Trainer, orthokit.projection's Projected) keep the real
+    # optimizer in `.optimizer`: describe that one
+    for _ in range(4):
+        if isinstance(optimizer, OrthogonalOptimizer) or not hasattr(optimizer, "optimizer"):
+            break
+        optimizer = optimizer.optimizer
     if not isinstance(optimizer, OrthogonalOptimizer):
-        raise TypeError(f"describe() needs an orthokit OrthogonalOptimizer, got {type(optimizer).__name__}")
+        raise TypeError(
+            f"describe() needs an orthokit OrthogonalOptimizer (or a wrapper of one), got {given}"
+        )
     reasons = {r.name: r.reason for r in getattr(optimizer, "_routes", [])}
     # after an LR scheduler's warmup starts, ``lr`` is the current (possibly 0) value: also show the group's
     # ``initial_lr`` — the base value the scheduler multiplies (the peak of warmup-then-decay schedules)

@@ -174,3 +174,19 @@ def test_unsafe_ns_schedules_are_refused_with_the_safe_choices() -> None:
         ):
             Muon([nn.Parameter(torch.randn(4, 4))], ns_method=bad)
     Muon([nn.Parameter(torch.randn(4, 4))], ns_method="quintic")  # the margin does not touch the standards
+
+
+def test_describe_sees_through_optimizer_wrappers() -> None:
+    """Trainer hands back accelerate's AcceleratedOptimizer and projection returns Projected: both keep the real
+    optimizer in ``.optimizer``; describe() reports it instead of raising."""
+    import torch
+
+    from orthokit.optim import Muon, describe
+    from orthokit.projection import Projected, SubspaceMemory
+
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Linear(4, 3))
+    inner = Muon(model.parameters(), lr=0.02)
+    wrapped = Projected(inner, SubspaceMemory(model))
+    assert describe(wrapped) == describe(inner)
+    with pytest.raises(TypeError, match="got SGD"):
+        describe(torch.optim.SGD(model.parameters(), lr=0.1))
