@@ -322,7 +322,7 @@ def projected_optimizer_for_trainer(
     projection: ProjectionMethod | SubspaceMemory,
     *,
     optimizer_cls: type[torch.optim.Optimizer] = torch.optim.AdamW,
-    lr: float = 5e-5,
+    lr: float | None = None,
     weight_decay: float = 0.0,
     num_training_steps: int | None = None,
     scheduler: str = "linear",
@@ -344,7 +344,9 @@ def projected_optimizer_for_trainer(
             methods with their own ``wrap()`` logic, HLOP and OGPSA, are wrapped by it) or a
             :class:`SubspaceMemory` (wrapped in :class:`Projected`).
         optimizer_cls: inner optimizer class (AdamW default; any ``torch.optim.Optimizer`` such as orthokit Muon).
-        lr, weight_decay: inner optimizer settings; extra ``optimizer_kwargs`` are passed through.
+        lr: inner learning rate; default: an orthokit optimizer's own default lr (Muon 0.02 — the
+            Trainer-sized 5e-5 would leave an orthogonalized rule ~400× too slow), else 5e-5 (the Trainer's).
+        weight_decay: inner optimizer setting; extra ``optimizer_kwargs`` are passed through.
         num_training_steps: total steps for the scheduler (required unless ``scheduler="constant"``).
         scheduler, warmup_steps: ``transformers.get_scheduler`` arguments.
         mode, scale_alpha, where: see :class:`~orthokit.projection.Projected` (``mode``/``scale_alpha``
@@ -367,6 +369,13 @@ def projected_optimizer_for_trainer(
         raise ValueError("the model has no trainable parameters")
     _check_object(projection)
     check_where_mode(where, mode)
+    if lr is None:
+        import inspect
+
+        default = inspect.signature(optimizer_cls).parameters.get("lr")
+        own = default.default if default is not None else inspect.Parameter.empty
+        ours = getattr(optimizer_cls, "__module__", "").startswith("orthokit.")
+        lr = float(own) if ours and isinstance(own, (int, float)) and not isinstance(own, bool) else 5e-5
     if isinstance(projection, ProjectionMethod) and not _plain_wrap(projection):
         if mode is not None or scale_alpha is not None:
             raise ValueError(

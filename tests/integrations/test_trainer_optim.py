@@ -173,3 +173,17 @@ def test_cans_is_refused_in_trainer_kwargs(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="ns_method='cans'.*unsafe in an optimizer.*use one of"):
         trainer.train()
+
+
+def test_projected_optimizer_default_lr_follows_the_optimizer() -> None:
+    """``lr`` unset: orthokit optimizers get their own default (Muon 0.02), others the Trainer's 5e-5."""
+    from orthokit.integrations.hf import projected_optimizer_for_trainer
+    from orthokit.projection import GPM
+
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Linear(4, 3))
+    gpm = GPM(model, threshold=0.9)
+    gpm.after_task([torch.randn(20, 6)])
+    opt, _ = projected_optimizer_for_trainer(model, gpm, optimizer_cls=Muon, scheduler="constant")
+    assert opt.param_groups[0]["lr"] == 0.02
+    opt, _ = projected_optimizer_for_trainer(model, gpm, scheduler="constant")
+    assert {g["lr"] for g in opt.param_groups} == {5e-5}
