@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -62,9 +63,16 @@ def results_dir(out: str | os.PathLike | None = None) -> Path:
 
 def add_out_argument(ap: Any) -> None:
     """Add the shared ``--out DIR`` option (default ``./orthokit_results``) to an ``argparse`` parser."""
+
+    def folder(text: str) -> str:  # argparse turns the error into one usage line instead of a traceback
+        if Path(text).exists() and not Path(text).is_dir():
+            raise argparse.ArgumentTypeError(f"{text!r} exists and is not a folder")
+        return text
+
     ap.add_argument(
         "--out",
         default=DEFAULT_OUT,
+        type=folder,
         metavar="DIR",
         help=f"output folder, created if missing (default ./{DEFAULT_OUT}; the committed results: "
         "--out benchmarks/results)",
