@@ -292,9 +292,11 @@ def resolve_polar_method(method: str) -> tuple[str, dict[str, Any]]:
 
         check_optimizer_schedule(key)  # raises for schedules that diverge just above σ = 1 (cans, cubic5)
         return "newton_schulz", {"schedule": key}
+    from orthokit.optim._schedule_safety import safe_optimizer_schedules
+
     raise ValueError(
         f"unknown orthogonalizer {method!r}; valid polar methods: {', '.join(POLAR_METHODS.names())}; "
-        f"valid Newton-Schulz schedules: {', '.join(sorted(SCHEDULES))}"
+        f"Newton-Schulz schedules safe in an optimizer: {', '.join(safe_optimizer_schedules())}"
     )
 
 
