@@ -235,7 +235,7 @@ def machine_line() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return (
         f"{cpu['model']}, {cpu['logical_cpus']} logical cores ({', '.join(flags) or 'no AVX'}; bf16 matmul "
-        f"{'fast' if cpu_has_fast_bf16() else 'measured slower than fp32'}) · torch {torch.__version__}, "
+        f"{'measured faster' if cpu_has_fast_bf16() else 'measured slower'} than fp32) · torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread(s) · Python {platform.python_version()} on {platform.system()}"
         + (f" · GPU {gpu}" if gpu else " · no GPU")
     )

@@ -21,10 +21,8 @@ The empty-mask bug: mergekit's git snapshot (before 0.1.5) kept ``indices[n_bot:
 and so does orthokit (the default, and the only behaviour: an option restoring a bug is not offered).
 Another 0.1.5 behaviour kept: ρ < 1/n gives ``target = 0``, an empty mask (unlike TIES' "keep at least one").
 
-Speed: the two boundary magnitudes are found by selection (``numpy.partition``, O(n)); when no entry ties a
-boundary the kept set is exactly the sorted one. When entries tie a boundary (common in bf16) the choice among
-them depends on the sort's tie order, so orthokit then sorts with ``torch.sort`` as mergekit does, which keeps
-results bit-equal.
+Selection: one ``torch.sort`` of |δ| per tensor and model, as mergekit does; entries tied at a boundary are then
+chosen exactly as mergekit chooses them, which keeps results bit-equal.
 
 Reference: M. Davari, E. Belilovsky, "Model Breadcrumbs: Scaling Multi-Task Model Merging with Sparse Masks",
 ECCV 2024, arXiv:2312.06795.
@@ -34,7 +32,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -45,24 +42,13 @@ __all__ = ["breadcrumbs", "breadcrumbs_ties", "outlier_trim"]
 
 
 def _keep_mask(mag: Tensor, n_bot: int, target: int) -> Tensor:
-    """Boolean mask of the entries at ascending positions [n_bot, n_bot + target) of the flat ``mag``."""
-    n = mag.numel()
-    keep = torch.zeros(n, dtype=torch.bool, device=mag.device)
-    if target <= 0:
-        return keep
-    lo_pos, hi_pos = n_bot, n_bot + target - 1
-    if mag.device.type == "cpu":
-        part = np.partition(mag.numpy(), [lo_pos, hi_pos])
-        lo, hi = float(part[lo_pos]), float(part[hi_pos])
-        del part
-    else:
-        lo = float(torch.kthvalue(mag, lo_pos + 1).values)
-        hi = float(torch.kthvalue(mag, hi_pos + 1).values)
-    torch.ge(mag, lo, out=keep)
-    keep.logical_and_(mag <= hi)
-    if int(torch.count_nonzero(keep)) != target:
-        # entries tie a boundary: their order is the sort's; use the same sort as mergekit
-        keep.zero_()
+    """Boolean mask of the entries at ascending positions [n_bot, n_bot + target) of the flat ``mag``.
+
+    One ``torch.sort`` as mergekit 0.1.5: entries tied at a boundary are chosen by the sort's tie order, and real
+    task vectors tie often (δ is quantized to the ulp of θ₀), so a selection shortcut would rarely apply.
+    """
+    keep = torch.zeros(mag.numel(), dtype=torch.bool, device=mag.device)
+    if target > 0:
         keep[torch.sort(mag, descending=False).indices[n_bot : n_bot + target]] = True
     return keep
 
