@@ -46,6 +46,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
@@ -119,8 +120,6 @@ def _load_into(projection: ProjectionMethod | SubspaceMemory, state: dict[str, A
 def _trainer_resume_folder() -> str | None:
     """The ``resume_from_checkpoint`` folder of the ``Trainer`` call on the stack, if any (transformers passes it
     down its training loop as a local but does not store it in ``TrainingArguments``)."""
-    import inspect
-
     frame = inspect.currentframe()
     try:
         while frame is not None:
@@ -370,8 +369,6 @@ def projected_optimizer_for_trainer(
     _check_object(projection)
     check_where_mode(where, mode)
     if lr is None:
-        import inspect
-
         default = inspect.signature(optimizer_cls).parameters.get("lr")
         own = default.default if default is not None else inspect.Parameter.empty
         ours = getattr(optimizer_cls, "__module__", "").startswith("orthokit.")
