@@ -32,13 +32,26 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["retrieval_metrics", "METRICS"]
+from orthokit._fs import publish_mode
+
+__all__ = [
+    "retrieval_metrics",
+    "compatibility_report",
+    "CompatibilityReport",
+    "save_figure",
+    "METRICS",
+    "CRITERION",
+]
 
 #: distance names accepted by :func:`retrieval_metrics`
 METRICS = ("cosine", "l2")
@@ -172,49 +185,366 @@ def retrieval_metrics(
     if not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
 
-    device = query.device
     d = min(query.shape[1], gallery.shape[1])
     with torch.no_grad():
-        G = _prepare(gallery, d, metric, dtype).to(device)
-        g_sq = (G * G).sum(dim=1) if metric == "l2" else None
-        g_lab = gallery_labels.to(device)
-        q_lab_all = query_labels.to(device)
-        hits = torch.zeros(len(ks), dtype=torch.float64, device=device)
-        ap_sum = torch.zeros((), dtype=torch.float64, device=device)
-        n_valid = 0
-        positions = torch.arange(n_g, device=device)
-        for s in range(0, n_q, chunk_size):
-            Q = _prepare(query[s : s + chunk_size], d, metric, dtype)
-            c = Q.shape[0]
-            if metric == "cosine":
-                dist = 1.0 - Q @ G.T
-            else:
-                dist = ((Q * Q).sum(dim=1, keepdim=True) + g_sq - 2.0 * (Q @ G.T)).clamp_min_(0.0)
-            relevant = q_lab_all[s : s + c, None] == g_lab[None, :]
-            if exclude_self:
-                rows = torch.arange(c, device=device)
-                dist[rows, s + rows] = math.inf  # ranked last, and never relevant: as if removed
-                relevant[rows, s + rows] = False
-            dist_sorted, order = torch.sort(dist, dim=1, stable=True)
-            match = torch.gather(relevant, 1, order)
-            n_pos = match.sum(dim=1)
-            valid = n_pos > 0
-            n_valid += int(valid.sum())
-            first = match.to(torch.int8).argmax(dim=1)  # first relevant rank (0 when none; masked by valid)
-            for i, k in enumerate(ks):
-                hits[i] += ((first < k) & valid).sum()
-            # AP with tied distances as one threshold: every relevant item gets the precision at the last
-            # position of its tie group (sklearn's precision_recall_curve steps once per distinct score)
-            is_end = torch.ones_like(match)
-            is_end[:, :-1] = dist_sorted[:, 1:] != dist_sorted[:, :-1]
-            end = torch.where(is_end, positions, n_g).flip(1).cummin(dim=1).values.flip(1)
-            tp = match.cumsum(dim=1, dtype=torch.float64)
-            prec_at_end = tp.gather(1, end) / (end + 1).to(torch.float64)
-            ap = (prec_at_end * match).sum(dim=1) / n_pos.clamp_min(1)
-            ap_sum += ap[valid].sum()
+        G = _prepare(gallery, d, metric, dtype).to(query.device)
+
+        def blocks() -> Iterator[tuple[int, Tensor]]:
+            for s in range(0, n_q, chunk_size):
+                yield s, _distance(_prepare(query[s : s + chunk_size], d, metric, dtype), G, metric)
+
+        return _score(blocks(), query_labels, gallery_labels, ks, exclude_self)
+
+
+def _distance(Q: Tensor, G: Tensor, metric: str) -> Tensor:
+    """``[c, n_g]`` distances between prepared (truncated, for cosine normalized) rows."""
+    if metric == "cosine":
+        return 1.0 - Q @ G.T
+    return ((Q * Q).sum(dim=1, keepdim=True) + (G * G).sum(dim=1) - 2.0 * (Q @ G.T)).clamp_min_(0.0)
+
+
+def _score_block(dist: Tensor, relevant: Tensor, ks: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-query CMC hits ``[len(ks), c]`` (bool), AP ``[c]`` and validity ``[c]`` of one distance block."""
+    n_g = dist.shape[1]
+    dist_sorted, order = torch.sort(dist, dim=1, stable=True)  # ties: lower gallery index first
+    match = torch.gather(relevant, 1, order)
+    n_pos = match.sum(dim=1)
+    valid = n_pos > 0
+    first = match.to(torch.int8).argmax(dim=1)  # rank of the first relevant item (first-match-break)
+    hits = torch.stack([first < k for k in ks]) & valid
+    # AP with tied distances as one threshold: every relevant item gets the precision at the last position
+    # of its tie group (sklearn's precision_recall_curve steps once per distinct score)
+    is_end = torch.ones_like(match)
+    is_end[:, :-1] = dist_sorted[:, 1:] != dist_sorted[:, :-1]
+    positions = torch.arange(n_g, device=dist.device)
+    end = torch.where(is_end, positions, n_g).flip(1).cummin(dim=1).values.flip(1)
+    tp = match.cumsum(dim=1, dtype=torch.float64)
+    prec_at_end = tp.gather(1, end) / (end + 1).to(torch.float64)
+    ap = (prec_at_end * match).sum(dim=1) / n_pos.clamp_min(1)
+    return hits, ap, valid
+
+
+def _score(
+    blocks: Iterable[tuple[int, Tensor]],
+    query_labels: Tensor,
+    gallery_labels: Tensor,
+    ks: tuple[int, ...],
+    exclude_self: bool,
+) -> dict[str, float]:
+    """Accumulate CMC and mAP over ``(first query row, [c, n_g] distances)`` blocks."""
+    hits_sum = torch.zeros(len(ks), dtype=torch.float64)
+    ap_sum = 0.0
+    n_valid = 0
+    n_q = query_labels.numel()
+    for s, dist in blocks:
+        c = dist.shape[0]
+        g_lab = gallery_labels.to(dist.device)
+        relevant = query_labels[s : s + c].to(dist.device)[:, None] == g_lab[None, :]
+        if exclude_self:
+            rows = torch.arange(c, device=dist.device)
+            dist[rows, s + rows] = math.inf  # ranked last and never relevant: as if removed
+            relevant[rows, s + rows] = False
+        hits, ap, valid = _score_block(dist, relevant, ks)
+        hits_sum += hits.sum(dim=1).to(torch.float64).cpu()
+        ap_sum += float(ap[valid].sum())
+        n_valid += int(valid.sum())
     if n_valid == 0:
         raise ValueError("no query label occurs among gallery_labels; retrieval metrics are undefined")
-    out: dict[str, float] = {f"top{k}": float(hits[i]) / n_valid for i, k in enumerate(ks)}
-    out["mAP"] = float(ap_sum) / n_valid
+    out: dict[str, float] = {f"top{k}": float(hits_sum[i]) / n_valid for i, k in enumerate(ks)}
+    out["mAP"] = ap_sum / n_valid
     out["n_queries_without_positive"] = n_q - n_valid
     return out
+
+
+#: the BCT empirical compatibility criterion, as printed in reports
+CRITERION = "new/old top-1 > old/old top-1"
+
+FeatureSource = nn.Module | Callable[[Tensor], Tensor] | Mapping[str, Tensor]
+
+
+@dataclass(frozen=True)
+class CompatibilityReport:
+    """Old/old, new/old and new/new retrieval metrics of one model update (from :func:`compatibility_report`).
+
+    Attributes:
+        rows: ``{"old/old": {...}, "new/old": {...}, "new/new": {...}}`` (plus ``"old/new"`` when asked), each
+            the :func:`retrieval_metrics` dict; the setting is ``query model / gallery model``.
+        metric: ``"cosine"`` or ``"l2"``.
+        topk: the CMC ranks reported.
+        dims: ``{"old": d_old, "new": d_new}``; cross-model pairs are compared on ``min(d_old, d_new)`` dims.
+        n_query, n_gallery: set sizes.
+        exclude_self: whether item i was removed from query i's ranking (query set = gallery set).
+
+    Example:
+        >>> import torch
+        >>> from orthokit.align.protocol import CompatibilityReport
+        >>> r = CompatibilityReport(
+        ...     rows={"old/old": {"top1": 0.5, "mAP": 0.4}, "new/old": {"top1": 0.6, "mAP": 0.45},
+        ...           "new/new": {"top1": 0.8, "mAP": 0.7}},
+        ...     metric="cosine", topk=(1,), dims={"old": 8, "new": 12}, n_query=10, n_gallery=10,
+        ...     exclude_self=True)
+        >>> r.compatible, round(r.gain, 3)
+        (True, 0.1)
+    """
+
+    rows: dict[str, dict[str, float]]
+    metric: str
+    topk: tuple[int, ...]
+    dims: dict[str, int]
+    n_query: int
+    n_gallery: int
+    exclude_self: bool
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def compatible(self) -> bool:
+        """The BCT criterion: new/old top-1 strictly above old/old top-1."""
+        return self.rows["new/old"]["top1"] > self.rows["old/old"]["top1"]
+
+    @property
+    def gain(self) -> float:
+        """new/old top-1 minus old/old top-1 (positive when compatible)."""
+        return self.rows["new/old"]["top1"] - self.rows["old/old"]["top1"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serializable dict of everything in the report."""
+        return {
+            "rows": {k: dict(v) for k, v in self.rows.items()},
+            "compatible": self.compatible,
+            "gain_top1": self.gain,
+            "criterion": CRITERION,
+            "metric": self.metric,
+            "topk": list(self.topk),
+            "dims": dict(self.dims),
+            "n_query": self.n_query,
+            "n_gallery": self.n_gallery,
+            "exclude_self": self.exclude_self,
+            **({"meta": dict(self.meta)} if self.meta else {}),
+        }
+
+    def _columns(self) -> list[str]:
+        return [f"top{k}" for k in self.topk] + ["mAP"]
+
+    def to_markdown(self, title: str | None = None) -> str:
+        """A markdown table (percentages) with the criterion's verdict under it."""
+        cols = self._columns()
+        head = ["setting (query/gallery)"] + [c.replace("top", "top-") for c in cols] + ["no positive"]
+        lines = ([f"**{title}**", ""] if title else []) + [
+            "| " + " | ".join(head) + " |",
+            "|" + "---|" * len(head),
+        ]
+        for name, row in self.rows.items():
+            vals = [f"{100 * row[c]:.2f}" if c in row else "—" for c in cols]
+            lines.append(
+                f"| {name} | " + " | ".join(vals) + f" | {row.get('n_queries_without_positive', 0)} |"
+            )
+        d_old, d_new = self.dims["old"], self.dims["new"]
+        width = f"old {d_old}-d, new {d_new}-d" + (
+            f" (cross-model pairs on the first {min(d_old, d_new)} dims)" if d_old != d_new else ""
+        )
+        lines += [
+            "",
+            f"{self.metric} distance, {width}; {self.n_query} queries, {self.n_gallery} gallery items"
+            + (", each query's own item excluded" if self.exclude_self else "")
+            + ".",
+            f"Compatible (BCT criterion, {CRITERION}): **{'yes' if self.compatible else 'no'}** "
+            f"({100 * self.gain:+.2f} points).",
+        ]
+        return "\n".join(lines)
+
+    def plot(self, path: str | os.PathLike, title: str | None = None) -> Path:
+        """Grouped bar chart (settings × metrics) saved atomically to ``path`` (format from the suffix)."""
+        from matplotlib.figure import Figure  # lazy: matplotlib is an optional dependency
+
+        cols = self._columns()
+        names = list(self.rows)
+        fig = Figure(figsize=(1.6 + 1.2 * len(cols) * max(1, len(names)) / 3, 3.2))
+        ax = fig.add_subplot(1, 1, 1)
+        width = 0.8 / len(names)
+        for i, name in enumerate(names):
+            xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(cols))]
+            ys = [100 * self.rows[name].get(c, float("nan")) for c in cols]
+            bars = ax.bar(xs, ys, width=width, label=name)
+            ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        ax.set_xticks(range(len(cols)), [c.replace("top", "top-") for c in cols])
+        ax.set_ylabel("%")
+        ax.set_ylim(0, 105)
+        verdict = "compatible" if self.compatible else "NOT compatible"
+        ax.set_title(title or f"{self.metric} retrieval — {verdict}", fontsize=9)
+        ax.legend(fontsize=7, title="query/gallery", title_fontsize=7)
+        fig.tight_layout()
+        return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | os.PathLike) -> Path:
+    """Save a matplotlib figure atomically: a temporary file in the target folder, then ``os.replace``."""
+    path = Path(path)
+    if not path.suffix:
+        raise ValueError(f"plot path {str(path)!r} has no suffix; give e.g. '.png' or '.pdf'")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        publish_mode(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _module_modes(m: Any) -> list[tuple[nn.Module, bool]]:
+    return [(sub, sub.training) for sub in m.modules()] if isinstance(m, nn.Module) else []
+
+
+def _embed(src: FeatureSource, inputs: Any, role: str, which: str, batch_size: int | None) -> Tensor:
+    """Features of ``inputs`` from a model/function, or the precomputed ``src[which]``."""
+    if isinstance(src, Mapping):
+        if which not in src:
+            raise ValueError(
+                f"{role} features given as a dict need keys 'query' and 'gallery'; missing {which!r}"
+            )
+        feats = src[which]
+        if not isinstance(feats, Tensor):
+            raise TypeError(f"{role} {which} features must be a Tensor, got {type(feats).__name__}")
+        return feats
+    if not callable(src):
+        raise TypeError(
+            f"{role} must be a model/function mapping inputs to features or a dict "
+            f"{{'query': Tensor, 'gallery': Tensor}}, got {type(src).__name__}"
+        )
+    if inputs is None:
+        raise ValueError(f"{role} is a model, so the {which} inputs are needed (got None)")
+    modes = _module_modes(src)
+    try:
+        for sub, _ in modes:
+            sub.training = False  # eval(), restored below even when the forward fails
+        with torch.no_grad():
+            if batch_size is not None and isinstance(inputs, Tensor) and inputs.shape[0] > batch_size:
+                parts = [src(inputs[i : i + batch_size]) for i in range(0, inputs.shape[0], batch_size)]
+                if not all(isinstance(p, Tensor) for p in parts):
+                    bad = next(p for p in parts if not isinstance(p, Tensor))
+                    raise TypeError(
+                        f"{role} returned {type(bad).__name__} for the {which}; expected a Tensor"
+                    )
+                feats = torch.cat(parts)
+            else:
+                feats = src(inputs)
+    finally:
+        for sub, was in modes:
+            sub.training = was
+    if not isinstance(feats, Tensor):
+        raise TypeError(f"{role} returned {type(feats).__name__} for the {which}; expected a [n, d] Tensor")
+    return feats
+
+
+def compatibility_report(
+    old: FeatureSource,
+    new: FeatureSource,
+    query: Any = None,
+    gallery: Any = None,
+    labels: tuple[Tensor, Tensor] | None = None,
+    *,
+    metric: str = "cosine",
+    topk: Sequence[int] | int = (1, 5),
+    exclude_self: bool | None = None,
+    include_old_new: bool = False,
+    batch_size: int | None = 1024,
+    chunk_size: int | None = None,
+) -> CompatibilityReport:
+    """Evaluate a model update in the three settings of the compatibility protocol (old/old, new/old, new/new).
+
+    Args:
+        old: the old model — an ``nn.Module`` or function mapping a batch of inputs to ``[B, d_old]`` features
+            (called under ``no_grad`` in eval mode, training flags restored after), or precomputed features
+            ``{"query": Tensor, "gallery": Tensor}``.
+        new: the new model, same forms; its features may be wider (``d_new > d_old``: truncated against old).
+        query: query inputs (a Tensor is fed in ``batch_size`` row batches); unused for precomputed features.
+        gallery: gallery inputs; passing the *same object* as ``query`` embeds it once and, by default, uses
+            the leave-one-out protocol of ml-fct (``exclude_self``).
+        labels: ``(query_labels, gallery_labels)``.
+        metric, topk, chunk_size: as in :func:`retrieval_metrics` (top-1 is always computed: the criterion).
+        exclude_self: remove item i from query i's ranking; default: ``query is gallery``.
+        include_old_new: also report old query vs new gallery (forward compatibility).
+        batch_size: rows per forward call for Tensor inputs (``None``: one call).
+
+    Returns:
+        A :class:`CompatibilityReport`; ``.compatible`` is the BCT criterion on top-1.
+
+    Raises:
+        ValueError/TypeError: one line naming the bad argument (labels, shapes, non-finite features, …).
+
+    Example:
+        >>> import torch
+        >>> from orthokit.align.protocol import compatibility_report
+        >>> g = torch.Generator().manual_seed(0)
+        >>> y = torch.arange(60) % 3
+        >>> centers = torch.randn(3, 8, generator=g)
+        >>> x = centers[y] + 0.8 * torch.randn(60, 8, generator=g)  # the "images"
+        >>> old = lambda t: t[:, :6]  # the old model sees 6 dims
+        >>> new = lambda t: t  # the new one all 8; its first 6 are the old feature
+        >>> r = compatibility_report(old, new, x, x, (y, y))
+        >>> r.rows["new/old"] == r.rows["old/old"], r.compatible  # equal is not better: not compatible
+        (True, False)
+        >>> list(r.rows), r.dims, r.exclude_self
+        (['old/old', 'new/old', 'new/new'], {'old': 6, 'new': 8}, True)
+    """
+    if labels is None or not isinstance(labels, (tuple, list)) or len(labels) != 2:
+        raise ValueError("labels must be a pair (query_labels, gallery_labels)")
+    if isinstance(topk, int):
+        topk = (topk,)
+    ks = _check_topk(topk)
+    if 1 not in ks:
+        ks = (1, *ks)
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    same = query is gallery and query is not None
+    if exclude_self is None:
+        exclude_self = same
+    feats: dict[tuple[str, str], Tensor] = {}
+    for role, src in (("old", old), ("new", new)):
+        feats[role, "query"] = _embed(src, query, role, "query", batch_size)
+        if same and not isinstance(src, Mapping):
+            feats[role, "gallery"] = feats[role, "query"]
+        else:
+            feats[role, "gallery"] = _embed(src, gallery, role, "gallery", batch_size)
+    q_lab, g_lab = labels
+    for (role, which), f in feats.items():
+        _check_features(f, f"{role} {which} features")
+    n_q, n_g = feats["old", "query"].shape[0], feats["old", "gallery"].shape[0]
+    for which, n in (("query", n_q), ("gallery", n_g)):
+        if feats["new", which].shape[0] != n:
+            raise ValueError(
+                f"new {which} features have {feats['new', which].shape[0]} rows but old ones have {n}"
+            )
+    for role in ("old", "new"):
+        if feats[role, "query"].shape[1] != feats[role, "gallery"].shape[1]:
+            raise ValueError(
+                f"{role} query features are {feats[role, 'query'].shape[1]}-d but {role} gallery features are "
+                f"{feats[role, 'gallery'].shape[1]}-d; one model must give one width"
+            )
+    q_lab = _check_labels(q_lab, "query_labels", n_q, "the query set")
+    g_lab = _check_labels(g_lab, "gallery_labels", n_g, "the gallery set")
+    settings = [("old", "old"), ("new", "old"), ("new", "new")] + (
+        [("old", "new")] if include_old_new else []
+    )
+    rows = {
+        f"{qm}/{gm}": retrieval_metrics(
+            feats[qm, "query"],
+            feats[gm, "gallery"],
+            q_lab,
+            g_lab,
+            metric=metric,
+            topk=ks,
+            exclude_self=exclude_self,
+            chunk_size=chunk_size,
+        )
+        for qm, gm in settings
+    }
+    dims = {"old": feats["old", "query"].shape[1], "new": feats["new", "query"].shape[1]}
+    return CompatibilityReport(rows, metric, ks, dims, n_q, n_g, bool(exclude_self))
