@@ -77,7 +77,7 @@ def _check_features(x: Any, name: str) -> Tensor:
     if bool(bad.any()):
         rows = bad.nonzero().flatten()
         raise ValueError(
-            f"{name} has non-finite values (NaN/inf) in {rows.numel()} row(s), first row {int(rows[0])}"
+            f"{name}: non-finite values (NaN/inf) in {rows.numel()} row(s), first row {int(rows[0])}"
         )
     return x
 
