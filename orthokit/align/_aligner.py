@@ -69,19 +69,21 @@ def check_rows(X: object, name: str) -> Tensor:
     return X
 
 
-def check_pair(source: object, target: object, min_rows: int = 2) -> tuple[Tensor, Tensor]:
+def check_pair(
+    source: object, target: object, min_rows: int = 2, names: tuple[str, str] = ("source", "target")
+) -> tuple[Tensor, Tensor]:
     """Validate corresponding rows: both 2-D, finite, the same number of rows ``≥ min_rows``."""
-    X = check_rows(source, "source")
-    Y = check_rows(target, "target")
+    a, b = names
+    X = check_rows(source, a)
+    Y = check_rows(target, b)
     if X.shape[0] != Y.shape[0]:
         raise ValueError(
-            f"source and target must have the same number of rows (corresponding pairs), got {X.shape[0]} and "
-            f"{Y.shape[0]}"
+            f"{a} and {b} must have the same number of rows (corresponding pairs), got {X.shape[0]} and {Y.shape[0]}"
         )
     if X.shape[0] < min_rows:
-        raise ValueError(f"source and target need at least {min_rows} rows to fit a map, got {X.shape[0]}")
+        raise ValueError(f"{a} and {b} need at least {min_rows} rows, got {X.shape[0]}")
     if X.device != Y.device:
-        raise ValueError(f"source and target must be on the same device, got {X.device} and {Y.device}")
+        raise ValueError(f"{a} and {b} must be on the same device, got {X.device} and {Y.device}")
     return X, Y
 
 
@@ -248,7 +250,7 @@ class Aligner:
             ``rmse`` (root mean squared row error), ``max_row_error`` (largest ``‖T(xᵢ) − yᵢ‖``),
             ``mean_cosine`` (mean cosine similarity of ``T(xᵢ)`` and ``yᵢ``).
         """
-        X, Y = check_pair(X, Y, min_rows=1)
+        X, Y = check_pair(X, Y, min_rows=1, names=("X", "Y"))
         if Y.shape[1] != self.d_target:
             raise ValueError(f"Y has {Y.shape[1]} features, the aligner maps to {self.d_target}")
         P = self.transform(X.to(torch.float64)).to(torch.float64)
