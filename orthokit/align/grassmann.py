@@ -274,6 +274,11 @@ class GrassmannSGD(torch.optim.Optimizer):
                     raise ValueError("GrassmannSGD: sparse gradients are not supported")
                 state = self.state[p]
                 d_p = p.grad
+                if not torch.isfinite(d_p).all():
+                    raise ValueError(
+                        f"GrassmannSGD: non-finite gradient for a parameter of shape {tuple(p.shape)}; "
+                        "parameters and state left unchanged"
+                    )
                 if not group["grassmann"] and group["weight_decay"] != 0:
                     d_p = d_p.add(p, alpha=group["weight_decay"])
                 buf = None
