@@ -48,12 +48,11 @@ def test_gradient_matches_finite_differences() -> None:
 
 
 def test_descending_the_penalty_reaches_the_tolerance() -> None:
-    W = (3.0 * torch.eye(3, dtype=torch.float64)).requires_grad_()
-    opt = torch.optim.SGD([W], lr=0.01)
-    for _ in range(2000):
-        opt.zero_grad()
-        lambda_orthogonality_penalty(W, 0.5).backward()
-        opt.step()
+    W = (1.5 * torch.eye(3, dtype=torch.float64)).requires_grad_()
+    for _ in range(300):  # plain gradient descent (torch.optim would import torch._dynamo: seconds)
+        (grad,) = torch.autograd.grad(lambda_orthogonality_penalty(W, 0.5), W)
+        with torch.no_grad():
+            W -= 0.05 * grad
     assert float(lambda_orthogonality_gap(W.detach())) == pytest.approx(0.5, abs=1e-3)
 
 
