@@ -217,9 +217,12 @@ def _score_block(dist: Tensor, relevant: Tensor, ks: tuple[int, ...]) -> tuple[T
     is_end = torch.ones_like(match)
     is_end[:, :-1] = dist_sorted[:, 1:] != dist_sorted[:, :-1]
     positions = torch.arange(n_g, device=dist.device)
-    end = torch.where(is_end, positions, n_g).flip(1).cummin(dim=1).values.flip(1)
     tp = match.cumsum(dim=1, dtype=torch.float64)
-    prec_at_end = tp.gather(1, end) / (end + 1).to(torch.float64)
+    if bool(is_end.all()):  # no tied distances (the usual case): each item is its own threshold
+        prec_at_end = tp / (positions + 1).to(torch.float64)
+    else:
+        end = torch.where(is_end, positions, n_g).flip(1).cummin(dim=1).values.flip(1)
+        prec_at_end = tp.gather(1, end) / (end + 1).to(torch.float64)
     ap = (prec_at_end * match).sum(dim=1) / n_pos.clamp_min(1)
     return hits, ap, valid
 
