@@ -229,7 +229,7 @@ def solve_lambda_orthogonal(
     *,
     max_outer: int = 30,
     max_inner: int = 200,
-    tol: float = 1e-10,
+    tol: float = 1e-8,
 ) -> tuple[Tensor, dict[str, Any]]:
     r"""``min_W ‖Xc W − Yc‖_F² / n  s.t.  ‖G − I‖_F ≤ λ`` (centered data), by an augmented Lagrangian.
 
@@ -341,7 +341,7 @@ def fit_lambda_orthogonal(
     dtype: torch.dtype | None = None,
     max_outer: int = 30,
     max_inner: int = 200,
-    tol: float = 1e-10,
+    tol: float = 1e-8,
 ) -> Aligner:
     r"""Affine map with a λ-orthogonal linear part: ``min ‖(X − μ_s)W + μ_t − Y‖²`` s.t. ``‖G − I‖_F ≤ λ``.
 
