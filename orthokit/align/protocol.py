@@ -9,7 +9,8 @@ mAP, with the evaluation code of ``apple/ml-fct`` (``utils/eval_utils.py``), whi
 
 * **distance** — cosine: both features are truncated to ``min(d_query, d_gallery)`` *before* L2 normalization,
   ``d = 1 − q̂·ĝ`` (how a wider new feature ``d_old + k`` meets an old ``d_old`` gallery); L2: the same
-  truncation, then Euclidean distance (ranked by its square).
+  truncation, then Euclidean distance (ranked by its square); ``"inner"``: the truncation and ``1 − q·g``
+  without normalizing (the BT² code's cosine, which expects normalized model outputs).
 * **CMC top-k** with first-match-break: a query is a hit at k when any of its k nearest gallery items shares its
   label.
 * **mAP** — mean over queries of average precision with ``sklearn.metrics.average_precision_score`` semantics
@@ -54,7 +55,7 @@ __all__ = [
 ]
 
 #: distance names accepted by :func:`retrieval_metrics`
-METRICS = ("cosine", "l2")
+METRICS = ("cosine", "l2", "inner")
 
 #: elements of one query-chunk × gallery block kept in memory at once when ``chunk_size`` is not given
 _BLOCK_ELEMENTS = 1 << 22
@@ -140,7 +141,9 @@ def retrieval_metrics(
         gallery: ``[n_g, d_g]`` gallery features; both are truncated to ``min(d_q, d_g)`` dims first.
         query_labels: ``[n_q]`` integer class labels.
         gallery_labels: ``[n_g]`` integer class labels.
-        metric: ``"cosine"`` (truncate, then L2-normalize, ``1 − cos``) or ``"l2"`` (truncate, Euclidean).
+        metric: ``"cosine"`` (truncate, then L2-normalize, ``1 − cos``), ``"l2"`` (truncate, Euclidean) or
+            ``"inner"`` (truncate, ``1 − q·g`` without normalizing: the BT² code's distance, for features the
+            models already normalize).
         topk: the k of the CMC values returned as ``"top{k}"``.
         exclude_self: the query set *is* the gallery set (``n_q == n_g``, row i the same item): gallery item i
             is removed from query i's ranking (ml-fct does this whenever query and gallery labels are equal).
@@ -198,7 +201,7 @@ def retrieval_metrics(
 
 def _distance(Q: Tensor, G: Tensor, metric: str) -> Tensor:
     """``[c, n_g]`` distances between prepared (truncated, for cosine normalized) rows."""
-    if metric == "cosine":
+    if metric in ("cosine", "inner"):
         return 1.0 - Q @ G.T
     return ((Q * Q).sum(dim=1, keepdim=True) + (G * G).sum(dim=1) - 2.0 * (Q @ G.T)).clamp_min_(0.0)
 

@@ -23,7 +23,9 @@ def ref_distances(q: torch.Tensor, g: torch.Tensor, metric: str) -> list[list[fl
     for a in qs:
         row = []
         for b in gs:
-            if metric == "cosine":
+            if metric == "inner":
+                row.append(1.0 - sum(x * y for x, y in zip(a, b)))
+            elif metric == "cosine":
                 na = math.sqrt(sum(x * x for x in a)) or 1.0
                 nb = math.sqrt(sum(x * x for x in b)) or 1.0
                 row.append(1.0 - sum(x * y for x, y in zip(a, b)) / (na * nb))
@@ -89,7 +91,7 @@ def check_against_reference(fn: Fn) -> None:
         [(23, 31, 6, 6, 4), (17, 40, 9, 5, 5), (20, 27, 4, 10, 3), (15, 12, 7, 7, 9)]
     ):
         q, x, ql, gl = random_case(seed, n_q, n_g, d_q, d_g, n_cls)
-        for metric in ("cosine", "l2"):
+        for metric in ("cosine", "l2", "inner"):
             assert_close(fn(q, x, ql, gl, metric=metric), ref_metrics(q, x, ql, gl, metric))
     q, _, ql, _ = random_case(7, 25, 25, 6, 6, 4)
     for metric in ("cosine", "l2"):
