@@ -54,7 +54,8 @@ def test_mixed_gallery_matches_brute_force() -> None:
 
 def test_monotone_on_a_well_behaved_case_and_auc() -> None:
     old_g, new_g, new_q, ql, gl = _setup(2, n_g=300, n_q=150)
-    curve = partial_backfill_curve(old_g, new_g, new_q, ql, gl, exclude_self=False, seed=3)
+    fractions = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    curve = partial_backfill_curve(old_g, new_g, new_q, ql, gl, fractions=fractions, seed=3)
     maps = [p["mAP"] for p in curve.points]
     assert all(b >= a for a, b in zip(maps, maps[1:])), maps
     assert maps[-1] - maps[0] > 0.2  # the new model is much better than the noisy old one
