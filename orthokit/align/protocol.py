@@ -255,7 +255,10 @@ def _score(
         ap_sum += float(ap[valid].sum())
         n_valid += int(valid.sum())
     if n_valid == 0:
-        raise ValueError("no query label occurs among gallery_labels; retrieval metrics are undefined")
+        other = " other than the query itself" if exclude_self else ""
+        raise ValueError(
+            f"no query has a gallery item with its label{other}; retrieval metrics are undefined"
+        )
     out: dict[str, float] = {f"top{k}": float(hits_sum[i]) / n_valid for i, k in enumerate(ks)}
     out["mAP"] = ap_sum / n_valid
     out["n_queries_without_positive"] = n_q - n_valid

@@ -91,7 +91,7 @@ def test_values_are_fractions_and_float32_input_ok() -> None:
         ({"topk": (1, 1)}, "repeated"),
         ({"exclude_self": True}, "exclude_self=True needs"),
         ({"chunk_size": 0}, "chunk_size must be a positive int"),
-        ({"query_labels": torch.tensor([9, 9])}, "no query label occurs"),
+        ({"query_labels": torch.tensor([9, 9])}, "no query has a gallery item with its label;"),
     ],
 )
 def test_errors_are_one_line_value_errors(kwargs: dict, match: str) -> None:
@@ -111,6 +111,11 @@ def test_errors_are_one_line_value_errors(kwargs: dict, match: str) -> None:
             **args,
         )
     assert "\n" not in str(ei.value)
+
+
+def test_leave_one_out_without_any_other_relevant_item() -> None:
+    with pytest.raises(ValueError, match="other than the query itself"):
+        retrieval_metrics(torch.eye(3), torch.eye(3), torch.arange(3), torch.arange(3), exclude_self=True)
 
 
 def test_type_errors() -> None:
