@@ -53,3 +53,11 @@ def test_tiny_run_writes_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert data["runs"][1]["gcr_orthonormality_error"] < 1e-5
     md = (tmp_path / "align_losses_quick.md").read_text()
     assert "Machine:" in md and "| cross-entropy (linear head) |" in md
+
+
+def test_demo_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(B, "load", _toy)
+    sec = B.demo(tmp_path)
+    assert sec.family == "orthokit.align" and sec.anchor.startswith("CE ")
+    assert sec.figures == ("align_losses_quick.png",) and (tmp_path / "align_losses_quick.png").is_file()
+    assert "## mnist" in sec.body and "## digits" in sec.body
