@@ -1,10 +1,11 @@
 """orthokit — orthogonality as a first-class tool for deep learning.
 
-Four places to apply an orthogonal map or a projection, four families:
+Places to apply an orthogonal map or a projection, one family each:
 
 * ``orthokit.optim``      — orthogonalized optimizers (Muon, NorMuon, AdaMuon, ROOT, Dion, ...)
 * ``orthokit.projection`` — gradient projection away from protected subspaces (GPM, SGP, OGD, ...)
 * ``orthokit.merge``      — model merging in orthogonal/subspace geometry (TIES, OrthoMerge, DC-Merge, ...)
+* ``orthokit.align``      — alignment and backward-compatible representations (Procrustes, BCT, OCA, BT², OPL, ...)
 * ``orthokit.linalg``     — the shared primitives: polar factor, Procrustes, Cayley, SO(n) exp/log, ...
 
 plus ``orthokit.io`` (safetensors/YAML I/O), ``orthokit.integrations`` (Hugging Face ``Trainer`` glue) and
@@ -27,7 +28,7 @@ __version__ = "0.1.0"
 
 # Subpackages reachable as ``orthokit.<name>`` (lazily imported). Only packages that exist belong here:
 # tests/test_namespace.py imports every one of them.
-_SUBPACKAGES: tuple[str, ...] = ("linalg", "optim", "projection", "merge", "io", "integrations", "bench")
+_SUBPACKAGES: tuple[str, ...] = ("linalg", "optim", "projection", "merge", "align", "io", "integrations", "bench")
 
 __all__ = ["polar", "linalg", "__version__"]
 
