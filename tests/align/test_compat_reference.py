@@ -126,9 +126,13 @@ def test_synthesize_prototypes_against_manual_computation() -> None:
     F_, L_ = np_(feats), labels.numpy()
     want = [np_(W)[0], np_(W)[1]]
     for c in range(2, C):
-        mu = F_[L_ == c].mean(axis=0)
+        mu = unit(F_[L_ == c]).mean(axis=0)
         want.append(mu / np.linalg.norm(mu))
     np.testing.assert_allclose(np_(P), np.stack(want), atol=1e-14)
+    raw = synthesize_prototypes(feats, labels, W, C, normalize_features=False)
+    mu = F_[L_ == 3].mean(axis=0)
+    np.testing.assert_allclose(np_(raw)[3], mu / np.linalg.norm(mu), atol=1e-14)
+    assert not np.allclose(np_(raw)[3], np_(P)[3], atol=1e-6)
     # None: every row synthesized; match_norm: new rows take the old rows' mean norm
     P_all = synthesize_prototypes(feats, labels, None, C)
     np.testing.assert_allclose(np.linalg.norm(np_(P_all), axis=1), 1.0, atol=1e-14)
