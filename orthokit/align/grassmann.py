@@ -144,7 +144,7 @@ class GrassmannClassHead(nn.Module):
     def orthonormality_error(self) -> float:
         """``max_c ‖S_cᵀS_c − I‖_max`` (computed in float64)."""
         S = self.bases.detach().to(torch.float64)
-        eye = torch.eye(self.subdim, dtype=torch.float64)
+        eye = torch.eye(self.subdim, dtype=torch.float64, device=S.device)
         return float((S.mT @ S - eye).abs().max())
 
     def extra_repr(self) -> str:
@@ -251,7 +251,9 @@ class GrassmannSGD(torch.optim.Optimizer):
                         f"got {tuple(p.shape)}"
                     )
                 S = p.detach().to(torch.float64)
-                err = float((S.mT @ S - torch.eye(S.shape[-1], dtype=torch.float64)).abs().max())
+                err = float(
+                    (S.mT @ S - torch.eye(S.shape[-1], dtype=torch.float64, device=S.device)).abs().max()
+                )
                 if err > 1e-3:
                     raise ValueError(
                         f"GrassmannSGD: Grassmann parameter {pi} of group {gi} does not have orthonormal columns "
