@@ -94,6 +94,7 @@ def generate_ebv(
         True
     """
     n, dim, steps = _check_int("n_classes", n, 2), _check_int("dim", dim, 1), _check_int("steps", steps, 1)
+    seed = _check_int("seed", seed, 0)
     if not isinstance(max_cos, (int, float)) or not 0.0 < max_cos < 1.0:
         raise ValueError(f"EBV: max_cos must be in (0, 1), got {max_cos!r}")
     if not isinstance(lr, (int, float)) or not lr > 0:

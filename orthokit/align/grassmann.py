@@ -103,8 +103,8 @@ class GrassmannClassHead(nn.Module):
         seed: seed of the random orthonormal initialization (``None``: torch's global generator).
 
     ``bases`` is a ``[n_classes, d, k]`` parameter with orthonormal columns per class; train it with
-    :class:`GrassmannSGD` (a plain optimizer would leave the manifold, and the head then warns nothing —
-    check :meth:`orthonormality_error`). Its gradient is a regular ``Tensor`` so any optimizer *can* step it.
+    :class:`GrassmannSGD`; a plain optimizer *can* step it (the gradient is an ordinary tensor) but silently
+    leaves the manifold — :meth:`orthonormality_error` tells.
     """
 
     def __init__(

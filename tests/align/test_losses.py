@@ -114,6 +114,7 @@ def test_ebv_unreached_alpha_is_a_clear_error() -> None:
         ({"n_classes": 3, "dim": 4, "max_cos": 1.5}, "max_cos"),
         ({"n_classes": 3, "dim": 4, "tau": 0.0}, "tau"),
         ({"n_classes": 3, "dim": 4, "lr": -1.0}, "lr"),
+        ({"n_classes": 3, "dim": 4, "seed": -1}, "seed"),
     ],
 )
 def test_ebv_bad_arguments(kw: dict[str, Any], msg: str) -> None:
