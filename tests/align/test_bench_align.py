@@ -16,7 +16,20 @@ from torch import Tensor, nn
 import orthokit.bench.align as A
 from orthokit.bench.report import Section
 
-TINY = ["--n-train", "600", "--old-steps", "3", "--new-steps", "2", "--n-query", "60", "--n-gallery", "240"]
+TINY = [
+    "--n-train",
+    "600",
+    "--n-old",
+    "200",
+    "--old-steps",
+    "3",
+    "--new-steps",
+    "2",
+    "--n-query",
+    "60",
+    "--n-gallery",
+    "240",
+]
 
 
 def test_tiny_cli_run_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -35,7 +48,7 @@ def test_tiny_cli_run_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFi
         for m in ("independent", "bct"):
             row = seed["methods"][m]
             for st in A.SETTINGS:
-                assert set(row[st]) == {"top1", "top5", "mAP"}
+                assert set(row[st]) == set(A.METRIC_KEYS)
                 assert all(0.0 <= v <= 1.0 for v in row[st].values())
             assert row["train_s"] > 0 and row["extra_parameters"] >= 0
     # the old model and its old/old row are shared by every method of a seed
@@ -69,7 +82,7 @@ class _PerfectlyCompatible(nn.Module):
 
 
 def test_new_old_uses_the_compatible_feature_and_new_new_the_new_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    def fake_build(name: str, cfg: A.CompatConfig, old: A.OldModel, protos: Any, seed: int) -> Any:
+    def fake_build(name: str, cfg: A.CompatConfig, old: A.OldModel, protos: Any, seed: int, ind: Any) -> Any:
         return _PerfectlyCompatible(A.ConvTrunk(4, cfg.old_dim), old), cfg.old_dim
 
     monkeypatch.setattr(A, "build_method", fake_build)
@@ -80,11 +93,16 @@ def test_new_old_uses_the_compatible_feature_and_new_new_the_new_one(monkeypatch
     assert r["new/old"] == r["old/old"]
     assert r["new/new"] != r["old/old"]  # a barely trained 4-channel CNN does not rank like the old model
     assert r["extra_parameters"] == 7 and r["compatible_dim"] == cfg.old_dim
+    # the per-group top-1 values split the same queries: their query-weighted mean is the overall top-1
+    seen = int((A._split(cfg, 0)["yq"] < cfg.old_classes).sum())
+    for st in A.SETTINGS:
+        mixed = (seen * r[st]["top1_seen"] + (cfg.n_query - seen) * r[st]["top1_unseen"]) / cfg.n_query
+        assert math.isclose(mixed, r[st]["top1"], abs_tol=1e-12)
 
 
 def _seed_rows(seed: int, old: float, new_old: float, new_new: float) -> dict[str, Any]:
     def m(v: float) -> dict[str, float]:
-        return {"top1": v, "top5": min(1.0, v + 0.05), "mAP": v / 2}
+        return {"top1": v, "top5": min(1.0, v + 0.05), "mAP": v / 2, "top1_seen": v, "top1_unseen": v}
 
     row = {"old/old": m(old), "new/old": m(new_old), "new/new": m(new_new), "train_s": 1.0 + seed}
     return {**row, "extra_parameters": 3, "feat_dim": 64}
@@ -126,6 +144,7 @@ def test_summary_statistics_and_verdicts_against_hand_values() -> None:
     res = {"methods": s["methods"], "goals": s["goals"], "seeds": [0, 1, 2]}
     text = "\n".join(A.verdict_lines(res))
     assert "criterion new/old > old/old **met** (2/3 seeds)" in text
+    assert s["goals"]["criterion_map"] == {"oca": True} and oca["criterion_map_seeds"] == 2
     assert "OCA −1.2 pts" in text.replace("-", "−") and "**not met**" in text
 
 
@@ -138,7 +157,8 @@ def test_demo_returns_a_section_with_its_plot(tmp_path: Path, monkeypatch: pytes
     assert isinstance(sec, Section) and sec.family == "align"
     assert sec.figures == ("align_compat_quick.png",) and (tmp_path / "align_compat_quick.png").is_file()
     assert sec.ours.startswith("BCT ") and sec.anchor.startswith("independent new/old ")
-    assert "/1 compatible methods" in sec.verdict and "| independent |" in sec.body
+    assert "/1, mAP " in sec.verdict and sec.verdict.endswith("/1 compatible methods")
+    assert "| independent |" in sec.body
 
 
 @pytest.mark.parametrize(
