@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from orthokit.align.registry import ALIGN_LOSSES, ALIGNERS, COMPAT_METHODS
 from orthokit.merge.registry import MERGE_METHODS
 from orthokit.optim import OPTIMIZERS
 from orthokit.projection import PROJECTIONS
@@ -25,6 +26,9 @@ SECTIONS = {
     "orthokit.optim": OPTIMIZERS,
     "orthokit.projection": PROJECTIONS,
     "orthokit.merge": MERGE_METHODS,
+    "orthokit.align (alignment maps)": ALIGNERS,
+    "orthokit.align (compatible training)": COMPAT_METHODS,
+    "orthokit.align (losses and heads)": ALIGN_LOSSES,
 }
 
 # first cell of a table row: [`name`](relative/path.md#anchor)
