@@ -280,7 +280,9 @@ class CompatibilityReport:
             the :func:`retrieval_metrics` dict; the setting is ``query model / gallery model``.
         metric: ``"cosine"`` or ``"l2"``.
         topk: the CMC ranks reported.
-        dims: ``{"old": d_old, "new": d_new}``; cross-model pairs are compared on ``min(d_old, d_new)`` dims.
+        dims: ``{"old": d_old, "new": d_new}``, plus ``"compatible": d_c`` when the new model gave a separate
+            compatible feature for the cross-model rows; cross-model pairs are compared on
+            ``min(d_old, d_c or d_new)`` dims.
         n_query, n_gallery: set sizes.
         exclude_self: whether item i was removed from query i's ranking (query set = gallery set).
 
@@ -348,9 +350,12 @@ class CompatibilityReport:
                 f"| {name} | " + " | ".join(vals) + f" | {row.get('n_queries_without_positive', 0)} |"
             )
         d_old, d_new = self.dims["old"], self.dims["new"]
+        d_c = self.dims.get("compatible")
+        d_x = d_new if d_c is None else d_c
         width = f"old {d_old}-d, new {d_new}-d" + (
-            f" (cross-model pairs on the first {min(d_old, d_new)} dims)" if d_old != d_new else ""
+            "" if d_c is None else f", cross-model rows use the new model's {d_c}-d compatible feature"
         )
+        width += f" (cross-model pairs on the first {min(d_old, d_x)} dims)" if d_old != d_x else ""
         lines += [
             "",
             f"{self.metric} distance, {width}; {self.n_query} queries, {self.n_gallery} gallery items"
@@ -407,8 +412,27 @@ def _module_modes(m: Any) -> list[tuple[nn.Module, bool]]:
     return [(sub, sub.training) for sub in m.modules()] if isinstance(m, nn.Module) else []
 
 
-def _embed(src: FeatureSource, inputs: Any, role: str, which: str, batch_size: int | None) -> Tensor:
-    """Features of ``inputs`` from a model/function, or the precomputed ``src[which]``."""
+def _has_compatible(src: Any) -> bool:
+    """``src`` is a compatible-training method: it has callable ``new_features`` and ``compatible_features``."""
+    return (
+        not isinstance(src, Mapping)
+        and callable(getattr(src, "new_features", None))
+        and callable(getattr(src, "compatible_features", None))
+    )
+
+
+def _embed(
+    src: FeatureSource,
+    inputs: Any,
+    role: str,
+    which: str,
+    batch_size: int | None,
+    owner: Any = None,
+) -> Tensor:
+    """Features of ``inputs`` from a model/function, or the precomputed ``src[which]``.
+
+    ``owner``: the module whose training flags are switched to eval around the call (default ``src``; a bound
+    method such as ``method.compatible_features`` passes its module here)."""
     if isinstance(src, Mapping):
         if which not in src:
             raise ValueError(
@@ -425,7 +449,7 @@ def _embed(src: FeatureSource, inputs: Any, role: str, which: str, batch_size: i
         )
     if inputs is None:
         raise ValueError(f"{role} is a model, so the {which} inputs are needed (got None)")
-    modes = _module_modes(src)
+    modes = _module_modes(src if owner is None else owner)
     try:
         for sub, _ in modes:
             sub.training = False  # eval(), restored below even when the forward fails
@@ -446,6 +470,42 @@ def _embed(src: FeatureSource, inputs: Any, role: str, which: str, batch_size: i
     if not isinstance(feats, Tensor):
         raise TypeError(f"{role} returned {type(feats).__name__} for the {which}; expected a [n, d] Tensor")
     return feats
+
+
+def _new_features(
+    new: FeatureSource,
+    query: Any,
+    gallery: Any,
+    same: bool,
+    need_gallery_compat: bool,
+    batch_size: int | None,
+) -> dict[str, Tensor]:
+    """The new model's ``query``/``gallery`` features, plus ``compatible_query`` (and, when the old/new row is
+    asked, ``compatible_gallery``) when ``new`` provides a separate compatible feature."""
+    out: dict[str, Tensor] = {}
+    if isinstance(new, Mapping):
+        out["query"] = _embed(new, None, "new", "query", batch_size)
+        out["gallery"] = _embed(new, None, "new", "gallery", batch_size)
+        for key in ("compatible_query", "compatible_gallery"):
+            if key in new:
+                out[key] = _embed(new, None, "new", key, batch_size)
+        return out
+    if _has_compatible(new):
+        pairs = [("query", "query", new.new_features), ("compatible_query", "query", new.compatible_features)]
+        pairs += [("gallery", "gallery", new.new_features)]
+        if need_gallery_compat:
+            pairs += [("compatible_gallery", "gallery", new.compatible_features)]
+        for key, which, fn in pairs:
+            if same and which == "gallery":
+                out[key] = out[key.replace("gallery", "query")]
+            else:
+                out[key] = _embed(
+                    fn, query if which == "query" else gallery, "new", key, batch_size, owner=new
+                )
+        return out
+    out["query"] = _embed(new, query, "new", "query", batch_size)
+    out["gallery"] = out["query"] if same else _embed(new, gallery, "new", "gallery", batch_size)
+    return out
 
 
 def compatibility_report(
@@ -469,6 +529,12 @@ def compatibility_report(
             (called under ``no_grad`` in eval mode, training flags restored after), or precomputed features
             ``{"query": Tensor, "gallery": Tensor}``.
         new: the new model, same forms; its features may be wider (``d_new > d_old``: truncated against old).
+            A compatible-training method — any object with callable ``new_features`` and
+            ``compatible_features`` (e.g. :class:`orthokit.align._compat_common.CompatMethod`; checked before
+            plain callables) — gives its ``compatible_features`` to the cross-model rows (new/old, and the
+            gallery of old/new) and its ``new_features`` to new/new (eval mode, flags restored). Precomputed:
+            optional keys ``"compatible_query"`` (new/old) and ``"compatible_gallery"`` (old/new) do the same;
+            without them the ``"query"``/``"gallery"`` features serve every row.
         query: query inputs (a Tensor is fed in ``batch_size`` row batches); unused for precomputed features.
         gallery: gallery inputs; passing the *same object* as ``query`` embeds it once and, by default, uses
             the leave-one-out protocol of ml-fct (``exclude_self``).
@@ -498,6 +564,14 @@ def compatibility_report(
         (True, False)
         >>> list(r.rows), r.dims, r.exclude_self
         (['old/old', 'new/old', 'new/new'], {'old': 6, 'new': 8}, True)
+
+        A compatible-training method: new/old reads its compatible feature, new/new its new one.
+
+        >>> from types import SimpleNamespace
+        >>> method = SimpleNamespace(new_features=lambda t: t.flip(1), compatible_features=lambda t: t[:, :6])
+        >>> rm = compatibility_report(old, method, x, x, (y, y))  # flip: 8-d, its first 6 dims are not old's
+        >>> rm.rows["new/old"] == r.rows["old/old"], rm.rows["new/new"] == r.rows["new/new"], rm.dims
+        (True, True, {'old': 6, 'new': 8, 'compatible': 6})
     """
     if labels is None or not isinstance(labels, (tuple, list)) or len(labels) != 2:
         raise ValueError("labels must be a pair (query_labels, gallery_labels)")
@@ -516,36 +590,50 @@ def compatibility_report(
     if exclude_self is None:
         exclude_self = same
     feats: dict[tuple[str, str], Tensor] = {}
-    for role, src in (("old", old), ("new", new)):
-        feats[role, "query"] = _embed(src, query, role, "query", batch_size)
-        if same and not isinstance(src, Mapping):
-            feats[role, "gallery"] = feats[role, "query"]
-        else:
-            feats[role, "gallery"] = _embed(src, gallery, role, "gallery", batch_size)
+    feats["old", "query"] = _embed(old, query, "old", "query", batch_size)
+    if same and not isinstance(old, Mapping):
+        feats["old", "gallery"] = feats["old", "query"]
+    else:
+        feats["old", "gallery"] = _embed(old, gallery, "old", "gallery", batch_size)
+    for which, f in _new_features(new, query, gallery, same, include_old_new, batch_size).items():
+        role, which = ("compat", which.split("_")[1]) if which.startswith("compatible_") else ("new", which)
+        feats[role, which] = f
     q_lab, g_lab = labels
     for (role, which), f in feats.items():
-        _check_features(f, f"{role} {which} features")
+        name = f"new compatible_{which}" if role == "compat" else f"{role} {which}"
+        _check_features(f, f"{name} features")
     n_q, n_g = feats["old", "query"].shape[0], feats["old", "gallery"].shape[0]
-    for which, n in (("query", n_q), ("gallery", n_g)):
-        if feats["new", which].shape[0] != n:
-            raise ValueError(
-                f"new {which} features have {feats['new', which].shape[0]} rows but old ones have {n}"
-            )
-    for role in ("old", "new"):
-        if feats[role, "query"].shape[1] != feats[role, "gallery"].shape[1]:
-            raise ValueError(
-                f"{role} query features are {feats[role, 'query'].shape[1]}-d but {role} gallery features are "
-                f"{feats[role, 'gallery'].shape[1]}-d; one model must give one width"
-            )
+    for (role, which), f in feats.items():
+        n = n_q if which == "query" else n_g
+        if role != "old" and f.shape[0] != n:
+            name = f"new compatible_{which}" if role == "compat" else f"new {which}"
+            raise ValueError(f"{name} features have {f.shape[0]} rows but old ones have {n}")
+    for role in ("old", "new", "compat"):
+        if (role, "query") in feats and (role, "gallery") in feats:
+            dq, dg = feats[role, "query"].shape[1], feats[role, "gallery"].shape[1]
+            if dq != dg:
+                pre = "new compatible_" if role == "compat" else f"{role} "
+                raise ValueError(
+                    f"{pre}query features are {dq}-d but {pre}gallery features are {dg}-d; one model must give "
+                    "one width"
+                )
     q_lab = _check_labels(q_lab, "query_labels", n_q, "the query set")
     g_lab = _check_labels(g_lab, "gallery_labels", n_g, "the gallery set")
-    settings = [("old", "old"), ("new", "old"), ("new", "new")] + (
-        [("old", "new")] if include_old_new else []
-    )
+    # the cross-model rows read the new model's compatible feature where it has one
+    pairs = {
+        "old/old": (("old", "query"), ("old", "gallery")),
+        "new/old": (("compat" if ("compat", "query") in feats else "new", "query"), ("old", "gallery")),
+        "new/new": (("new", "query"), ("new", "gallery")),
+    }
+    if include_old_new:
+        pairs["old/new"] = (
+            ("old", "query"),
+            ("compat" if ("compat", "gallery") in feats else "new", "gallery"),
+        )
     rows = {
-        f"{qm}/{gm}": retrieval_metrics(
-            feats[qm, "query"],
-            feats[gm, "gallery"],
+        name: retrieval_metrics(
+            feats[qk],
+            feats[gk],
             q_lab,
             g_lab,
             metric=metric,
@@ -553,7 +641,10 @@ def compatibility_report(
             exclude_self=exclude_self,
             chunk_size=chunk_size,
         )
-        for qm, gm in settings
+        for name, (qk, gk) in pairs.items()
     }
     dims = {"old": feats["old", "query"].shape[1], "new": feats["new", "query"].shape[1]}
+    compat_key = ("compat", "query") if ("compat", "query") in feats else ("compat", "gallery")
+    if compat_key in feats:
+        dims["compatible"] = feats[compat_key].shape[1]
     return CompatibilityReport(rows, metric, ks, dims, n_q, n_g, bool(exclude_self))
