@@ -1,6 +1,7 @@
 """The ``orthokit`` command line: a thin layer over the library.
 
-orthokit bench {polar,optim,continual,merge} [options]   run a benchmark (results in ./orthokit_results, or --out DIR)
+orthokit bench {polar,optim,continual,merge,align,align_canonical,align_losses} [options]
+                                                  run a benchmark (results in ./orthokit_results, or --out DIR)
 orthokit merge CONFIG.yaml OUT_DIR [--dry-run]            merge checkpoints from a mergekit-style config
 orthokit demo [--out DIR]                                 the end-to-end demo report
 """
@@ -11,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-BENCHMARKS = ("polar", "optim", "continual", "merge")
+BENCHMARKS = ("polar", "optim", "continual", "merge", "align", "align_canonical", "align_losses")
 
 
 def main(argv: list[str] | None = None) -> int:

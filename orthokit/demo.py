@@ -29,7 +29,15 @@ from orthokit.bench.report import Section, atomic_write_text, machine_line, md_t
 __all__ = ["SECTIONS", "main", "render", "run_section"]
 
 # pillars in report order; each module exposes demo(out_dir: Path) -> Section
-SECTIONS: list[str] = ["polar", "optim", "continual", "merge"]  # merge includes merge_quality
+SECTIONS: list[str] = [
+    "polar",
+    "optim",
+    "continual",
+    "merge",  # includes merge_quality
+    "align",  # backward-compatible training (MNIST)
+    "align_canonical",  # MiniLM layer-k -> final alignment maps
+    "align_losses",  # OPL / EBV / Grassmann vs cross-entropy
+]
 
 
 def run_section(name: str, out: Path) -> Section:

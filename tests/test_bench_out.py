@@ -16,7 +16,16 @@ from orthokit.bench.report import DEFAULT_OUT, result_stem, results_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((ROOT / "benchmarks").glob("*.py"))
-PACKAGE_MAINS = ["polar", "optim", "continual", "merge", "merge_quality"]
+PACKAGE_MAINS = [
+    "polar",
+    "optim",
+    "continual",
+    "merge",
+    "merge_quality",
+    "align",
+    "align_canonical",
+    "align_losses",
+]
 
 
 def _tiny_configs(quick: bool) -> list[O.QualityConfig]:

@@ -21,7 +21,7 @@ import orthokit.bench.polar as P
 from orthokit import demo as D
 from orthokit.bench.report import Section
 
-FAMILIES = ["polar", "optim", "continual", "merge"]
+FAMILIES = ["polar", "optim", "continual", "merge", "align", "align_canonical", "align_losses"]
 
 
 def _polar_res() -> dict[str, Any]:
@@ -70,6 +70,11 @@ def _fake_sections() -> dict[str, Section]:
         "optim": Section("Optim", "optim", "val loss", "Muon 2.10", "AdamW 2.30", "faster", body="| x |"),
         "continual": Section("Continual", "continual", "forgetting", "+0.4", "+0.9", "less", body=lm),
         "merge": Section("Merge", "merge", "accuracy", mo, ma, mv, body=MQ.markdown.__doc__ or ""),
+        "align": Section(
+            "Compat", "align (compat)", "new/old top-1", "OCA 90 %", "indep. 5 %", "3/4", body="| a |"
+        ),
+        "align_canonical": Section("Maps", "align (maps)", "top-1", "0.96", "none 0.82", "ok", body="| b |"),
+        "align_losses": Section("Losses", "align (losses)", "acc", "EBV 97 %", "CE 96 %", "+1", body="| c |"),
     }
 
 
@@ -93,11 +98,12 @@ def test_report_opens_with_the_summary_and_a_readable_machine_line(
     head = text.splitlines()[:15]
     table = [ln for ln in head if ln.startswith("| ")]
     assert table[0].startswith("| family |")
-    assert [ln.split("|")[1].strip() for ln in table[1:]] == FAMILIES  # one row per family, in order
+    rows = [ln.split("|")[1].strip() for ln in table[1:]]
+    assert rows == [fakes[n].family for n in FAMILIES]  # one row per section, in order
     machine = next(ln for ln in head if ln.startswith("Machine: "))
     assert "{" not in machine and "torch" in machine and "core" in machine
     assert "± 0.000" not in text and "wins 1/1" not in text
-    assert text.count("<details>") == text.count("</details>") == 4
+    assert text.count("<details>") == text.count("</details>") == len(FAMILIES)
     assert "(b Fine-tune" not in text
     for h in re.findall(r"^#+ .*$", text, flags=re.M):
         assert h.count("(") == h.count(")"), h

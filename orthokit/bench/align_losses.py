@@ -418,7 +418,7 @@ def demo(out_dir: Path) -> Section:
     )
     return Section(
         title="Orthogonality losses and heads (OPL, EBV, Grassmann) vs cross-entropy",
-        family="orthokit.align",
+        family="align (losses)",
         metric="MNIST test acc (1 seed, quick)",
         ours=f"{best['method']} {100 * best['acc_mean']:.2f}%",
         anchor=f"CE {100 * ce['acc_mean']:.2f}%",
