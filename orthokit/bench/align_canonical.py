@@ -10,6 +10,8 @@ mean pooling + L2 normalization). Both are 384-d, so the identity ("none") is a 
   sentence ``i`` among all test sentences (cosine; :func:`~orthokit.align.api.top1_cross_retrieval`);
 * **10-NN preservation** — overlap of each mapped row's 10 nearest neighbours (Euclidean) with those in the
   original old space (``knn_old``; 1.0 for any isometry) and in the new space (``knn_new``);
+* **pointwise cosine** between the mapped old and the new embedding of the same test sentence (the metric of
+  Gupta et al.);
 * **data-space residual** ``‖T(X) − Y‖_F / ‖Y − mean(Y)‖_F`` on the test pairs
   (:meth:`~orthokit.align._aligner.Aligner.residuals`).
 
@@ -359,6 +361,7 @@ class CanonicalConfig:
     curve_lams: tuple[float, ...] = (2.0,)
     curve_layers: tuple[int, ...] = (1, 3)
     curve_lam_layers: tuple[int, ...] = (3,)
+    d10_lams: tuple[float, ...] = (0.5, 2.0)
     doc_test: int = 600
     doc_pool: int = 1200
     n_doc: int = 600
@@ -379,6 +382,7 @@ QUICK = CanonicalConfig(
     curve_lams=(),
     curve_layers=(3,),
     curve_lam_layers=(),
+    d10_lams=(),
     doc_test=150,
     doc_pool=250,
     n_doc=250,
@@ -410,8 +414,10 @@ def _metric_fn(k: int) -> Callable[[Tensor, Tensor, Tensor], dict[str, float]]:
     from orthokit.align.api import knn_overlap, top1_cross_retrieval
 
     def fn(mapped: Tensor, new: Tensor, old: Tensor) -> dict[str, float]:
+        cos = torch.nn.functional.cosine_similarity(mapped.to(torch.float64), new.to(torch.float64), dim=1)
         return {
             "top1": top1_cross_retrieval(mapped, new),
+            "cosine": float(cos.mean()),
             "knn_old": knn_overlap(mapped, old, k=k),
             "knn_new": knn_overlap(mapped, new, k=k),
         }
@@ -444,7 +450,7 @@ def _aggregate(rows: list[dict[str, Any]], keys: Sequence[str]) -> list[dict[str
     return out
 
 
-_KEYS = ("top1", "knn_old", "knn_new", "relative_residual")
+_KEYS = ("top1", "cosine", "knn_old", "knn_new", "relative_residual")
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -507,7 +513,7 @@ def _domain_transfer(
                     if not vs:
                         continue
                     row = {"test": test_dom, "fit": fit_dom, "map": lab}
-                    for key in ("top1", "knn_old", "knn_new"):
+                    for key in ("top1", "cosine", "knn_old", "knn_new"):
                         row[key] = statistics.fmean(v[key] for v in vs)
                     t1 = [v["top1"] for v in vs]
                     row["top1_std"] = statistics.stdev(t1) if len(t1) > 1 else 0.0
@@ -585,7 +591,13 @@ def run(
     # D10 on the docstring corpus (layer 3, n_doc anchors)
     te, po = loc["doc"]
     d10, _ = _table(
-        emb_d_sub[3][po], emb_d_sub[final][po], emb_d_sub[3][te], emb_d_sub[final][te], cfg.n_doc, specs, cfg
+        emb_d_sub[3][po],
+        emb_d_sub[final][po],
+        emb_d_sub[3][te],
+        emb_d_sub[final][te],
+        cfg.n_doc,
+        _method_specs(cfg.d10_lams),
+        cfg,
     )
     log("D10 table (docstrings) done")
 
@@ -631,8 +643,9 @@ def run(
             "doc_test": cfg.doc_test,
             "doc_pool": cfg.doc_pool,
         },
+        "width": enc.width,
         "tables": tables,
-        "fit_seconds": fit_times,
+        "seconds_per_draw": fit_times,
         "d10": d10,
         "reference_d10": REFERENCE_D10,
         "curves": curves,
@@ -660,17 +673,10 @@ def _pm(r: dict[str, Any], key: str, nd: int = 3) -> str:
     return f"{v:.{nd}f} ± {s:.{nd}f}" if r.get("n_seeds", 1) > 1 else f"{v:.{nd}f}"
 
 
-def _rows_md(rows: list[dict[str, Any]], ft: dict[str, float] | None = None) -> str:
-    hdr = ["map", "top-1 (old→new)", "10-NN ∩ old space", "10-NN ∩ new space", "rel. residual"]
-    if ft is not None:
-        hdr.append("fit s")
-    body = []
-    for r in rows:
-        row = [r["method"], _pm(r, "top1"), _pm(r, "knn_old"), _pm(r, "knn_new"), _pm(r, "relative_residual")]
-        if ft is not None:
-            row.append(f"{ft.get(r['method'], 0.0):.2f}")
-        body.append(row)
-    return md_table(hdr, body)
+def _rows_md(rows: list[dict[str, Any]]) -> str:
+    hdr = ["map", "top-1 (old→new)", "cosine", "10-NN ∩ old space", "10-NN ∩ new space", "rel. residual"]
+    keys = ("top1", "cosine", "knn_old", "knn_new", "relative_residual")
+    return md_table(hdr, [[r["method"]] + [_pm(r, key) for key in keys] for r in rows])
 
 
 def headline(res: dict[str, Any]) -> dict[str, float]:
@@ -703,7 +709,9 @@ def _markdown(res: dict[str, Any]) -> str:
         f"({c['wikitext_sentences']} after filtering); {c['wiki_test']} fixed test sentences, anchors drawn from a "
         f"disjoint pool of {c['wiki_pool']} ({seeds} anchor draw{'s' if seeds > 1 else ''}, mean ± std). "
         "top-1: the mapped old embedding of test sentence i retrieves the new embedding of sentence i among all "
-        "test sentences (cosine). 10-NN ∩: overlap of each mapped row's 10 Euclidean nearest neighbours with those "
+        "test sentences (cosine). Cosine: mean cosine of the mapped old and the new embedding of the same "
+        "sentence (Gupta et al.'s pointwise metric). 10-NN ∩: overlap of each mapped row's 10 Euclidean nearest "
+        "neighbours with those "
         "of the original old space / of the new space. Residual: ‖T(X) − Y‖_F / ‖Y − mean Y‖_F on the test pairs.",
         "",
     ]
@@ -711,7 +719,7 @@ def _markdown(res: dict[str, Any]) -> str:
         lines += [
             f"## Layer {k} → final, {cfg['n_table']} anchors",
             "",
-            _rows_md(rows, res["fit_seconds"].get(k)),
+            _rows_md(rows),
             "",
         ]
     lines += [
@@ -766,16 +774,35 @@ def _markdown(res: dict[str, Any]) -> str:
             r["fit"],
             r["map"],
             f"{r['top1']:.3f}" + (f" ± {r['top1_std']:.3f}" if seeds > 1 else ""),
+            f"{r['cosine']:.3f}",
             f"{r['knn_old']:.3f}",
             f"{r['knn_new']:.3f}",
         ]
         for r in res["transfer"]
     ]
     lines += [
-        md_table(["test domain", "anchors from", "map", "top-1", "10-NN ∩ old", "10-NN ∩ new"], body),
+        md_table(
+            ["test domain", "anchors from", "map", "top-1", "cosine", "10-NN ∩ old", "10-NN ∩ new"], body
+        ),
         "",
     ]
     return "\n".join(lines)
+
+
+def _color(method: str) -> str:
+    """One colour per map across panels (λ-orthogonal: one per λ in order of appearance is not stable, so by λ)."""
+    fixed = {
+        "none": "C0",
+        "orthogonal (no mean)": "C1",
+        "orthogonal + mean": "C2",
+        "orthogonal·scale + mean": "C5",
+        "affine": "C4",
+    }
+    if method in fixed:
+        return fixed[method]
+    if method.startswith("λ-orthogonal"):
+        return "C3" if method.endswith("λ=2") else "C9"
+    return "C7"
 
 
 def _plot(res: dict[str, Any], path: Path) -> None:
@@ -787,13 +814,13 @@ def _plot(res: dict[str, Any], path: Path) -> None:
     curves = res["curves"]
     ncol = max(len(curves), 1)
     fig, axes = plt.subplots(2, ncol, figsize=(5.2 * ncol, 7.0), squeeze=False)
+    panels = (("top1", "top-1 cross-retrieval"), ("knn_old", "10-NN overlap with the old space"))
     for j, (k, rows) in enumerate(curves.items()):
         methods = list(dict.fromkeys(r["method"] for r in rows))
-        for i, (key, ylab) in enumerate(
-            (("top1", "top-1 cross-retrieval"), ("knn_old", "10-NN ∩ old space"))
-        ):
+        for i, (key, ylab) in enumerate(panels):
             ax = axes[i][j]
-            for mi, m in enumerate(methods):
+            ax.axvline(res.get("width", 384), color="0.6", lw=0.8, ls=":")
+            for m in methods:
                 rs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["n_anchors"])
                 ax.errorbar(
                     [r["n_anchors"] for r in rs],
@@ -802,12 +829,12 @@ def _plot(res: dict[str, Any], path: Path) -> None:
                     marker="o",
                     ms=3,
                     capsize=2,
-                    color=f"C{mi}",
+                    color=_color(m),
                     ls="--" if m == "none" else "-",
                     label=m,
                 )
             ax.set_xscale("log")
-            ax.set_xlabel("anchors")
+            ax.set_xlabel("anchors (dotted: = embedding width)")
             ax.set_ylabel(ylab)
             ax.set_title(f"MiniLM layer {k} → final")
             ax.grid(alpha=0.3)

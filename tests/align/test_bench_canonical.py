@@ -96,18 +96,19 @@ def test_aggregate_mean_and_std_over_seeds() -> None:
 # ---------------------------------------------------------------------------------------------- real MiniLM
 TINY = C.CanonicalConfig(
     layers=(3,),
-    wiki_test=60,
-    wiki_pool=80,
-    n_table=80,
-    anchor_sizes=(25, 80),
+    wiki_test=30,
+    wiki_pool=40,
+    n_table=40,
+    anchor_sizes=(20, 40),
     seeds=(0,),
-    lams=(0.5,),
+    lams=(),  # λ-orthogonal fits with fewer anchors than dimensions take ~30 s; covered by tests/align/test_maps*
     curve_lams=(),
     curve_layers=(3,),
     curve_lam_layers=(),
-    doc_test=40,
-    doc_pool=60,
-    n_doc=60,
+    d10_lams=(),
+    doc_test=30,
+    doc_pool=30,
+    n_doc=30,
     label="quick",
 )
 
@@ -143,7 +144,6 @@ def test_tiny_end_to_end_cli_run(
         "orthogonal (no mean)",
         "orthogonal + mean",
         "orthogonal·scale + mean",
-        "λ-orthogonal λ=0.5",
         "affine",
     ]
     for r in by.values():
@@ -154,7 +154,7 @@ def test_tiny_end_to_end_cli_run(
     assert by["affine"]["knn_old"] < 0.9
     # the mean shift is what makes the orthogonal map work (D10 lesson 1)
     assert by["orthogonal + mean"]["relative_residual"] < by["orthogonal (no mean)"]["relative_residual"]
-    assert {r["n_anchors"] for r in res["curves"]["3"]} == {25, 80}
+    assert {r["n_anchors"] for r in res["curves"]["3"]} == {20, 40}
     assert {r["map"] for r in res["transfer"]} >= {"none", "orthogonal + mean", "affine"}
     md = (tmp_path / "align_canonical_quick.md").read_text()
     assert "## Layer 3 → final" in md and "D10" in md and "Cross-domain" in md
