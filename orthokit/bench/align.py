@@ -16,8 +16,9 @@ and BT² repositories inherit — reference notes D1):
 3. **Retrieval on the MNIST test split**, all 10 classes: a fixed query set (1,000 images) against the other
    9,000 as gallery; ``old/old`` (old query, old gallery), ``new/old`` (the new model's *compatible* query
    feature against the old gallery: the backfill-free setting), ``new/new``; CMC top-1/top-5 and mAP from
-   :func:`orthokit.align.protocol.retrieval_metrics` (cosine distance, features truncated to the smaller
-   width as in ml-fct). BCT's empirical criterion: ``new/old > old/old``.
+   :func:`orthokit.align.protocol.compatibility_report` (given the precomputed old, new and compatible
+   features; cosine distance, features truncated to the smaller width as in ml-fct). BCT's empirical
+   criterion: ``new/old > old/old``.
 
 Three seeds (each seed draws its own training subset, initialisation and batch order and trains its own old
 model); mean ± sample std. Results (markdown, JSON, PNG of grouped bars) go to ``<out>/align_compat*`` through
@@ -362,6 +363,44 @@ def _retrieval(
     return out
 
 
+def _report_rows(
+    old_q: torch.Tensor,
+    old_g: torch.Tensor,
+    new_q: torch.Tensor,
+    new_g: torch.Tensor,
+    comp_q: torch.Tensor,
+    data: dict[str, torch.Tensor],
+    metric: str,
+    old_classes: int,
+) -> dict[str, dict[str, float]]:
+    """The three settings from :func:`orthokit.align.protocol.compatibility_report` (new/old reads the
+    compatible query feature ``comp_q``): top1/top5/mAP over all queries, plus top-1 of the old-class and
+    new-class queries (``top1_seen`` / ``top1_unseen``) against the whole gallery."""
+    from orthokit.align.protocol import compatibility_report
+
+    yq, yg = data["yq"], data["yg"]
+
+    def report(mask: torch.Tensor | None, topk: tuple[int, ...]) -> dict[str, dict[str, float]]:
+        def q(t: torch.Tensor) -> torch.Tensor:
+            return t if mask is None else t[mask]
+
+        return compatibility_report(
+            {"query": q(old_q), "gallery": old_g},
+            {"query": q(new_q), "gallery": new_g, "compatible_query": q(comp_q)},
+            labels=(q(yq), yg),
+            metric=metric,
+            topk=topk,
+        ).rows
+
+    full = report(None, (1, 5))
+    rows = {st: {k: float(full[st][k]) for k in ("top1", "top5", "mAP")} for st in SETTINGS}
+    for key, mask in (("top1_seen", yq < old_classes), ("top1_unseen", yq >= old_classes)):
+        part = report(mask, (1,))
+        for st in SETTINGS:
+            rows[st][key] = float(part[st]["top1"])
+    return rows
+
+
 def run_seed(cfg: CompatConfig, seed: int, log: Callable[[str], None] = print) -> dict[str, Any]:
     """One seed: train the old model and every method, evaluate the three settings; a JSON-able dict."""
     data = _split(cfg, seed)
@@ -390,11 +429,7 @@ def run_seed(cfg: CompatConfig, seed: int, log: Callable[[str], None] = print) -
             independent = getattr(method, "backbone", None)
         new_q, new_g = _features(method.new_features, data["xq"]), _features(method.new_features, data["xg"])
         comp_q = _features(method.compatible_features, data["xq"])
-        rows = {
-            "old/old": old_old,
-            "new/old": _retrieval(comp_q, old_g, data, cfg.metric, cfg.old_classes),
-            "new/new": _retrieval(new_q, new_g, data, cfg.metric, cfg.old_classes),
-        }
+        rows = _report_rows(old_q, old_g, new_q, new_g, comp_q, data, cfg.metric, cfg.old_classes)
         out["methods"][name] = {
             **rows,
             "train_s": secs,
