@@ -58,6 +58,6 @@ def test_tiny_run_writes_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_demo_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(B, "load", _toy)
     sec = B.demo(tmp_path)
-    assert sec.family == "orthokit.align" and sec.anchor.startswith("CE ")
+    assert sec.family == "align (losses)" and sec.anchor.startswith("CE ")
     assert sec.figures == ("align_losses_quick.png",) and (tmp_path / "align_losses_quick.png").is_file()
     assert "## mnist" in sec.body and "## digits" in sec.body
