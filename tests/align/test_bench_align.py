@@ -193,3 +193,29 @@ def test_conv_trunk_takes_flat_and_image_batches() -> None:
     t = A.ConvTrunk(2, 5)
     x = torch.randn(3, 1, 28, 28)
     assert torch.equal(t(x), t(x.flatten(1)))
+
+
+def test_variant_row_gets_its_options_and_centroid_prototypes(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+    real = A.build_method
+
+    def spy(name: str, cfg: A.CompatConfig, old: A.OldModel, protos: Any, seed: int, ind: Any) -> Any:
+        seen[name] = protos
+        return real(name, cfg, old, protos, seed, ind)
+
+    monkeypatch.setattr(A, "build_method", spy)
+    cfg = A.CompatConfig(
+        n_train=400, old_steps=2, new_steps=1, n_query=50, n_gallery=200, methods=("bct", "bct_mlfct")
+    )
+    A.run_seed(cfg, 0, log=lambda s: None)
+    data = A._split(cfg, 0)
+    old, _ = A.train_old(cfg, data, 0)
+    # plain BCT: the old classifier's rows for digits 0-4; the ml-fct row: class centroids of old features
+    assert torch.equal(seen["bct"][: cfg.old_classes], old.classifier.weight)
+    feats = nn.functional.normalize(A._features(old, data["x"]).double(), dim=1)
+    for c in range(10):
+        centroid = nn.functional.normalize(feats[data["y"] == c].mean(0), dim=0)
+        assert torch.allclose(seen["bct_mlfct"][c].double(), centroid, atol=1e-5)
+    m, _ = real("bct_mlfct", cfg, old, seen["bct_mlfct"], 0)
+    assert type(m).__name__ == "BCT" and m.normalize and m.label_smoothing == 0.1
+    assert A._label("bct_mlfct") == "BCT (ml-fct head)"
