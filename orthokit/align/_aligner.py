@@ -4,12 +4,14 @@ An :class:`Aligner` maps rows of a *source* representation space (width ``d_s``)
 ``d_t``). Every registered fit function (``orthogonal``, ``orthogonal_scaled``, ``lambda_orthogonal``,
 ``affine``) returns one; they differ only in the constraint on ``W`` (``d_s×d_t``) and the scale ``s``:
 
-* ``isometry`` — ``W`` has orthonormal rows (``WWᵀ = I``, needs ``d_s ≤ d_t``), ``s = 1``: pairwise distances are
-  preserved exactly. With ``d_s > d_t`` the Procrustes solution has orthonormal *columns* instead, an orthogonal
-  projection, which does not preserve distances.
+* ``isometry`` — ``W`` has orthonormal rows (``WWᵀ = I``), ``s = 1``: pairwise distances are preserved exactly.
 * ``similarity`` — as above times one global scale ``s > 0``.
 * ``near_isometry`` — ``W`` within a tolerance λ of (semi-)orthogonal (λ-orthogonality).
 * ``affine`` — any ``W``.
+
+The first three need ``d_s ≤ d_t`` and their fits refuse a wider source (:func:`check_narrow_source`): no map
+into a narrower space preserves distances, and there Procrustes is not even the least-squares fit. Use
+``affine``, or reduce the source (PCA, truncation) first.
 
 The bias is implied by the two means: ``T(x) = s·x W + b`` with ``b = μ_t − s·μ_s W`` (:attr:`Aligner.bias`);
 ``center=False`` fits store zero means, so the map is linear.
@@ -44,7 +46,7 @@ from torch import Tensor
 from orthokit._fs import publish_mode
 from orthokit.linalg._checks import compute_dtype
 
-__all__ = ["Aligner", "KINDS", "check_pair", "check_rows", "resolve_dtype"]
+__all__ = ["Aligner", "KINDS", "check_narrow_source", "check_pair", "check_rows", "resolve_dtype"]
 
 #: the capability ``kind`` values an aligner may declare (see :mod:`orthokit.align.registry`)
 KINDS = ("isometry", "similarity", "near_isometry", "affine")
@@ -52,8 +54,18 @@ _FORMAT = "orthokit.align.Aligner/1"
 _TENSORS = ("W", "mean_source", "mean_target", "scale")
 
 
-def check_rows(X: object, name: str) -> Tensor:
-    """Validate one 2-D row matrix (``[n, d]``, real floating, finite, ``n ≥ 1``, ``d ≥ 1``); return it."""
+def _overflow_limit(dtype: torch.dtype, n: int, d: int) -> float:
+    """Largest ``max|x|`` for which sums of ``n·d`` squares (Gram matrices, norms) stay finite in ``dtype``."""
+    return math.sqrt(torch.finfo(dtype).max / (4.0 * max(n, 1) * max(d, 1)))
+
+
+def check_rows(X: object, name: str, dtype: torch.dtype | None = None) -> Tensor:
+    """Validate one 2-D row matrix (``[n, d]``, real floating, finite, ``n ≥ 1``, ``d ≥ 1``); return it.
+
+    Values so large that sums of their squares would overflow the computation ``dtype`` (default float64;
+    about ``1e154/√(nd)`` there, ``1e19/√(nd)`` in float32) are refused with a one-line ``ValueError``: the
+    Gram matrices and norms behind every fit would be ``inf``.
+    """
     if not isinstance(X, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(X).__name__}")
     if X.dim() != 2:
@@ -66,16 +78,31 @@ def check_rows(X: object, name: str) -> Tensor:
         raise ValueError(
             f"{name} contains {int((~torch.isfinite(X)).sum())} non-finite value(s) (NaN or inf)"
         )
+    cd = torch.float64 if dtype is None else dtype
+    amax = float(X.detach().abs().max().to(torch.float64))
+    limit = _overflow_limit(cd, X.shape[0], X.shape[1])
+    if amax > limit:
+        raise ValueError(
+            f"{name} has values up to {amax:.3g}, too large for {cd} (sums of squares would overflow above "
+            f"{limit:.3g}); divide it by a constant first"
+        )
     return X
 
 
 def check_pair(
-    source: object, target: object, min_rows: int = 2, names: tuple[str, str] = ("source", "target")
+    source: object,
+    target: object,
+    min_rows: int = 2,
+    names: tuple[str, str] = ("source", "target"),
+    dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Validate corresponding rows: both 2-D, finite, the same number of rows ``≥ min_rows``."""
+    """Validate corresponding rows: both 2-D, finite, the same number of rows ``≥ min_rows``.
+
+    ``dtype`` is the computation dtype for the overflow check of :func:`check_rows` (default float64).
+    """
     a, b = names
-    X = check_rows(source, a)
-    Y = check_rows(target, b)
+    X = check_rows(source, a, dtype)
+    Y = check_rows(target, b, dtype)
     if X.shape[0] != Y.shape[0]:
         raise ValueError(
             f"{a} and {b} must have the same number of rows (corresponding pairs), got {X.shape[0]} and {Y.shape[0]}"
@@ -85,6 +112,22 @@ def check_pair(
     if X.device != Y.device:
         raise ValueError(f"{a} and {b} must be on the same device, got {X.device} and {Y.device}")
     return X, Y
+
+
+def check_narrow_source(X: Tensor, Y: Tensor, method: str) -> None:
+    """Refuse ``d_s > d_t`` for the isometry / similarity / near-isometry fits (one-line ``ValueError``).
+
+    No map from a wider space into a narrower one preserves distances, and with orthonormal-column ``W`` the
+    fit error ``‖X̃W − Ỹ‖`` depends on ``W`` through ``‖X̃W‖``, so the max-trace Procrustes ``U Vᵀ`` is not
+    the least-squares solution there.
+    """
+    d_s, d_t = X.shape[1], Y.shape[1]
+    if d_s > d_t:
+        raise ValueError(
+            f"{method}: source is wider than target (d_s={d_s} > d_t={d_t}), so no (near-)isometry exists and "
+            f"Procrustes is not the least-squares fit; use method 'affine', or reduce the source to at most "
+            f"{d_t} features first (e.g. PCA or truncation)"
+        )
 
 
 def resolve_dtype(dtype: object, *tensors: Tensor) -> torch.dtype:
@@ -104,6 +147,17 @@ def _scalar(x: object, name: str) -> float:
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
     return float(x)
+
+
+def _finite_output(out: Tensor, dtype: torch.dtype, what: str) -> Tensor:
+    """Cast ``out`` to ``dtype``; a non-finite result (overflow) raises a one-line ``ValueError``."""
+    res = out.to(dtype)
+    if not bool(torch.isfinite(res).all()):
+        raise ValueError(
+            f"{what}: the result has {int((~torch.isfinite(res)).sum())} non-finite value(s) in {dtype} "
+            "(the input is too large for this map); rescale the input or use a wider dtype"
+        )
+    return res
 
 
 @dataclass(frozen=True, eq=False)
@@ -211,7 +265,7 @@ class Aligner:
         W = self.W.to(X.device)
         Xc = X.to(W.dtype) - self.mean_source.to(X.device)
         out = self.scale * (Xc @ W) + self.mean_target.to(X.device)
-        return out.to(X.dtype)
+        return _finite_output(out, X.dtype, "transform")
 
     def inverse_transform(self, Y: Tensor) -> Tensor:
         """Map target rows ``[n, d_t]`` back to the source space ``[n, d_s]``.
@@ -239,7 +293,7 @@ class Aligner:
                 )
             # x W = y: x = y W⁺ (exact for square W; least squares / minimum norm otherwise)
             Xc = Yc @ torch.linalg.pinv(W)
-        return (Xc + self.mean_source.to(Y.device)).to(Y.dtype)
+        return _finite_output(Xc + self.mean_source.to(Y.device), Y.dtype, "inverse_transform")
 
     # ------------------------------------------------------------------ diagnostics
     def residuals(self, X: Tensor, Y: Tensor) -> dict[str, float]:
@@ -312,13 +366,18 @@ class Aligner:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> Aligner:
-        """Rebuild an aligner from :meth:`state_dict` output (validated: keys, shapes, finiteness, kind)."""
+        """Rebuild an aligner from :meth:`state_dict` output (validated: keys, shapes, finiteness, kind).
+
+        Untrusted state is also checked against its declared ``kind``: ``W`` must be non-empty; an
+        ``isometry``/``similarity`` needs orthonormal rows (columns if ``d_s > d_t``) to ``1e-5`` relative
+        (``1e-3`` in half precision); a ``near_isometry`` needs ``lam`` and a gap ``‖G − I‖_F ≤ λ`` (same slack).
+        """
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict, got {type(state).__name__}")
         missing = [k for k in (*_TENSORS, "kind") if k not in state]
         if missing:
             raise ValueError(f"aligner state is missing {', '.join(missing)}")
-        return cls(
+        a = cls(
             W=state["W"],
             mean_source=state["mean_source"],
             mean_target=state["mean_target"],
@@ -327,6 +386,28 @@ class Aligner:
             kind=state["kind"],
             lam=state.get("lam"),
         )
+        a._verify_kind()
+        return a
+
+    def _verify_kind(self) -> None:
+        """Raise ``ValueError`` when ``W`` is empty or does not satisfy the declared ``kind``."""
+        if self.W.numel() == 0:
+            raise ValueError(f"W is empty (shape {tuple(self.W.shape)})")
+        if self.kind == "affine":
+            return
+        tol = 1e-3 if torch.finfo(self.W.dtype).bits <= 16 else 1e-5
+        k = min(self.W.shape)
+        gap = self.orthogonality_error()
+        if self.kind in ("isometry", "similarity"):
+            if gap > tol * math.sqrt(k):
+                raise ValueError(
+                    f"kind {self.kind!r} needs W with orthonormal rows, but ‖G − I‖_F = {gap:.3g} "
+                    f"(tolerance {tol * math.sqrt(k):.3g})"
+                )
+        elif self.lam is None:
+            raise ValueError("kind 'near_isometry' needs lam, got None")
+        elif gap > self.lam + tol * max(1.0, math.sqrt(k)):
+            raise ValueError(f"kind 'near_isometry' needs ‖G − I‖_F <= lam = {self.lam:g}, got {gap:.6g}")
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write a ``.safetensors`` file atomically (temp file in the same folder, then ``os.replace``).
@@ -371,6 +452,8 @@ class Aligner:
         from safetensors import SafetensorError, safe_open
 
         path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"aligner file {str(path)!r} is a directory, not a .safetensors file")
         if not path.is_file():
             raise ValueError(f"aligner file {str(path)!r} does not exist")
         try:
@@ -388,10 +471,12 @@ class Aligner:
                 state: dict[str, Any] = {k: f.get_tensor(k) for k in _TENSORS}
         except SafetensorError as e:
             raise ValueError(f"{str(path)!r} is not a readable safetensors file: {e}") from None
-        lam = meta.get("lam", "")
-        state.update(
-            method=meta.get("method", "custom"), kind=meta.get("kind", ""), lam=float(lam) if lam else None
-        )
+        lam_text = meta.get("lam", "")
+        try:
+            lam = float(lam_text) if lam_text else None
+        except ValueError:
+            raise ValueError(f"{str(path)!r} has a non-numeric lam {lam_text!r} in its metadata") from None
+        state.update(method=meta.get("method", "custom"), kind=meta.get("kind", ""), lam=lam)
         try:
             return cls.from_state_dict(state)
         except (TypeError, ValueError) as e:

@@ -62,8 +62,8 @@ def fit_affine(
     Returns:
         :class:`~orthokit.align._aligner.Aligner` with ``kind="affine"``.
     """
-    X, Y = check_pair(source, target)
     cd = resolve_dtype(dtype)
+    X, Y = check_pair(source, target, dtype=cd)
     if (
         isinstance(alpha, bool)
         or not isinstance(alpha, (int, float))

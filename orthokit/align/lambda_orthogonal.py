@@ -353,7 +353,8 @@ def fit_lambda_orthogonal(
 
     Guarantee: ``‖G − I‖_F ≤ λ`` for the returned ``W`` (to float rounding), with ``G`` the smaller-side Gram
     matrix — every singular value satisfies ``|σᵢ² − 1| ≤ λ``, so no distance or norm changes by more than a
-    factor ``√(1 ± λ)`` (for ``d_s ≤ d_t``).
+    factor ``√(1 ± λ)``. Needs ``d_s ≤ d_t``: a wider source is refused with a ``ValueError`` (use ``affine``,
+    or reduce the source to ``d_t`` features first).
 
     Args:
         source: ``[n, d_s]`` anchors (finite, ``n ≥ 2``).
@@ -377,11 +378,12 @@ def fit_lambda_orthogonal(
         >>> a.orthogonality_error() <= 0.5 + 1e-9, a.info["active"]
         (True, True)
     """
-    from orthokit.align._aligner import check_pair, resolve_dtype
+    from orthokit.align._aligner import check_narrow_source, check_pair, resolve_dtype
 
-    X, Y = check_pair(source, target)
-    lam = _check_lam(lam)
     cd = resolve_dtype(dtype)
+    X, Y = check_pair(source, target, dtype=cd)
+    check_narrow_source(X, Y, "lambda_orthogonal")
+    lam = _check_lam(lam)
     for name, v in (("max_outer", max_outer), ("max_inner", max_inner)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")

@@ -8,9 +8,10 @@ as a rotation (Gupta et al., arXiv 2602.17584); without it the rotation has to a
 sentence embeddings is worse than no map at all (``docs/align/maps.md``).
 
 Widths: ``d_s = d_t`` gives an orthogonal ``Q`` (an isometry). ``d_s < d_t`` gives ``Q`` with orthonormal
-rows (``QQᵀ = I``): still an isometry, into a subspace of the target. ``d_s > d_t`` gives orthonormal
-columns: an orthogonal projection, **not** distance-preserving (declared kind stays ``isometry``; check
-:attr:`~orthokit.align._aligner.Aligner.is_isometry`).
+rows (``QQᵀ = I``): still an isometry, into a subspace of the target. ``d_s > d_t`` is refused with a
+``ValueError``: no isometry into a narrower space exists, and with orthonormal columns ``‖X̃Q‖`` depends on
+``Q``, so ``U Vᵀ`` is not the least-squares fit there. Use ``affine``, or reduce the source first (PCA or
+truncation to ``d_t`` features).
 
 Example:
     >>> import torch
@@ -27,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from orthokit.align._aligner import Aligner, check_pair, resolve_dtype
+from orthokit.align._aligner import Aligner, check_narrow_source, check_pair, resolve_dtype
 from orthokit.align.registry import ALIGNERS
 from orthokit.linalg import procrustes
 
@@ -54,9 +55,13 @@ def fit_orthogonal(
 
     Returns:
         :class:`~orthokit.align._aligner.Aligner` with ``kind="isometry"``, ``scale=1``.
+
+    Raises:
+        ValueError: ``d_s > d_t`` (see the module docstring), or values so large their squares overflow ``dtype``.
     """
-    X, Y = check_pair(source, target)
     cd = resolve_dtype(dtype)
+    X, Y = check_pair(source, target, dtype=cd)
+    check_narrow_source(X, Y, "orthogonal")
     if rotation_only and X.shape[1] != Y.shape[1]:
         raise ValueError(f"rotation_only=True needs equal widths, got d_s={X.shape[1]}, d_t={Y.shape[1]}")
     res = procrustes(X.to(cd), Y.to(cd), center=bool(center), rotation_only=bool(rotation_only))

@@ -4,7 +4,8 @@ Umeyama (1991), "Least-squares estimation of transformation parameters between t
 Procrustes rotation ``Q = U D Vᵀ`` of ``X̃ᵀỸ = U Σ Vᵀ`` plus the optimal isotropic scale
 ``s = tr(Σ D) / ‖X̃‖_F²`` (``D`` = identity, or the Kabsch sign fix with ``rotation_only=True``), computed by
 :func:`orthokit.linalg.procrustes` with ``scale=True``. Pairwise distances are multiplied by exactly ``s``;
-cosine similarities between centered rows are preserved.
+cosine similarities between centered rows are preserved. Needs ``d_s ≤ d_t``: a wider source is refused with
+a ``ValueError`` (no similarity into a narrower space; use ``affine`` or reduce the source first).
 
 Example:
     >>> import torch
@@ -21,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from orthokit.align._aligner import Aligner, check_pair, resolve_dtype
+from orthokit.align._aligner import Aligner, check_narrow_source, check_pair, resolve_dtype
 from orthokit.align.registry import ALIGNERS
 from orthokit.linalg import procrustes
 
@@ -50,8 +51,9 @@ def fit_orthogonal_scaled(
         :class:`~orthokit.align._aligner.Aligner` with ``kind="similarity"`` (``s = 0`` only if the centered
         source is all zeros).
     """
-    X, Y = check_pair(source, target)
     cd = resolve_dtype(dtype)
+    X, Y = check_pair(source, target, dtype=cd)
+    check_narrow_source(X, Y, "orthogonal_scaled")
     if rotation_only and X.shape[1] != Y.shape[1]:
         raise ValueError(f"rotation_only=True needs equal widths, got d_s={X.shape[1]}, d_t={Y.shape[1]}")
     res = procrustes(X.to(cd), Y.to(cd), center=bool(center), scale=True, rotation_only=bool(rotation_only))
