@@ -5,12 +5,19 @@ Each check tests the purpose of a kind:
 * ``isometry`` — pairwise distances of *fresh* points are preserved to 1e-6 (float64), ``‖WWᵀ − I‖ ≤ 1e-6``;
 * ``similarity`` — distances are multiplied by exactly the fitted scale;
 * ``near_isometry`` — ``‖G − I‖_F ≤ λ`` and every distance ratio within ``[√(1−λ), √(1+λ)]``;
+* ``similarity`` — on noisy data the fitted scale is the least-squares optimum for the fitted ``W``
+  (``s = ⟨X̃W, Ỹ⟩/‖X̃W‖²``: the residual is stationary in ``s``);
+* ``near_isometry`` — on a planted non-orthogonal map a larger λ gives a strictly smaller residual, and the
+  constraint is active: the fitted gap is λ (to 1e-6);
 * every kind — a planted rotation (times a scale for similarities) plus a mean shift on isotropic Gaussian data
-  (n ≫ d) is recovered to 1e-4 in data space and in ``‖W − Q*‖``; ``inverse_transform ∘ transform = id`` (1e-6)
+  (n ≫ d) is recovered to 1e-4 in data space and in ``‖W − Q*‖``, for ``d_s = d_t`` and for a non-square
+  ``d_s < d_t`` (orthonormal rows), where the kind's distance guarantee must hold too; a wider source
+  (``d_s > d_t``) is refused by every kind except ``affine``; ``inverse_transform ∘ transform = id`` (1e-6)
   for square invertible fits; bad input gives a one-line ValueError/TypeError.
 
 The mutants at the bottom each break one defining step (forgotten centering, transposed map, an affine fit
-declared an isometry, an unfitted scale, an ignored tolerance); the same checks must reject every one.
+declared an isometry, an unfitted scale, a scale set to ``‖Ỹ‖/‖X̃‖``, an ignored tolerance, a tolerance
+that always returns the Procrustes map); the same checks must reject every one.
 """
 
 from __future__ import annotations
@@ -94,6 +101,73 @@ def check_planted(fit: FitFn, kind: str, kw: dict[str, Any]) -> None:
     assert float((a.transform(Xt) - (s * Xt @ Q + shift)).abs().max()) <= 1e-4
 
 
+def _check_distances(a: Aligner, kind: str, kw: dict[str, Any], fresh: Tensor) -> None:
+    ratio = _pairwise_ratio(fresh, a.transform(fresh))
+    if kind == "isometry":
+        assert float((ratio - 1).abs().max()) <= 1e-6, "an isometry changed a pairwise distance"
+    elif kind == "similarity":
+        assert float((ratio - a.scale).abs().max()) <= 1e-6 * a.scale, "distances not scaled by exactly s"
+    elif kind == "near_isometry":
+        lam = float(kw["lam"])
+        lo, hi = math.sqrt(1 - lam) - 1e-9, math.sqrt(1 + lam) + 1e-9
+        assert float(ratio.min()) >= lo and float(ratio.max()) <= hi, "a distance ratio left the λ band"
+
+
+def check_widths(fit: FitFn, kind: str, kw: dict[str, Any]) -> None:
+    """``d_s < d_t``: a planted map with orthonormal rows is recovered and the kind's guarantee holds on fresh
+    points; ``d_s > d_t``: refused (one-line ValueError pointing to ``affine``) unless the kind is affine."""
+    g = _gen(5)
+    n, ds, dt = 2000, 4, 7
+    P = _haar(dt, g)[:ds]  # 4×7, orthonormal rows
+    s = 0.8 if kind == "similarity" else 1.0
+    shift = 3 * torch.randn(dt, generator=g, dtype=F64)
+    X = torch.randn(n, ds, generator=g, dtype=F64) + 2
+    Y = s * X @ P + shift + 1e-6 * torch.randn(n, dt, generator=g, dtype=F64)
+    a = fit(X, Y, **kw)
+    assert (a.d_source, a.d_target) == (ds, dt)
+    assert a.residuals(X, Y)["relative"] <= 1e-4, f"non-square residual {a.residuals(X, Y)['relative']:.3g}"
+    assert float(torch.linalg.norm(a.scale * a.W - s * P)) <= 1e-4, "the planted 4×7 map was not recovered"
+    _check_distances(a, kind, kw, torch.randn(30, ds, generator=g, dtype=F64) * 3)
+    if kind == "affine":
+        assert fit(Y, X, **kw).d_source == dt
+        return
+    with pytest.raises(ValueError, match="affine") as info:
+        fit(Y, X, **kw)
+    assert "\n" not in str(info.value)
+
+
+def check_optimal_scale(fit: FitFn, kind: str, kw: dict[str, Any]) -> None:
+    """Similarity: with noise, ``s`` minimizes ``‖s·X̃W − Ỹ‖`` for the fitted ``W`` (closed form, float64)."""
+    if kind != "similarity":
+        return
+    g = _gen(6)
+    X = torch.randn(300, 5, generator=g, dtype=F64) * torch.linspace(0.5, 3, 5, dtype=F64)
+    Y = 1.3 * X @ _haar(5, g) + 0.8 * torch.randn(300, 5, generator=g, dtype=F64) + 1
+    a = fit(X, Y, **kw)
+    P = (X - a.mean_source) @ a.W
+    Yc = Y - a.mean_target
+    s_opt = float((P * Yc).sum() / (P * P).sum())
+    assert a.scale == pytest.approx(s_opt, rel=1e-9), f"scale {a.scale:.9g} is not the optimum {s_opt:.9g}"
+
+
+def check_tolerance_used(fit: FitFn, kind: str, kw: dict[str, Any]) -> None:
+    """Near-isometry on a planted non-orthogonal map: the gap equals λ (active) and a larger λ fits better."""
+    if kind != "near_isometry":
+        return
+    g = _gen(7)
+    R = _haar(4, g)
+    A = R @ torch.diag(torch.tensor([1.6, 1.2, 0.8, 0.5], dtype=F64)) @ _haar(4, g)  # gap ≈ 2.0
+    X = torch.randn(300, 4, generator=g, dtype=F64)
+    Y = X @ A + 0.01 * torch.randn(300, 4, generator=g, dtype=F64) - 2
+    res = {}
+    for lam in (0.2, 0.6):
+        a = fit(X, Y, **{**kw, "lam": lam})
+        gap = float(lambda_orthogonality_gap(a.W))
+        assert abs(gap - lam) <= 1e-6, f"λ = {lam}: gap {gap:.6g} is not at the (active) tolerance"
+        res[lam] = a.residuals(X, Y)["relative"]
+    assert res[0.6] < res[0.2] - 1e-3, f"a larger λ did not fit better: {res}"
+
+
 def check_inverse(fit: FitFn, kind: str, kw: dict[str, Any]) -> None:
     """``inverse_transform(transform(X)) = X`` to 1e-6 for a square invertible fit; dtype is preserved."""
     g = _gen(2)
@@ -130,6 +204,9 @@ def check_validation(fit: FitFn, kind: str, kw: dict[str, Any]) -> None:
 CHECKS = {
     "geometry": check_geometry,
     "planted": check_planted,
+    "widths": check_widths,
+    "optimal_scale": check_optimal_scale,
+    "tolerance_used": check_tolerance_used,
     "inverse": check_inverse,
     "validation": check_validation,
 }
@@ -187,6 +264,21 @@ def mutant_ignores_tolerance(source: Tensor, target: Tensor, *, lam: float = LAM
     )
 
 
+def mutant_norm_ratio_scale(source: Tensor, target: Tensor, **kw: Any) -> Aligner:
+    """Umeyama with the scale ‖Ỹ‖/‖X̃‖ instead of tr(Σ)/‖X̃‖² (right only without noise)."""
+    a = fit_orthogonal_scaled(source, target)
+    s = float(torch.linalg.norm(target - a.mean_target) / torch.linalg.norm(source - a.mean_source))
+    return Aligner(a.W, a.mean_source, a.mean_target, s, method="orthogonal_scaled", kind="similarity")
+
+
+def mutant_always_procrustes(source: Tensor, target: Tensor, *, lam: float = LAM, **kw: Any) -> Aligner:
+    """λ-orthogonal that ignores λ the other way: always the Procrustes map (feasible for any λ)."""
+    a = fit_orthogonal(source, target)
+    return Aligner(
+        a.W, a.mean_source, a.mean_target, method="lambda_orthogonal", kind="near_isometry", lam=lam
+    )
+
+
 # mutant -> (fit function, declared kind, the check that must catch it)
 MUTANTS: dict[str, tuple[FitFn, str, str]] = {
     "forgets_centering": (mutant_forgets_centering, "isometry", "planted"),
@@ -194,6 +286,8 @@ MUTANTS: dict[str, tuple[FitFn, str, str]] = {
     "affine_called_isometry": (mutant_affine_called_isometry, "isometry", "geometry"),
     "unfitted_scale": (mutant_unfitted_scale, "similarity", "planted"),
     "ignores_tolerance": (mutant_ignores_tolerance, "near_isometry", "geometry"),
+    "norm_ratio_scale": (mutant_norm_ratio_scale, "similarity", "optimal_scale"),
+    "always_procrustes": (mutant_always_procrustes, "near_isometry", "tolerance_used"),
 }
 
 
@@ -205,6 +299,6 @@ def test_suite_rejects_mutant(mutant: str) -> None:
     for name, check in CHECKS.items():
         try:
             check(fit, kind, kw)
-        except AssertionError:
+        except (Exception, pytest.fail.Exception):  # a failed assertion, a missing refusal, or a crash
             failed.append(name)
     assert expected in failed, f"mutant {mutant!r} passed the {expected!r} check (failed: {failed})"
