@@ -276,3 +276,45 @@ def test_dolg_head_trains(atrous: bool) -> None:
     assert float(loss.detach()) < first
     with pytest.raises(ValueError, match="gem_p"):
         DOLGHead(3, 4, channels=8, out_dim=2, gem_p=0.5)
+
+
+# ------------------------------------------------------------------------------------ dtype and NaN/inf input
+def _heads() -> dict[str, Any]:
+    return {
+        "GrassmannClassHead": GrassmannClassHead(6, 3, subdim=2, seed=0),
+        "EBV": EquiangularBasisVectors(3, 6, max_cos=0.2, seed=0),
+    }
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_features_raise_a_one_line_error(bad: float) -> None:
+    y = torch.tensor([0, 0, 1, 1])
+    f = torch.randn(4, 6)
+    f[2, 3] = bad
+    with pytest.raises(ValueError, match=r"^OPL: features contain 1 non-finite value\(s\)") as info:
+        OrthogonalProjectionLoss()(f, y)
+    assert "\n" not in str(info.value)
+    for name, head in _heads().items():
+        with pytest.raises(ValueError, match=rf"^{name}: features contain 1 non-finite value\(s\)"):
+            head(f)
+        head.check_finite = False  # the opt-out: the NaN reaches the logits, as in plain torch
+        assert not bool(torch.isfinite(head(f)).all())
+
+
+def test_huge_finite_features_are_not_mistaken_for_non_finite() -> None:
+    f, y = torch.tensor([[3e38, 0.0, 0, 0, 0, 0], [1e38, 1e-3, 0, 0, 0, 0]]), torch.tensor([0, 0])
+    assert math.isfinite(
+        float(OrthogonalProjectionLoss()(f, y))
+    )  # no false alarm (the norms overflow to inf)
+    for head in _heads().values():
+        assert bool(torch.isfinite(head(f)).all())
+
+
+def test_heads_reject_integer_and_mismatched_features_with_type_error() -> None:
+    heads = _heads()
+    for name, head in heads.items():
+        with pytest.raises(TypeError, match=f"^{name}: features must be .*floating.*int64"):
+            head(torch.ones(2, 6, dtype=torch.long))
+    with pytest.raises(TypeError, match=r"features must be floating torch.float32 .* got torch.float64"):
+        heads["GrassmannClassHead"](torch.randn(2, 6, dtype=D64))
+    assert heads["EBV"](torch.randn(2, 6, dtype=D64)).dtype == D64  # EBV casts its fixed basis
