@@ -145,6 +145,7 @@ def test_tiny_end_to_end_cli_run(
         "orthogonal + mean",
         "orthogonal·scale + mean",
         "affine",
+        "affine, ridge 0.01",
     ]
     for r in by.values():
         assert 0 <= r["top1"] <= 1 and 0 <= r["knn_old"] <= 1 and 0 <= r["knn_new"] <= 1
