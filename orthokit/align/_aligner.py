@@ -125,8 +125,8 @@ def check_narrow_source(X: Tensor, Y: Tensor, method: str) -> None:
     if d_s > d_t:
         raise ValueError(
             f"{method}: source is wider than target (d_s={d_s} > d_t={d_t}), so no (near-)isometry exists and "
-            f"Procrustes is not the least-squares fit; use method 'affine', or reduce the source to at most "
-            f"{d_t} features first (e.g. PCA or truncation)"
+            f"Procrustes is not the least-squares fit; use method 'affine', or first reduce the source to "
+            f"d_t={d_t} features (e.g. PCA or truncation)"
         )
 
 
@@ -369,8 +369,9 @@ class Aligner:
         """Rebuild an aligner from :meth:`state_dict` output (validated: keys, shapes, finiteness, kind).
 
         Untrusted state is also checked against its declared ``kind``: ``W`` must be non-empty; an
-        ``isometry``/``similarity`` needs orthonormal rows (columns if ``d_s > d_t``) to ``1e-5`` relative
-        (``1e-3`` in half precision); a ``near_isometry`` needs ``lam`` and a gap ``‖G − I‖_F ≤ λ`` (same slack).
+        ``isometry``/``similarity`` needs orthonormal rows (columns if ``d_s > d_t``): ``‖G − I‖_F`` (in float64) at
+        most ``max(1e-5, 4·eps)·√k`` with ``eps`` of the stored dtype and ``k = min(d_s, d_t)``; a
+        ``near_isometry`` needs ``lam`` and ``‖G − I‖_F ≤ λ`` plus the same slack.
         """
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict, got {type(state).__name__}")
@@ -395,9 +396,11 @@ class Aligner:
             raise ValueError(f"W is empty (shape {tuple(self.W.shape)})")
         if self.kind == "affine":
             return
-        tol = 1e-3 if torch.finfo(self.W.dtype).bits <= 16 else 1e-5
+        from orthokit.align.lambda_orthogonal import lambda_orthogonality_gap
+
+        tol = max(1e-5, 4 * torch.finfo(self.W.dtype).eps)  # stored-dtype rounding: ~eps·√k measured
         k = min(self.W.shape)
-        gap = self.orthogonality_error()
+        gap = float(lambda_orthogonality_gap(self.W.to(torch.float64)))
         if self.kind in ("isometry", "similarity"):
             if gap > tol * math.sqrt(k):
                 raise ValueError(
@@ -406,7 +409,7 @@ class Aligner:
                 )
         elif self.lam is None:
             raise ValueError("kind 'near_isometry' needs lam, got None")
-        elif gap > self.lam + tol * max(1.0, math.sqrt(k)):
+        elif gap > self.lam + tol * math.sqrt(k):
             raise ValueError(f"kind 'near_isometry' needs ‖G − I‖_F <= lam = {self.lam:g}, got {gap:.6g}")
 
     def save(self, path: str | os.PathLike[str]) -> Path:

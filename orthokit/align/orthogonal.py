@@ -64,7 +64,9 @@ def fit_orthogonal(
     check_narrow_source(X, Y, "orthogonal")
     if rotation_only and X.shape[1] != Y.shape[1]:
         raise ValueError(f"rotation_only=True needs equal widths, got d_s={X.shape[1]}, d_t={Y.shape[1]}")
-    res = procrustes(X.to(cd), Y.to(cd), center=bool(center), rotation_only=bool(rotation_only))
+    res = procrustes(
+        X.detach().to(cd), Y.detach().to(cd), center=bool(center), rotation_only=bool(rotation_only)
+    )
     return Aligner(
         res.Q,
         res.mean_a,

@@ -26,7 +26,7 @@ def _kw(method: str) -> dict[str, float]:
 def test_wide_source_is_refused_with_a_one_line_hint(method: str) -> None:
     g = torch.Generator().manual_seed(0)
     X = torch.randn(50, 3, generator=g, dtype=F64)
-    with pytest.raises(ValueError, match=r"d_s=3 > d_t=1.*affine.*PCA") as info:
+    with pytest.raises(ValueError, match=r"d_s=3 > d_t=1.*affine.*d_t=1 features.*PCA") as info:
         fit(X, X[:, :1], method, **_kw(method))
     assert "\n" not in str(info.value) and method in str(info.value)
 
@@ -107,7 +107,7 @@ def test_transform_refuses_a_non_finite_result() -> None:
 def _write(path: Path, W: torch.Tensor, kind: str, lam: str = "", scale: float = 1.0) -> Path:
     d_s, d_t = W.shape
     t = {
-        "W": W,
+        "W": W.contiguous(),
         "mean_source": torch.zeros(d_s, dtype=W.dtype),
         "mean_target": torch.zeros(d_t, dtype=W.dtype),
         "scale": torch.tensor(scale, dtype=W.dtype),
@@ -150,3 +150,12 @@ def test_from_state_dict_checks_the_kind_too() -> None:
     state["W"] = 2 * state["W"]
     with pytest.raises(ValueError, match="orthonormal rows"):
         Aligner.from_state_dict(state)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_load_accepts_orthogonal_maps_rounded_to_the_stored_dtype(tmp_path: Path, dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(5)
+    Q = torch.linalg.qr(torch.randn(384, 384, generator=g, dtype=F64))[0].to(dtype)
+    assert Aligner.load(_write(tmp_path / "q.safetensors", Q, "isometry")).dtype == dtype
+    with pytest.raises(ValueError, match="orthonormal rows"):
+        Aligner.load(_write(tmp_path / "q2.safetensors", 1.1 * Q, "isometry"))
