@@ -17,10 +17,11 @@ mean pooling + L2 normalization). Both are 384-d, so the identity ("none") is a 
 
 Maps: ``none`` (identity), ``orthogonal`` without centering, ``orthogonal + mean`` (the canonicalization recipe of
 Gupta, Kansal, Jegelka, Isola, Garg, arXiv 2602.17584: ``x ↦ (x − μ_old) Q + μ_new``), ``orthogonal_scaled``,
-``lambda_orthogonal`` at a couple of tolerances λ (Ricci et al., arXiv 2509.16664) and ``affine`` least squares.
+``lambda_orthogonal`` at a couple of tolerances λ (Ricci et al., arXiv 2509.16664) and ``affine`` least squares
+(plain, and with a small ridge).
 Sections: the main table (600 anchors), the anchor-efficiency curve (25…1000 anchors, 3 anchor draws,
-:func:`~orthokit.align.api.anchor_efficiency`), the reference table D10 re-measured on the docstring corpus it was
-measured on, and a cross-domain miniature of the paper's cross-modality claim (one map fitted on prose anchors
+:func:`~orthokit.align.api.anchor_efficiency`), the reference table D10 re-measured on docstring texts (most likely its
+corpus; not recorded), and a cross-domain miniature of the paper's cross-modality claim (one map fitted on prose anchors
 applied to Python docstrings and back).
 
 Corpora (built in memory, deterministic): :func:`wikitext_sentences` — sentences of the bundled WikiText-2
@@ -82,6 +83,7 @@ __all__ = [
     "QUICK",
     "run",
     "quick_headline",
+    "headline",
     "demo",
     "main",
 ]
