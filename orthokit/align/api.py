@@ -62,7 +62,8 @@ def fit(
         target: ``[n, d_t]`` the same anchors in the target space.
         method: a name in :data:`~orthokit.align.registry.ALIGNERS` — ``"orthogonal"`` (isometry),
             ``"orthogonal_scaled"`` (similarity), ``"lambda_orthogonal"`` (near-isometry, needs ``lam``) or
-            ``"affine"``.
+            ``"affine"``. The first three need ``d_s ≤ d_t`` (a wider source raises ``ValueError``: use
+            ``"affine"`` or reduce the source first).
         center: fit the mean shift (default; strongly recommended for learned embeddings).
         lam: tolerance λ for ``lambda_orthogonal`` only.
         **kw: method options (``rotation_only``, ``alpha``, ``dtype``, ...).
