@@ -904,7 +904,7 @@ def demo(out_dir: str | Path) -> Section:
     body = _markdown(res).replace("# MiniLM canonicalization: layer-k → final embeddings (quick)", "")
     return Section(
         title="Canonicalization: MiniLM layer 3 → final with orthogonal maps",
-        family="align",
+        family="align (maps)",
         metric="top-1 cross-retrieval, layer 3 → final (10-NN ∩ old space)",
         ours=f"orthogonal + mean {h['orth_mean_top1']:.3f} ({h['orth_knn']:.2f})",
         anchor=f"none {h['none_top1']:.3f}; affine {h['affine_top1']:.3f} ({h['affine_knn']:.2f})",
