@@ -154,10 +154,11 @@ class CompatConfig:
             raise ValueError("CompatConfig.methods is empty")
 
 
-#: the committed full run (3 seeds: 6.0 min measured on one thread of the shared 2-core host)
+#: the committed full run (3 seeds, six rows: 13.7 min on one thread of the shared 2-core host under heavy load;
+#: the five rows before ``bct_mlfct`` took 6.0 min unloaded, and the extra row costs one BCT training per seed)
 FULL = CompatConfig()
 #: ``--quick`` and ``make demo``: one seed, 200 steps (measured on the 2-core host with 2 threads: 110–270 s
-#: while other jobs loaded it)
+#: while other jobs loaded it with five rows; 9.8 min with six under heavy load)
 QUICK = CompatConfig(n_train=12000, old_steps=120, new_steps=200)
 
 
