@@ -739,7 +739,7 @@ def demo(out_dir: Path) -> Section:
     anchor = f"independent new/old {top1('independent', 'new/old'):.1f} %" if "independent" in summ else "—"
     return Section(
         title="Backward-compatible training (orthokit.align)",
-        family="align",
+        family="align (compat)",
         metric="MNIST retrieval top-1, new query vs old gallery (new/old) vs old/old",
         ours=", ".join(f"{_label(m)} {top1(m, 'new/old'):.1f} %" for m in shown) + f" (old/old {oo:.1f} %)",
         anchor=anchor,

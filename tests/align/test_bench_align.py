@@ -154,7 +154,7 @@ def test_demo_returns_a_section_with_its_plot(tmp_path: Path, monkeypatch: pytes
     )
     monkeypatch.setattr(A, "QUICK", tiny)
     sec = A.demo(tmp_path)
-    assert isinstance(sec, Section) and sec.family == "align"
+    assert isinstance(sec, Section) and sec.family == "align (compat)"
     assert sec.figures == ("align_compat_quick.png",) and (tmp_path / "align_compat_quick.png").is_file()
     assert sec.ours.startswith("BCT ") and sec.anchor.startswith("independent new/old ")
     assert "/1, mAP " in sec.verdict and sec.verdict.endswith("/1 compatible methods")
