@@ -414,7 +414,8 @@ def demo(out_dir: Path) -> Section:
     rows = {(r["dataset"], r["method"]): r for r in res["summary"]}
     ce, best = (
         rows[("mnist", "ce")],
-        max((rows[("mnist", m)] for m in METHODS if m != "ce"), key=lambda r: r["acc_mean"]),
+        # gcr_g10 had its γ picked on a test split: never the headline
+        max((rows[("mnist", m)] for m in METHODS if m not in ("ce", "gcr_g10")), key=lambda r: r["acc_mean"]),
     )
     return Section(
         title="Orthogonality losses and heads (OPL, EBV, Grassmann) vs cross-entropy",

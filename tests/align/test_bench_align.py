@@ -152,7 +152,7 @@ def test_demo_returns_a_section_with_its_plot(tmp_path: Path, monkeypatch: pytes
     tiny = A.CompatConfig(
         n_train=400, old_steps=2, new_steps=1, n_query=50, n_gallery=200, methods=("independent", "bct")
     )
-    monkeypatch.setattr(A, "QUICK", tiny)
+    monkeypatch.setattr(A, "DEMO", tiny)
     sec = A.demo(tmp_path)
     assert isinstance(sec, Section) and sec.family == "align (compat)"
     assert sec.figures == ("align_compat_quick.png",) and (tmp_path / "align_compat_quick.png").is_file()
