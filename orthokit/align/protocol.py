@@ -115,11 +115,52 @@ def _check_topk(topk: Any) -> tuple[int, ...]:
     return ks
 
 
-def _prepare(x: Tensor, d: int, metric: str, dtype: torch.dtype) -> Tensor:
-    x = x[:, :d].to(dtype)
+def _check_dtype(dtype: Any) -> torch.dtype:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype (e.g. torch.float64), got {dtype!r}")
+    return dtype
+
+
+def _safe_range(dtype: torch.dtype, d: int) -> tuple[float, float]:
+    """``(lo, hi)``: rows whose largest ``|x|`` lies in it have sums of ``d`` squares that neither overflow
+    ``dtype`` nor lose precision to underflow (and norms far above ``F.normalize``'s eps 1e-12)."""
+    fi = torch.finfo(dtype)
+    return max(math.sqrt(fi.tiny) / fi.eps, 1e-6), math.sqrt(fi.max / (4 * d))
+
+
+def _common_scale(parts: Sequence[Tensor], metric: str, dtype: torch.dtype) -> float:
+    """One power-of-two factor shared by every (already truncated) feature block that meets in one ranking.
+
+    ``l2`` and ``inner`` rank by a distance that is invariant (``l2``) or order-preserving (``inner``, ``1 − q·g``)
+    under a common positive scale of query and gallery, so when the largest ``|x|`` is outside the safe range
+    of ``dtype`` (squares would overflow — 1e160 in float64 — or underflow) all blocks are multiplied by one
+    power of two that brings it to [0.5, 1). In-range data are not touched (bit-identical distances).
+    ``cosine`` normalizes each row on its own (:func:`_prepare`): 1."""
     if metric == "cosine":
-        x = torch.nn.functional.normalize(x, p=2, dim=1)  # eps 1e-12 as F.normalize: a zero row stays zero
-    return x
+        return 1.0
+    big = max(float(x.abs().amax()) for x in parts)
+    lo, hi = _safe_range(dtype, max(x.shape[1] for x in parts))
+    if big == 0.0 or lo <= big <= hi:
+        return 1.0
+    return math.ldexp(1.0, -max(math.frexp(big)[1], -1000))  # a finite factor even for a subnormal max
+
+
+def _prepare(x: Tensor, d: int, metric: str, dtype: torch.dtype, scale: float = 1.0) -> Tensor:
+    """Truncate to ``d`` dims, then: cosine — L2-normalize each row, first dividing rows whose max ``|x|`` is
+    outside the safe range of ``dtype`` by that max (exact for cosine; a zero row stays zero); l2/inner —
+    multiply by the common ``scale`` of :func:`_common_scale` (in float64, exact, then cast to ``dtype``)."""
+    x = x[:, :d]
+    if metric == "cosine":
+        x = x.to(torch.promote_types(x.dtype, dtype))
+        lo, hi = _safe_range(dtype, d)
+        peak = x.abs().amax(dim=1, keepdim=True)
+        rescale = ((peak > hi) | (peak < lo)) & (peak > 0)
+        if bool(rescale.any()):
+            x = torch.where(rescale, x / torch.where(rescale, peak, torch.ones_like(peak)), x)
+        return torch.nn.functional.normalize(x.to(dtype), p=2, dim=1)
+    if scale != 1.0:
+        x = x.to(torch.float64) * scale
+    return x.to(dtype)
 
 
 def retrieval_metrics(
@@ -148,7 +189,9 @@ def retrieval_metrics(
         exclude_self: the query set *is* the gallery set (``n_q == n_g``, row i the same item): gallery item i
             is removed from query i's ranking (ml-fct does this whenever query and gallery labels are equal).
         chunk_size: queries per block (memory ∝ ``chunk_size × n_g``); default keeps a block near 4M entries.
-        dtype: precision of the distances (float64 by default, so near-ties are not decided by rounding).
+        dtype: precision of the distances, a floating-point ``torch.dtype`` (float64 by default, so near-ties
+            are not decided by rounding). Huge or tiny finite features are rescaled so they rank as unscaled
+            ones: per row for cosine, by one factor shared by query and gallery for l2/inner.
 
     Returns:
         ``{"top1": …, "top5": …, "mAP": …, "n_queries_without_positive": int}`` — the metrics are fractions
@@ -160,6 +203,8 @@ def retrieval_metrics(
         ValueError: on empty, non-2-D or non-finite features, label lengths that do not match, an unknown
             ``metric``, bad ``topk``, ``exclude_self`` with ``n_q != n_g``, or when no query has a relevant
             gallery item.
+        TypeError: on non-Tensor or non-float features, non-integer labels or a ``dtype`` that is not a
+            floating-point ``torch.dtype``.
 
     Example:
         >>> import torch
@@ -185,16 +230,17 @@ def retrieval_metrics(
         chunk_size = max(1, _BLOCK_ELEMENTS // n_g)
     elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    if not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
+    dtype = _check_dtype(dtype)
 
     d = min(query.shape[1], gallery.shape[1])
     with torch.no_grad():
-        G = _prepare(gallery, d, metric, dtype).to(query.device)
+        scale = _common_scale((query[:, :d], gallery[:, :d]), metric, dtype)  # shared: one ranking
+        G = _prepare(gallery, d, metric, dtype, scale).to(query.device)
 
         def blocks() -> Iterator[tuple[int, Tensor]]:
             for s in range(0, n_q, chunk_size):
-                yield s, _distance(_prepare(query[s : s + chunk_size], d, metric, dtype), G, metric)
+                q = _prepare(query[s : s + chunk_size], d, metric, dtype, scale)
+                yield s, _distance(q, G, metric)
 
         return _score(blocks(), query_labels, gallery_labels, ks, exclude_self)
 

@@ -141,3 +141,45 @@ def check_ties(fn: Fn) -> None:
     m = fn(torch.tensor([e0]), g, torch.tensor([1]), torch.tensor([0, 1, 1, 0]), topk=(1, 2))
     assert m["top1"] == 0.0 and m["top2"] == 1.0, m  # item 0 (wrong label) wins the tie: lowest index
     assert abs(m["mAP"] - 2 / 3) < 1e-12, m  # sklearn: one threshold with precision 2/3, recall 1
+
+
+def check_scale(fn: Fn) -> None:
+    """Huge/tiny finite features: a common scale (and, for cosine, any per-row scale) leaves the ranking as is.
+
+    The reference runs on the unscaled data (its Python floats would overflow too)."""
+    q, x, ql, gl = random_case(11, 14, 19, 5, 5, 3)
+    for metric, scales in (("cosine", (1e300, 1e-300)), ("l2", (1e160, 1e-200)), ("inner", (1e200, 1e-200))):
+        want = ref_metrics(q, x, ql, gl, metric)
+        for s in scales:
+            assert_close(fn(q.double() * s, x.double() * s, ql, gl, metric=metric), want)
+    # float64 features far outside float32's range, ranked in float32
+    want = ref_metrics(q, x, ql, gl, "l2")
+    got = fn(q.double() * 1e100, x.double() * 1e100, ql, gl, metric="l2", dtype=torch.float32)
+    assert got["top1"] == want["top1"] and got["top5"] == want["top5"], (got, want)
+    # cosine ignores each row's own scale, however extreme
+    rows = torch.tensor([1e300, 1e-300, 1.0, 1e150, 1e-20] * 4, dtype=torch.float64)
+    got = fn(q.double() * rows[:14, None], x.double() * rows[:19, None].flip(0), ql, gl)
+    assert_close(got, ref_metrics(q, x, ql, gl, "cosine"))
+
+
+def exclude_self_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(old_g, new_g, labels, new_q)``: one set is queries and gallery (``new_q is new_g``); the old feature is
+    close to the new one, so a query's own item is often nearest and leaving it out changes both curve ends."""
+    g = torch.Generator().manual_seed(12)
+    y = torch.arange(30) % 4
+    centers = torch.randn(4, 6, generator=g)
+    new_g = centers[y] + 1.3 * torch.randn(30, 6, generator=g)
+    old_g = new_g[:, :4] + 0.3 * torch.randn(30, 4, generator=g)
+    return old_g, new_g, y, new_g
+
+
+def check_backfill_exclude_self(curve_fn: Fn) -> None:
+    """``exclude_self=True``: the curve's ends equal the float64 reference with leave-one-out (new/old at 0,
+    new/new at 1) on data where leaving the query's own item out does change the result."""
+    old_g, new_g, y, new_q = exclude_self_case()
+    c = curve_fn(old_g, new_g, new_q, y, y, fractions=(0.0, 1.0), exclude_self=True, topk=(1, 3))
+    for point, gallery in zip(c.points, (old_g, new_g)):
+        got = {k: v for k, v in point.items() if k not in ("fraction", "n_backfilled")}
+        want = ref_metrics(new_q, gallery, y, y, "cosine", ks=(1, 3), exclude_self=True)
+        assert ref_metrics(new_q, gallery, y, y, "cosine", ks=(1, 3)) != want  # the data make it matter
+        assert_close(got, want)

@@ -15,6 +15,7 @@ from ._protocol_checks import (
     assert_close,
     check_against_reference,
     check_hand_cases,
+    check_scale,
     check_ties,
     check_truncation,
     random_case,
@@ -36,6 +37,10 @@ def test_truncation_before_normalization() -> None:
 
 def test_tie_breaking_and_tied_ap() -> None:
     check_ties(retrieval_metrics)
+
+
+def test_huge_and_tiny_features_rank_as_unscaled() -> None:
+    check_scale(retrieval_metrics)
 
 
 def test_map_equals_sklearn_average_precision() -> None:
@@ -125,6 +130,11 @@ def test_type_errors() -> None:
         retrieval_metrics(torch.eye(2), torch.eye(2), torch.tensor([0.0, 1.0]), torch.tensor([0, 1]))
     with pytest.raises(TypeError, match="floating-point"):
         retrieval_metrics(torch.eye(2).long(), torch.eye(2), torch.tensor([0, 1]), torch.tensor([0, 1]))
+    for bad in ("float64", torch.int64, None):
+        with pytest.raises(TypeError, match="dtype must be a floating-point torch.dtype"):
+            retrieval_metrics(
+                torch.eye(2), torch.eye(2), torch.tensor([0, 1]), torch.tensor([0, 1]), dtype=bad
+            )
 
 
 # ----------------------------------------------------------------------------------------------- the report
