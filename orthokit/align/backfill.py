@@ -47,6 +47,7 @@ from orthokit.align.protocol import (
     _check_features,
     _check_labels,
     _check_topk,
+    _common_scale,
     _distance,
     _prepare,
     _score,
@@ -67,7 +68,7 @@ def backfill_order(n: int, order: str | Tensor = "random", *, seed: int = 0) -> 
         order: ``"random"`` (a uniform permutation drawn from ``seed``); a 1-D integer tensor, taken as the
             permutation itself; or a 1-D floating tensor of per-item priorities, backfilled highest first
             (ties by index) — e.g. FastFill's estimated uncertainty of each item's old feature.
-        seed: seed of the random order.
+        seed: seed of the random order (an int; required, so every curve is reproducible).
 
     Example:
         >>> import torch
@@ -75,6 +76,10 @@ def backfill_order(n: int, order: str | Tensor = "random", *, seed: int = 0) -> 
         >>> backfill_order(4, torch.tensor([0.1, 0.9, 0.5, 0.9])).tolist()
         [1, 3, 2, 0]
     """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not -(2**63) <= seed < 2**64:
+        raise ValueError(f"seed must fit in 64 bits, got {seed}")
     if isinstance(order, str):
         if order != "random":
             raise ValueError(f"unknown order {order!r}; give 'random', a permutation or a priority tensor")
@@ -163,6 +168,8 @@ class BackfillCurve:
 
 
 def _check_fractions(fractions: Sequence[float]) -> list[float]:
+    if isinstance(fractions, (str, bytes)):
+        raise TypeError(f"fractions must be a sequence of numbers in [0, 1], got the string {fractions!r}")
     try:
         fs = [float(f) for f in fractions]
     except (TypeError, ValueError) as e:
@@ -200,7 +207,7 @@ def partial_backfill_curve(
         new_query_feats: ``[n_q, d_new]`` queries embedded by the new model.
         query_labels, gallery_labels: integer labels.
         fractions: backfilled fractions in [0, 1] (sorted; ``round(f · n_g)`` items each, the first ones of
-            the order, so the sets are nested).
+            the order, so the sets are nested); a sequence of numbers, not a string.
         order, seed: see :func:`backfill_order`.
         metric, topk, exclude_self, chunk_size: as in :func:`orthokit.align.protocol.retrieval_metrics`.
 
@@ -250,8 +257,10 @@ def partial_backfill_curve(
     d_new, d_x = new_q.shape[1], min(new_q.shape[1], old_g.shape[1])
     points: list[dict[str, float]] = []
     with torch.no_grad():
-        G_new = _prepare(new_g, d_new, metric, dtype).to(new_q.device)
-        G_old = _prepare(old_g, d_x, metric, dtype).to(new_q.device)
+        # l2/inner: one factor for all three, since new and old items are ranked against each other
+        sc = _common_scale((new_q, new_g, old_g[:, :d_x]), metric, dtype)
+        G_new = _prepare(new_g, d_new, metric, dtype, sc).to(new_q.device)
+        G_old = _prepare(old_g, d_x, metric, dtype, sc).to(new_q.device)
         for f in fs:
             k = math.floor(f * n_g + 0.5)
             is_new = torch.zeros(n_g, dtype=torch.bool, device=new_q.device)
@@ -264,10 +273,12 @@ def partial_backfill_curve(
                     dist = torch.empty(q.shape[0], n_g, dtype=dtype, device=q.device)
                     if new_idx.numel():
                         dist[:, new_idx] = _distance(
-                            _prepare(q, d_new, metric, dtype), G_new[new_idx], metric
+                            _prepare(q, d_new, metric, dtype, sc), G_new[new_idx], metric
                         )
                     if old_idx.numel():
-                        dist[:, old_idx] = _distance(_prepare(q, d_x, metric, dtype), G_old[old_idx], metric)
+                        dist[:, old_idx] = _distance(
+                            _prepare(q, d_x, metric, dtype, sc), G_old[old_idx], metric
+                        )
                     yield s, dist
 
             m = _score(blocks(), q_lab, g_lab, ks, exclude_self)

@@ -10,7 +10,13 @@ import torch
 from orthokit.align.backfill import BackfillCurve, backfill_order, partial_backfill_curve
 from orthokit.align.protocol import retrieval_metrics
 
-from ._protocol_checks import assert_close, ref_distances, ref_from_distances
+from ._protocol_checks import (
+    assert_close,
+    check_backfill_exclude_self,
+    exclude_self_case,
+    ref_distances,
+    ref_from_distances,
+)
 
 
 def _setup(seed: int = 0, n_g: int = 90, n_q: int = 40, d_old: int = 6, d_new: int = 9, n_cls: int = 5):
@@ -34,6 +40,36 @@ def test_endpoints_are_new_old_and_new_new() -> None:
         assert_close(first, retrieval_metrics(new_q, old_g, ql, gl, metric=metric), tol=1e-12)
         assert_close(last, retrieval_metrics(new_q, new_g, ql, gl, metric=metric), tol=1e-12)
         assert [p["n_backfilled"] for p in c.points] == [0, 90]
+
+
+def test_exclude_self_endpoints() -> None:
+    check_backfill_exclude_self(partial_backfill_curve)
+    old_g, new_g, y, new_q = exclude_self_case()
+    for metric in ("cosine", "l2"):
+        c = partial_backfill_curve(
+            old_g, new_g, new_q, y, y, fractions=(0, 1), exclude_self=True, metric=metric
+        )
+        for point, gallery in zip(c.points, (old_g, new_g)):
+            got = {k: v for k, v in point.items() if k not in ("fraction", "n_backfilled")}
+            want = retrieval_metrics(new_q, gallery, y, y, metric=metric, exclude_self=True)
+            assert want != retrieval_metrics(new_q, gallery, y, y, metric=metric)
+            assert_close(got, want, tol=1e-12)
+
+
+def test_huge_features_share_one_scale() -> None:
+    old_g, new_g, new_q, ql, gl = _setup(6, n_g=40, n_q=20)
+    for metric, s in (("l2", 1e160), ("inner", 1e200), ("cosine", 1e300), ("l2", 1e-200)):
+        kw = {"fractions": (0, 0.5, 1), "metric": metric}
+        want = partial_backfill_curve(old_g, new_g, new_q, ql, gl, **kw).points
+        # the old gallery 1e6 times smaller than the new features: a per-block scale would misrank the mix
+        got = partial_backfill_curve(
+            old_g.double() * s / 1e6, new_g.double() * s, new_q.double() * s, ql, gl, **kw
+        )
+        if metric == "cosine":
+            assert got.points == want
+        else:
+            small = partial_backfill_curve(old_g / 1e6, new_g, new_q, ql, gl, **kw).points
+            assert got.points == small and small != want
 
 
 def test_mixed_gallery_matches_brute_force() -> None:
@@ -129,6 +165,15 @@ def test_errors() -> None:
     for args, kw, match in cases:
         with pytest.raises(ValueError, match=match):
             partial_backfill_curve(*args, **kw)
+    for kw, match in (
+        ({"seed": None}, "seed must be an int, got NoneType"),
+        ({"seed": 1.0}, "seed must be an int, got float"),
+        ({"fractions": "01"}, "got the string '01'"),
+    ):
+        with pytest.raises(TypeError, match=match):
+            partial_backfill_curve(old_g, new_g, new_q, ql, gl, **kw)
+    with pytest.raises(ValueError, match="seed must fit in 64 bits"):
+        partial_backfill_curve(old_g, new_g, new_q, ql, gl, seed=2**64)
     bad = old_g.clone()
     bad[2, 0] = float("nan")
     with pytest.raises(ValueError, match="old_gallery_feats: non-finite"):

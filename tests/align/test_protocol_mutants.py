@@ -8,11 +8,25 @@ import pytest
 import torch
 from torch import Tensor
 
+import orthokit.align.backfill as backfill
 import orthokit.align.protocol as protocol
 
-from ._protocol_checks import check_against_reference, check_hand_cases, check_ties, check_truncation
+from ._protocol_checks import (
+    check_against_reference,
+    check_backfill_exclude_self,
+    check_hand_cases,
+    check_scale,
+    check_ties,
+    check_truncation,
+)
 
-CHECKS: list[Callable] = [check_against_reference, check_hand_cases, check_truncation, check_ties]
+CHECKS: list[Callable] = [
+    check_against_reference,
+    check_hand_cases,
+    check_truncation,
+    check_ties,
+    check_scale,
+]
 _REAL_SCORE_BLOCK = protocol._score_block
 
 
@@ -26,8 +40,10 @@ def _failed_checks() -> list[str]:
     return failed
 
 
-def normalize_before_truncation(x: Tensor, d: int, metric: str, dtype: torch.dtype) -> Tensor:
-    x = x.to(dtype)
+def normalize_before_truncation(
+    x: Tensor, d: int, metric: str, dtype: torch.dtype, scale: float = 1.0
+) -> Tensor:
+    x = x.to(dtype) * scale
     if metric == "cosine":
         x = torch.nn.functional.normalize(x, dim=1)
     return x[:, :d]
@@ -73,12 +89,32 @@ def ties_by_reverse_index(dist: Tensor, relevant: Tensor, ks: tuple[int, ...]):
     return _REAL_SCORE_BLOCK(dist.flip(1), relevant.flip(1), ks)
 
 
+def backfill_ignores_exclude_self(blocks, query_labels, gallery_labels, ks, exclude_self):
+    """The backfill scores every point without leave-one-out, whatever ``exclude_self`` says."""
+    return protocol._score(blocks, query_labels, gallery_labels, ks, False)
+
+
+def per_block_scale(parts, metric: str, dtype: torch.dtype) -> float:
+    """No common rescaling: huge l2/inner features overflow their squares."""
+    return 1.0
+
+
+def prepare_without_row_rescale(
+    x: Tensor, d: int, metric: str, dtype: torch.dtype, scale: float = 1.0
+) -> Tensor:
+    """Cosine straight through ``F.normalize``: a 1e300 row's norm overflows to inf and the row becomes 0."""
+    x = x[:, :d].to(dtype)
+    return torch.nn.functional.normalize(x, dim=1) if metric == "cosine" else x * scale
+
+
 MUTANTS = {
     "normalize before truncation": ("_prepare", normalize_before_truncation),
     "CMC without first-match-break": ("_score_block", cmc_without_first_match_break),
     "AP divided by all gallery items": ("_score_block", ap_over_all_gallery_items),
     "AP ignoring ties": ("_score_block", ap_ignoring_ties),
     "ties by reverse index": ("_score_block", ties_by_reverse_index),
+    "no common scale for l2/inner": ("_common_scale", per_block_scale),
+    "cosine without row rescale": ("_prepare", prepare_without_row_rescale),
 }
 
 
@@ -91,3 +127,13 @@ def test_mutant_is_rejected(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     attr, impl = MUTANTS[name]
     monkeypatch.setattr(protocol, attr, impl)
     assert _failed_checks(), f"mutant {name!r} passed every check"
+
+
+def test_real_backfill_passes_the_exclude_self_check() -> None:
+    check_backfill_exclude_self(backfill.partial_backfill_curve)
+
+
+def test_backfill_mutant_ignoring_exclude_self_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backfill, "_score", backfill_ignores_exclude_self)
+    with pytest.raises(AssertionError):
+        check_backfill_exclude_self(backfill.partial_backfill_curve)
