@@ -409,8 +409,9 @@ def run(
 
 
 def demo(out_dir: Path) -> Section:
-    """``make demo`` section: one seed of the quick configuration on both datasets (~1 min on 2 cores)."""
-    res = run(out_dir, quick=True, seeds=(0,))
+    """``make demo`` section: one seed of the full configuration on both datasets (the quick one stops at ~89 %
+    MNIST accuracy, where the heads' ordering is noise); files are written as ``align_losses_quick.*``."""
+    res = run(out_dir, quick=True, seeds=(0,), cfg=FULL)
     rows = {(r["dataset"], r["method"]): r for r in res["summary"]}
     ce, best = (
         rows[("mnist", "ce")],
@@ -420,7 +421,7 @@ def demo(out_dir: Path) -> Section:
     return Section(
         title="Orthogonality losses and heads (OPL, EBV, Grassmann) vs cross-entropy",
         family="align (losses)",
-        metric="MNIST test acc (1 seed, quick)",
+        metric="MNIST test acc (1 seed)",
         ours=f"{best['method']} {100 * best['acc_mean']:.2f}%",
         anchor=f"CE {100 * ce['acc_mean']:.2f}%",
         verdict=f"{100 * (best['acc_mean'] - ce['acc_mean']):+.2f} pts; class-mean |cos| "
