@@ -28,7 +28,16 @@ __version__ = "0.1.0"
 
 # Subpackages reachable as ``orthokit.<name>`` (lazily imported). Only packages that exist belong here:
 # tests/test_namespace.py imports every one of them.
-_SUBPACKAGES: tuple[str, ...] = ("linalg", "optim", "projection", "merge", "align", "io", "integrations", "bench")
+_SUBPACKAGES: tuple[str, ...] = (
+    "linalg",
+    "optim",
+    "projection",
+    "merge",
+    "align",
+    "io",
+    "integrations",
+    "bench",
+)
 
 __all__ = ["polar", "linalg", "__version__"]
 
