@@ -32,10 +32,8 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +41,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from orthokit._fs import publish_mode
 from orthokit.linalg._checks import compute_dtype
 
 __all__ = ["Aligner", "KINDS", "check_narrow_source", "check_pair", "check_rows", "resolve_dtype"]
@@ -413,67 +410,32 @@ class Aligner:
             raise ValueError(f"kind 'near_isometry' needs ‖G − I‖_F <= lam = {self.lam:g}, got {gap:.6g}")
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write a ``.safetensors`` file atomically (temp file in the same folder, then ``os.replace``).
+        """Write a ``.safetensors`` file atomically (temp file in the same folder, then ``os.replace``; the file
+        I/O is :func:`orthokit.io.record.write_record`).
 
         Non-finite parameters are refused (they cannot arise from a validated aligner unless its tensors were
         modified in place). Returns the path written.
         """
-        from safetensors.torch import save_file
+        from orthokit.io.record import write_record
 
-        path = Path(path)
-        if path.is_dir():
-            raise ValueError(
-                f"path {str(path)!r} is a directory; give a file name such as aligner.safetensors"
-            )
-        if not path.parent.is_dir():
-            raise ValueError(f"folder {str(path.parent)!r} does not exist")
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if k in _TENSORS}
-        for k, v in tensors.items():
-            if not bool(torch.isfinite(v).all()):
-                raise ValueError(f"refusing to save: aligner tensor {k!r} contains non-finite values")
+        tensors = {k: v for k, v in self.state_dict().items() if k in _TENSORS}
         meta = {
             "format": _FORMAT,
             "method": self.method,
             "kind": self.kind,
             "lam": "" if self.lam is None else repr(self.lam),
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            publish_mode(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        return path
+        return write_record(path, tensors, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Aligner:
-        """Read an aligner written by :meth:`save`; a file of another kind raises ``ValueError`` naming it."""
-        from safetensors import SafetensorError, safe_open
+        """Read an aligner written by :meth:`save` (file checks in :func:`orthokit.io.record.read_record`); a
+        file of another kind, or one whose ``W`` contradicts its declared kind, raises ``ValueError`` naming it."""
+        from orthokit.io.record import read_record
 
+        tensors, meta = read_record(path, fmt=_FORMAT, keys=_TENSORS, what="aligner")
+        state: dict[str, Any] = dict(tensors)
         path = Path(path)
-        if path.is_dir():
-            raise ValueError(f"aligner file {str(path)!r} is a directory, not a .safetensors file")
-        if not path.is_file():
-            raise ValueError(f"aligner file {str(path)!r} does not exist")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                keys = set(f.keys())
-                if meta.get("format") != _FORMAT:
-                    raise ValueError(
-                        f"{str(path)!r} is not an orthokit aligner file (format {meta.get('format')!r})"
-                    )
-                if keys != set(_TENSORS):
-                    raise ValueError(
-                        f"{str(path)!r} has tensors {sorted(keys)}, an aligner file has {sorted(_TENSORS)}"
-                    )
-                state: dict[str, Any] = {k: f.get_tensor(k) for k in _TENSORS}
-        except SafetensorError as e:
-            raise ValueError(f"{str(path)!r} is not a readable safetensors file: {e}") from None
         lam_text = meta.get("lam", "")
         try:
             lam = float(lam_text) if lam_text else None
