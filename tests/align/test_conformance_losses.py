@@ -9,7 +9,7 @@ computed independently (explicit loops / projection matrices in float64), and th
 * ``grassmann``: logits invariant to a rotation of each basis inside its subspace; bases orthonormal to 1e-6
   after many :class:`GrassmannSGD` steps (which also lower the loss).
 * ``dolg``: the fused local part is orthogonal to the global vector (1e-6, float64) and the decomposition is
-  exact.
+  exact; the local branch (multi-atrous block, BN, softplus attention) equals a float64 hand computation.
 
 ``tests/align/test_losses_mutants.py`` runs the same checks on broken variants and requires them to fail.
 """
@@ -185,6 +185,79 @@ def check_dolg(cls: Callable[..., Any]) -> None:
     a = torch.randn(2, 3, 2, 2, generator=g, dtype=D64, requires_grad=True)
     b = torch.randn(2, 3, generator=g, dtype=D64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda p, q: fuse(p, q), (a, b)), "dolg: gradcheck failed"
+
+
+# ------------------------------------------------------------------------------------- DOLG local branch
+def _dilated_conv3x3_reference(x: Tensor, w: Tensor, b: Tensor, rate: int) -> Tensor:
+    """3×3 conv with dilation ``rate`` and zero padding ``rate`` by explicit shifted sums over the 9 taps."""
+    B, _, H, W = x.shape
+    xp = torch.zeros(B, x.shape[1], H + 2 * rate, W + 2 * rate, dtype=x.dtype)
+    xp[:, :, rate : rate + H, rate : rate + W] = x
+    out = b[None, :, None, None].expand(B, -1, H, W).clone()
+    for i in range(3):
+        for j in range(3):
+            patch = xp[:, :, i * rate : i * rate + H, j * rate : j * rate + W]
+            out = out + torch.einsum("oc,bchw->bohw", w[:, :, i, j], patch)
+    return out
+
+
+def _conv1x1(x: Tensor, conv: torch.nn.Conv2d) -> Tensor:
+    y = torch.einsum("oc,bchw->bohw", conv.weight[:, :, 0, 0].detach(), x)
+    return y if conv.bias is None else y + conv.bias.detach()[None, :, None, None]
+
+
+def _dolg_local_reference(branch: torch.nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The DOLG local branch by hand in float64 (``dongkyunk/DOLG-pytorch`` ``model/dolg.py``): dilated 3×3
+    convs at the paper's rates 3, 6, 9 and the image-level branch (GAP → 1×1 conv → ReLU, broadcast: a bilinear
+    upsample of a 1×1 map is constant), concatenated; 1×1 conv → ReLU → 1×1 conv → BN (eval: running stats);
+    ``softplus(1×1 conv(ReLU(f))) · f/‖f‖``. Returns (multi-atrous output, branch output)."""
+    ma = branch.multi_atrous  # type: ignore[union-attr]
+    parts = [
+        _dilated_conv3x3_reference(x, c.weight.detach(), c.bias.detach(), rate)
+        for c, rate in zip(ma.dilated, (3, 6, 9), strict=True)
+    ]
+    gap = _conv1x1(x.mean(dim=(2, 3), keepdim=True), ma.image_conv).clamp(min=0)
+    parts.append(gap.expand(-1, -1, *x.shape[-2:]))
+    atrous = torch.cat(parts, dim=1)
+    h = _conv1x1(_conv1x1(atrous, branch.conv1).clamp(min=0), branch.conv2)  # type: ignore[arg-type]
+    bn = branch.bn  # type: ignore[union-attr]
+    f = (h - bn.running_mean[None, :, None, None]) / torch.sqrt(bn.running_var + bn.eps)[None, :, None, None]
+    f = f * bn.weight.detach()[None, :, None, None] + bn.bias.detach()[None, :, None, None]
+    att = torch.log1p(torch.exp(_conv1x1(f.clamp(min=0), branch.att_conv)))  # type: ignore[arg-type]
+    return atrous, f / f.norm(dim=1, keepdim=True) * att
+
+
+def check_dolg_local_branch(cls: Callable[..., Any]) -> None:
+    """DOLG's local branch against :func:`_dolg_local_reference` (random weights, biases and BN statistics;
+    an 11×10 map so every dilation reaches past the border), then a float64 gradcheck."""
+    torch.manual_seed(3)
+    branch = cls(3, 4, hidden_channels=8).to(D64).eval()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for prm in branch.parameters():
+            prm.copy_(torch.randn(prm.shape, generator=g, dtype=D64) * 0.5)
+        branch.bn.running_mean.copy_(torch.randn(4, generator=g, dtype=D64))
+        branch.bn.running_var.copy_(torch.rand(4, generator=g, dtype=D64) + 0.5)
+    x = torch.randn(2, 3, 11, 10, generator=g, dtype=D64)
+    with torch.no_grad():
+        atrous_ref, ref = _dolg_local_reference(branch, x)
+        atrous, out = branch.multi_atrous(x), branch(x)
+    err = float((atrous - atrous_ref).abs().max())
+    assert err < 1e-10, (
+        f"dolg: multi-atrous block differs from dilated convs at rates 3, 6, 9 + GAP by {err:.2e}"
+    )
+    err = float((out - ref).abs().max())
+    assert err < 1e-10, (
+        f"dolg: local branch differs from the reference (softplus attention × L2-normalized BN map) by {err:.2e}"
+    )
+    xs = torch.randn(1, 3, 4, 4, generator=g, dtype=D64, requires_grad=True)
+    assert torch.autograd.gradcheck(branch, (xs,)), "dolg: local branch gradcheck failed"
+
+
+def test_dolg_local_branch_matches_the_reference() -> None:
+    from orthokit.align.dolg import DOLGLocalBranch
+
+    check_dolg_local_branch(DOLGLocalBranch)
 
 
 CHECKS: dict[str, Callable[[Any], None]] = {

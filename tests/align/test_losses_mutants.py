@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from orthokit.align.dolg import OrthogonalFusion
+from orthokit.align.dolg import DOLGLocalBranch, MultiAtrous, OrthogonalFusion
 from orthokit.align.ebv import EquiangularBasisVectors
 from orthokit.align.grassmann import GrassmannClassHead, GrassmannSGD
 from orthokit.align.opl import OrthogonalProjectionLoss
@@ -125,6 +125,29 @@ def _fusion_module(fn: Callable[[Tensor, Tensor], Tensor]) -> type[OrthogonalFus
     return Mutant
 
 
+class LocalBranchWithoutAttention(DOLGLocalBranch):
+    """DOLG local branch that drops the softplus attention (returns the L2-normalized BN map only)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(self.bn(self.conv2(F.relu(self.conv1(self.multi_atrous(x))))), dim=1)
+
+
+class MultiAtrousDilation1(MultiAtrous):
+    """Multi-atrous block whose three 3×3 convs ignore their rates (dilation 1, padding 1)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        img = F.relu(self.image_conv(F.adaptive_avg_pool2d(x, 1))).expand(-1, -1, *x.shape[-2:])
+        return torch.cat([F.conv2d(x, c.weight, c.bias, padding=1) for c in self.dilated] + [img], dim=1)
+
+
+class LocalBranchUndilated(DOLGLocalBranch):
+    """DOLG local branch built on :class:`MultiAtrousDilation1`."""
+
+    def __init__(self, in_channels: int, out_channels: int, hidden_channels: int = 2048) -> None:
+        super().__init__(in_channels, out_channels, hidden_channels)
+        self.multi_atrous = MultiAtrousDilation1(in_channels, hidden_channels)
+
+
 MUTANTS: list[tuple[str, Callable[[], None], str]] = [
     (
         "opl_without_normalization",
@@ -147,6 +170,12 @@ MUTANTS: list[tuple[str, Callable[[], None], str]] = [
     ),
     ("dolg_wrong_norm", lambda: C.check_dolg(_fusion_module(fusion_wrong_norm)), "not orthogonal to f_g"),
     ("dolg_wrong_axis", lambda: C.check_dolg(_fusion_module(fusion_wrong_axis)), "not orthogonal to f_g"),
+    (
+        "dolg_local_without_attention",
+        lambda: C.check_dolg_local_branch(LocalBranchWithoutAttention),
+        "local branch differs",
+    ),
+    ("dolg_atrous_dilation_1", lambda: C.check_dolg_local_branch(LocalBranchUndilated), "multi-atrous block"),
 ]
 
 
