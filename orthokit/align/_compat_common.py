@@ -137,9 +137,11 @@ class CompatMethod(nn.Module):
     # ----------------------------------------------------------------- checked pieces
     def _raw_features(self, x: Tensor) -> Tensor:
         f = self.backbone(x)
-        if not isinstance(f, Tensor) or f.ndim != 2 or f.shape[1] != self.feat_dim:
+        if not isinstance(f, Tensor) or f.shape != (x.shape[0], self.feat_dim):
             shape = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__
-            raise ValueError(f"backbone must return [B, feat_dim={self.feat_dim}] features, got {shape}")
+            raise ValueError(
+                f"backbone must return [B={x.shape[0]}, feat_dim={self.feat_dim}] features, got {shape}"
+            )
         return f
 
     def _old_features(self, x: Tensor) -> Tensor:
@@ -185,19 +187,27 @@ class CompatMethod(nn.Module):
         """Alias of :meth:`new_features` (so the method can be passed where a feature extractor is expected)."""
         return self.new_features(x)
 
+    def frozen_modules(self) -> list[nn.Module]:
+        """The frozen models this method was given (``old_model``; BT² adds ``independent_model``).
+
+        They are excluded from :meth:`extra_parameters` by identity and kept in ``eval`` by :meth:`train`.
+        """
+        return [self.old_model] if self.old_model is not None else []
+
     def extra_parameters(self) -> int:
         """Trainable parameters beyond the backbone and one plain ``feat_dim × n_classes`` linear classifier.
 
         Counts stored trainable elements (for a ``torch`` orthogonal parametrization of an ``n×n`` weight that
         is the ``n²`` elements of its unconstrained ``original``, although the manifold has ``n(n−1)/2``
-        degrees of freedom). The frozen ``old_model`` and the ``old_prototypes`` buffer are not counted.
+        degrees of freedom). The parameters of the backbone, the classifier and the frozen models of
+        :meth:`frozen_modules` are excluded by identity (whatever their attribute names); the
+        ``old_prototypes`` buffer is not a parameter.
         """
-        total = 0
-        for name, p in self.named_parameters():
-            if not p.requires_grad or name.startswith(("backbone.", "classifier.", "old_model.")):
-                continue
-            total += p.numel()
-        return total
+        skip = {id(p) for p in self.backbone.parameters()}
+        skip |= {id(p) for p in self.classifier.parameters()}
+        for mod in self.frozen_modules():
+            skip |= {id(p) for p in mod.parameters()}
+        return sum(p.numel() for p in self.parameters() if p.requires_grad and id(p) not in skip)
 
     def _check_x(self, x: Any) -> Tensor:
         if not isinstance(x, Tensor):
@@ -205,3 +215,10 @@ class CompatMethod(nn.Module):
         if x.ndim < 1 or x.shape[0] == 0:
             raise ValueError(f"x must be a non-empty batch, got shape {tuple(x.shape)}")
         return x
+
+    def _check_batch(self, x: Any, y: Any) -> tuple[Tensor, Tensor]:
+        """Validate a training batch BEFORE any forward pass: ``x`` a non-empty tensor batch, ``y`` ``[B]``
+        integer labels in ``[0, n_classes)``. Every ``loss`` calls this first, so a bad batch raises without
+        touching state (no BatchNorm running statistic of the backbone is updated)."""
+        x = self._check_x(x)
+        return x, self._check_labels(y, x.shape[0])

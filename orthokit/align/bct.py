@@ -207,8 +207,8 @@ class BCT(CompatMethod):
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
         """``CE(W_new f, y) + λ·CE(P f[:, :old_dim], y)``."""
+        x, y = self._check_batch(x, y)  # before any forward: a bad batch touches no state
         f = self.new_features(x)
-        y = self._check_labels(y, f.shape[0])
         loss = cross_entropy(self.classifier(f), y, self.label_smoothing)
         if self.influence_weight:
             loss = loss + self.influence_weight * bct_influence_loss(

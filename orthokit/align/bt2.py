@@ -152,6 +152,11 @@ class BT2(CompatMethod):
             self.independent_model.eval()
         return self
 
+    def frozen_modules(self) -> list[nn.Module]:
+        """``old_model`` and ``independent_model`` (those given): frozen, excluded from the extra parameters."""
+        mods = super().frozen_modules()
+        return mods + ([self.independent_model] if self.independent_model is not None else [])
+
     def orthogonal_matrices(self) -> dict[str, Tensor]:
         """The two basis transformations: ``{"O_p": [d, d], "O_old": [d_old, d_old]}``."""
         return {"O_p": self.ortho_p.weight, "O_old": self.ortho_old.weight}
@@ -175,8 +180,8 @@ class BT2(CompatMethod):
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
         """``ce·CE(W b) + λ₂·CE(ĥ Pᵀ) + λ₃·(1 − cos(φ_old, h)) + λ₁·(1 − cos(φ'_new, b))``."""
+        x, y = self._check_batch(x, y)  # before any forward: a bad batch touches no state
         b, h, _ = self._parts(x)
-        y = self._check_labels(y, b.shape[0])
         h_hat = F.normalize(h, dim=1)
         loss = b.new_zeros(())
         if self.ce_weight:

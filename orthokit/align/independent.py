@@ -75,6 +75,6 @@ class Independent(CompatMethod):
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
         """``CE(classifier(φ(x)), y)``."""
+        x, y = self._check_batch(x, y)  # before any forward: a bad batch touches no state
         f = self.new_features(x)
-        y = self._check_labels(y, f.shape[0])
         return cross_entropy(self.classifier(f), y, self.label_smoothing)

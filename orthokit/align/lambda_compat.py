@@ -183,8 +183,8 @@ class LambdaOrthogonal(CompatMethod):
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
         """``CE(W_cls f) + α·SupCon(B f, φ_old) + β·CE(B f Pᵀ) + γ·max(0, ‖G − I‖_F − λ)²``."""
+        x, y = self._check_batch(x, y)  # before any forward: a bad batch touches no state
         f = self.new_features(x)
-        y = self._check_labels(y, f.shape[0])
         loss = cross_entropy(self.classifier(f), y, self.label_smoothing)
         mapped = self.map(f if self.train_backbone else f.detach())
         if self.align_weight and self.old_model is not None:

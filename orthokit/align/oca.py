@@ -132,8 +132,8 @@ class OCA(CompatMethod):
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
         """``ce·CE(W O(f̂)) + infl·CE(normalize(f̂_old) Pᵀ) + cos·mean(1 − cos(P_y, f̂_old))``."""
+        x, y = self._check_batch(x, y)  # before any forward: a bad batch touches no state
         f = self.new_features(x)
-        y = self._check_labels(y, f.shape[0])
         P = self._prototypes().to(f.dtype)
         old_part = F.normalize(f[:, : self.old_dim], dim=1)
         loss = f.new_zeros(())

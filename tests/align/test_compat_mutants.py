@@ -13,15 +13,21 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from orthokit.align._compat_common import CompatMethod, cross_entropy
 from orthokit.align.bct import BCT, bct_influence_loss
+from orthokit.align.bt2 import BT2
+from orthokit.align.independent import Independent
 from orthokit.align.lambda_compat import LambdaOrthogonal
 from orthokit.align.lambda_orthogonal import lambda_orthogonality_penalty
 from orthokit.align.oca import OCA
 
 from .test_conformance_compat import (
+    check_bad_batch_untouched,
+    check_bt2_independent,
     check_frozen,
     check_interface,
     check_lambda_tolerance,
+    check_old_batchnorm,
     check_orthogonal_layers,
     check_purpose,
     make_problem,
@@ -99,6 +105,42 @@ class LambdaNoMap(LambdaOrthogonal):
         return self.new_features(x)
 
 
+class IndependentLateLabelCheck(Independent):
+    """Independent that runs the backbone before validating ``y`` (a bad batch updates BatchNorm stats)."""
+
+    def loss(self, x: Tensor, y: Tensor) -> Tensor:
+        f = self.new_features(x)
+        y = self._check_labels(y, f.shape[0])
+        return cross_entropy(self.classifier(f), y, self.label_smoothing)
+
+
+class LambdaOldModelInTrainMode(LambdaOrthogonal):
+    """λ-orthogonal that runs the old model in train mode (its BatchNorm running stats drift), then restores eval."""
+
+    def _old_features(self, x: Tensor) -> Tensor:
+        assert self.old_model is not None
+        self.old_model.train()
+        with torch.no_grad():
+            g = self.old_model(x)
+        self.old_model.eval()
+        return g
+
+
+class BT2IndependentFollowsTrain(BT2):
+    """BT² whose ``train()`` no longer keeps ``independent_model`` in eval mode."""
+
+    train = CompatMethod.train  # type: ignore[assignment]
+
+
+class BT2TrainableIndependent(BT2):
+    """BT² that leaves ``independent_model`` trainable."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        if self.independent_model is not None:
+            self.independent_model.requires_grad_(True)
+
+
 def test_bct_with_detached_influence_is_not_compatible(problem: dict[str, Any]) -> None:
     with pytest.raises(AssertionError, match="not backward compatible"):
         check_purpose("bct", problem, BCTDetachedInfluence)
@@ -127,3 +169,23 @@ def test_lambda_penalty_that_does_not_act_is_rejected(problem: dict[str, Any]) -
 def test_compatible_feature_outside_old_space_is_rejected(problem: dict[str, Any]) -> None:
     with pytest.raises(AssertionError, match="compatible_features"):
         check_interface("lambda_orthogonal", problem, LambdaNoMap)
+
+
+def test_label_check_after_forward_is_rejected(problem: dict[str, Any]) -> None:
+    with pytest.raises(AssertionError, match="a rejected batch .* changed"):
+        check_bad_batch_untouched("independent", problem, IndependentLateLabelCheck)
+
+
+def test_old_model_run_in_train_mode_is_rejected(problem: dict[str, Any]) -> None:
+    with pytest.raises(AssertionError, match=r"old_model\.1\.running_mean changed"):
+        check_old_batchnorm("lambda_orthogonal", problem, LambdaOldModelInTrainMode)
+
+
+def test_bt2_independent_model_in_train_mode_is_rejected(problem: dict[str, Any]) -> None:
+    with pytest.raises(AssertionError, match="switched independent_model to training mode"):
+        check_bt2_independent(problem, BT2IndependentFollowsTrain)
+
+
+def test_bt2_trainable_independent_model_is_rejected(problem: dict[str, Any]) -> None:
+    with pytest.raises(AssertionError, match="independent_model is trainable"):
+        check_bt2_independent(problem, BT2TrainableIndependent)

@@ -339,7 +339,7 @@ def test_clear_errors_and_untouched_state() -> None:
     with pytest.raises(ValueError, match="labels y has 3 entries for a batch of 12"):
         m.loss(x, y[:3])
     wrong = BCT(nn.Linear(DIN, FEAT + 1).double(), old_prototypes=P, **kw)
-    with pytest.raises(ValueError, match=r"backbone must return \[B, feat_dim=6\]"):
+    with pytest.raises(ValueError, match=r"backbone must return \[B=12, feat_dim=6\]"):
         wrong.new_features(x)
     with pytest.raises(ValueError, match="class 4 has no old feature"):
         synthesize_prototypes(torch.randn(4, OLD), torch.tensor([0, 1, 2, 3]), torch.randn(2, OLD), 5)

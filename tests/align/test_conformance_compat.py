@@ -91,10 +91,17 @@ def _one_thread() -> Iterator[None]:
 
 
 def build(
-    name: str, problem: dict[str, Any], cls: type | None = None, seed: int = 0, **cfg: Any
+    name: str,
+    problem: dict[str, Any],
+    cls: type | None = None,
+    seed: int = 0,
+    backbone: nn.Module | None = None,
+    old_model: nn.Module | None = None,
+    **cfg: Any,
 ) -> nn.Module:
     torch.manual_seed(seed)
-    backbone = nn.Sequential(nn.Linear(D, 64), nn.ReLU(), nn.Linear(64, FEAT_DIM))
+    if backbone is None:
+        backbone = nn.Sequential(nn.Linear(D, 64), nn.ReLU(), nn.Linear(64, FEAT_DIM))
     cls = COMPAT_METHODS.get(name) if cls is None else cls
     kw = {**CFG.get(name, {}), **cfg}
     return cls(
@@ -103,9 +110,29 @@ def build(
         n_classes=C,
         old_dim=OLD_DIM,
         old_prototypes=problem["P"],
-        old_model=copy.deepcopy(problem["old"]),
+        old_model=copy.deepcopy(problem["old"]) if old_model is None else old_model,
         **kw,
     )
+
+
+def with_batchnorm(model: nn.Module, width: int, x: torch.Tensor) -> nn.Module:
+    """``model`` followed by a BatchNorm1d whose running stats were set by one train-mode pass; frozen, eval."""
+    bn_model = nn.Sequential(copy.deepcopy(model), nn.BatchNorm1d(width))
+    with torch.no_grad():
+        bn_model.train()(x)
+    return bn_model.eval().requires_grad_(False)
+
+
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of ``module``, cloned."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_unchanged(module: nn.Module, before: dict[str, torch.Tensor], what: str) -> None:
+    after = module.state_dict()
+    assert after.keys() == before.keys(), f"{what}: state keys changed"
+    for k, v in before.items():
+        assert torch.equal(after[k], v), f"{what}.{k} changed"
 
 
 def train(
@@ -174,6 +201,59 @@ def check_frozen(name: str, problem: dict[str, Any], cls: type | None = None) ->
     for k, v in m.old_model.state_dict().items():
         assert torch.equal(v, old0[k]), f"{name}: old_model.{k} changed"
     assert all(p.grad is None for p in m.old_model.parameters()), f"{name}: old_model got a gradient"
+
+
+def check_bad_batch_untouched(name: str, problem: dict[str, Any], cls: type | None = None) -> None:
+    """A bad batch raises a clear error from ``loss`` before any forward: with a BatchNorm backbone in
+    ``train()`` every parameter and buffer (running stats, ``num_batches_tracked``) stays bit-identical."""
+    backbone = nn.Sequential(nn.Linear(D, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, FEAT_DIM))
+    m = build(name, problem, cls, backbone=backbone)
+    m.train()
+    x, y = problem["Xtr"][:16], problem["ytr"][:16]
+    bad: list[tuple[Any, Any, str]] = [
+        (x, y[:-1], "labels y has 15 entries for a batch of 16"),
+        (x, y.float(), "1-D integer tensor"),
+        (x, y.view(-1, 1), "1-D integer tensor"),
+        (x, y + C, r"labels y must lie in \[0, 8\)"),
+        (x, y - C, r"labels y must lie in \[0, 8\)"),
+        (x, [0] * 16, "1-D integer tensor"),
+        (x[:0], y[:0], "non-empty batch"),
+        (x.tolist(), y, "x must be a torch.Tensor"),
+    ]
+    before = snapshot(m)
+    for xb, yb, msg in bad:
+        with pytest.raises((ValueError, TypeError), match=msg):
+            m.loss(xb, yb)
+        assert_unchanged(m, before, f"{name}: a rejected batch ({msg}) changed")
+    assert all(p.grad is None for p in m.parameters()), f"{name}: a rejected batch left gradients"
+
+
+def check_old_batchnorm(name: str, problem: dict[str, Any], cls: type | None = None) -> None:
+    """An old model with BatchNorm keeps its running stats and parameters through train()/loss/steps."""
+    old = with_batchnorm(problem["old"], OLD_DIM, problem["Xtr"][:256])
+    m = build(name, problem, cls, old_model=old)
+    before = snapshot(old)
+    m.train()
+    assert old.training is False, f"{name}: train() switched the BatchNorm old model to training mode"
+    train(m, problem, steps=5, lr=1e-2, wd=0.1)
+    assert old.training is False, f"{name}: old_model left eval mode"
+    assert_unchanged(old, before, f"{name}: old_model")
+    assert all(p.grad is None for p in old.parameters()), f"{name}: old_model got a gradient"
+
+
+def check_bt2_independent(problem: dict[str, Any], cls: type | None = None) -> None:
+    """BT²'s ``independent_model`` (λ₁ term) is frozen: no grad, always eval, state bit-identical."""
+    ind = with_batchnorm(nn.Linear(D, FEAT_DIM), FEAT_DIM, problem["Xtr"][:256])
+    m = build("bt2", problem, cls, independent_model=ind)
+    assert m.independent_model is ind
+    assert all(not p.requires_grad for p in ind.parameters()), "bt2: independent_model is trainable"
+    before = snapshot(ind)
+    m.train()
+    assert ind.training is False, "bt2: train() switched independent_model to training mode"
+    train(m, problem, steps=5, lr=1e-2, wd=0.1)
+    assert ind.training is False, "bt2: independent_model left eval mode"
+    assert_unchanged(ind, before, "bt2: independent_model")
+    assert all(p.grad is None for p in ind.parameters()), "bt2: independent_model got a gradient"
 
 
 def orthogonal_matrices(m: nn.Module) -> list[torch.Tensor]:
@@ -277,3 +357,26 @@ def test_lambda_orthogonal_map_stays_within_tolerance(problem: dict[str, Any]) -
 def test_independent_is_not_compatible(problem: dict[str, Any]) -> None:
     with pytest.raises(AssertionError, match="not backward compatible"):
         check_purpose("independent", problem)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_batch_leaves_state_untouched(name: str, problem: dict[str, Any]) -> None:
+    check_bad_batch_untouched(name, problem)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batchnorm_old_model_untouched(name: str, problem: dict[str, Any]) -> None:
+    check_old_batchnorm(name, problem)
+
+
+def test_bt2_independent_model_frozen(problem: dict[str, Any]) -> None:
+    check_bt2_independent(problem)
+
+
+def test_extra_parameters_exclude_frozen_models_by_identity(problem: dict[str, Any]) -> None:
+    """Even a frozen model made trainable afterwards is not counted: exclusion is by module identity."""
+    ind = nn.Linear(D, FEAT_DIM)
+    m = build("bt2", problem, independent_model=ind)
+    ind.requires_grad_(True)
+    m.old_model.requires_grad_(True)
+    assert m.extra_parameters() == HAND_EXTRA["bt2"]
