@@ -197,6 +197,39 @@ def grassmann_param_groups(model: nn.Module) -> list[dict[str, Any]]:
     return groups
 
 
+def _check_hyper(h: dict[str, Any], where: str) -> None:
+    """One-line ``ValueError`` for an out-of-range GrassmannSGD hyper-parameter (``where``: "" or "param group i: ")."""
+    for name in ("lr", "momentum", "dampening", "weight_decay"):
+        v = h[name]
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0:
+            raise ValueError(f"GrassmannSGD: {where}{name} must be a number >= 0, got {v!r}")
+    if h["retraction"] not in _RETRACTIONS:
+        raise ValueError(
+            f"GrassmannSGD: {where}unknown retraction {h['retraction']!r}; valid: {', '.join(_RETRACTIONS)}"
+        )
+    r = h["reorth_every"]
+    if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+        raise ValueError(f"GrassmannSGD: {where}reorth_every must be an int >= 0, got {r!r}")
+    if not isinstance(h["grassmann"], bool):
+        raise ValueError(f"GrassmannSGD: {where}grassmann must be a bool, got {h['grassmann']!r}")
+
+
+def _check_basis(p: Tensor, pi: int, gi: int) -> None:
+    """One-line ``ValueError`` unless ``p`` is ``[..., d, k]`` (``k ≤ d``) with orthonormal columns (1e-3)."""
+    if p.dim() < 2 or p.shape[-1] > p.shape[-2]:
+        raise ValueError(
+            f"GrassmannSGD: Grassmann parameter {pi} of group {gi} must be [..., d, k] with k <= d, "
+            f"got {tuple(p.shape)}"
+        )
+    S = p.detach().to(torch.float64)
+    err = float((S.mT @ S - torch.eye(S.shape[-1], dtype=torch.float64, device=S.device)).abs().max())
+    if not err <= 1e-3:  # NaN/inf entries fail too
+        raise ValueError(
+            f"GrassmannSGD: Grassmann parameter {pi} of group {gi} does not have orthonormal columns "
+            f"(max |SᵀS − I| = {err:.2e}); initialize it with orthokit.linalg.qr_basis"
+        )
+
+
 class GrassmannSGD(torch.optim.Optimizer):
     """Riemannian SGD with momentum for Grassmann bases (the official ``RSGD`` of ``innerlee/gcr``), plain SGD
     for the other parameters.
@@ -218,6 +251,11 @@ class GrassmannSGD(torch.optim.Optimizer):
         weight_decay: L2 weight decay, applied to non-Grassmann parameters only.
         retraction: ``"exp"`` (geodesic, official), ``"qr"`` or ``"polar"``.
         reorth_every: QR re-orthonormalization period in steps (official 5; 0 disables).
+        grassmann: default of the groups' ``grassmann`` flag (``True``: Riemannian step on orthonormal bases).
+
+    Every group — given to the constructor or added later with :meth:`add_param_group` — is checked the same
+    way (hyper-parameters in range, a known retraction, orthonormal Grassmann bases); a bad one is a one-line
+    ``ValueError`` naming the group and the optimizer is left unchanged.
     """
 
     def __init__(
@@ -232,20 +270,18 @@ class GrassmannSGD(torch.optim.Optimizer):
         reorth_every: int = 5,
         grassmann: bool = True,
     ) -> None:
-        for name, v in (
-            ("lr", lr),
-            ("momentum", momentum),
-            ("dampening", dampening),
-            ("weight_decay", weight_decay),
-        ):
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0:
-                raise ValueError(f"GrassmannSGD: {name} must be a number >= 0, got {v!r}")
-        if retraction not in _RETRACTIONS:
-            raise ValueError(
-                f"GrassmannSGD: unknown retraction {retraction!r}; valid: {', '.join(_RETRACTIONS)}"
-            )
-        if isinstance(reorth_every, bool) or not isinstance(reorth_every, int) or reorth_every < 0:
-            raise ValueError(f"GrassmannSGD: reorth_every must be an int >= 0, got {reorth_every!r}")
+        _check_hyper(
+            dict(
+                lr=lr,
+                momentum=momentum,
+                dampening=dampening,
+                weight_decay=weight_decay,
+                retraction=retraction,
+                reorth_every=reorth_every,
+                grassmann=grassmann,
+            ),
+            "",
+        )
         defaults = dict(
             lr=lr,
             momentum=momentum,
@@ -255,29 +291,42 @@ class GrassmannSGD(torch.optim.Optimizer):
             reorth_every=reorth_every,
             grassmann=grassmann,
         )
-        super().__init__(params, defaults)
-        for gi, group in enumerate(self.param_groups):
-            if group["retraction"] not in _RETRACTIONS:
-                raise ValueError(
-                    f"GrassmannSGD: param group {gi} has unknown retraction {group['retraction']!r}"
-                )
-            if not group["grassmann"]:
-                continue
-            for pi, p in enumerate(group["params"]):
-                if p.dim() < 2 or p.shape[-1] > p.shape[-2]:
-                    raise ValueError(
-                        f"GrassmannSGD: Grassmann parameter {pi} of group {gi} must be [..., d, k] with k <= d, "
-                        f"got {tuple(p.shape)}"
-                    )
-                S = p.detach().to(torch.float64)
-                err = float(
-                    (S.mT @ S - torch.eye(S.shape[-1], dtype=torch.float64, device=S.device)).abs().max()
-                )
-                if err > 1e-3:
-                    raise ValueError(
-                        f"GrassmannSGD: Grassmann parameter {pi} of group {gi} does not have orthonormal columns "
-                        f"(max |SᵀS − I| = {err:.2e}); initialize it with orthokit.linalg.qr_basis"
-                    )
+        super().__init__(params, defaults)  # every group goes through add_param_group (checked there)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a parameter group after the same checks as the constructor: hyper-parameters in range, a known
+        retraction, and for ``grassmann`` groups ``[..., d, k]`` parameters (``k ≤ d``) with orthonormal columns
+        (max ``|SᵀS − I|`` ≤ 1e-3). A group that fails raises a one-line ``ValueError`` and is not added (the
+        optimizer is left unchanged).
+
+        Example:
+            >>> opt = GrassmannSGD([torch.nn.Parameter(qr_basis(torch.randn(6, 2)))], lr=0.1)
+            >>> opt.add_param_group({"params": [torch.randn(6, 2) * 3]})
+            Traceback (most recent call last):
+            ...
+            ValueError: GrassmannSGD: Grassmann parameter 0 of group 1 does not have orthonormal columns ...
+            >>> len(opt.param_groups)
+            1
+        """
+        if not isinstance(param_group, dict) or "params" not in param_group:
+            raise TypeError(
+                f"GrassmannSGD: a param group must be a dict with 'params', got {type(param_group).__name__}"
+            )
+        group = dict(
+            param_group
+        )  # the caller's dict is not modified; torch fills the defaults into this copy
+        params = group["params"]
+        if not isinstance(params, set):  # a set is refused by torch below with its own TypeError
+            group["params"] = [params] if isinstance(params, Tensor) else list(params)
+        gi = len(self.param_groups)
+        merged = {**self.defaults, **{k: v for k, v in group.items() if k in self.defaults}}
+        _check_hyper(merged, f"param group {gi}: ")
+        if merged["grassmann"] and not isinstance(params, set):
+            tensors = [q[1] if isinstance(q, tuple) and len(q) == 2 else q for q in group["params"]]
+            for pi, p in enumerate(tensors):
+                if isinstance(p, Tensor):
+                    _check_basis(p, pi, gi)
+        super().add_param_group(group)
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]

@@ -235,6 +235,79 @@ def test_grassmann_sgd_validation() -> None:
         grassmann_param_groups([1, 2])  # type: ignore[arg-type]
 
 
+def _orth_err(S: torch.Tensor) -> float:
+    S = S.detach().double()
+    return float((S.mT @ S - torch.eye(S.shape[-1], dtype=D64)).abs().max())
+
+
+def test_grassmann_sgd_add_param_group_runs_the_constructor_checks() -> None:
+    """A group added later gets the constructor's checks; a refused one leaves the optimizer as it was."""
+    base = torch.nn.Parameter(qr_basis(torch.randn(6, 2)))
+    opt = GrassmannSGD([base], lr=0.1, momentum=0.9)
+    base.grad = torch.randn(6, 2)
+    opt.step()
+    groups_before = [dict(g) for g in opt.param_groups]
+    state_before = {k: {n: torch.as_tensor(v).clone() for n, v in st.items()} for k, st in opt.state.items()}
+    value_before = base.detach().clone()
+    bad_cases: list[tuple[dict[str, Any], str]] = [
+        (
+            {"params": [torch.randn(6, 2) * 3]},
+            r"^GrassmannSGD: Grassmann parameter 0 of group 1 .*orthonormal",
+        ),
+        ({"params": torch.full((6, 2), float("nan"))}, "orthonormal columns"),
+        ({"params": [torch.randn(2, 5)]}, r"group 1 must be \[\.\.\., d, k\] with k <= d"),
+        (
+            {"params": [qr_basis(torch.randn(6, 2))], "retraction": "bogus"},
+            r"param group 1: unknown retraction 'bogus'",
+        ),
+        ({"params": [qr_basis(torch.randn(6, 2))], "lr": -0.1}, r"param group 1: lr must be a number >= 0"),
+        ({"params": [qr_basis(torch.randn(6, 2))], "momentum": float("nan")}, "momentum must be"),
+        ({"params": [qr_basis(torch.randn(6, 2))], "reorth_every": 2.5}, "reorth_every must be an int"),
+        ({"params": [qr_basis(torch.randn(6, 2))], "grassmann": "yes"}, "grassmann must be a bool"),
+    ]
+    for group, msg in bad_cases:
+        keys = set(group)
+        with pytest.raises(ValueError, match=msg) as info:
+            opt.add_param_group(group)
+        assert "\n" not in str(info.value)
+        assert set(group) == keys  # the caller's dict is not filled in
+        assert len(opt.param_groups) == 1 and opt.param_groups[0].keys() == groups_before[0].keys()
+        assert all(opt.param_groups[0][k] is groups_before[0][k] for k in groups_before[0])
+        assert list(opt.state) == list(state_before)
+        for k, st in opt.state.items():
+            assert st.keys() == state_before[k].keys()
+            assert all(torch.equal(torch.as_tensor(v), state_before[k][n]) for n, v in st.items())
+        assert torch.equal(base.detach(), value_before)
+    with pytest.raises(TypeError, match="param group must be a dict"):
+        opt.add_param_group([base])  # type: ignore[arg-type]
+    # the same (non-orthonormal) tensor is fine in a plain group; a valid Grassmann group steps on the manifold
+    plain = torch.nn.Parameter(torch.randn(6, 2) * 3)
+    opt.add_param_group({"params": [plain], "grassmann": False})
+    new = torch.nn.Parameter(qr_basis(torch.randn(3, 6, 2)))
+    opt.add_param_group({"params": [new], "retraction": "qr"})
+    assert [g["grassmann"] for g in opt.param_groups] == [True, False, True]
+    assert opt.param_groups[2]["retraction"] == "qr" and opt.param_groups[2]["lr"] == 0.1
+    for _ in range(5):
+        for p in (base, plain, new):
+            p.grad = torch.randn_like(p)
+        opt.step()
+    assert _orth_err(new) < 1e-5 and _orth_err(base) < 1e-5
+
+
+def test_grassmann_sgd_constructor_checks_per_group_values() -> None:
+    """Per-group overrides given to the constructor are range-checked too (they bypassed the checks before)."""
+    S = torch.nn.Parameter(qr_basis(torch.randn(5, 2)))
+    with pytest.raises(
+        ValueError, match=r"^GrassmannSGD: param group 0: lr must be a number >= 0, got -1.0$"
+    ):
+        GrassmannSGD([{"params": [S], "lr": -1.0}], lr=0.1)
+    with pytest.raises(ValueError, match="param group 1: unknown retraction 'cayley'"):
+        GrassmannSGD(
+            [{"params": [S]}, {"params": [torch.randn(3)], "grassmann": False, "retraction": "cayley"}],
+            lr=0.1,
+        )
+
+
 def test_grassmann_head_validation_and_k1_is_abs_cosine() -> None:
     with pytest.raises(ValueError, match="subdim"):
         GrassmannClassHead(4, 3, subdim=5)
