@@ -37,6 +37,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import statistics
@@ -73,6 +74,9 @@ __all__ = [
     "VARIANTS",
     "run",
     "markdown",
+    "trainable_parameters",
+    "add_trainable_parameters",
+    "rerender",
     "demo",
     "main",
 ]
@@ -375,6 +379,51 @@ def build_method(
     return method, feat_dim
 
 
+def trainable_parameters(cfg: CompatConfig) -> dict[str, int]:
+    """Trainable parameters (``numel`` of every ``requires_grad`` parameter: backbone, classifier and the method's
+    own layers; the frozen old / independent models excluded) of each row of ``cfg.methods``, each built exactly
+    as :func:`run_seed` builds it for training, without training (the count depends on the architecture only).
+
+    This exposes what ``extra_parameters`` leaves out: a method whose *backbone* is wider (OCA's
+    ``old_dim + extra_dims`` trunk) trains more parameters than independent training beyond its extra layers.
+
+    Example:
+        >>> cfg = CompatConfig(methods=("independent", "oca"), new_channels=4, old_channels=2, old_dim=8,
+        ...                    extra_dims=2)
+        >>> n = trainable_parameters(cfg)
+        >>> n["independent"]      # conv 1→4 (104) + conv 4→8 (808) + fc 392→8 (3144) + classifier 8·10
+        4136
+        >>> n["oca"] - n["independent"]   # fc 2 more outputs (786) + classifier (20) + orthogonal 10·10 + 10
+        916
+    """
+    cfg.check()
+    old = OldModel(cfg.old_channels, cfg.old_dim, cfg.old_classes)
+    protos = F.normalize(torch.randn(10, cfg.old_dim), dim=1)
+    independent = ConvTrunk(cfg.new_channels, cfg.old_dim)
+    out: dict[str, int] = {}
+    for name in cfg.methods:
+        method, _ = build_method(name, cfg, old, protos, 0, independent)
+        out[name] = sum(p.numel() for p in method.parameters() if p.requires_grad)
+    return out
+
+
+def add_trainable_parameters(res: dict[str, Any]) -> dict[str, Any]:
+    """``res`` (a :func:`run` result or its loaded JSON) with ``trainable_parameters`` of every row added
+    (:func:`trainable_parameters` of its config); the measured numbers are left as they are."""
+    cfg = CompatConfig(**{**res["config"], "methods": tuple(res["config"]["methods"])})
+    return {**res, "trainable_parameters": trainable_parameters(cfg)}
+
+
+def rerender(json_path: str | os.PathLike) -> dict[str, Any]:
+    """Re-render a committed ``align_compat*.json`` without re-training: add the trainable-parameter counts
+    (:func:`add_trainable_parameters`) and rewrite the JSON and its markdown next to it (atomic writes)."""
+    path = Path(json_path)
+    res = add_trainable_parameters(json.loads(path.read_text()))
+    atomic_write_json(path, res)
+    atomic_write_text(path.with_suffix(".md"), markdown(res, png=path.with_suffix(".png").name))
+    return res
+
+
 def _retrieval(
     q: torch.Tensor, g: torch.Tensor, data: dict[str, torch.Tensor], metric: str, old_classes: int
 ) -> dict[str, float]:
@@ -536,6 +585,7 @@ def run(
         "machine": machine_info(),
         "machine_line": machine_line(),
         "theirs_cifar100": THEIRS_CIFAR100,
+        "trainable_parameters": trainable_parameters(cfg),
     }
     if out_dir is not None:
         out = Path(out_dir)
@@ -601,7 +651,25 @@ def markdown(res: dict[str, Any], png: str | None = None, level: int = 1) -> str
     h = "#" * level
     cfg, summ, n = res["config"], res["methods"], len(res["seeds"])
     old_acc = statistics.fmean(s["old"]["accuracy_seen_classes"] for s in res["per_seed"])
-    head = ["method", "new dim", "extra params", "train s"]
+    counts = res.get("trainable_parameters") or {}
+    base = counts.get("independent")
+    with_counts = base is not None and all(m in counts for m in summ)
+
+    def vs_independent(m: str) -> list[str]:
+        if not with_counts:
+            return []
+        if m == "independent":
+            return [f"{base:,} (base)"]
+        d = counts[m] - base
+        return [f"{d:+,} ({100 * d / base:+.0f} %)"]
+
+    head = [
+        "method",
+        "new dim",
+        "extra params",
+        *(["trainable params vs independent"] if with_counts else []),
+    ]
+    head += ["train s"]
     head += (
         [f"{st} top-1 %" for st in SETTINGS]
         + [f"{st} mAP %" for st in SETTINGS]
@@ -614,6 +682,7 @@ def markdown(res: dict[str, Any], png: str | None = None, level: int = 1) -> str
                 _label(m),
                 s["feat_dim"],
                 f"{s['extra_parameters']:,}",
+                *vs_independent(m),
                 f"{s['train_s']['mean']:.1f}",
                 *[_pm(s[st]["top1"], n) for st in SETTINGS],
                 *[_pm(s[st]["mAP"], n) for st in SETTINGS],
@@ -650,7 +719,14 @@ def markdown(res: dict[str, Any], png: str | None = None, level: int = 1) -> str
         md_table(head, rows),
         "",
         "Extra params: parameters beyond the new backbone and a plain linear classifier (the methods' own count). "
-        "Train s: wall time of the new model's training per seed."
+        + (
+            "Trainable params vs independent: all trainable parameters of the method as trained (backbone, "
+            "classifier, own layers; counted on the built model) minus independent training's; it includes a "
+            "wider backbone, which extra params does not (OCA's trunk emits old dim + extra dims). "
+            if with_counts
+            else ""
+        )
+        + "Train s: wall time of the new model's training per seed."
         + (
             " BT² also reads the seed's independently trained new backbone (frozen) in its λ₁ cosine term, as "
             "the reference code does; that model is not counted in its extra params or train time."

@@ -219,3 +219,43 @@ def test_variant_row_gets_its_options_and_centroid_prototypes(monkeypatch: pytes
     m, _ = real("bct_mlfct", cfg, old, seen["bct_mlfct"], 0)
     assert type(m).__name__ == "BCT" and m.normalize and m.label_smoothing == 0.1
     assert A._label("bct_mlfct") == "BCT (ml-fct head)"
+
+
+def test_trainable_parameters_against_hand_counts() -> None:
+    """Counts of the built (untrained) methods against the layer sizes summed by hand."""
+    cfg = A.CompatConfig(new_channels=4, old_channels=2, old_dim=8, extra_dims=2)
+    n = A.trainable_parameters(cfg)
+
+    def trunk(c: int, d: int) -> int:  # conv 1→c (5×5), conv c→2c (5×5), fc 2c·7·7 → d
+        return (25 * c + c) + (25 * c * 2 * c + 2 * c) + (2 * c * 49 * d + d)
+
+    d, k = 8, 2
+    ind = trunk(4, d) + d * 10
+    assert n["independent"] == n["bct"] == n["bct_mlfct"] == ind
+    assert n["oca"] == trunk(4, d + k) + (d + k) * 10 + (d + k) ** 2 + (d + k)  # wider trunk + Q + bias
+    assert n["bt2"] - ind == (d * d + d) + d * d + d * d  # A (+bias), O_p, O_old; independent_model frozen
+    assert n["lambda_orthogonal"] - ind == d * d + d
+
+
+def test_rerender_adds_the_counts_and_keeps_every_measured_number(tmp_path: Path) -> None:
+    src = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "align_compat_quick.json"
+    orig = json.loads(src.read_text())
+    orig.pop("trainable_parameters", None)
+    path = tmp_path / "align_compat_quick.json"
+    path.write_text(json.dumps(orig))
+    res = A.rerender(path)
+    back = json.loads(path.read_text())
+    assert back == res and {k: v for k, v in back.items() if k != "trainable_parameters"} == orig
+    base = back["trainable_parameters"]["independent"]
+    assert back["trainable_parameters"]["oca"] - base == 59840 and base == 114304
+    md = (tmp_path / "align_compat_quick.md").read_text()
+    assert "| +59,840 (+52 %) |" in md and "| 114,304 (base) |" in md
+    # dropping the new column gives back the table rendered without the counts, cell for cell
+    old_rows = [ln for ln in A.markdown(orig).splitlines() if ln.startswith("| ")]
+    new_rows = [ln for ln in md.splitlines() if ln.startswith("| ")][: len(old_rows)]
+    width = len(old_rows[0].split("|"))
+    for o, r in zip(old_rows, new_rows, strict=True):
+        cells = r.split("|")
+        if len(cells) == width + 1:
+            cells = cells[:4] + cells[5:]
+        assert cells == o.split("|")
