@@ -380,3 +380,30 @@ def test_extra_parameters_exclude_frozen_models_by_identity(problem: dict[str, A
     ind.requires_grad_(True)
     m.old_model.requires_grad_(True)
     assert m.extra_parameters() == HAND_EXTRA["bt2"]
+
+
+def test_state_dict_loads_into_a_method_built_without_the_frozen_models(problem: dict[str, Any]) -> None:
+    """As docs/align/compat.md says: the state dict holds old_model.* / independent_model.*; strict=False loads
+    the rest into a method built without them, and the two give the same features."""
+    m = build("bt2", problem, independent_model=nn.Linear(D, FEAT_DIM))
+    train(m, problem, steps=3)
+    sd = m.state_dict()
+    assert any(k.startswith("old_model.") for k in sd) and any(k.startswith("independent_model.") for k in sd)
+    torch.manual_seed(1)
+    bare = COMPAT_METHODS.get("bt2")(
+        nn.Sequential(nn.Linear(D, 64), nn.ReLU(), nn.Linear(64, FEAT_DIM)),
+        feat_dim=FEAT_DIM,
+        n_classes=C,
+        old_dim=OLD_DIM,
+        old_prototypes=torch.zeros_like(problem["P"]),
+        extra_dims=EXTRA,
+    )
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        bare.load_state_dict(sd)
+    out = bare.load_state_dict(sd, strict=False)
+    assert out.missing_keys == []
+    assert all(k.startswith(("old_model.", "independent_model.")) for k in out.unexpected_keys)
+    x = problem["Xq"][:20]
+    with torch.no_grad():
+        assert torch.equal(bare.eval().compatible_features(x), m.eval().compatible_features(x))
+    assert torch.equal(bare.old_prototypes, problem["P"])
