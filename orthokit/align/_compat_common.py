@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CompatMethod", "check_weight", "cross_entropy"]
+__all__ = ["CompatMethod", "check_label_smoothing", "check_weight", "cross_entropy"]
 
 
 def _check_dim(value: Any, name: str) -> int:
@@ -48,6 +48,14 @@ def check_weight(value: Any, name: str, *, allow_zero: bool = True) -> float:
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a finite number {bound}, got {value}")
     return v
+
+
+def check_label_smoothing(value: Any) -> float:
+    """Label smoothing in ``[0, 1)`` (``check_weight`` plus the upper bound)."""
+    ls = check_weight(value, "label_smoothing")
+    if ls >= 1:
+        raise ValueError(f"label_smoothing must be < 1, got {value}")
+    return ls
 
 
 def cross_entropy(logits: Tensor, y: Tensor, label_smoothing: float = 0.0) -> Tensor:

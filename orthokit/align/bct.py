@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from orthokit.align._compat_common import CompatMethod, check_weight, cross_entropy
+from orthokit.align._compat_common import CompatMethod, check_label_smoothing, check_weight, cross_entropy
 from orthokit.align.registry import COMPAT_METHODS
 
 __all__ = ["BCT", "synthesize_prototypes", "bct_influence_loss"]
@@ -178,9 +178,7 @@ class BCT(CompatMethod):
         normalize: bool = False,
     ) -> None:
         w = check_weight(influence_weight, "influence_weight")
-        ls = check_weight(label_smoothing, "label_smoothing")
-        if ls >= 1:
-            raise ValueError(f"label_smoothing must be < 1, got {label_smoothing}")
+        ls = check_label_smoothing(label_smoothing)
         if isinstance(feat_dim, int) and isinstance(old_dim, int) and feat_dim < old_dim:
             raise ValueError(f"BCT needs feat_dim >= old_dim, got feat_dim={feat_dim} < old_dim={old_dim}")
         super().__init__(

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import orthogonal
 
-from orthokit.align._compat_common import CompatMethod, check_weight, cross_entropy
+from orthokit.align._compat_common import CompatMethod, check_label_smoothing, check_weight, cross_entropy
 from orthokit.align.bct import bct_influence_loss
 from orthokit.align.registry import COMPAT_METHODS
 
@@ -105,9 +105,7 @@ class BT2(CompatMethod):
             check_weight(new_cosine_weight, "new_cosine_weight"),
         )
         scale = check_weight(C, "C", allow_zero=False)
-        ls = check_weight(label_smoothing, "label_smoothing")
-        if ls >= 1:
-            raise ValueError(f"label_smoothing must be < 1, got {label_smoothing}")
+        ls = check_label_smoothing(label_smoothing)
         if isinstance(extra_dims, bool) or not isinstance(extra_dims, int) or extra_dims < 1:
             raise ValueError(f"extra_dims must be an int >= 1, got {extra_dims!r}")
         if isinstance(old_dim, int) and isinstance(feat_dim, int):

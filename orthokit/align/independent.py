@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from orthokit.align._compat_common import CompatMethod, check_weight, cross_entropy
+from orthokit.align._compat_common import CompatMethod, check_label_smoothing, cross_entropy
 from orthokit.align.registry import COMPAT_METHODS
 
 __all__ = ["Independent"]
@@ -51,9 +51,7 @@ class Independent(CompatMethod):
         old_model: nn.Module | None = None,
         label_smoothing: float = 0.0,
     ) -> None:
-        ls = check_weight(label_smoothing, "label_smoothing")
-        if ls >= 1:
-            raise ValueError(f"label_smoothing must be < 1, got {label_smoothing}")
+        ls = check_label_smoothing(label_smoothing)
         super().__init__(
             backbone,
             feat_dim=feat_dim,

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from orthokit.align._compat_common import CompatMethod, check_weight, cross_entropy
+from orthokit.align._compat_common import CompatMethod, check_label_smoothing, check_weight, cross_entropy
 from orthokit.align.bct import bct_influence_loss
 from orthokit.align.lambda_orthogonal import lambda_orthogonality_gap, lambda_orthogonality_penalty
 from orthokit.align.registry import COMPAT_METHODS
@@ -138,9 +138,7 @@ class LambdaOrthogonal(CompatMethod):
             check_weight(influence_weight, "influence_weight"),
         )
         tau = check_weight(temperature, "temperature", allow_zero=False)
-        ls = check_weight(label_smoothing, "label_smoothing")
-        if ls >= 1:
-            raise ValueError(f"label_smoothing must be < 1, got {label_smoothing}")
+        ls = check_label_smoothing(label_smoothing)
         if old_prototypes is None and old_model is None:
             raise ValueError(
                 "LambdaOrthogonal needs old_model (contrastive alignment) or old_prototypes (influence)"

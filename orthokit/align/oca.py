@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import orthogonal
 
-from orthokit.align._compat_common import CompatMethod, check_weight, cross_entropy
+from orthokit.align._compat_common import CompatMethod, check_label_smoothing, check_weight, cross_entropy
 from orthokit.align.bct import bct_influence_loss
 from orthokit.align.registry import COMPAT_METHODS
 
@@ -95,9 +95,7 @@ class OCA(CompatMethod):
             check_weight(influence_weight, "influence_weight"),
             check_weight(cosine_weight, "cosine_weight"),
         )
-        ls = check_weight(label_smoothing, "label_smoothing")
-        if ls >= 1:
-            raise ValueError(f"label_smoothing must be < 1, got {label_smoothing}")
+        ls = check_label_smoothing(label_smoothing)
         if isinstance(feat_dim, int) and isinstance(old_dim, int) and feat_dim < old_dim:
             raise ValueError(f"OCA needs feat_dim = old_dim + k >= old_dim, got {feat_dim} < {old_dim}")
         super().__init__(

@@ -327,6 +327,9 @@ def test_clear_errors_and_untouched_state() -> None:
         LambdaOrthogonal(backbone(), **kw)
     with pytest.raises(ValueError, match="label_smoothing must be < 1"):
         Independent(backbone(), label_smoothing=1.0, **kw)
+    for cls in (BCT, OCA, BT2, LambdaOrthogonal):  # the shared check, in every method
+        with pytest.raises(ValueError, match="label_smoothing must be < 1"):
+            cls(backbone(), old_prototypes=P, label_smoothing=1.0, **kw)
     with pytest.raises(TypeError, match="influence_weight must be a real number"):
         BCT(backbone(), old_prototypes=P, influence_weight=True, **kw)
     with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
