@@ -1,0 +1,1 @@
+"""orthokit.vsa (under construction in this change; the integrator writes the public re-exports)."""
