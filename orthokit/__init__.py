@@ -6,6 +6,10 @@ Places to apply an orthogonal map or a projection, one family each:
 * ``orthokit.projection`` — gradient projection away from protected subspaces (GPM, SGP, OGD, ...)
 * ``orthokit.merge``      — model merging in orthogonal/subspace geometry (TIES, OrthoMerge, DC-Merge, ...)
 * ``orthokit.align``      — alignment and backward-compatible representations (Procrustes, BCT, OCA, BT², OPL, ...)
+* ``orthokit.steer``      — activation steering on transformers models (addition, ablation, norm-preserving rotations)
+* ``orthokit.diagnostics`` — representation geometry: ε-capacity, factor orthogonality, geometry conflict
+* ``orthokit.vsa``        — MBAT vector-symbolic encoding with orthogonal binding matrices (JSON codec)
+* ``orthokit.dictionary`` — orthogonal dictionary learning (online Frank–Wolfe, batch baselines)
 * ``orthokit.linalg``     — the shared primitives: polar factor, Procrustes, Cayley, SO(n) exp/log, ...
 
 plus ``orthokit.io`` (safetensors/YAML I/O), ``orthokit.integrations`` (Hugging Face ``Trainer`` glue) and
@@ -34,6 +38,10 @@ _SUBPACKAGES: tuple[str, ...] = (
     "projection",
     "merge",
     "align",
+    "steer",
+    "diagnostics",
+    "vsa",
+    "dictionary",
     "io",
     "integrations",
     "bench",

@@ -30,6 +30,10 @@ PACKAGES = [
     "orthokit.projection",
     "orthokit.merge",
     "orthokit.align",
+    "orthokit.steer",
+    "orthokit.diagnostics",
+    "orthokit.vsa",
+    "orthokit.dictionary",
     "orthokit.io",
 ]
 # (package, name) pairs whose documented object IS a module; every other exported name must not be one.

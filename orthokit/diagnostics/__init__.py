@@ -1,1 +1,5 @@
-"""orthokit.diagnostics (under construction in this change; the integrator writes the public re-exports)."""
+"""orthokit.diagnostics (being built for issue #14; the public re-exports are written at integration)."""
+
+from orthokit.diagnostics.registry import DIAGNOSTICS
+
+__all__ = ["DIAGNOSTICS"]

@@ -1,1 +1,5 @@
-"""orthokit.dictionary (under construction in this change; the integrator writes the public re-exports)."""
+"""orthokit.dictionary (being built for issue #14; the public re-exports are written at integration)."""
+
+from orthokit.dictionary.registry import DICT_LEARNERS
+
+__all__ = ["DICT_LEARNERS"]
