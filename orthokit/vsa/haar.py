@@ -1,0 +1,82 @@
+r"""Dense Haar-random orthogonal binding matrices (Gallant, arXiv 2202.04771, §"orthogonal matrices").
+
+``M_role`` is drawn from the Haar (uniform) measure on ``O(d)``: a ``d × d`` matrix of i.i.d. ``N(0, 1)``
+entries from a generator seeded by ``(seed, role)``, then the ``Q`` factor of its QR decomposition with the
+sign convention ``diag(R) > 0`` (:func:`orthokit.linalg.qr_basis`), which is exactly what makes ``Q``
+Haar-distributed (Mezzadri, "How to generate random matrices from the classical compact groups", Notices AMS
+2007). Bind is ``M x`` (``O(d²)``), unbind ``Mᵀ y`` — the exact inverse, so ``unbind ∘ bind = id`` and
+``‖bind(x)‖ = ‖x‖`` up to rounding. Matrices are generated in float64 and cached per role (``d² · 8`` bytes
+each; the cast to float32 is cached too).
+
+Example:
+    >>> import torch
+    >>> from orthokit.vsa.haar import HaarBinder
+    >>> b = HaarBinder(16, seed=3)
+    >>> M = b.matrix("name")
+    >>> bool(torch.allclose(M.T @ M, torch.eye(16, dtype=torch.float64)))
+    True
+    >>> x = torch.randn(16, dtype=torch.float64)
+    >>> round(float(b.bind("name", x).norm() / x.norm()), 12)
+    1.0
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from orthokit.linalg.qr import qr_basis
+from orthokit.vsa.binding import Binder, Role, role_seed
+from orthokit.vsa.registry import BINDERS
+
+__all__ = ["HaarBinder"]
+
+
+@BINDERS.register("haar", orthogonal=True, cost="d^2")
+class HaarBinder(Binder):
+    """Dense Haar-random orthogonal ``M_role`` per role (QR of a seeded Gaussian matrix, ``diag(R) > 0``)."""
+
+    name = "haar"
+    orthogonal = True
+
+    def __init__(self, d: int, *, seed: int = 0) -> None:
+        super().__init__(d, seed=seed)
+        self._cache: dict[tuple[Role, torch.dtype], Tensor] = {}
+
+    def _matrix64(self, role: Role) -> Tensor:
+        key = (role, torch.float64)
+        m = self._cache.get(key)
+        if m is None:
+            g = torch.Generator().manual_seed(role_seed(self.seed, "haar", role))
+            a = torch.randn(self.d, self.d, generator=g, dtype=torch.float64)
+            m = qr_basis(a)
+            self._cache[key] = m
+        return m
+
+    def _matrix_as(self, role: Role, dtype: torch.dtype) -> Tensor:
+        m64 = self._matrix64(role)
+        if dtype == torch.float64:
+            return m64
+        key = (role, dtype)
+        m = self._cache.get(key)
+        if m is None:
+            m = m64.to(dtype)
+            self._cache[key] = m
+        return m
+
+    def _apply(self, role: Role, x: Tensor, transpose: bool) -> Tensor:
+        m = self._matrix_as(role, x.dtype)
+        # row vectors: bind y = M x  <=>  y_row = x_row @ Mᵀ ; unbind x = Mᵀ y  <=>  x_row = y_row @ M
+        return x @ m if transpose else x @ m.T
+
+    def matrix(self, role: Role, *, dtype: torch.dtype = torch.float64) -> Tensor:
+        """The cached dense ``M_role`` (a copy, in ``dtype``)."""
+        from orthokit.vsa.binding import check_role
+
+        check_role(role)
+        return self._matrix64(role).to(dtype).clone()
+
+    def _options(self) -> dict[str, Any]:
+        return {}
