@@ -1,0 +1,131 @@
+r"""Batch orthogonal dictionary learning by alternating hard thresholding and orthogonal Procrustes.
+
+The classic orthonormal-basis learner (Lesage, Gribonval, Bimbot, Benaroya, ICASSP 2005, "Learning unions of
+orthonormal bases with thresholded singular value decomposition"; Cai, Ji, Shen, Ye, "Data-driven tight frame
+construction and image denoising", ACHA 2014, for the square orthogonal case): minimize the sparse
+approximation error
+
+.. math:: \min_{D \in O(d),\ \|x_j\|_0 \le s} \|Y - D X\|_F^2
+
+by block coordinate descent — codes ``X = H_s(DᵀY)`` (exact for orthogonal ``D``, see
+:mod:`orthokit.dictionary.sparse`), then ``D = polar(Y Xᵀ)`` (orthogonal Procrustes, Schönemann 1966). Each
+half-step is an exact minimizer, so the error never increases. It optimizes the benchmark's reconstruction error
+directly at the target sparsity, which makes it the strongest batch baseline for that metric.
+
+Example:
+    >>> import torch
+    >>> from orthokit.dictionary.batch_procrustes import BatchProcrustesDL
+    >>> from orthokit.dictionary.metrics import planted_data
+    >>> Y, D0 = planted_data(8, 2000, theta=0.2, seed=0)
+    >>> dl = BatchProcrustesDL(8, sparsity=3, init="pca").fit(Y, n_iter=30)
+    >>> errs = dl.error_history
+    >>> all(b <= a + 1e-12 for a, b in zip(errs, errs[1:]))           # monotone descent
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from orthokit.dictionary._common import (
+    OrthogonalDictionaryLearner,
+    check_data,
+    haar_orthogonal,
+    orthogonal_polar,
+)
+from orthokit.dictionary.registry import DICT_LEARNERS
+from orthokit.dictionary.sparse import check_code_args, hard_threshold
+
+__all__ = ["BatchProcrustesDL"]
+
+
+@DICT_LEARNERS.register("batch_procrustes", aliases=("ht_procrustes",), online=False, exact_orthogonal=True)
+class BatchProcrustesDL(OrthogonalDictionaryLearner):
+    """Alternating hard thresholding + orthogonal Procrustes (batch; holds the whole data set).
+
+    Args:
+        d: signal dimension.
+        sparsity: atoms per sample in the coding step (exactly one of ``sparsity`` / ``threshold``; default
+            ``max(1, d // 8)`` when both are None).
+        threshold: ``|coefficient|`` cut of the coding step instead of a fixed sparsity.
+        init: ``"haar"`` (random orthogonal from ``seed``), ``"pca"`` (eigenvectors of ``YYᵀ`` at :meth:`fit`),
+            or a ``d × d`` orthogonal tensor.
+        seed: seed of the ``"haar"`` initialization.
+        dtype: state dtype.
+    """
+
+    name = "batch_procrustes"
+    online = False
+
+    def __init__(
+        self,
+        d: int,
+        *,
+        sparsity: int | None = None,
+        threshold: float | None = None,
+        init: Literal["haar", "pca"] | Tensor = "haar",
+        seed: int = 0,
+        dtype: torch.dtype = torch.float64,
+    ) -> None:
+        super().__init__(d, dtype=dtype)
+        if sparsity is None and threshold is None:
+            sparsity = max(1, self.d // 8)
+        check_code_args(sparsity, threshold, self.d)
+        self.sparsity, self.threshold = sparsity, threshold
+        if isinstance(init, Tensor):
+            if init.shape != (self.d, self.d) or not bool(torch.isfinite(init).all()):
+                raise ValueError(f"init must be a finite [{self.d}, {self.d}] tensor")
+            self._D = orthogonal_polar(init.detach().to(self.dtype))
+        elif init in ("haar", "pca"):
+            self._D = haar_orthogonal(self.d, seed=seed, dtype=self.dtype)
+        else:
+            raise ValueError(f"init must be 'haar', 'pca' or a [d, d] tensor, got {init!r}")
+        self.init = init if isinstance(init, str) else "tensor"
+        self.error_history: list[float] = []
+        self.n_iter_ = 0
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        return {"dictionary": self._D}
+
+    @property
+    def dictionary(self) -> Tensor:
+        """The current orthogonal dictionary (a copy)."""
+        return self._D.clone()
+
+    def _code(self, Yc: Tensor) -> Tensor:
+        return hard_threshold(self._D.T @ Yc, sparsity=self.sparsity, threshold=self.threshold)
+
+    def step(self, Y: Tensor) -> BatchProcrustesDL:
+        """One coding + Procrustes sweep over ``Y`` ``[d, n]``; the state is untouched if ``Y`` is invalid."""
+        Yc = check_data(Y, self.d, self.dtype)
+        X = self._code(Yc)
+        self._note_peak(Yc, X)
+        self._D = orthogonal_polar(Yc @ X.T)
+        self.n_iter_ += 1
+        return self
+
+    def _sq_error(self, Yc: Tensor) -> float:
+        return float((Yc - self._D @ self._code(Yc)).pow(2).sum())
+
+    def fit(self, Y: Tensor, *, n_iter: int = 50, tol: float = 1e-7) -> BatchProcrustesDL:
+        """Alternate on ``Y`` ``[d, n]`` for at most ``n_iter`` sweeps; stop when the relative decrease of the
+        squared error is below ``tol``. Records :attr:`error_history` (squared error per iterate)."""
+        Yc = check_data(Y, self.d, self.dtype)
+        if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
+            raise ValueError(f"n_iter must be a positive int, got {n_iter!r}")
+        if self.init == "pca" and self.n_iter_ == 0:
+            _, V = torch.linalg.eigh(Yc @ Yc.T)
+            self._D = orthogonal_polar(V.flip(-1))
+        self.error_history = [self._sq_error(Yc)]
+        for _ in range(n_iter):
+            self.step(Yc)
+            e = self._sq_error(Yc)
+            prev = self.error_history[-1]
+            self.error_history.append(e)
+            if prev - e <= tol * max(prev, 1e-300):
+                break
+        self.n_samples_seen = Yc.shape[1]
+        return self
