@@ -1,0 +1,133 @@
+"""Conformance of the representation diagnostics registered in DIAGNOSTICS with ``input`` "embedding" (ε: how far
+a set of vectors is from orthogonal) and "labelled_embeddings" (factor orthogonality: additive, orthogonal
+concept components), plus mutants the checks must reject.
+
+The protocol: ``float(fn(E))`` / ``float(fn(emb, attributes))`` is the headline number; ``higher_is`` says
+what a larger value means ("deviation" from orthogonality, or "orthogonal" structure).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+import orthokit.diagnostics.capacity  # noqa: F401  (registers "epsilon")
+import orthokit.diagnostics.factor  # noqa: F401  (registers "factor_orthogonality")
+from orthokit.diagnostics.registry import DIAGNOSTICS
+
+MY_INPUTS = ("embedding", "labelled_embeddings")
+
+
+def _names(kind: str) -> list[str]:
+    return [n for n in DIAGNOSTICS.names() if DIAGNOSTICS.capabilities(n).get("input") == kind]
+
+
+# ------------------------------------------------------------------------------------------- checks
+def check_embedding_diagnostic(fn: Callable[..., Any], higher_is: str) -> None:
+    """ε of exactly orthogonal rows is 0; of an equiangular set with cosine c it is c; random Gaussian
+    vectors sit between and get closer to orthogonal as the width grows."""
+    assert higher_is == "deviation", f"an embedding diagnostic here measures deviation, got {higher_is!r}"
+    g = torch.Generator().manual_seed(0)
+    Q = torch.linalg.qr(torch.randn(64, 64, generator=g, dtype=torch.float64))[0]
+    v0 = float(fn(Q[:50]))
+    assert abs(v0) < 1e-7, f"orthonormal rows must give 0, got {v0}"
+    k, s = 40, 0.1
+    c = (2 * s + k * s * s) / (1 + 2 * s + k * s * s)
+    vc = float(fn(torch.eye(k, dtype=torch.float64) + s))
+    assert vc == pytest.approx(c, abs=1e-4), f"equiangular set with cosine {c:.4f} gave {vc}"
+    narrow = float(fn(torch.randn(800, 32, generator=g, dtype=torch.float64)))
+    wide = float(fn(torch.randn(800, 512, generator=g, dtype=torch.float64)))
+    assert 0 < wide < narrow, (
+        f"random vectors: d=512 must be closer to orthogonal than d=32 ({wide} vs {narrow})"
+    )
+    assert narrow == pytest.approx(2 / math.sqrt(32), rel=0.1)
+
+
+def _planted(correlated: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    a = torch.arange(5).repeat_interleave(6)
+    b = torch.arange(6).repeat(5)
+    g = torch.Generator().manual_seed(1)
+    Q = torch.linalg.qr(torch.randn(24, 9, generator=g, dtype=torch.float64))[0].T
+    U = torch.randn(5, 4, generator=g, dtype=torch.float64) @ Q[:4]
+    Vb = Q[4:9] if not correlated else 0.3 * Q[4:9] + torch.cat([Q[:4], Q[:1]])  # b leans onto a's span
+    V = torch.randn(6, 5, generator=g, dtype=torch.float64) @ Vb
+    return U[a] + V[b] + 2.0, {"a": a, "b": b}
+
+
+def check_labelled_diagnostic(fn: Callable[..., Any], higher_is: str) -> None:
+    """Planted additive orthogonal concepts (with a mean offset) score 1; correlated concept subspaces or
+    shuffled labels score clearly lower."""
+    assert higher_is == "orthogonal", (
+        f"a labelled diagnostic here measures orthogonal structure, got {higher_is!r}"
+    )
+    X, y = _planted(correlated=False)
+    top = float(fn(X, y))
+    assert top == pytest.approx(1.0, abs=1e-9), f"additive orthogonal concepts must score 1, got {top}"
+    Xc, yc = _planted(correlated=True)
+    corr = float(fn(Xc, yc))
+    assert corr < 0.9, f"correlated concept subspaces must score lower, got {corr}"
+    g = torch.Generator().manual_seed(2)
+    shuffled = {h: v[torch.randperm(len(v), generator=g)] for h, v in y.items()}
+    sh = float(fn(X, shuffled))
+    assert sh < 0.7, f"shuffled labels must score lower, got {sh}"
+
+
+def test_my_inputs_are_registered():
+    assert "epsilon" in _names("embedding") and "factor_orthogonality" in _names("labelled_embeddings")
+
+
+@pytest.mark.parametrize("name", _names("embedding"))
+def test_embedding_diagnostics_conform(name):
+    check_embedding_diagnostic(DIAGNOSTICS.get(name), DIAGNOSTICS.capabilities(name)["higher_is"])
+
+
+@pytest.mark.parametrize("name", _names("labelled_embeddings"))
+def test_labelled_diagnostics_conform(name):
+    check_labelled_diagnostic(DIAGNOSTICS.get(name), DIAGNOSTICS.capabilities(name)["higher_is"])
+
+
+# ------------------------------------------------------------------------------------------- mutants
+def _eps_with_diagonal(E: torch.Tensor) -> float:
+    """MUTANT: μ + 2σ over the full Gram matrix, diagonal (cos = 1) included."""
+    U = E.double() / E.double().norm(dim=1, keepdim=True)
+    G = (U @ U.T).flatten()
+    return float(G.mean() + 2 * G.std(unbiased=False))
+
+
+def _eps_dot_not_cosine(E: torch.Tensor) -> float:
+    """MUTANT: raw dot products instead of cosines (no row normalization)."""
+    G = E.double() @ E.double().T
+    v = G[~torch.eye(len(G), dtype=torch.bool)]
+    return float(v.mean() + 2 * v.std(unbiased=False))
+
+
+def _factor_uncentered(emb: torch.Tensor, attributes: dict[str, torch.Tensor]) -> float:
+    """MUTANT: per-value means of the *uncentered* embeddings summed (the global mean counted per concept)."""
+    X = emb.double()
+    Xc = X - X.mean(0, keepdim=True)
+    Xhat = torch.zeros_like(X)
+    for y in attributes.values():
+        for v in torch.unique(y):
+            Xhat[y == v] += X[y == v].mean(0)
+    return 1.0 - float((Xc - Xhat).square().sum() / Xc.square().sum())
+
+
+def _factor_r2_only(emb: torch.Tensor, attributes: dict[str, torch.Tensor]) -> float:
+    """MUTANT: reports additivity only and calls it orthogonality (blind to correlated concepts)."""
+    return orthokit.diagnostics.factor.factor_orthogonality(emb, attributes).r2
+
+
+@pytest.mark.parametrize("mutant", [_eps_with_diagonal, _eps_dot_not_cosine])
+def test_embedding_mutants_are_rejected(mutant):
+    with pytest.raises(AssertionError):
+        check_embedding_diagnostic(mutant, "deviation")
+
+
+@pytest.mark.parametrize("mutant", [_factor_uncentered, _factor_r2_only])
+def test_labelled_mutants_are_rejected(mutant):
+    with pytest.raises(AssertionError):
+        check_labelled_diagnostic(mutant, "orthogonal")
