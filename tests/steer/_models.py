@@ -1,0 +1,94 @@
+"""Tiny randomly initialised transformers causal LMs for the steering tests (shared by the steer test files).
+
+``tiny_model(family)`` builds one of :data:`FAMILIES` in eval mode with the eager attention kernel:
+
+- ``"llama"``: LlamaForCausalLM, hidden 64, 2 layers, 4 heads, vocab 256, intermediate 172 (untied head);
+- ``"gpt2"``: GPT2LMHeadModel, n_embd 64, 2 layers, 4 heads, vocab 256 (tied head, learned positions, Conv1D);
+- ``"gpt_neox"``: GPTNeoXForCausalLM, hidden 64, 2 layers, 4 heads (parallel residual, biases, rotary);
+- ``"qwen2"``: Qwen2ForCausalLM, hidden 64, 2 layers, 4 heads (q/k/v biases, *tied* head).
+
+The weights are re-drawn with std ``init_std`` (default 0.2, ten times HF's 0.02) so activations and steering
+effects are far above rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+FAMILIES = ("llama", "gpt2", "gpt_neox", "qwen2")
+VOCAB = 256
+HIDDEN = 64
+
+
+def _config(family: str) -> object:
+    import transformers as tf
+
+    common = {"vocab_size": VOCAB}
+    if family == "llama":
+        return tf.LlamaConfig(
+            hidden_size=HIDDEN,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            intermediate_size=172,
+            max_position_embeddings=128,
+            tie_word_embeddings=False,
+            **common,
+        )
+    if family == "gpt2":
+        return tf.GPT2Config(
+            n_embd=HIDDEN, n_layer=2, n_head=4, n_positions=128, bos_token_id=0, eos_token_id=0, **common
+        )
+    if family == "gpt_neox":
+        return tf.GPTNeoXConfig(
+            hidden_size=HIDDEN,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            max_position_embeddings=128,
+            tie_word_embeddings=False,
+            **common,
+        )
+    if family == "qwen2":
+        return tf.Qwen2Config(
+            hidden_size=HIDDEN,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=128,
+            tie_word_embeddings=True,
+            **common,
+        )
+    raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
+
+
+def tiny_model(
+    family: str, *, seed: int = 0, dtype: torch.dtype = torch.float32, init_std: float = 0.2
+) -> nn.Module:
+    """A tiny random ``family`` causal LM in eval mode (see the module docstring)."""
+    import transformers as tf
+
+    cfg = _config(family)
+    cfg._attn_implementation = "eager"  # type: ignore[attr-defined]
+    cls = {
+        "llama": tf.LlamaForCausalLM,
+        "gpt2": tf.GPT2LMHeadModel,
+        "gpt_neox": tf.GPTNeoXForCausalLM,
+        "qwen2": tf.Qwen2ForCausalLM,
+    }[family]
+    torch.manual_seed(seed)
+    model = cls(cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2 or name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * init_std)
+    return model.to(dtype).eval()
+
+
+def tiny_ids(batch: int = 2, length: int = 7, *, seed: int = 1) -> torch.Tensor:
+    """Random token ids ``[batch, length]`` in the tiny vocabulary."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, VOCAB, (batch, length), generator=g)
