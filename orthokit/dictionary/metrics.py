@@ -45,9 +45,13 @@ def atom_recovery(D_hat: Tensor, D_true: Tensor) -> dict[str, float]:
     B = D_true.to(torch.float64)
     A = A / A.norm(dim=0, keepdim=True).clamp_min(1e-300)
     B = B / B.norm(dim=0, keepdim=True).clamp_min(1e-300)
-    c = (A.T @ B).abs().max(dim=0).values.clamp(0.0, 1.0)
-    # arccos loses precision near 1: use the sine of the angle between the matched unit vectors instead
-    ang = torch.atan2(torch.sqrt((1 - c) * (1 + c)), c)
+    M = A.T @ B
+    idx = M.abs().argmax(dim=0)
+    c = M.abs().gather(0, idx[None]).squeeze(0).clamp(0.0, 1.0)
+    # arccos loses precision near 1: the sine is the norm of b_j's residual off its matched atom
+    Am = A[:, idx]
+    sin = (B - Am * (Am * B).sum(0, keepdim=True)).norm(dim=0)
+    ang = torch.atan2(sin, c)
     return {
         "max_angle_deg": float(ang.max()) * 180.0 / math.pi,
         "mean_angle_deg": float(ang.mean()) * 180.0 / math.pi,
