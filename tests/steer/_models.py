@@ -5,7 +5,8 @@
 - ``"llama"``: LlamaForCausalLM, hidden 64, 2 layers, 4 heads, vocab 256, intermediate 172 (untied head);
 - ``"gpt2"``: GPT2LMHeadModel, n_embd 64, 2 layers, 4 heads, vocab 256 (tied head, learned positions, Conv1D);
 - ``"gpt_neox"``: GPTNeoXForCausalLM, hidden 64, 2 layers, 4 heads (parallel residual, biases, rotary);
-- ``"qwen2"``: Qwen2ForCausalLM, hidden 64, 2 layers, 4 heads (q/k/v biases, *tied* head).
+- ``"qwen2"``: Qwen2ForCausalLM, hidden 64, 2 layers, 4 heads (q/k/v biases, *tied* head);
+- ``"gemma2"`` (in :data:`EXTRA`): Gemma2ForCausalLM, hidden 64, 2 layers (post-norms around each residual write).
 
 The weights are re-drawn with std ``init_std`` (default 0.2, ten times HF's 0.02) so activations and steering
 effects are far above rounding.
@@ -17,6 +18,8 @@ import torch
 from torch import nn
 
 FAMILIES = ("llama", "gpt2", "gpt_neox", "qwen2")
+#: built on request only (not in the families every test iterates over)
+EXTRA = ("gemma2",)
 VOCAB = 256
 HIDDEN = 64
 
@@ -61,7 +64,19 @@ def _config(family: str) -> object:
             tie_word_embeddings=True,
             **common,
         )
-    raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
+    if family == "gemma2":
+        return tf.Gemma2Config(
+            hidden_size=HIDDEN,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            intermediate_size=128,
+            max_position_embeddings=128,
+            sliding_window=4,
+            **common,
+        )
+    raise ValueError(f"unknown family {family!r}; choose from {FAMILIES + EXTRA}")
 
 
 def tiny_model(
@@ -77,6 +92,7 @@ def tiny_model(
         "gpt2": tf.GPT2LMHeadModel,
         "gpt_neox": tf.GPTNeoXForCausalLM,
         "qwen2": tf.Qwen2ForCausalLM,
+        "gemma2": tf.Gemma2ForCausalLM,
     }[family]
     torch.manual_seed(seed)
     model = cls(cfg)
