@@ -1,0 +1,276 @@
+"""Conformance suite of the steering family: every name in STEERERS is built from FACTORIES and checked.
+
+For all methods: shape and dtype preserved (float32/float64/bfloat16, several batch shapes); the input is not
+modified in place; the identity configuration (strength 0, angle 0, or a state already at the target angle /
+already orthogonal to the ablated direction) is the identity; steering a tiny Llama changes its logits and
+removing the hooks leaves it bit-identical. For methods registered ``norm_preserving``: ``‖edit(h)‖ = ‖h‖`` per row
+to 1e-6·max(1, ‖h‖) on float64 states of many shapes and scales (hypothesis). The class attribute must agree with
+the registry capability.
+
+A new method cannot escape: ``test_every_registered_method_has_a_factory`` fails until FACTORIES has its entry.
+Mutants (a rotation rescaled by 1 + 1e-3 that still claims norm preservation, an addition whose "zero" strength
+adds 1e-6, an edit that changes dtype, an in-place edit) must be rejected by the same check functions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import Tensor, nn
+
+# importing the method modules registers them (the package __init__ re-exports are the integrator's job)
+from orthokit.steer import ablation as _ablation  # noqa: F401
+from orthokit.steer import addition as _addition  # noqa: F401
+from orthokit.steer._hooks import Steerer, steer
+from orthokit.steer.registry import STEERERS
+
+for _mod in ("angular", "selective", "cylindrical", "function_vectors", "lens"):
+    try:
+        __import__(f"orthokit.steer.{_mod}")
+    except ImportError:  # pragma: no cover - a method file not landed yet
+        pass
+
+from ._models import HIDDEN, tiny_ids, tiny_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _vec(d: int, seed: int) -> Tensor:
+    return torch.randn(d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _plane(d: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Orthonormal (b1, b2) by Gram–Schmidt of two random vectors (float64)."""
+    a, b = _vec(d, seed), _vec(d, seed + 1)
+    b1 = a / a.norm()
+    b2 = b - (b @ b1) * b1
+    return b1, b2 / b2.norm()
+
+
+@dataclass(frozen=True)
+class Factory:
+    """How to build a method for the suite.
+
+    ``strong(d, seed)``: a configuration that visibly steers (for the model check). ``identity(d, seed, h)``:
+    ``(steerer, states)`` such that ``steerer.edit(states) == states`` (states derived from random ``h``).
+    """
+
+    strong: Callable[[int, int], Steerer]
+    identity: Callable[[int, int, Tensor], tuple[Steerer, Tensor]]
+
+
+def _angular_identity(d: int, seed: int, h: Tensor) -> tuple[Steerer, Tensor]:
+    b1, b2 = _plane(d, seed)
+    theta = 50.0
+    s = STEERERS.get("angular")(b1 * 3.0, b2 + 0.5 * b1, angle_deg=theta)
+    # states whose in-plane part already sits at angle θ: out-of-plane part of h + ρ (cos θ b1 + sin θ b2)
+    out_of_plane = h - (h @ b1)[..., None] * b1 - (h @ b2)[..., None] * b2
+    rho = h.norm(dim=-1, keepdim=True)
+    t = math.radians(theta)
+    return s, out_of_plane + rho * (math.cos(t) * b1 + math.sin(t) * b2)
+
+
+def _ablation_identity(d: int, seed: int, h: Tensor) -> tuple[Steerer, Tensor]:
+    r = _vec(d, seed)
+    u = r / r.norm()
+    return STEERERS.get("ablation")(r), h - (h @ u)[..., None] * u
+
+
+FACTORIES: dict[str, Factory] = {
+    "addition": Factory(
+        strong=lambda d, s: STEERERS.get("addition")(_vec(d, s), alpha=8.0),
+        identity=lambda d, s, h: (STEERERS.get("addition")(_vec(d, s), alpha=0.0), h),
+    ),
+    "ablation": Factory(
+        strong=lambda d, s: STEERERS.get("ablation")(_vec(d, s)), identity=_ablation_identity
+    ),
+    "angular": Factory(
+        strong=lambda d, s: STEERERS.get("angular")(*_plane(d, s), angle_deg=120.0),
+        identity=_angular_identity,
+    ),
+    "selective": Factory(
+        strong=lambda d, s: STEERERS.get("selective")(*_plane(d, s), angle_deg=120.0),
+        identity=lambda d, s, h: (STEERERS.get("selective")(*_plane(d, s), angle_deg=0.0), h),
+    ),
+    "cylindrical": Factory(
+        strong=lambda d, s: STEERERS.get("cylindrical")(_vec(d, s), _vec(d, s + 7), length=8.0, penalty=0.3),
+        identity=lambda d, s, h: (STEERERS.get("cylindrical")(_vec(d, s), _vec(d, s + 7), length=0.0), h),
+    ),
+}
+
+
+# ----------------------------------------------------------------------------------------------- check functions
+def check_norm_preserving(steerer: Steerer, h: Tensor) -> None:
+    """``‖edit(h)‖ = ‖h‖`` row by row to ``1e-6 · max(1, ‖h‖)`` (float64 ``h``)."""
+    out = steerer.edit(h)
+    n0, n1 = h.norm(dim=-1), out.norm(dim=-1)
+    err = float(((n1 - n0).abs() / n0.clamp_min(1.0)).max()) if h.numel() else 0.0
+    assert err <= 1e-6, f"{steerer!r} claims norm preservation but changes a row norm by {err:.3g} (relative)"
+
+
+def check_shape_dtype(steerer: Steerer, d: int) -> None:
+    """Same shape and dtype out, for several batch shapes and dtypes."""
+    g = torch.Generator().manual_seed(11)
+    for shape in [(d,), (3, d), (2, 5, d)]:
+        for dtype in (torch.float32, torch.float64, torch.bfloat16):
+            h = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+            out = steerer.edit(h)
+            assert out.shape == h.shape, f"{steerer!r}: shape {tuple(h.shape)} -> {tuple(out.shape)}"
+            assert out.dtype == h.dtype, f"{steerer!r}: dtype {h.dtype} -> {out.dtype}"
+            assert bool(torch.isfinite(out).all()), f"{steerer!r}: non-finite output"
+
+
+def check_not_inplace(steerer: Steerer, h: Tensor) -> None:
+    """``edit`` leaves its input unchanged."""
+    before = h.clone()
+    steerer.edit(h)
+    assert torch.equal(h, before), f"{steerer!r} modified its input in place"
+
+
+def check_identity(steerer: Steerer, h: Tensor) -> None:
+    """The identity configuration returns the states unchanged (float64, 1e-12 relative)."""
+    out = steerer.edit(h)
+    err = float(((out - h).norm(dim=-1) / h.norm(dim=-1).clamp_min(1.0)).max())
+    assert err <= 1e-12, f"{steerer!r}: the identity configuration moves states by {err:.3g}"
+
+
+def check_model_hooks(model: nn.Module, steerer: Steerer) -> None:
+    """Steering changes the logits; after removal the model is bit-identical to before."""
+    ids = tiny_ids()
+    with torch.no_grad():
+        ref = model(ids).logits.clone()
+        with steer(model, steerer):
+            steered = model(ids).logits
+        after = model(ids).logits
+    assert float((steered - ref).abs().max()) > 1e-3, f"{steerer!r} did not change the logits"
+    assert torch.equal(after, ref), f"{steerer!r}: the model is not bit-identical after removing the hooks"
+
+
+# ------------------------------------------------------------------------------------------------------- tests
+def test_every_registered_method_has_a_factory() -> None:
+    missing = [n for n in STEERERS.names() if n not in FACTORIES]
+    assert not missing, f"add a factory for {missing} to FACTORIES in tests/steer/test_conformance.py"
+    assert {"addition", "ablation"} <= set(STEERERS.names())
+
+
+@pytest.mark.parametrize("name", STEERERS.names())
+def test_class_attributes_match_the_registry(name: str) -> None:
+    cls = STEERERS.get(name)
+    assert issubclass(cls, Steerer)
+    assert cls.name == name
+    assert cls.norm_preserving is STEERERS.capabilities(name)["norm_preserving"]
+    assert STEERERS.capabilities(name)["kind"] in ("additive", "projection", "rotation")
+    assert isinstance(STEERERS.capabilities(name)["needs_plane"], bool)
+
+
+@pytest.mark.parametrize("name", STEERERS.names())
+def test_shape_dtype_inplace_identity(name: str) -> None:
+    f = FACTORIES[name]
+    for d in (2, 7, HIDDEN):
+        s = f.strong(d, d)
+        check_shape_dtype(s, d)
+        check_not_inplace(s, torch.randn(4, d, dtype=torch.float64))
+        h = torch.randn(3, 6, d, generator=torch.Generator().manual_seed(d), dtype=torch.float64) * 5.0
+        ident, states = f.identity(d, d, h)
+        check_identity(ident, states)
+
+
+@pytest.mark.parametrize("name", STEERERS.names(norm_preserving=True))
+@settings(max_examples=25, deadline=None)
+@given(
+    d=st.sampled_from([2, 3, 8, 33, HIDDEN]),
+    batch=st.lists(st.integers(1, 4), min_size=0, max_size=2),
+    log_scale=st.floats(-3.0, 3.0),
+    seed=st.integers(0, 2**16),
+)
+def test_norm_preserving_methods_keep_every_row_norm(
+    name: str, d: int, batch: list[int], log_scale: float, seed: int
+) -> None:
+    s = FACTORIES[name].strong(d, seed)
+    h = torch.randn((*batch, d), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    check_norm_preserving(s, h * 10.0**log_scale)
+
+
+@pytest.mark.parametrize("name", STEERERS.names())
+def test_hooks_steer_and_removal_is_bit_identical(name: str) -> None:
+    check_model_hooks(_llama(), FACTORIES[name].strong(HIDDEN, 5))
+
+
+_MODEL: list[nn.Module] = []
+
+
+def _llama() -> nn.Module:
+    if not _MODEL:
+        _MODEL.append(tiny_model("llama"))
+    return _MODEL[0]
+
+
+# ----------------------------------------------------------------------------------------------------- mutants
+class RescaledRotation(Steerer):
+    """Rotation by θ in a plane, then a (1 + eps) rescale; claims norm preservation."""
+
+    name = "mutant_rotation"
+    norm_preserving = True
+
+    def __init__(self, b1: Tensor, b2: Tensor, angle_deg: float, eps: float = 1e-3) -> None:
+        self.b1, self.b2, self.t, self.eps = b1, b2, math.radians(angle_deg), eps
+
+    def edit(self, h: Tensor) -> Tensor:
+        b1, b2 = self.b1.to(h), self.b2.to(h)
+        c1, c2 = (h @ b1)[..., None], (h @ b2)[..., None]
+        c, s = math.cos(self.t), math.sin(self.t)
+        rot = h + ((c - 1) * c1 - s * c2) * b1 + (s * c1 + (c - 1) * c2) * b2
+        return rot * (1.0 + self.eps)
+
+
+class LeakyZeroAddition(Steerer):
+    """Activation addition whose alpha=0 still adds 1e-6 along the direction."""
+
+    name = "mutant_addition"
+
+    def __init__(self, r: Tensor) -> None:
+        self.r = r / r.norm()
+
+    def edit(self, h: Tensor) -> Tensor:
+        return h + 1e-6 * self.r.to(h)
+
+
+class DtypeLeak(Steerer):
+    name = "mutant_dtype"
+
+    def edit(self, h: Tensor) -> Tensor:
+        return h.double() * 1.0
+
+
+class InPlace(Steerer):
+    name = "mutant_inplace"
+
+    def edit(self, h: Tensor) -> Tensor:
+        return h.mul_(1.5)
+
+
+def test_mutants_are_rejected() -> None:
+    d = 16
+    b1, b2 = _plane(d, 0)
+    h = torch.randn(5, 3, d, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    check_norm_preserving(RescaledRotation(b1, b2, 70.0, eps=0.0), h)  # the unmutated rotation passes
+    with pytest.raises(AssertionError, match="changes a row norm by 0.001"):
+        check_norm_preserving(RescaledRotation(b1, b2, 70.0), h)
+    with pytest.raises(AssertionError, match="identity configuration moves"):
+        check_identity(LeakyZeroAddition(b1), h)
+    with pytest.raises(AssertionError, match="dtype"):
+        check_shape_dtype(DtypeLeak(), d)
+    with pytest.raises(AssertionError, match="in place"):
+        check_not_inplace(InPlace(), h.clone())
