@@ -62,7 +62,7 @@ def test_bad_inputs() -> None:
     with pytest.raises(TypeError, match="symbol must be a str"):
         cb.add(["ok", 3])  # type: ignore[list-item]
     assert len(cb) == 0  # nothing added by the failed call
-    with pytest.raises(ValueError, match="last dimension 4"):
+    with pytest.raises(ValueError, match="codebook must have last dimension 5"):
         cleanup(torch.zeros(5), torch.eye(4))
     with pytest.raises(TypeError, match="binder must be a Binder"):
         bind("haar", "r", torch.zeros(8))  # type: ignore[arg-type]
