@@ -1,0 +1,268 @@
+r"""Selective Steering: a norm-preserving plane rotation applied only on discriminative layers.
+
+Source: Q.-A. Dang, C. Ngo, "Selective Steering: Norm-Preserving Control Through Discriminative Layer
+Selection" (arXiv 2601.19375, 2026); official code github.com/knoveleng/steering
+(``steering/steering/operator.py::SelectiveSteeringOperator``, ``steering/plane/constructor.py``,
+``steering/direction/calculator.py``).
+
+**Rotation.** With an orthonormal plane ``(b₁, b₂)``, ``P = b₁b₁ᵀ + b₂b₂ᵀ`` and the in-plane rotation
+``V_θ = [b₁ b₂] R_θ [b₁ b₂]ᵀ`` (``R_θ`` the 2×2 counter-clockwise rotation),
+
+.. math::
+
+    h' = h - P h + V_\theta h ,
+
+i.e. the in-plane component is rotated **by** ``θ`` (Angular Steering sets it **to** ``θ``), the
+out-of-plane component is untouched and ``‖h'‖ = ‖h‖`` because ``V_θ`` is orthogonal on the plane.
+
+**Layer selection.** For a unit feature direction ``d̂`` and per-layer class activations, layer ``ℓ`` is
+steered iff the mean cosine of the positive class with ``d̂`` and that of the negative class have opposite
+signs: ``mean_i cos(h⁺_{ℓ,i}, d̂) · mean_j cos(h⁻_{ℓ,j}, d̂) < 0`` (the reference normalizes each activation
+before projecting). All such layers are selected (the reference's default ``scatter`` selection).
+
+Example:
+    >>> import torch
+    >>> from orthokit.steer.selective import SelectiveSteering
+    >>> b1, b2 = torch.eye(3, dtype=torch.float64)[:2]
+    >>> s = SelectiveSteering(b1, b2, angle_deg=90.0)
+    >>> s.edit(torch.tensor([[1.0, 1.0, 7.0]], dtype=torch.float64))   # (1, 1) rotated by 90° -> (-1, 1)
+    tensor([[-1.,  1.,  7.]], dtype=torch.float64)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from orthokit.linalg._checks import check_finite, compute_dtype
+from orthokit.steer._hooks import Steerer, SteeringHandle, steer
+from orthokit.steer.angular import check_angle, check_states, check_vector, orthonormal_plane, steering_plane
+from orthokit.steer.directions import collect_residuals, mean_difference
+from orthokit.steer.registry import STEERERS
+
+__all__ = [
+    "SelectivePlan",
+    "SelectiveSteering",
+    "class_alignment",
+    "plan_selective",
+    "select_layers",
+    "selective_steer",
+]
+
+
+@STEERERS.register("selective", norm_preserving=True, kind="rotation", needs_plane=True)
+class SelectiveSteering(Steerer):
+    r"""Selective Steering's rotation (Dang & Ngo, 2026): rotate each state's in-plane part **by** ``angle_deg``.
+
+    ``h' = h − Ph + V_θ h`` with ``V_θ = [b₁ b₂] R_θ [b₁ b₂]ᵀ`` and ``(b₁, b₂)`` the Gram–Schmidt
+    orthonormalized ``(direction, second)``. Exactly norm-preserving; ``angle_deg = 0`` (or 360) is the
+    identity. The layer choice is not part of the edit: register it on the layers returned by
+    :func:`select_layers` (or use :func:`selective_steer`, which does both).
+
+    Args:
+        direction: feature direction ``[d]``.
+        second: second plane direction ``[d]`` (not parallel to ``direction``); see
+            :func:`orthokit.steer.angular.steering_plane` for the paper's PCA-built one.
+        angle_deg: rotation angle θ in degrees, counter-clockwise from ``b₁`` towards ``b₂``.
+
+    Example:
+        >>> s = SelectiveSteering(torch.tensor([1.0, 0, 0, 0]), torch.tensor([0.0, 2, 0, 0]), angle_deg=180.0)
+        >>> s.edit(torch.tensor([3.0, 4.0, 1.0, 2.0]))
+        tensor([-3., -4.,  1.,  2.])
+    """
+
+    name = "selective"
+    norm_preserving = True
+
+    def __init__(self, direction: Tensor, second: Tensor | None = None, angle_deg: float = 0.0) -> None:
+        check_vector(direction, "direction")
+        if second is None:
+            raise ValueError(
+                "selective steering needs a plane: pass second=<[d] direction> (e.g. steering_plane(candidates).b2) "
+                "or use selective_steer(model, pos_ids, neg_ids, angle_deg)"
+            )
+        self.angle_deg = check_angle(angle_deg)
+        self.b1, self.b2 = orthonormal_plane(direction, second)
+
+    @property
+    def dim(self) -> int:
+        """Hidden size ``d`` the steerer acts on."""
+        return int(self.b1.shape[0])
+
+    def edit(self, h: Tensor) -> Tensor:
+        """Rotate the in-plane part of every state ``h [..., d]`` by ``angle_deg``; same shape and dtype."""
+        check_states(h, self.dim)
+        w = compute_dtype(h.dtype)
+        x = h.to(w)
+        b1 = self.b1.to(device=x.device, dtype=w)
+        b2 = self.b2.to(device=x.device, dtype=w)
+        c1 = (x @ b1)[..., None]
+        c2 = (x @ b2)[..., None]
+        t = math.radians(self.angle_deg)
+        c, s = math.cos(t), math.sin(t)
+        # V_θ h − P h, written in plane coordinates: (c·c1 − s·c2 − c1) b1 + (s·c1 + c·c2 − c2) b2
+        out = x + ((c - 1.0) * c1 - s * c2) * b1 + (s * c1 + (c - 1.0) * c2) * b2
+        return out.to(h.dtype)
+
+    def __repr__(self) -> str:
+        return f"SelectiveSteering(d={self.dim}, angle_deg={self.angle_deg})"
+
+
+def _check_class_states(x: Any, name: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor [L, n, d], got {type(x).__name__}")
+    if x.is_complex() or not x.is_floating_point():
+        raise TypeError(f"{name} must be a real floating-point tensor, got dtype {x.dtype}")
+    if x.dim() != 3 or 0 in x.shape:
+        raise ValueError(f"{name} must have shape [L, n, d] with no empty dimension, got {tuple(x.shape)}")
+    check_finite(x, name)
+    return x
+
+
+def class_alignment(pos_states: Tensor, neg_states: Tensor, direction: Tensor) -> Tensor:
+    """Per-layer mean cosine of each class with ``direction``: ``[L, 2]`` (column 0 positive, 1 negative).
+
+    States ``[L, n, d]`` (``n`` may differ between the classes); computed in float64. A zero state has
+    cosine 0. ``direction`` is one ``[d]`` vector for every layer, or one per layer ``[L, d]``.
+
+    Example:
+        >>> pos = torch.tensor([[[1.0, 0.0]], [[1.0, 0.0]]]); neg = torch.tensor([[[-1.0, 0.0]], [[1.0, 1.0]]])
+        >>> class_alignment(pos, neg, torch.tensor([1.0, 0.0])).tolist()
+        [[1.0, -1.0], [1.0, 0.7071067811865475]]
+    """
+    _check_class_states(pos_states, "pos_states")
+    _check_class_states(neg_states, "neg_states")
+    if pos_states.shape[0] != neg_states.shape[0] or pos_states.shape[2] != neg_states.shape[2]:
+        raise ValueError(
+            f"pos_states {tuple(pos_states.shape)} and neg_states {tuple(neg_states.shape)} must agree on L and d"
+        )
+    L, _, d = pos_states.shape
+    if not isinstance(direction, Tensor):
+        raise TypeError(f"direction must be a torch.Tensor, got {type(direction).__name__}")
+    if direction.dim() == 1:
+        check_vector(direction, "direction")
+        dirs = direction.detach().double().expand(L, -1)
+    else:
+        if direction.shape != (L, d):
+            raise ValueError(f"direction must have shape [{d}] or [{L}, {d}], got {tuple(direction.shape)}")
+        check_finite(direction, "direction")
+        dirs = direction.detach().double()
+    if dirs.shape[-1] != d:
+        raise ValueError(f"direction must have {d} entries (the states' d), got {dirs.shape[-1]}")
+    dn = dirs.norm(dim=-1, keepdim=True)
+    if bool((dn == 0).any()):
+        raise ValueError("direction has a zero row: the cosine is undefined")
+    u = (dirs / dn).to(pos_states.device)
+
+    def mean_cos(x: Tensor) -> Tensor:
+        x = x.detach().double()
+        n = x.norm(dim=-1, keepdim=True)
+        xn = torch.where(n > 0, x / n.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(x))
+        return torch.einsum("lnd,ld->ln", xn, u).mean(dim=1)
+
+    return torch.stack([mean_cos(pos_states), mean_cos(neg_states)], dim=1)
+
+
+def select_layers(pos_states: Tensor, neg_states: Tensor, direction: Tensor | None = None) -> list[int]:
+    """Selective Steering's discriminative layers: the class means' cosines with the direction differ in sign.
+
+    Args:
+        pos_states: positive-class residual states ``[L, n⁺, d]`` (e.g. ``collect_residuals(..., positions="last")``).
+        neg_states: negative-class residual states ``[L, n⁻, d]``.
+        direction: the feature direction ``[d]`` (or one per layer ``[L, d]``). ``None``: the reference's
+            choice — the per-layer unit difference-in-means candidate with the highest mean cosine to all
+            candidates (``steering_plane(mean_difference(pos, neg)).b1``).
+
+    Returns:
+        Sorted layer indices ``ℓ`` with ``mean cos(h⁺_ℓ, d̂) · mean cos(h⁻_ℓ, d̂) < 0`` (possibly empty).
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> pos = torch.randn(4, 8, 6, generator=g); neg = torch.randn(4, 8, 6, generator=g)
+        >>> pos[1, :, 0] += 5.0; neg[1, :, 0] -= 5.0          # layer 1 separates the classes along e₀
+        >>> 1 in select_layers(pos, neg, torch.eye(6)[0])
+        True
+    """
+    if direction is None:
+        _check_class_states(pos_states, "pos_states")
+        _check_class_states(neg_states, "neg_states")
+        direction = steering_plane(mean_difference(pos_states, neg_states)).b1
+    a = class_alignment(pos_states, neg_states, direction)
+    return [int(i) for i in torch.nonzero(a[:, 0] * a[:, 1] < 0).flatten().tolist()]
+
+
+@dataclass(frozen=True)
+class SelectivePlan:
+    """What :func:`plan_selective` found: the plane ``(b1, b2)``, the layer ``b1`` came from, the layers to steer
+    and the per-layer class alignment ``[L, 2]`` they were chosen by."""
+
+    b1: Tensor
+    b2: Tensor
+    feature_layer: int
+    layers: list[int]
+    alignment: Tensor
+
+
+def plan_selective(
+    model: nn.Module,
+    pos_ids: Tensor,
+    neg_ids: Tensor,
+    *,
+    positions: str = "last",
+) -> SelectivePlan:
+    """The reference's calibration: residuals → per-layer difference-in-means → plane → discriminative layers.
+
+    ``collect_residuals`` reads the hidden state after every block at ``positions`` for both classes; the
+    per-layer candidates ``mean(pos) − mean(neg)`` give the plane (:func:`~orthokit.steer.angular.steering_plane`)
+    and ``b1`` picks the layers (:func:`select_layers`). The model is not modified.
+    """
+    pos = collect_residuals(model, pos_ids, positions=positions)
+    neg = collect_residuals(model, neg_ids, positions=positions)
+    pos = pos.reshape(pos.shape[0], -1, pos.shape[-1])
+    neg = neg.reshape(neg.shape[0], -1, neg.shape[-1])
+    plane = steering_plane(mean_difference(pos, neg))
+    align = class_alignment(pos, neg, plane.b1)
+    layers = [int(i) for i in torch.nonzero(align[:, 0] * align[:, 1] < 0).flatten().tolist()]
+    return SelectivePlan(plane.b1, plane.b2, plane.feature_layer, layers, align)
+
+
+def selective_steer(
+    model: nn.Module,
+    pos_ids: Tensor,
+    neg_ids: Tensor,
+    angle_deg: float,
+    *,
+    positions: str = "all",
+    calibration_positions: str = "last",
+    layers: Sequence[int] | None = None,
+) -> SteeringHandle:
+    """Calibrate (:func:`plan_selective`) and register :class:`SelectiveSteering` on the selected layers.
+
+    Args:
+        model: a transformers causal LM (any decoder :func:`orthokit.steer._hooks.residual_layers` finds).
+        pos_ids, neg_ids: token ids ``[n, T]`` of the two calibration classes (e.g. target / other style).
+        angle_deg: rotation angle θ (degrees).
+        positions: token positions steered during generation (``"all"`` as in the reference, or ``"last"``).
+        calibration_positions: positions read for calibration (the reference uses the last token).
+        layers: override the selection (steer these layers instead); ``None`` uses the discriminative ones.
+
+    Returns:
+        The :class:`~orthokit.steer._hooks.SteeringHandle` (``.remove()`` restores the model). ``ValueError`` if
+        no layer is discriminative (nothing would be steered); nothing is registered then.
+    """
+    angle = check_angle(angle_deg)
+    plan = plan_selective(model, pos_ids, neg_ids, positions=calibration_positions)
+    chosen = list(plan.layers) if layers is None else [int(i) for i in layers]
+    if not chosen:
+        raise ValueError(
+            "no discriminative layer: the class means' cosines with the feature direction have the same sign in "
+            "every layer; pass layers=[...] to steer anyway"
+        )
+    return steer(
+        model, SelectiveSteering(plan.b1, plan.b2, angle_deg=angle), layers=chosen, positions=positions
+    )
