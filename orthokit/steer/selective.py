@@ -20,6 +20,11 @@ steered iff the mean cosine of the positive class with ``d̂`` and that of the n
 signs: ``mean_i cos(h⁺_{ℓ,i}, d̂) · mean_j cos(h⁻_{ℓ,j}, d̂) < 0`` (the reference normalizes each activation
 before projecting). All such layers are selected (the reference's default ``scatter`` selection).
 
+**Sites.** The reference reads and steers the outputs of the normalization modules inside every decoder block
+(``input_layernorm``/``post_attention_layernorm``), selecting module by module. This family's contract edits the
+residual stream at the block outputs; :func:`selective_steer` and :func:`plan_selective` do that by default
+(``sites="block"``) and follow the reference with ``sites="norm"`` (:func:`norm_sites`).
+
 Example:
     >>> import torch
     >>> from orthokit.steer.selective import SelectiveSteering
@@ -33,14 +38,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from orthokit.linalg._checks import check_finite, compute_dtype
-from orthokit.steer._hooks import Steerer, SteeringHandle, steer
+from orthokit.steer._hooks import Steerer, SteeringHandle, residual_layers, steer
 from orthokit.steer.angular import check_angle, check_states, check_vector, orthonormal_plane, steering_plane
 from orthokit.steer.directions import collect_residuals, mean_difference
 from orthokit.steer.registry import STEERERS
@@ -49,10 +54,13 @@ __all__ = [
     "SelectivePlan",
     "SelectiveSteering",
     "class_alignment",
+    "norm_sites",
     "plan_selective",
     "select_layers",
     "selective_steer",
 ]
+
+_SITES = ("block", "norm")
 
 
 @STEERERS.register("selective", norm_preserving=True, kind="rotation", needs_plane=True)
@@ -196,16 +204,78 @@ def select_layers(pos_states: Tensor, neg_states: Tensor, direction: Tensor | No
     return [int(i) for i in torch.nonzero(a[:, 0] * a[:, 1] < 0).flatten().tolist()]
 
 
+def norm_sites(model: nn.Module) -> list[tuple[int, str, nn.Module]]:
+    """The reference's steering sites: every hidden-size normalization module inside the decoder blocks.
+
+    Returns ``(block index, name inside the block, module)`` in block order — e.g. ``input_layernorm`` and
+    ``post_attention_layernorm`` for Llama/Qwen2/GPT-NeoX, ``ln_1``/``ln_2`` for GPT-2. Modules whose class name
+    contains ``norm`` and whose weight has the hidden size count (per-head q/k norms do not). ``ValueError`` if
+    there are none.
+    """
+    cfg = getattr(model, "config", None)
+    d = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None)
+    out: list[tuple[int, str, nn.Module]] = []
+    for i, block in enumerate(residual_layers(model)):
+        for name, mod in block.named_modules():
+            w = getattr(mod, "weight", None)
+            if (
+                "norm" in type(mod).__name__.lower()
+                and isinstance(w, Tensor)
+                and w.dim() == 1
+                and w.shape[0] == d
+            ):
+                out.append((i, name, mod))
+    if not out:
+        raise ValueError(
+            f"no hidden-size normalization module found in the decoder blocks of {type(model).__name__}"
+        )
+    return out
+
+
+@torch.no_grad()
+def _collect_sites(model: nn.Module, ids: Tensor, modules: list[nn.Module], positions: str) -> Tensor:
+    """Outputs of ``modules`` at ``positions`` (``"last"`` or ``"all"``) for ids ``[n, T]``: ``[S, N, d]``."""
+    if (
+        not isinstance(ids, Tensor)
+        or ids.dtype not in (torch.int64, torch.int32)
+        or ids.dim() != 2
+        or 0 in ids.shape
+    ):
+        raise TypeError("token ids must be a non-empty integer tensor [n, T]")
+    store: dict[int, Tensor] = {}
+
+    def make(i: int) -> Any:
+        def hook(_m: nn.Module, _a: Any, out: Any) -> None:
+            store[i] = (out[0] if isinstance(out, tuple) else out).detach()
+
+        return hook
+
+    handles = [m.register_forward_hook(make(i)) for i, m in enumerate(modules)]
+    try:
+        model(ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    per = [
+        store[i][:, -1] if positions == "last" else store[i].reshape(-1, store[i].shape[-1])
+        for i in range(len(modules))
+    ]
+    return torch.stack(per).float() if per[0].dtype in (torch.float16, torch.bfloat16) else torch.stack(per)
+
+
 @dataclass(frozen=True)
 class SelectivePlan:
-    """What :func:`plan_selective` found: the plane ``(b1, b2)``, the layer ``b1`` came from, the layers to steer
-    and the per-layer class alignment ``[L, 2]`` they were chosen by."""
+    """What :func:`plan_selective` found: the plane ``(b1, b2)``, the site ``b1`` came from (``feature_layer``), the
+    sites to steer (``layers``: block indices for ``sites="block"``, indices into :func:`norm_sites` for
+    ``sites="norm"``), their names and the per-site class alignment ``[S, 2]`` they were chosen by."""
 
     b1: Tensor
     b2: Tensor
     feature_layer: int
     layers: list[int]
     alignment: Tensor
+    sites: str = "block"
+    site_names: list[str] = field(default_factory=list)
 
 
 def plan_selective(
@@ -214,21 +284,46 @@ def plan_selective(
     neg_ids: Tensor,
     *,
     positions: str = "last",
+    sites: str = "block",
 ) -> SelectivePlan:
-    """The reference's calibration: residuals → per-layer difference-in-means → plane → discriminative layers.
+    """The reference's calibration: activations → per-site difference-in-means → plane → discriminative sites.
 
-    ``collect_residuals`` reads the hidden state after every block at ``positions`` for both classes; the
-    per-layer candidates ``mean(pos) − mean(neg)`` give the plane (:func:`~orthokit.steer.angular.steering_plane`)
-    and ``b1`` picks the layers (:func:`select_layers`). The model is not modified.
+    With ``sites="block"`` the activations are the hidden states after every block (``collect_residuals``); with
+    ``sites="norm"`` the outputs of every normalization module (:func:`norm_sites`, the reference's choice). The
+    per-site candidates ``mean(pos) − mean(neg)`` give the plane (:func:`~orthokit.steer.angular.steering_plane`)
+    and ``b1`` picks the sites (:func:`select_layers`). The model is not modified.
     """
-    pos = collect_residuals(model, pos_ids, positions=positions)
-    neg = collect_residuals(model, neg_ids, positions=positions)
-    pos = pos.reshape(pos.shape[0], -1, pos.shape[-1])
-    neg = neg.reshape(neg.shape[0], -1, neg.shape[-1])
+    if sites not in _SITES:
+        raise ValueError(f"sites must be one of {_SITES}, got {sites!r}")
+    if sites == "block":
+        pos = collect_residuals(model, pos_ids, positions=positions)
+        neg = collect_residuals(model, neg_ids, positions=positions)
+        names = [f"block {i}" for i in range(pos.shape[0])]
+    else:
+        if positions not in ("all", "last"):
+            raise ValueError(f"positions must be 'all' or 'last', got {positions!r}")
+        found = norm_sites(model)
+        mods = [m for _, _, m in found]
+        pos = _collect_sites(model, pos_ids, mods, positions)
+        neg = _collect_sites(model, neg_ids, mods, positions)
+        names = [f"block {i}: {n}" for i, n, _ in found]
     plane = steering_plane(mean_difference(pos, neg))
     align = class_alignment(pos, neg, plane.b1)
-    layers = [int(i) for i in torch.nonzero(align[:, 0] * align[:, 1] < 0).flatten().tolist()]
-    return SelectivePlan(plane.b1, plane.b2, plane.feature_layer, layers, align)
+    chosen = [int(i) for i in torch.nonzero(align[:, 0] * align[:, 1] < 0).flatten().tolist()]
+    return SelectivePlan(plane.b1, plane.b2, plane.feature_layer, chosen, align, sites, names)
+
+
+def _steer_modules(modules: list[nn.Module], steerer: SelectiveSteering, positions: str) -> SteeringHandle:
+    def hook(_m: nn.Module, _a: Any, out: Any) -> Any:
+        h = out[0] if isinstance(out, tuple) else out
+        new = (
+            steerer.edit(h)
+            if positions == "all"
+            else torch.cat([h[..., :-1, :], steerer.edit(h[..., -1:, :])], -2)
+        )
+        return (new, *out[1:]) if isinstance(out, tuple) else new
+
+    return SteeringHandle([m.register_forward_hook(hook) for m in modules], steerer)
 
 
 def selective_steer(
@@ -240,8 +335,9 @@ def selective_steer(
     positions: str = "all",
     calibration_positions: str = "last",
     layers: Sequence[int] | None = None,
+    sites: str = "block",
 ) -> SteeringHandle:
-    """Calibrate (:func:`plan_selective`) and register :class:`SelectiveSteering` on the selected layers.
+    """Calibrate (:func:`plan_selective`) and register :class:`SelectiveSteering` on the selected sites.
 
     Args:
         model: a transformers causal LM (any decoder :func:`orthokit.steer._hooks.residual_layers` finds).
@@ -249,20 +345,30 @@ def selective_steer(
         angle_deg: rotation angle θ (degrees).
         positions: token positions steered during generation (``"all"`` as in the reference, or ``"last"``).
         calibration_positions: positions read for calibration (the reference uses the last token).
-        layers: override the selection (steer these layers instead); ``None`` uses the discriminative ones.
+        layers: override the selection (steer these sites instead); ``None`` uses the discriminative ones.
+        sites: ``"block"`` (residual stream after each block, this family's contract) or ``"norm"`` (the outputs
+            of the blocks' normalization modules, the reference's sites; ``layers`` then indexes
+            :func:`norm_sites`).
 
     Returns:
         The :class:`~orthokit.steer._hooks.SteeringHandle` (``.remove()`` restores the model). ``ValueError`` if
-        no layer is discriminative (nothing would be steered); nothing is registered then.
+        no site is discriminative (nothing would be steered); nothing is registered then.
     """
     angle = check_angle(angle_deg)
-    plan = plan_selective(model, pos_ids, neg_ids, positions=calibration_positions)
+    if positions not in ("all", "last"):
+        raise ValueError(f"positions must be 'all' or 'last', got {positions!r}")
+    plan = plan_selective(model, pos_ids, neg_ids, positions=calibration_positions, sites=sites)
     chosen = list(plan.layers) if layers is None else [int(i) for i in layers]
     if not chosen:
         raise ValueError(
-            "no discriminative layer: the class means' cosines with the feature direction have the same sign in "
-            "every layer; pass layers=[...] to steer anyway"
+            "no discriminative site: the class means' cosines with the feature direction have the same sign "
+            "everywhere; pass layers=[...] to steer anyway"
         )
-    return steer(
-        model, SelectiveSteering(plan.b1, plan.b2, angle_deg=angle), layers=chosen, positions=positions
-    )
+    steerer = SelectiveSteering(plan.b1, plan.b2, angle_deg=angle)
+    if sites == "block":
+        return steer(model, steerer, layers=chosen, positions=positions)
+    n = len(plan.site_names)
+    if any(not -n <= i < n for i in chosen):
+        raise ValueError(f"layers must index the {n} normalization sites (0..{n - 1}), got {chosen}")
+    mods = [m for _, _, m in norm_sites(model)]
+    return _steer_modules([mods[i] for i in sorted({i % n for i in chosen})], steerer, positions)

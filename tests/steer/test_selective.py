@@ -16,6 +16,7 @@ from orthokit.steer.registry import STEERERS
 from orthokit.steer.selective import (
     SelectiveSteering,
     class_alignment,
+    norm_sites,
     plan_selective,
     select_layers,
     selective_steer,
@@ -279,3 +280,54 @@ def test_bad_arguments() -> None:
         SelectiveSteering(e1, e2, angle_deg=float("inf"))
     with pytest.raises(ValueError, match=r"\[\.\.\., 3\]"):
         SelectiveSteering(e1, e2, angle_deg=5.0).edit(torch.zeros(4))
+
+
+@torch.no_grad()
+def test_norm_sites_follow_the_reference_and_preserve_norm() -> None:
+    model = tiny_model("llama", dtype=torch.float64)
+    sites = norm_sites(model)
+    assert [(i, n) for i, n, _ in sites] == [
+        (0, "input_layernorm"),
+        (0, "post_attention_layernorm"),
+        (1, "input_layernorm"),
+        (1, "post_attention_layernorm"),
+    ]
+    pos_ids, neg_ids = _class_ids()
+    plan = plan_selective(model, pos_ids, neg_ids, sites="norm")
+    # brute force: last-token outputs of each norm module, reference selection rule
+    outs: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(sites))}
+    hs = [
+        m.register_forward_hook(lambda _m, _a, o, i=i: outs[i].append(o[:, -1]))
+        for i, (_, _, m) in enumerate(sites)
+    ]
+    try:
+        model(pos_ids)
+        model(neg_ids)
+    finally:
+        for h in hs:
+            h.remove()
+    pos = torch.stack([outs[i][0] for i in range(len(sites))])
+    neg = torch.stack([outs[i][1] for i in range(len(sites))])
+    assert plan.layers == select_layers(pos, neg, plan.b1) and plan.layers
+    ids = pos_ids[:2]
+    before = model(ids).logits
+    site = sites[plan.layers[0]][2]
+    seen: list[torch.Tensor] = []
+    pre = site.register_forward_hook(lambda _m, _a, o: seen.append(o.clone()))
+    handle = selective_steer(model, pos_ids, neg_ids, angle_deg=90.0, sites="norm")
+    post = site.register_forward_hook(lambda _m, _a, o: seen.append(o.clone()))
+    try:
+        steered = model(ids).logits
+    finally:
+        pre.remove()
+        post.remove()
+        handle.remove()
+    assert float((steered - before).abs().max()) > 1e-3
+    assert torch.allclose(seen[1].norm(dim=-1), seen[0].norm(dim=-1), atol=1e-10) and not torch.allclose(
+        seen[1], seen[0]
+    )
+    assert torch.equal(model(ids).logits, before)
+    with pytest.raises(ValueError, match="sites"):
+        plan_selective(model, pos_ids, neg_ids, sites="attn")
+    with pytest.raises(ValueError, match="normalization sites"):
+        selective_steer(model, pos_ids, neg_ids, angle_deg=90.0, sites="norm", layers=[7])
