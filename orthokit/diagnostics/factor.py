@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -75,7 +75,6 @@ class FactorReport:
     fit: str
     n: int
     d: int
-    extra: dict[str, float] = field(default_factory=dict)
 
     def __float__(self) -> float:
         return self.score
@@ -230,7 +229,9 @@ def factor_orthogonality(
         for h in names:
             Oh = onehots[h]
             comps[h] = (Oh.T @ Xc) / Oh.sum(dim=0)[:, None]
-        Xhat = sum(comps[h][inv[h]] for h in names)
+        Xhat = torch.zeros_like(Xc)
+        for h in names:
+            Xhat += comps[h][inv[h]]
     else:
         blocks = [onehots[h] - onehots[h].mean(dim=0, keepdim=True) for h in names]
         D = torch.cat(blocks, dim=1)
@@ -242,7 +243,6 @@ def factor_orthogonality(
             freq = onehots[h].mean(dim=0, keepdim=True)
             comps[h] = (torch.eye(c, dtype=torch.float64) - freq) @ B[off : off + c]
             off += c
-    assert isinstance(Xhat, Tensor)
     r2 = 1.0 - float((Xc - Xhat).square().sum()) / sst
 
     # whitened R² (official: eigenbasis of the centered covariance, 1/sqrt(λ + 1e-9))
