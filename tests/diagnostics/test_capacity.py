@@ -167,3 +167,19 @@ def test_bad_inputs_are_one_line_errors_and_leave_input_untouched():
     with pytest.raises(ValueError, match="sample"):
         cosine_histogram(E, sample=1)
     assert torch.equal(E, E0)
+
+
+def test_eps_invariant_to_row_scaling_and_rotation():
+    g = _gen(7)
+    E = torch.randn(200, 20, generator=g, dtype=torch.float64) + 0.3  # non-zero mean cosine
+    Q = torch.linalg.qr(torch.randn(20, 20, generator=g, dtype=torch.float64))[0]
+    s = torch.rand(200, 1, generator=g, dtype=torch.float64) * 10 + 0.1
+    base = estimate_epsilon(E)
+    for F in (E @ Q, s * E):
+        est = estimate_epsilon(F)
+        assert est.eps == pytest.approx(base.eps, abs=1e-12) and est.mean == pytest.approx(
+            base.mean, abs=1e-12
+        )
+    assert estimate_epsilon(-E).eps == pytest.approx(
+        base.eps, abs=1e-12
+    )  # all signs flipped: cosines unchanged

@@ -100,3 +100,16 @@ def test_errors_name_the_argument():
         factor_orthogonality(X, {"a": a}, fit="ridge")
     with pytest.raises(ValueError, match="rank"):
         factor_orthogonality(X, {"a": a}, rank=0)
+
+
+def test_invariant_to_rotation_and_offset_of_the_embedding_space():
+    a, b = _grid(3, 4, reps=2)
+    g = torch.Generator().manual_seed(4)
+    X = torch.randn(24, 10, generator=g, dtype=torch.float64)
+    Q = torch.linalg.qr(torch.randn(10, 10, generator=g, dtype=torch.float64))[0]
+    r0 = factor_orthogonality(X, {"a": a, "b": b})
+    r1 = factor_orthogonality(X @ Q + 7.0, {"a": a, "b": b})
+    assert r1.r2 == pytest.approx(r0.r2, abs=1e-12) and r1.orthogonality == pytest.approx(
+        r0.orthogonality, abs=1e-10
+    )
+    assert torch.allclose(r1.angles[("a", "b")], r0.angles[("a", "b")], atol=1e-10)
