@@ -203,6 +203,7 @@ def _row(name: str, kind: str, E: Tensor, cfg: Config, seed: int) -> tuple[dict[
         "null_q95_abs_cos": null_abs_cos_quantile(est.d, 0.95),
         "capacity": est.capacity,
         "capacity_3sigma": capacity(est.d, eps3),
+        "capacity_ratio": capacity(est.d, est.eps, formula="ratio"),
         "jl_capacity": est.jl_capacity,
         "estimatable": est.estimatable,
         "hist_pairs": h.n_pairs,
@@ -364,7 +365,7 @@ def markdown(res: dict[str, Any], level: int = 1) -> str:
         "",
         "ε = μ + 2σ of the cosine of every pair of rows (exact over all pairs; Guha, arXiv 2606.02765). "
         f"capacity: the paper's adjusted formula at ε (floored at d; 'indeterminate' when ε ≥ {INDETERMINATE_EPS}, "
-        "the paper's rule — shown in brackets anyway); JL: exp(d ε² / 3.03). q95 |cos|: 95th percentile of |cos| "
+        "the paper's rule — shown in brackets anyway); k/d law: the paper's one-parameter form d·exp(d ε² / 1.29); JL: exp(d ε² / 3.03). q95 |cos|: 95th percentile of |cos| "
         f"over the pairs of a seeded {cfg['hist_sample']}-row subsample; null q95: the same for uniformly random "
         "directions in R^d (exact Beta quantile). 'gaussian' rows: an N(0, 1) matrix of the same shape; 'init': the "
         "CharGPT before training (N(0, 0.02²) embedding init).",
@@ -396,6 +397,7 @@ def markdown(res: dict[str, Any], level: int = 1) -> str:
                 f"{r['q95_abs_cos']:.4f}",
                 f"{r['null_q95_abs_cos']:.4f}",
                 cap,
+                f"{r['capacity_ratio']:.3g}",
                 f"{r['jl_capacity']:.3g}",
             ]
         )
@@ -413,6 +415,7 @@ def markdown(res: dict[str, Any], level: int = 1) -> str:
                 "q95 abs cos",
                 "null q95",
                 "capacity",
+                "k/d law",
                 "JL count",
             ],
             table,

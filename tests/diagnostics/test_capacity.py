@@ -11,6 +11,7 @@ import torch
 from orthokit.diagnostics.capacity import (
     ADJUSTED_CONSTANTS,
     JL_C,
+    RATIO_C,
     capacity,
     cosine_histogram,
     cosine_moments,
@@ -122,6 +123,14 @@ def test_adjusted_formula_reproduces_the_papers_optimized_packings():
         (20000, 64, 0.34836),
     ]:
         assert required_epsilon(k, d) == pytest.approx(eps, rel=0.12)
+    for k, d, eps in [
+        (32000, 4096, 0.02500),
+        (16000, 1024, 0.05587),
+        (8000, 256, 0.12179),
+        (20000, 64, 0.34836),
+    ]:
+        assert required_epsilon(k, d, formula="ratio") == pytest.approx(eps, rel=0.2)
+        assert required_epsilon(k, d, formula="jl") > 1.5 * eps  # JL is far off for optimized packings
     # and the JL refit reproduces their random packings (k, d, best max |cos| of random draws)
     for k, d, eps in [(32000, 4096, 0.08978), (2000, 256, 0.28345), (16000, 1024, 0.17114)]:
         assert required_epsilon(k, d, formula="jl") == pytest.approx(eps, rel=0.08)
@@ -136,6 +145,15 @@ def test_jl_count_against_its_formula_in_float64():
     assert jl_capacity(10_000, 1.0) == math.inf and math.isfinite(log_capacity(10_000, 1.0, formula="jl"))
     # the adjusted count exceeds JL (trained packings beat random ones)
     assert capacity(384, 0.08) > jl_capacity(384, 0.08)
+
+
+def test_ratio_law_closed_form():
+    for d, eps in [(64, 0.3), (384, 0.1)]:
+        assert capacity(d, eps, formula="ratio") == pytest.approx(
+            d * math.exp(d * eps * eps / RATIO_C), rel=1e-12
+        )
+        k = capacity(d, eps, formula="ratio")
+        assert required_epsilon(round(k), d, formula="ratio") == pytest.approx(eps, rel=1e-3)
 
 
 def test_capacity_is_increasing_in_eps():
