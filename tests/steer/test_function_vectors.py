@@ -232,3 +232,24 @@ def test_bad_arguments(kwargs: dict, exc: type, match: str) -> None:
     args.update(kwargs)
     with pytest.raises(exc, match=match):
         function_vector(model, **args)
+
+
+@pytest.mark.parametrize(
+    ("family", "name"), [("llama", "o_proj"), ("gpt2", "c_proj"), ("gpt_neox", "dense"), ("qwen2", "o_proj")]
+)
+def test_out_projection_discovery(family: str, name: str) -> None:
+    model = tiny_model(family)
+    projs = attention_out_projections(model)
+    blocks = residual_layers(model)
+    assert len(projs) == len(blocks)
+    for block, proj in zip(blocks, projs):
+        qual = [n for n, m in block.named_modules() if m is proj]
+        assert qual and qual[0].endswith(name) and "mlp" not in qual[0]
+
+
+def test_no_attention_projection_is_a_clear_error() -> None:
+    model = tiny_model("gpt2")
+    for block in residual_layers(model):
+        block.attn.c_proj = torch.nn.Identity()  # type: ignore[assignment]
+    with pytest.raises(ValueError, match="no attention out-projection"):
+        attention_out_projections(model)
