@@ -19,7 +19,8 @@ Protocol (plain sequential fine-tuning, no protection; every task's parameter up
   held-out loss increase ``L_t(θ_{t+1}) − L_t(θ_t)`` (nats/char) for the LM.
 * **Scores** per consecutive pair (:func:`orthokit.diagnostics.conflict.sequence_conflicts`):
   ``state_conflict`` = GC(θ_t − θ_0, Δ_{t+1}) (the paper's state-relative conflict), ``pair_conflict`` =
-  GC(Δ_t, Δ_{t+1}), and the baselines ``update_norm`` ‖Δ_{t+1}‖, task-vector ``cosine``(Δ_t, Δ_{t+1}),
+  GC(Δ_t, Δ_{t+1}), ``state_shape_conflict`` = the state-relative GC with each geometry scaled to unit trace
+  (orthokit's ``normalize="unit_trace"`` option: blind to the relative size of state and update), and the baselines ``update_norm`` ‖Δ_{t+1}‖, task-vector ``cosine``(Δ_t, Δ_{t+1}),
   ``subspace_overlap`` (mean cos² of principal angles, top-8 left singular subspaces) and the authors' ``sar``.
 * **Statistics**: Spearman ρ (``scipy.stats.spearmanr``) between each score and forgetting over all pairs of all
   runs of a stream, with its p-value and n; and the partial Spearman ρ controlling for the update norm (Pearson
@@ -70,7 +71,15 @@ from orthokit.projection.baselines import FineTune
 
 __all__ = ["Config", "FULL", "QUICK", "SCORES", "run", "markdown", "demo", "main", "correlations"]
 
-SCORES = ("state_conflict", "pair_conflict", "update_norm", "cosine", "subspace_overlap", "sar")
+SCORES = (
+    "state_conflict",
+    "state_shape_conflict",
+    "pair_conflict",
+    "update_norm",
+    "cosine",
+    "subspace_overlap",
+    "sar",
+)
 STREAMS = ("pmnist", "split", "lm")
 SIZE_FACTORS = (0.5, 1.0, 2.0)
 
@@ -350,7 +359,8 @@ def markdown(res: dict[str, Any], level: int = 1) -> str:
         "Spearman ρ between each score of a consecutive task pair (t, t+1) and the forgetting of task t after "
         "training task t+1, pooled over seeds, learning rates and per-task training amounts; partial ρ controls "
         "for the update norm ‖Δ_{t+1}‖. GC = geometry conflict (normalised Bures–Wasserstein of the update "
-        "covariances, arXiv 2605.09608); state = GC(θ_t − θ_0, Δ_{t+1}), pair = GC(Δ_t, Δ_{t+1}).",
+        "covariances, arXiv 2605.09608); state = GC(θ_t − θ_0, Δ_{t+1}), state_shape = the same with both geometries "
+        "scaled to unit trace (orthokit option), pair = GC(Δ_t, Δ_{t+1}).",
         "",
         f"Run: {'quick' if res['quick'] else 'full'}, {res['seconds']:.0f} s. Classification seeds {cfg['seeds']}, "
         f"SGD lr {cfg['cls_lrs']}; LM seeds {cfg['lm_seeds']}, AdamW lr {cfg['lm_lrs']}, {cfg['lm_phases']} phases.",

@@ -155,6 +155,11 @@ class UpdateGeometry:
         return int(self.basis.shape[1])
 
 
+def _check_normalize(normalize: str) -> None:
+    if normalize not in ("joint", "unit_trace"):
+        raise ValueError(f"normalize must be 'joint' or 'unit_trace', got {normalize!r}")
+
+
 def _check_hparams(rank: int, energy: float, reg: float) -> None:
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ValueError(f"rank must be an integer >= 1, got {rank!r}")
@@ -225,9 +230,19 @@ def _sar(delta: Tensor, basis: Tensor, fro: float) -> float:
 
 
 def layer_conflict(
-    delta_a: Tensor, delta_b: Tensor, *, rank: int = 32, energy: float = 0.95, reg: float = 1e-6
+    delta_a: Tensor,
+    delta_b: Tensor,
+    *,
+    rank: int = 32,
+    energy: float = 0.95,
+    reg: float = 1e-6,
+    normalize: Literal["joint", "unit_trace"] = "joint",
 ) -> LayerConflict:
     """Geometry conflict of two same-shape 2-D updates (steps 1–4 of the module docstring).
+
+    ``normalize="joint"`` (the authors') divides ``W²`` by ``tr B_a + tr B_b``; ``"unit_trace"`` (an orthokit
+    option) first scales each ``B`` to unit trace, so only the *shape* of the geometries counts, not their
+    relative size (``GC(Δ, cΔ) = 0``); then ``GC = W²/2``.
 
     Example:
         >>> import torch
@@ -237,6 +252,7 @@ def layer_conflict(
         0.2
     """
     _check_hparams(rank, energy, reg)
+    _check_normalize(normalize)
     for nm, d in (("delta_a", delta_a), ("delta_b", delta_b)):
         if not isinstance(d, Tensor) or d.dim() != 2:
             raise ValueError(f"{nm} must be a 2-D tensor, got {getattr(d, 'shape', type(d).__name__)}")
@@ -256,6 +272,8 @@ def layer_conflict(
     Pa, Pb = Q.T @ ga.basis, Q.T @ gb.basis
     Ba = (Pa * ga.eigenvalues) @ Pa.T + eye
     Bb = (Pb * gb.eigenvalues) @ Pb.T + eye
+    if normalize == "unit_trace":
+        Ba, Bb = Ba / torch.trace(Ba), Bb / torch.trace(Bb)
     d2 = _bures_sq(0.5 * (Ba + Ba.T), 0.5 * (Bb + Bb.T))
     ta, tb = float(torch.trace(Ba)), float(torch.trace(Bb))
     Xa, Xb = delta_a.detach().to("cpu", torch.float64), delta_b.detach().to("cpu", torch.float64)
@@ -349,14 +367,21 @@ def _prepare(
 
 
 def _layers(
-    a: dict[str, Tensor], b: dict[str, Tensor], sel: list[str], rank: int, energy: float, reg: float
+    a: dict[str, Tensor],
+    b: dict[str, Tensor],
+    sel: list[str],
+    rank: int,
+    energy: float,
+    reg: float,
+    normalize: str,
 ) -> dict[str, LayerConflict]:
     _check_hparams(rank, energy, reg)
+    _check_normalize(normalize)
     out = {}
     for k in sel:
         if not bool(a[k].any()) and not bool(b[k].any()):
             continue
-        out[k] = layer_conflict(a[k], b[k], rank=rank, energy=energy, reg=reg)
+        out[k] = layer_conflict(a[k], b[k], rank=rank, energy=energy, reg=reg, normalize=normalize)  # type: ignore[arg-type]
     if not out:
         raise ValueError("both updates are zero in every compared tensor; geometry conflict is undefined")
     return out
@@ -373,6 +398,7 @@ def geometry_conflict(
     keys: Sequence[str] | None = None,
     exclude: Sequence[str] = DEFAULT_EXCLUDE,
     reduction: Literal["mean", "weighted"] = "mean",
+    normalize: Literal["joint", "unit_trace"] = "joint",
 ) -> float:
     """Geometry conflict of two task updates: normalised Bures–Wasserstein distance of their covariance geometries.
 
@@ -384,6 +410,8 @@ def geometry_conflict(
         exclude: name substrings skipped when ``keys`` is None (default: embeddings and the LM head, as the
             authors' code).
         reduction: ``"mean"`` over tensors (authors) or ``"weighted"`` by number of entries.
+        normalize: ``"joint"`` (authors: ``W² / (tr B_a + tr B_b)``) or ``"unit_trace"`` (orthokit option: each
+            geometry scaled to unit trace first; blind to the updates' relative size).
 
     Returns:
         GC in ``[0, 1]``; higher = more conflicting geometries. 0 for identical updates; invariant to scaling both
@@ -398,7 +426,7 @@ def geometry_conflict(
         0.4
     """
     a, b, sel = _prepare(update_a, update_b, keys, exclude, reduction)
-    layers = _layers(a, b, sel, rank, energy, reg)
+    layers = _layers(a, b, sel, rank, energy, reg, normalize)
     return _reduce(layers, {k: a[k].numel() for k in sel}, reduction)
 
 
@@ -412,6 +440,7 @@ def conflict_report(
     keys: Sequence[str] | None = None,
     exclude: Sequence[str] = DEFAULT_EXCLUDE,
     reduction: Literal["mean", "weighted"] = "mean",
+    normalize: Literal["joint", "unit_trace"] = "joint",
     overlap_rank: int = 8,
 ) -> ConflictReport:
     """Per-tensor geometry conflict plus the baselines (update norm, cosine, subspace overlap, SAR).
@@ -432,7 +461,7 @@ def conflict_report(
     if isinstance(overlap_rank, bool) or not isinstance(overlap_rank, int) or overlap_rank < 1:
         raise ValueError(f"overlap_rank must be an integer >= 1, got {overlap_rank!r}")
     a, b, sel = _prepare(update_a, update_b, keys, exclude, reduction)
-    layers = _layers(a, b, sel, rank, energy, reg)
+    layers = _layers(a, b, sel, rank, energy, reg, normalize)
     fa = torch.cat([a[k].detach().reshape(-1).to("cpu", torch.float64) for k in sel])
     fb = torch.cat([b[k].detach().reshape(-1).to("cpu", torch.float64) for k in sel])
     sa = {k: a[k].detach().to("cpu", torch.float64) for k in layers}
@@ -463,7 +492,8 @@ def sequence_conflicts(
     For ``t = 1 … T−1`` (task ``t`` then task ``t+1``), with ``Δ_t = θ_t − θ_{t−1}`` and the model-state update
     ``S_t = θ_t − θ_0``: ``pair_conflict = GC(Δ_t, Δ_{t+1})``, ``state_conflict = GC(S_t, Δ_{t+1})`` (the
     paper's state-relative conflict), ``update_norm = ‖Δ_{t+1}‖``, ``cosine = cos(Δ_t, Δ_{t+1})``,
-    ``subspace_overlap`` and ``sar`` of ``(Δ_t, Δ_{t+1})``.
+    ``subspace_overlap`` and ``sar`` of ``(Δ_t, Δ_{t+1})``, and ``state_shape_conflict`` = the state-relative
+    conflict with ``normalize="unit_trace"``.
 
     Example:
         >>> import torch
@@ -487,6 +517,12 @@ def sequence_conflicts(
                 "task": t,
                 "pair_conflict": rep.conflict,
                 "state_conflict": geometry_conflict(accum[t - 1], deltas[t], **kw),  # type: ignore[arg-type]
+                "state_shape_conflict": geometry_conflict(
+                    accum[t - 1],
+                    deltas[t],
+                    normalize="unit_trace",
+                    **kw,  # type: ignore[arg-type]
+                ),
                 "update_norm": rep.norm_b,
                 "cosine": rep.cosine,
                 "subspace_overlap": rep.subspace_overlap,

@@ -304,3 +304,24 @@ def test_inputs_not_modified() -> None:
     ca, cb = a["w"].clone(), b["w"].clone()
     conflict_report(a, b)
     assert torch.equal(a["w"], ca) and torch.equal(b["w"], cb)
+
+
+def test_unit_trace_option_is_shape_only() -> None:
+    """normalize="unit_trace": each geometry scaled to unit trace; GC = W²/2, blind to relative size."""
+    g = torch.Generator().manual_seed(7)
+    A = torch.randn(8, 12, generator=g, dtype=torch.float64)
+    for c in (0.1, 3.0, 50.0):
+        assert geometry_conflict(A, c * A, normalize="unit_trace") == pytest.approx(0.0, abs=1e-6)
+    a, b = [3.0, 1.0], [1.0, 2.5]
+    la = np.array(a) ** 2 + 2 * REG
+    lb = 49.0 * np.array(b) ** 2 + 2 * REG  # update 7·b: λ = 49 b² + reg, plus reg·I
+    la, lb = la / la.sum(), lb / lb.sum()
+    ref = float(((np.sqrt(la) - np.sqrt(lb)) ** 2).sum() / (2 + REG))
+    got = geometry_conflict(_diag_update(a), 7.0 * _diag_update(b), energy=1.0, normalize="unit_trace")
+    assert got == pytest.approx(ref, rel=1e-9)
+    assert geometry_conflict(_diag_update(a), _diag_update(a, shift=2), normalize="unit_trace") > 0.99
+    with pytest.raises(ValueError, match="normalize must be"):
+        geometry_conflict(A, A, normalize="none")  # type: ignore[arg-type]
+    th = [torch.zeros(3, 3), torch.eye(3), 1.5 * torch.eye(3)]
+    r = sequence_conflicts([{"w": t} for t in th])[0]
+    assert r["state_shape_conflict"] == pytest.approx(0.0, abs=1e-6) and r["state_conflict"] > 0.1
