@@ -58,6 +58,7 @@ __all__ = [
     "plan_selective",
     "select_layers",
     "selective_steer",
+    "steer_norm_sites",
 ]
 
 _SITES = ("block", "norm")
@@ -313,7 +314,7 @@ def plan_selective(
     return SelectivePlan(plane.b1, plane.b2, plane.feature_layer, chosen, align, sites, names)
 
 
-def _steer_modules(modules: list[nn.Module], steerer: SelectiveSteering, positions: str) -> SteeringHandle:
+def _steer_modules(modules: list[nn.Module], steerer: Steerer, positions: str) -> SteeringHandle:
     def hook(_m: nn.Module, _a: Any, out: Any) -> Any:
         h = out[0] if isinstance(out, tuple) else out
         new = (
@@ -324,6 +325,44 @@ def _steer_modules(modules: list[nn.Module], steerer: SelectiveSteering, positio
         return (new, *out[1:]) if isinstance(out, tuple) else new
 
     return SteeringHandle([m.register_forward_hook(hook) for m in modules], steerer)
+
+
+def steer_norm_sites(
+    model: nn.Module, steerer: Steerer, *, sites: Sequence[int] | None = None, positions: str = "all"
+) -> SteeringHandle:
+    """Register ``steerer.edit`` on the outputs of the blocks' normalization modules (the Angular and Selective
+    Steering references' sites) instead of the block outputs.
+
+    Args:
+        model: a transformers causal LM.
+        steerer: any :class:`~orthokit.steer._hooks.Steerer` (e.g. ``AngularSteering``) of the hidden size.
+        sites: indices into :func:`norm_sites` (default: every one, as the Angular Steering reference does).
+        positions: ``"all"`` or ``"last"``.
+
+    Example:
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> from orthokit.steer.angular import AngularSteering
+        >>> model = GPT2LMHeadModel(GPT2Config(vocab_size=16, n_positions=8, n_embd=8, n_layer=2, n_head=2)).eval()
+        >>> with steer_norm_sites(model, AngularSteering(torch.eye(8)[0], torch.eye(8)[1], angle_deg=90.0)) as h:
+        ...     _ = model(torch.tensor([[1, 2, 3]]))
+        >>> len(norm_sites(model)), h.active
+        (4, False)
+    """
+    if not callable(getattr(steerer, "edit", None)):
+        raise TypeError(f"steerer must be a Steerer, got {type(steerer).__name__}")
+    if positions not in ("all", "last"):
+        raise ValueError(f"positions must be 'all' or 'last', got {positions!r}")
+    mods = [m for _, _, m in norm_sites(model)]
+    n = len(mods)
+    if sites is None:
+        chosen = list(range(n))
+    else:
+        if isinstance(sites, (str, bytes)) or not isinstance(sites, Sequence) or len(sites) == 0:
+            raise TypeError("sites must be a non-empty sequence of norm-site indices or None")
+        if any(isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n for i in sites):
+            raise ValueError(f"sites must index the {n} normalization sites (0..{n - 1}), got {list(sites)}")
+        chosen = sorted({i % n for i in sites})
+    return _steer_modules([mods[i] for i in chosen], steerer, positions)
 
 
 def selective_steer(
@@ -370,5 +409,4 @@ def selective_steer(
     n = len(plan.site_names)
     if any(not -n <= i < n for i in chosen):
         raise ValueError(f"layers must index the {n} normalization sites (0..{n - 1}), got {chosen}")
-    mods = [m for _, _, m in norm_sites(model)]
-    return _steer_modules([mods[i] for i in sorted({i % n for i in chosen})], steerer, positions)
+    return steer_norm_sites(model, steerer, sites=chosen, positions=positions)

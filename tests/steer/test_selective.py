@@ -20,6 +20,7 @@ from orthokit.steer.selective import (
     plan_selective,
     select_layers,
     selective_steer,
+    steer_norm_sites,
 )
 
 from ._models import tiny_model
@@ -331,3 +332,43 @@ def test_norm_sites_follow_the_reference_and_preserve_norm() -> None:
         plan_selective(model, pos_ids, neg_ids, sites="attn")
     with pytest.raises(ValueError, match="normalization sites"):
         selective_steer(model, pos_ids, neg_ids, angle_deg=90.0, sites="norm", layers=[7])
+
+
+@torch.no_grad()
+def test_steer_norm_sites_with_angular_follows_reference_sites() -> None:
+    from orthokit.steer.angular import AngularSteering
+
+    model = tiny_model("gpt_neox", dtype=torch.float64)
+    ids = _class_ids()[0][:2]
+    before = model(ids).logits
+    g = torch.Generator().manual_seed(4)
+    s = AngularSteering(
+        torch.randn(64, generator=g, dtype=torch.float64),
+        torch.randn(64, generator=g, dtype=torch.float64),
+        angle_deg=200.0,
+    )
+    sites = norm_sites(model)
+    seen: dict[tuple[str, int], torch.Tensor] = {}
+    pre = [
+        m.register_forward_hook(lambda _m, _a, o, i=i: seen.__setitem__(("in", i), o.clone()))
+        for i, (_, _, m) in enumerate(sites)
+    ]
+    handle = steer_norm_sites(model, s)
+    post = [
+        m.register_forward_hook(lambda _m, _a, o, i=i: seen.__setitem__(("out", i), o.clone()))
+        for i, (_, _, m) in enumerate(sites)
+    ]
+    try:
+        steered = model(ids).logits
+    finally:
+        for h in pre + post:
+            h.remove()
+        handle.remove()
+    assert float((steered - before).abs().max()) > 1e-3
+    for i in range(len(sites)):
+        assert torch.allclose(seen[("out", i)], s.edit(seen[("in", i)]), atol=1e-12)
+    assert torch.equal(model(ids).logits, before)
+    with pytest.raises(ValueError, match="normalization sites"):
+        steer_norm_sites(model, s, sites=[9])
+    with pytest.raises(TypeError, match="Steerer"):
+        steer_norm_sites(model, "angular")  # type: ignore[arg-type]
