@@ -26,16 +26,16 @@ Example:
     >>> import torch
     >>> from orthokit.dictionary.metrics import atom_recovery, planted_data
     >>> from orthokit.dictionary.online_fw import OnlineFrankWolfeODL
-    >>> Y, D0 = planted_data(8, 6000, theta=0.2, seed=0)
-    >>> odl = OnlineFrankWolfeODL(8, seed=0)
-    >>> for start in range(0, 6000, 20):                 # a stream of 300 mini-batches of 20 samples
-    ...     _ = odl.partial_fit(Y[:, start:start + 20])
+    >>> Y, D0 = planted_data(6, 2000, theta=0.2, seed=0)
+    >>> odl = OnlineFrankWolfeODL(6, seed=0)
+    >>> for start in range(0, 2000, 20):                 # a stream of 100 mini-batches of 20 samples
+    ...     _ = odl.partial_fit(Y[:, start : start + 20])
     >>> atom_recovery(odl.dictionary, D0)["max_angle_deg"] < 5
     True
     >>> D = odl.dictionary
-    >>> float((D.T @ D - torch.eye(8, dtype=torch.float64)).abs().max()) < 1e-10
+    >>> float((D.T @ D - torch.eye(6, dtype=torch.float64)).abs().max()) < 1e-10
     True
-    >>> odl.state_nbytes() == 3 * 8 * 8 * 8             # three d×d float64 matrices, independent of samples seen
+    >>> odl.state_nbytes() == 3 * 6 * 6 * 8              # three d×d float64 matrices, independent of samples seen
     True
 
 References:
