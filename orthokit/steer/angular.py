@@ -49,6 +49,7 @@ from orthokit.steer.registry import STEERERS
 __all__ = [
     "AngularSteering",
     "SteeringPlane",
+    "check_angle",
     "check_states",
     "check_vector",
     "orthonormal_plane",
