@@ -29,6 +29,14 @@ Protocol (one run, every method on the same model, prompts, sampling noise and c
 
 Reproduce: ``OMP_NUM_THREADS=1 python benchmarks/steer.py [--out DIR]`` or ``--quick`` (``*_quick.*``).
 Results: ``steer{,_quick}.{md,json,png}``.
+
+Example:
+    >>> from orthokit.bench.steer import distinct_n, nll_at
+    >>> distinct_n("to be or not to be", 4)              # share of distinct char 4-grams
+    0.8
+    >>> pts = [{"success": 0.1, "nll": 1.5}, {"success": 0.4, "nll": 2.0}, {"success": 0.8, "nll": 3.0}]
+    >>> nll_at(pts, 0.6)                                  # fluency on the frontier where success reaches 0.6
+    2.5
 """
 
 from __future__ import annotations
@@ -84,9 +92,21 @@ class Config:
     clf_windows: int = 3000
     lens_steps: int = 150
     lens_batch: int = 8
-    add_grid: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
+    add_grid: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
     angle_grid: tuple[float, ...] = (90.0, 60.0, 45.0, 30.0, 15.0, 0.0)
-    rotate_grid: tuple[float, ...] = (30.0, 60.0, 90.0, 120.0, 150.0, 180.0)
+    rotate_grid: tuple[float, ...] = (
+        -150.0,
+        -120.0,
+        -90.0,
+        -60.0,
+        -30.0,
+        30.0,
+        60.0,
+        90.0,
+        120.0,
+        150.0,
+        180.0,
+    )
     layer_sweep_k: float = 4.0
     cyl_penalty: float = 0.5
 
@@ -401,6 +421,30 @@ def matched(points: list[dict[str, Any]], level: float) -> dict[str, Any] | None
     return min(ok, key=lambda p: p["nll"]) if ok else None
 
 
+def _frontier(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Points sorted by NLL, keeping those whose success beats every more fluent point (the Pareto frontier)."""
+    front: list[dict[str, Any]] = []
+    for p in sorted(points, key=lambda q: q["nll"]):
+        if not front or p["success"] > front[-1]["success"]:
+            front.append(p)
+    return front
+
+
+def nll_at(points: list[dict[str, Any]], level: float) -> float | None:
+    """NLL where the success-vs-NLL frontier first reaches ``level``, linearly interpolated between the two
+    frontier points that bracket it (frontier: the points sorted by NLL, keeping only those whose success beats
+    every cheaper point). None when no point reaches ``level``."""
+    front = _frontier(points)
+    for i, p in enumerate(front):
+        if p["success"] >= level:
+            if i == 0:
+                return float(p["nll"])
+            q = front[i - 1]
+            t = (level - q["success"]) / (p["success"] - q["success"])
+            return float(q["nll"] + t * (p["nll"] - q["nll"]))
+    return None
+
+
 # ----------------------------------------------------------------------------------------------- run
 
 
@@ -522,6 +566,7 @@ def run(
         "method_layers": {n: steered_layers(n, ctx) for n in methods},
         "matched_level": level,
         "matched": {m: matched(p, level) for m, p in methods.items()},
+        "nll_at_level": {m: nll_at(p, level) for m, p in methods.items()},
         "ablation_max_abs_diff": eq,
         "lens": svd[0],
         "layers": svd[1:],
@@ -557,11 +602,14 @@ def _plot(res: dict[str, Any], path: Path) -> None:
     b = res["baseline"]
     ax.scatter([b["nll"]], [b["success"]], c="k", marker="*", s=80, label="unsteered", zorder=3)
     for m, pts in res["methods"].items():
-        pts = sorted(pts, key=lambda p: p["nll"])
-        ax.plot([p["nll"] for p in pts], [p["success"] for p in pts], marker=_MARK.get(m, "."), label=m)
+        sc = ax.scatter(
+            [p["nll"] for p in pts], [p["success"] for p in pts], marker=_MARK.get(m, "."), label=m
+        )
+        front = _frontier(pts)
+        ax.plot([p["nll"] for p in front], [p["success"] for p in front], c=sc.get_facecolor()[0], lw=1)
     ax.set_xlabel("fluency: NLL under the unsteered model (nats/char, lower = better)")
     ax.set_ylabel("success (classifier: Shakespeare)")
-    ax.set_title("success vs fluency")
+    ax.set_title("success vs fluency (lines: Pareto frontiers)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax = axes[1]
@@ -655,6 +703,12 @@ def markdown(res: dict[str, Any], level: int = 1) -> str:
             )
     lines += [
         md_table(["method", "strength", "success", "NLL (Δ vs unsteered)", "norm drift per block"], rows),
+        "",
+        f"Frontier NLL interpolated at success = {lv:.2f} (lower = more fluent at equal success): "
+        + ", ".join(
+            f"{n} {_f(v)}" if v is not None else f"{n} not reached" for n, v in res["nll_at_level"].items()
+        )
+        + ".",
         "",
     ]
     if res["skipped"]:
