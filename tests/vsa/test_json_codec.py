@@ -46,14 +46,14 @@ def correct(got: Any, want: Any) -> bool:
 
 @pytest.mark.parametrize(("binder", "d"), [("hadamard", 1024), ("haar", 512)])
 def test_path_round_trip_accuracy(binder: str, d: int) -> None:
-    """Every leaf of 20 small records (7 leaves each) decodes (measured: 100 % for hadamard at d = 1024 and
-    haar at d = 512 — the benchmark covers
-    haar up to d = 2048; a numeric leaf counts when within 5 % of 1 + |x|)."""
+    """The leaves of 20 small records (7 each) decode: measured 138/140 for hadamard at d = 1024 and for haar at
+    d = 512 (haar at d = 1024: 140/140, kept out of the suite for its dense QR per key); a numeric leaf counts when
+    within 5 % of 1 + |x|. Deterministic (seeded); the bound leaves a margin for BLAS rounding differences."""
     enc = JSONEncoder(d, binder, seed=0)
     recs = small_records(20)
     vecs = enc.encode_many(recs)
     hits = [correct(enc.decode_path(v, p), want) for v, r in zip(vecs, recs) for p, want in leaves(r)]
-    assert len(hits) == 140 and sum(hits) / len(hits) >= 0.98
+    assert len(hits) == 140 and sum(hits) >= 136
 
 
 def test_soft_numbers_decode_precisely_alone_and_are_similar_when_close() -> None:
