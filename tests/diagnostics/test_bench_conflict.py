@@ -90,3 +90,14 @@ def test_bad_stream_is_one_line_error(tmp_path: Path) -> None:
     assert "\n" not in str(ei.value)
     with pytest.raises(SystemExit):
         C.main(["--streams", "cifar"])
+
+
+def test_demo_verdict_reads_significance() -> None:
+    gc = {"rho": 0.4, "p": 0.01, "n": 30}
+    assert C._verdict(gc, {"rho": 0.1, "p": 0.6}) == "GC tracks forgetting better"
+    assert C._verdict({**gc, "rho": -0.5}, {"rho": 0.1, "p": 0.6}).endswith("less forgetting)")
+    assert C._verdict({**gc, "p": 0.2}, {"rho": 0.1, "p": 0.6}) == "neither significant at n = 30 (p ≥ 0.05)"
+    assert (
+        C._verdict({**gc, "rho": 0.1, "p": 0.5}, {"rho": 0.5, "p": 0.001})
+        == "update norm tracks forgetting better"
+    )
