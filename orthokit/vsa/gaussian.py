@@ -59,24 +59,19 @@ class GaussianBinder(Binder):
         self.unbind_rule = unbind
         self._cache: dict[tuple[Role, torch.dtype, str], Tensor] = {}
 
-    def _matrix64(self, role: Role) -> Tensor:
-        key = (role, torch.float64, "M")
-        m = self._cache.get(key)
-        if m is None:
-            g = torch.Generator().manual_seed(role_seed(self.seed, "gaussian", role))
-            m = torch.randn(self.d, self.d, generator=g, dtype=torch.float64) * gaussian_std(self.d)
-            self._cache[key] = m
-        return m
+    def _generate(self, role: Role) -> Tensor:
+        g = torch.Generator().manual_seed(role_seed(self.seed, "gaussian", role))
+        return torch.randn(self.d, self.d, generator=g, dtype=torch.float64) * gaussian_std(self.d)
 
     def _get(self, role: Role, dtype: torch.dtype, which: str) -> Tensor:
+        """``M`` (``which="M"``) or ``(M⁻¹)ᵀ`` (``"Minv_T"``) in ``dtype``; only what is used is cached."""
         key = (role, dtype, which)
         m = self._cache.get(key)
         if m is None:
-            base = self._matrix64(role)
-            if which == "M":
-                m = base.to(dtype)
-            else:  # "Minv_T": (M⁻¹)ᵀ so that rows x_row = y_row @ (M⁻¹)ᵀ
-                m = torch.linalg.inv(base).T.contiguous().to(dtype)
+            base = self._cache.get((role, torch.float64, "M"))
+            base = base if base is not None else self._generate(role)
+            m = base if which == "M" else torch.linalg.inv(base).T.contiguous()
+            m = m.to(dtype)
             self._cache[key] = m
         return m
 
@@ -92,7 +87,7 @@ class GaussianBinder(Binder):
         from orthokit.vsa.binding import check_role
 
         check_role(role)
-        return self._matrix64(role).to(dtype).clone()
+        return self._get(role, torch.float64, "M").to(dtype).clone()
 
     def _options(self) -> dict[str, Any]:
         return {"unbind": self.unbind_rule}
