@@ -10,7 +10,8 @@ Every binder here is *stateless apart from* ``(d, seed, options)``: the matrix o
 function of ``(seed, role)`` (a hash of both seeds a fresh ``torch.Generator``), so :meth:`Binder.state_dict`
 is a small JSON-able dict and :meth:`Binder.from_state_dict` rebuilds a binder that binds identically. Roles
 are strings or non-negative integers. ``bind``/``unbind`` are batched over leading dims (``x: [..., d]``),
-computed in the input's dtype (float16/bfloat16 are computed in float32 and returned in the input dtype).
+computed in the input's dtype (float16/bfloat16 are computed in float32 and returned in the input dtype) and on
+the input's device (matrices are generated on the CPU from the seed, then copied once per device).
 
 Example:
     >>> import torch

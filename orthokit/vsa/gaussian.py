@@ -75,12 +75,23 @@ class GaussianBinder(Binder):
             self._cache[key] = m
         return m
 
+    def _on(self, role: Role, x: Tensor, which: str) -> Tensor:
+        m = self._get(role, x.dtype, which)
+        if m.device != x.device:  # generated on the CPU (seeded); one copy per device, cached
+            key = (role, x.dtype, which + "@" + str(x.device))
+            md = self._cache.get(key)
+            if md is None:
+                md = m.to(x.device)
+                self._cache[key] = md
+            m = md
+        return m
+
     def _apply(self, role: Role, x: Tensor, transpose: bool) -> Tensor:
         if not transpose:
-            return x @ self._get(role, x.dtype, "M").T
+            return x @ self._on(role, x, "M").T
         if self.unbind_rule == "transpose":
-            return x @ self._get(role, x.dtype, "M")
-        return x @ self._get(role, x.dtype, "Minv_T")
+            return x @ self._on(role, x, "M")
+        return x @ self._on(role, x, "Minv_T")
 
     def matrix(self, role: Role, *, dtype: torch.dtype = torch.float64) -> Tensor:
         """The dense ``M_role`` (a copy, in ``dtype``)."""

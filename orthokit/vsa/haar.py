@@ -45,6 +45,7 @@ class HaarBinder(Binder):
     def __init__(self, d: int, *, seed: int = 0) -> None:
         super().__init__(d, seed=seed)
         self._cache: dict[tuple[Role, torch.dtype], Tensor] = {}
+        self._dev_cache: dict[tuple[Role, torch.dtype, str], Tensor] = {}
 
     def _generate(self, role: Role) -> Tensor:
         g = torch.Generator().manual_seed(role_seed(self.seed, "haar", role))
@@ -73,6 +74,13 @@ class HaarBinder(Binder):
 
     def _apply(self, role: Role, x: Tensor, transpose: bool) -> Tensor:
         m = self._matrix_as(role, x.dtype)
+        if m.device != x.device:  # generated on the CPU (seeded); one copy per device, cached
+            key = (role, x.dtype, str(x.device))
+            md = self._dev_cache.get(key)
+            if md is None:
+                md = m.to(x.device)
+                self._dev_cache[key] = md
+            m = md
         # row vectors: bind y = M x  <=>  y_row = x_row @ Mᵀ ; unbind x = Mᵀ y  <=>  x_row = y_row @ M
         return x @ m if transpose else x @ m.T
 

@@ -76,7 +76,7 @@ class HadamardBinder(Binder):
         return s
 
     def _apply(self, role: Role, x: Tensor, transpose: bool) -> Tensor:
-        s = self._signs_of(role).to(x.dtype)
+        s = self._signs_of(role).to(device=x.device, dtype=x.dtype)
         if not transpose:
             for i in range(self.k):
                 x = hadamard_transform(x * s[i])
