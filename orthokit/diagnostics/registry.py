@@ -2,7 +2,8 @@
 
 :data:`DIAGNOSTICS` maps a diagnostic name to its function. Capabilities: ``input`` (``"embedding"`` — one
 matrix of vectors, ``"labelled_embeddings"`` — vectors with attribute labels, ``"updates"`` — task updates),
-``higher_is`` (``"orthogonal"`` or ``"conflict"``: what a larger value means). The conformance suite checks each
+``higher_is`` (``"orthogonal"``, ``"deviation"`` — further from orthogonal — or ``"conflict"``: what a larger
+value means). The conformance suite checks each
 one on planted cases with a known answer.
 
 Example:
