@@ -42,6 +42,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import math
 import time
@@ -70,6 +71,8 @@ from orthokit.bench.report import (
 __all__ = ["Config", "FULL", "QUICK", "run", "markdown", "demo", "main"]
 
 TARGET, OTHER = "tinyshakespeare", "wikitext2_valid"
+#: Selective Steering at the reference's sites (the blocks' normalization outputs), not a registry name
+VARIANT = "selective@norm"
 _CACHE_KW = (
     "cache"
     if "cache"
@@ -239,8 +242,8 @@ def norm_violations(res: dict[str, Any], tol: float = 1e-5) -> list[str]:
 
     bad = []
     for name, pts in res["methods"].items():
-        if not STEERERS.capabilities(name).get("norm_preserving"):
-            continue
+        if name not in STEERERS or not STEERERS.capabilities(name).get("norm_preserving"):
+            continue  # (the norm-site variant edits normalization outputs, not the residual stream)
         first = res["method_layers"][name][0]
         bad += [
             f"{name}@{p['strength']:g}: drift {p['drift'][first]:.2e}"
@@ -467,6 +470,7 @@ def run(
     from orthokit.steer.registry import STEERERS
 
     fv_present = True
+    variant_note = ""
     for mod in ("angular", "selective", "cylindrical", "function_vectors"):
         try:
             importlib.import_module(f"orthokit.steer.{mod}")
@@ -541,6 +545,26 @@ def run(
                 f"distinct4 {res['distinct4']:.3f}  max|drift| {res['max_abs_drift']:.3f}"
             )
         methods[name] = pts
+    if "selective" in methods and ctx_kw.get("selective_layers") is not None:
+        try:
+            from orthokit.steer.selective import plan_selective, selective_steer
+
+            plan_n = plan_selective(model, cal_t, cal_o, sites="norm")
+        except (ImportError, TypeError) as e:  # an older selective without sites: no variant
+            log(f"[steer] selective at the reference's norm sites unavailable ({e})")
+        else:
+            if plan_n.layers:
+                pts = []
+                for a in cfg.rotate_grid:
+                    make = functools.partial(selective_steer, model, cal_t, cal_o, a, sites="norm")
+                    res_a = evaluate(model, lm, clf, prompts, cfg, make, base_states)
+                    res_a["strength"] = a
+                    pts.append(res_a)
+                    log(f"[steer] {VARIANT} {a:6.1f}: success {res_a['success']:.3f}  nll {res_a['nll']:.3f}")
+                methods[VARIANT] = pts
+                variant_note = f"{len(plan_n.layers)} of {len(plan_n.site_names)} norm sites selected"
+            else:
+                skipped[VARIANT] = "no discriminative normalization site"
     if fv_present:
         skipped["function_vector"] = (
             "not included: a function vector (Todd et al.) needs an in-context task with answer tokens; corpus "
@@ -559,11 +583,12 @@ def run(
         "classifier_val_acc": clf_acc,
         "steer_layer": ctx.layer,
         "selective": selective_note,
+        "selective_norm_sites": variant_note,
         "r_norm": ctx.r_norm.tolist(),
         "baseline": baseline,
         "methods": methods,
         "skipped": skipped,
-        "method_layers": {n: steered_layers(n, ctx) for n in methods},
+        "method_layers": {n: steered_layers(n, ctx) for n in methods if n != VARIANT},
         "matched_level": level,
         "matched": {m: matched(p, level) for m, p in methods.items()},
         "nll_at_level": {m: nll_at(p, level) for m, p in methods.items()},
@@ -588,7 +613,7 @@ def run(
     return res
 
 
-_MARK = {"addition": "o", "ablation": "x", "angular": "s", "selective": "D", "cylindrical": "^"}
+_MARK = {"addition": "o", "ablation": "x", "angular": "s", "selective": "D", "cylindrical": "^", VARIANT: "d"}
 
 
 def _plot(res: dict[str, Any], path: Path) -> None:
@@ -660,7 +685,13 @@ def markdown(res: dict[str, Any], level: int = 1) -> str:
         f"Model: LlamaForCausalLM, {m['params']:,} parameters, {m['steps']} steps; held-out loss "
         + ", ".join(f"{k} {v:.3f}" for k, v in m["val_loss"].items())
         + f" nats/char. Classifier held-out accuracy {res['classifier_val_acc']:.3f}. Steered block (single-layer "
-        f"methods): {res['steer_layer']}; Selective: {res['selective']}. ‖r_ℓ‖ per block: "
+        f"methods): {res['steer_layer']}; Selective: {res['selective']}"
+        + (
+            f"; `{VARIANT}` (reference sites): {res['selective_norm_sites']}"
+            if res.get("selective_norm_sites")
+            else ""
+        )
+        + ". ‖r_ℓ‖ per block: "
         + ", ".join(_f(x, 2) for x in res["r_norm"])
         + ".",
         "",
@@ -668,6 +699,9 @@ def markdown(res: dict[str, Any], level: int = 1) -> str:
         f"{_f(b['distinct4'])}.",
         "",
         f"{h}# Sweep (strength: addition/cylindrical k in α = k‖r‖; angular target angle °; selective rotation °)",
+        "",
+        f"`{VARIANT}`: Selective Steering calibrated and applied at the outputs of the blocks' normalization modules "
+        "(the reference's sites) instead of the residual stream.",
         "",
     ]
     rows = []
