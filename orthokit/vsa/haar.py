@@ -6,7 +6,7 @@ sign convention ``diag(R) > 0`` (:func:`orthokit.linalg.qr_basis`), which is exa
 Haar-distributed (Mezzadri, "How to generate random matrices from the classical compact groups", Notices AMS
 2007). Bind is ``M x`` (``O(d²)``), unbind ``Mᵀ y`` — the exact inverse, so ``unbind ∘ bind = id`` and
 ``‖bind(x)‖ = ‖x‖`` up to rounding. Matrices are generated in float64 and cached per role in the dtypes that
-are bound (``d² · 4`` bytes per role for float32 inputs; the QR is an ``O(d³)`` one-off per role: 4 s at
+are bound (``d² · 4`` bytes per role for float32 inputs; the QR is an ``O(d³)`` one-off per role: 1.2 s at
 ``d = 2048`` on one core).
 
 Example:
