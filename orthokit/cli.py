@@ -12,7 +12,20 @@ import argparse
 import importlib
 import sys
 
-BENCHMARKS = ("polar", "optim", "continual", "merge", "align", "align_canonical", "align_losses")
+BENCHMARKS = (
+    "polar",
+    "optim",
+    "continual",
+    "merge",
+    "align",
+    "align_canonical",
+    "align_losses",
+    "steer",
+    "diag_capacity",
+    "diag_conflict",
+    "vsa",
+    "dictionary",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,6 +37,11 @@ SECTIONS: list[str] = [
     "align",  # backward-compatible training (MNIST)
     "align_canonical",  # MiniLM layer-k -> final alignment maps
     "align_losses",  # OPL / EBV / Grassmann vs cross-entropy
+    "steer",  # steering a char-level transformers Llama: success vs fluency per method
+    "diag_capacity",  # ε / capacity of real embedding matrices, factor orthogonality of MiniLM
+    "diag_conflict",  # Geometry Conflict vs measured forgetting (permuted MNIST)
+    "vsa",  # MBAT binding: norm over nesting depth, JSON path decoding
+    "dictionary",  # online Frank-Wolfe orthogonal DL vs batch on MNIST patches
 ]
 
 

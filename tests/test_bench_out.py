@@ -25,6 +25,11 @@ PACKAGE_MAINS = [
     "align",
     "align_canonical",
     "align_losses",
+    "steer",
+    "diag_capacity",
+    "diag_conflict",
+    "vsa",
+    "dictionary",
 ]
 
 

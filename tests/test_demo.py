@@ -21,7 +21,20 @@ import orthokit.bench.polar as P
 from orthokit import demo as D
 from orthokit.bench.report import Section
 
-FAMILIES = ["polar", "optim", "continual", "merge", "align", "align_canonical", "align_losses"]
+FAMILIES = [
+    "polar",
+    "optim",
+    "continual",
+    "merge",
+    "align",
+    "align_canonical",
+    "align_losses",
+    "steer",
+    "diag_capacity",
+    "diag_conflict",
+    "vsa",
+    "dictionary",
+]
 
 
 def _polar_res() -> dict[str, Any]:
@@ -75,6 +88,17 @@ def _fake_sections() -> dict[str, Section]:
         ),
         "align_canonical": Section("Maps", "align (maps)", "top-1", "0.96", "none 0.82", "ok", body="| b |"),
         "align_losses": Section("Losses", "align (losses)", "acc", "EBV 97 %", "CE 96 %", "+1", body="| c |"),
+        "steer": Section(
+            "Steer", "steer", "NLL at success 0.5", "1.9", "addition 2.2", "lower", body="| d |"
+        ),
+        "diag_capacity": Section(
+            "Capacity", "diagnostics (ε)", "ε", "0.20", "null 0.10", "high-ε", body="| e |"
+        ),
+        "diag_conflict": Section(
+            "Conflict", "diagnostics (GC)", "Spearman", "-0.1", "norm 0.3", "weak", body="| f |"
+        ),
+        "vsa": Section("VSA", "vsa", "‖v‖ at depth 20", "1.00", "gaussian 1.07", "exact", body="| g |"),
+        "dictionary": Section("Dict", "dictionary", "rel. error", "0.37", "batch 0.35", "+6 %", body="| h |"),
     }
 
 
@@ -95,7 +119,9 @@ def test_report_opens_with_the_summary_and_a_readable_machine_line(
         monkeypatch.setattr(importlib.import_module(f"orthokit.bench.{name}"), "demo", lambda out, s=sec: s)
     assert D.main(["--out", str(tmp_path)]) == 0
     text = (tmp_path / "report.md").read_text(encoding="utf-8")
-    head = text.splitlines()[:15]
+    head = text.splitlines()[
+        :24
+    ]  # the first screen: title, summary table (one row per section), machine line
     table = [ln for ln in head if ln.startswith("| ")]
     assert table[0].startswith("| family |")
     rows = [ln.split("|")[1].strip() for ln in table[1:]]

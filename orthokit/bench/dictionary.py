@@ -539,3 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(res))
     announce(res["paths"], prog="orthokit bench dictionary")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -602,5 +602,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out = results_dir(args.out)
     res = run(out, quick=args.quick)
-    announce(res["files"])
+    announce(res["files"], "orthokit bench vsa")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

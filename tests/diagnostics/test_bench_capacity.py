@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from orthokit.bench.capacity import (
+from orthokit.bench.diag_capacity import (
     Config,
     _factor,
     main,

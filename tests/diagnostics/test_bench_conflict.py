@@ -1,4 +1,4 @@
-"""The Geometry-Conflict forgetting benchmark (``orthokit.bench.conflict``): a tiny end-to-end ``--quick`` run, the
+"""The Geometry-Conflict forgetting benchmark (``orthokit.bench.diag_conflict``): a tiny end-to-end ``--quick`` run, the
 correlation statistics against scipy / a hand-computed partial correlation, and one-line errors."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import orthokit.bench.conflict as C
+import orthokit.bench.diag_conflict as C
 from orthokit.bench.data import data_dir
 
 

@@ -94,7 +94,7 @@ def read_llama2c_embeddings(path: str | Path) -> Tensor:
     Example:
         >>> import tempfile, numpy as np
         >>> from pathlib import Path
-        >>> from orthokit.bench.capacity import read_llama2c_embeddings
+        >>> from orthokit.bench.diag_capacity import read_llama2c_embeddings
         >>> with tempfile.TemporaryDirectory() as t:
         ...     p = Path(t) / "m.bin"
         ...     hdr = np.array([4, 8, 1, 1, 1, 3, 16], dtype=np.int32).tobytes()
