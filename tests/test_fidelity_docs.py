@@ -14,9 +14,13 @@ from pathlib import Path
 import pytest
 
 from orthokit.align.registry import ALIGN_LOSSES, ALIGNERS, COMPAT_METHODS
+from orthokit.diagnostics import DIAGNOSTICS
+from orthokit.dictionary import DICT_LEARNERS
 from orthokit.merge.registry import MERGE_METHODS
 from orthokit.optim import OPTIMIZERS
 from orthokit.projection import PROJECTIONS
+from orthokit.steer import STEERERS
+from orthokit.vsa import BINDERS
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 TABLE = DOCS / "fidelity.md"
@@ -29,6 +33,10 @@ SECTIONS = {
     "orthokit.align (alignment maps)": ALIGNERS,
     "orthokit.align (compatible training)": COMPAT_METHODS,
     "orthokit.align (losses and heads)": ALIGN_LOSSES,
+    "orthokit.steer": STEERERS,
+    "orthokit.diagnostics": DIAGNOSTICS,
+    "orthokit.vsa": BINDERS,
+    "orthokit.dictionary": DICT_LEARNERS,
 }
 
 # first cell of a table row: [`name`](relative/path.md#anchor)
