@@ -8,13 +8,16 @@ Each check takes a *learner factory* ``make(d, seed) -> learner`` (default: the 
 * ``exact_orthogonal=True``: ``‖DᵀD − I‖_max ≤ 1e-10`` (float64) after every step;
 * sparse coding: ``transform(Y, sparsity=s)`` equals the closed form (the ``s`` largest ``|DᵀY|`` per column,
   re-derived here with numpy ``argsort``) and the reconstruction error is non-increasing in ``s`` and 0 at ``s = d``;
-* ``online=True``: memory independent of the samples seen — every tensor reachable from the learner's attributes
-  is counted (not the learner's own report), after 1 and after 200 batches;
+* ``online=True``: memory independent of the samples seen — everything reachable from the learner (tensors,
+  numpy arrays, bytes, Python containers and numbers, at any depth) is counted by :func:`held_bytes` (not the
+  learner's own report), after 1 and after 200 batches;
 * a bad batch (NaN, wrong shape, transposed) raises ``ValueError`` and leaves every state tensor unchanged.
 """
 
 from __future__ import annotations
 
+import collections
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -112,29 +115,59 @@ def check_sparse_coding(make: Factory, d: int = 8, n: int = 500) -> None:
     )
 
 
-def held_bytes(obj: Any) -> int:
-    """Bytes of every tensor reachable from ``vars(obj)`` (through lists, tuples, dicts; one level of objects)."""
-    seen: set[int] = set()
+_ATOM = 8  # bytes charged per scalar / container slot (ints and floats count the same whatever their value)
 
-    def walk(x: Any, depth: int) -> int:
-        if id(x) in seen or depth > 4:
+
+def held_bytes(obj: Any) -> int:
+    """Bytes of the whole state reachable from ``obj``, walked recursively to any depth with cycle detection:
+    torch tensors (the bytes of their storage, each storage once), numpy arrays (``nbytes``), ``bytes`` /
+    ``bytearray`` / ``str`` (their length), numbers (8 each) and every slot of a list, tuple, set, dict or deque
+    (8 each, plus what it holds); objects through ``__dict__`` and ``__slots__``. Classes, modules and functions
+    are code, not state, and are skipped. A learner that keeps any growing history — tensors, numpy copies, Python
+    lists of floats, at any nesting depth — holds more bytes after more batches."""
+    seen: set[int] = set()
+    storages: set[tuple[int, int]] = set()
+    skip = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
+
+    def walk(x: Any) -> int:
+        if x is None or isinstance(x, skip):
+            return 0
+        if isinstance(x, (bool, int, float, complex, np.generic, torch.dtype, torch.device)):
+            return _ATOM  # values, not shared state: never de-duplicated (equal small ints share one object)
+        if isinstance(x, (bytes, str)):
+            return len(x)
+        if id(x) in seen:
             return 0
         seen.add(id(x))
         if isinstance(x, Tensor):
-            return x.numel() * x.element_size()
+            st = x.untyped_storage()
+            key = (st.data_ptr(), st.nbytes())
+            if key in storages:
+                return 0
+            storages.add(key)
+            return max(st.nbytes(), x.numel() * x.element_size())
+        if isinstance(x, np.ndarray):
+            return int(x.nbytes) + (walk(x.base) if x.base is not None else 0)
+        if isinstance(x, (bytearray, memoryview)):
+            return len(x)
         if isinstance(x, dict):
-            return sum(walk(v, depth + 1) for v in x.values())
-        if isinstance(x, (list, tuple, set)):
-            return sum(walk(v, depth + 1) for v in x)
-        if hasattr(x, "__dict__") and not isinstance(x, type) and depth < 2:
-            return sum(walk(v, depth + 1) for v in vars(x).values())
-        return 0
+            return sum(_ATOM + walk(k) + walk(v) for k, v in x.items())
+        if isinstance(x, (list, tuple, set, frozenset, collections.deque)):
+            return sum(_ATOM + walk(v) for v in x)
+        total = 0
+        if hasattr(x, "__dict__"):
+            total += walk(vars(x))
+        for slot in getattr(type(x), "__slots__", ()):
+            if isinstance(slot, str) and hasattr(x, slot):
+                total += walk(getattr(x, slot))
+        return total or _ATOM
 
-    return walk(obj, 0)
+    return walk(obj)
 
 
 def check_online_memory_constant(make: Factory, d: int = 8) -> None:
-    """``online``: no stored history — held tensor bytes after 1 batch equal those after 200 batches."""
+    """``online``: no stored history — the bytes of everything the learner holds (:func:`held_bytes`, a recursive
+    walk, not the learner's own report) after 1 batch equal those after 200 batches."""
     Y, _ = planted_data(d, 200 * BATCH, theta=0.2, seed=4)
     learner = make(d, 4)
     learner.partial_fit(Y[:, :BATCH])

@@ -39,6 +39,44 @@ class FWKeepsHistory(OnlineFrankWolfeODL):
         return self
 
 
+class FWKeepsNumpyHistory(OnlineFrankWolfeODL):
+    """Stores a numpy copy of every batch (invisible to a walk that only counts torch tensors)."""
+
+    def partial_fit(self, Y: Tensor) -> FWKeepsNumpyHistory:
+        super().partial_fit(Y)
+        self.__dict__.setdefault("_np_history", []).append(Y.detach().numpy().copy())
+        return self
+
+
+class _Box:
+    """A plain holder object, to hide state several objects deep."""
+
+    inner: Any
+
+
+class FWKeepsNestedHistory(OnlineFrankWolfeODL):
+    """Stores every batch as a tensor three objects deep (``self._box.inner.inner.h``)."""
+
+    def partial_fit(self, Y: Tensor) -> FWKeepsNestedHistory:
+        super().partial_fit(Y)
+        if "_box" not in self.__dict__:
+            self._box = _Box()
+            self._box.inner = _Box()
+            self._box.inner.inner = _Box()
+            self._box.inner.inner.h = []
+        self._box.inner.inner.h.append(Y.clone())
+        return self
+
+
+class FWKeepsGapHistory(OnlineFrankWolfeODL):
+    """Logs a Python float per step (a list that grows with the stream, no tensor at all)."""
+
+    def partial_fit(self, Y: Tensor) -> FWKeepsGapHistory:
+        super().partial_fit(Y)
+        self.__dict__.setdefault("gap_history", []).append(self.fw_gap)
+        return self
+
+
 class FWKeepsSmallest(OnlineFrankWolfeODL):
     """Sparse coding keeps the SMALLEST coefficients."""
 
@@ -93,6 +131,9 @@ def _make(cls: type) -> C.Factory:
 MUTANTS: list[tuple[type, Callable[..., Any]]] = [
     (FWNoPolar, C.check_exact_orthogonal),
     (FWKeepsHistory, C.check_online_memory_constant),
+    (FWKeepsNumpyHistory, C.check_online_memory_constant),
+    (FWKeepsNestedHistory, C.check_online_memory_constant),
+    (FWKeepsGapHistory, C.check_online_memory_constant),
     (FWKeepsSmallest, C.check_sparse_coding),
     (FWNoUpdate, C.check_recovers_planted),
     (FWCommitsEarly, C.check_bad_batch_untouched),
