@@ -2,6 +2,11 @@
 
 Each mutant keeps the learner's interface and breaks one defining step; a check that still passed on it would not
 be testing the learner's purpose. The unmodified learners pass the same checks in test_conformance.py.
+
+Mutants of the online Frank–Wolfe *schedules* (``ρ_t = 1``: no gradient averaging; ``γ_t = 1``: no iterate
+averaging) still serve the purpose — they recover planted dictionaries, stay orthogonal and keep constant memory —
+so no purpose check can reject them; they break fidelity to the algorithm, and the float64 numpy reference of every
+step rejects them (``test_online_fw.py::test_reference_comparison_rejects_algorithm_mutants``).
 """
 
 from __future__ import annotations

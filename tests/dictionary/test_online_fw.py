@@ -18,11 +18,15 @@ def _np_polar(G: np.ndarray) -> np.ndarray:
     return U @ Vt
 
 
-def test_steps_match_numpy_reference() -> None:
+def check_steps_match_numpy_reference(cls: type = OnlineFrankWolfeODL) -> None:
+    """Every FW step of ``cls`` equals a float64 numpy re-derivation of the algorithm with its default schedules
+    (``ρ_t = t^{−1/2}`` gradient averaging, ``γ_t = t^{−3/4}`` FW step, polar-factor oracle); AssertionError if not.
+    This is the guard of the algorithm's defining rules — which the conformance suite (purpose checks: recovery,
+    orthogonality, memory) cannot see, since e.g. ``ρ_t = 1`` still recovers planted dictionaries."""
     d, p = 6, 3.0
     Y, _ = planted_data(d, 90, theta=0.4, seed=0)
     D = haar_orthogonal(d, seed=11).numpy()
-    odl = OnlineFrankWolfeODL(d, power=p, init=torch.from_numpy(D.copy()))
+    odl = cls(d, power=p, init=torch.from_numpy(D.copy()))
     G = np.zeros((d, d))
     for t, s in enumerate(range(0, 90, 30), start=1):
         y = Y[:, s : s + 30].numpy()
@@ -38,6 +42,32 @@ def test_steps_match_numpy_reference() -> None:
     U, _, Vt = np.linalg.svd(D)
     np.testing.assert_allclose(odl.dictionary.numpy(), U @ Vt, atol=1e-10)
     assert odl.t == 3 and odl.n_samples_seen == 90
+
+
+def test_steps_match_numpy_reference() -> None:
+    check_steps_match_numpy_reference(OnlineFrankWolfeODL)
+
+
+class FWNoGradientAveraging(OnlineFrankWolfeODL):
+    """Mutant: ``ρ_t = 1`` — the oracle sees only the current mini-batch's gradient (no recursive averaging)."""
+
+    def step_sizes(self, t: int) -> tuple[float, float]:
+        return float(t) ** -self.gamma_exponent, 1.0
+
+
+class FWFullStep(OnlineFrankWolfeODL):
+    """Mutant: ``γ_t = 1`` — the iterate jumps to the oracle output (no Frank–Wolfe averaging of iterates)."""
+
+    def step_sizes(self, t: int) -> tuple[float, float]:
+        return 1.0, float(t) ** -self.rho_exponent
+
+
+@pytest.mark.parametrize("mutant", [FWNoGradientAveraging, FWFullStep])
+def test_reference_comparison_rejects_algorithm_mutants(mutant: type) -> None:
+    """``ρ_t = 1`` passes every conformance check (it still recovers planted dictionaries, stays orthogonal, keeps
+    constant memory); the float64 reference of the steps is the test that must — and does — reject it."""
+    with pytest.raises(AssertionError):
+        check_steps_match_numpy_reference(mutant)
 
 
 def test_gradient_matches_autograd() -> None:
