@@ -88,23 +88,89 @@ class FastPathDisagrees(HadamardBinder):
         return x.T.contiguous()
 
 
+class SignedPermutation(HaarBinder):
+    """A seeded random signed permutation instead of a Haar matrix: exactly orthogonal, deterministic, invertible —
+    but binding only relabels coordinates (no mixing)."""
+
+    name = "mut_permutation"
+
+    def _generate(self, role: Role) -> Tensor:
+        g = torch.Generator().manual_seed(role_seed(self.seed, "haar", role))
+        p = torch.randperm(self.d, generator=g)
+        signs = 2 * torch.randint(0, 2, (self.d, 1), generator=g) - 1
+        return torch.eye(self.d, dtype=torch.float64)[p] * signs
+
+
+class SameDiagonals(HadamardBinder):
+    """(HD)^k binder with D_1 = D_2 = D_3 (one sign vector reused): orthogonal and consistent, fewer random bits."""
+
+    name = "mut_same_d"
+
+    def _signs_of(self, role: Role) -> Tensor:
+        s = super()._signs_of(role)
+        return s[:1].expand_as(s).contiguous()
+
+
+class QRWithoutSignFix(HaarBinder):
+    """Q of the seeded Gaussian's QR without the diag(R) > 0 fix: orthogonal, but not Haar (biased toward -I)."""
+
+    name = "mut_no_sign_fix"
+
+    def _generate(self, role: Role) -> Tensor:
+        g = torch.Generator().manual_seed(role_seed(self.seed, "haar", role))
+        return torch.linalg.qr(torch.randn(self.d, self.d, generator=g, dtype=torch.float64))[0]
+
+
 MUTANTS: dict[str, Any] = {
     "mut_other_seed": UnbindOtherSeed,
     "mut_skip_d": SkipOneD,
     "mut_scaled": ScaledHaar,
     "mut_unseeded": RandomEachCall,
     "mut_dense_mismatch": FastPathDisagrees,
+    "mut_permutation": SignedPermutation,
+    "mut_same_d": SameDiagonals,
+    "mut_no_sign_fix": QRWithoutSignFix,
 }
 
 
 #: the check each mutant must trip (message fragment)
 EXPECTED = {
-    "mut_other_seed": "not the identity",
-    "mut_skip_d": "not the identity",
-    "mut_scaled": "changes norms",
-    "mut_unseeded": "differs from its matrix|not deterministic",
-    "mut_dense_mismatch": "differs from its matrix",
+    "mut_other_seed": "unbind.* differs from the reference inverse rule",
+    "mut_skip_d": "unbind.* differs from the reference inverse rule",
+    "mut_scaled": "matrix.* differs from the reference matrix",
+    "mut_unseeded": "stored signs .* differ|differs from the reference matrix",
+    "mut_dense_mismatch": "matrix.* differs from the reference matrix",
+    "mut_permutation": "differs from the reference matrix",
+    "mut_same_d": "are identical",
+    "mut_no_sign_fix": "differs from the reference matrix",
 }
+
+#: redundancy: each mutant is also rejected by the check aimed at its defect, on its own
+#: (mutant, check, message fragment, why)
+TARGETED = [
+    ("mut_other_seed", C.check_exact_inverse, "not the identity", "unbind is not the inverse of bind"),
+    ("mut_skip_d", C.check_exact_inverse, "not the identity", "unbind is not the inverse of bind"),
+    ("mut_scaled", C.check_norm_preservation, "changes norms", "norms grow 1 % per bind"),
+    (
+        "mut_unseeded",
+        C.check_determinism_and_roles,
+        "not deterministic",
+        "matrix not a function of (seed, role)",
+    ),
+    (
+        "mut_permutation",
+        C.check_mixing,
+        "does not mix",
+        "d²·mean(m⁴) = d = 256 and max|m| = 1 (Haar: 3 and 0.27): binding only relabels coordinates",
+    ),
+    (
+        "mut_same_d",
+        C.check_factors,
+        "are identical",
+        "D_1 = D_2 = D_3: the k = 3 product reuses one sign vector",
+    ),
+    ("mut_no_sign_fix", C.check_mixing, "biased toward", "tr M ≈ -10 at d = 256 (Haar: N(0, 1))"),
+]
 
 
 def _registry_with_mutants() -> Registry[Any]:
@@ -123,6 +189,12 @@ def test_mutant_fails_the_suite(name: str) -> None:
     b = reg.get(name)(C.D, seed=3)
     with pytest.raises(AssertionError, match=EXPECTED[name]):
         C.check_binder(b, reg.capabilities(name)["orthogonal"], serialization=False)
+
+
+@pytest.mark.parametrize(("name", "check", "match", "why"), TARGETED, ids=[t[0] for t in TARGETED])
+def test_targeted_check_rejects_mutant(name: str, check: Any, match: str, why: str) -> None:
+    with pytest.raises(AssertionError, match=match):
+        check(MUTANTS[name](C.D, seed=3))
 
 
 def test_unmodified_binders_pass_in_the_same_copy() -> None:
