@@ -56,7 +56,10 @@ class FactorReport:
 
     ``components[h]`` is ``[C_h, d]`` (one row per value present, in ascending value order ``values[h]``);
     ``bases[h]`` the ``[d, r_h]`` orthonormal basis of concept ``h``'s subspace; ``angles[(a, b)]`` the principal
-    angles (radians, ascending) between the subspaces of concepts ``a`` and ``b``.
+    angles (radians, ascending) between the subspaces of concepts ``a`` and ``b``. ``null_concepts`` are the
+    concepts whose components are zero at the embeddings' scale (rank 0: the concept is not encoded); they take
+    no part in the angles, the ``|cos|`` statistics or ``orthogonality``, which is NaN (and so is ``score``)
+    when fewer than two encoded concepts remain.
     """
 
     concepts: tuple[str, ...]
@@ -66,6 +69,7 @@ class FactorReport:
     ranks: dict[str, int]
     k95: dict[str, int]
     angles: dict[tuple[str, str], Tensor]
+    null_concepts: tuple[str, ...]
     r2: float
     r2_whitened: float
     cross_abs_cos: float
@@ -89,7 +93,8 @@ class FactorReport:
         lines = [
             f"additivity R² {self.r2:.4f} (whitened {self.r2_whitened:.4f}) · mean |cos| across concepts "
             f"{self.cross_abs_cos:.4f}, within {self.within_abs_cos:.4f} · orthogonality {self.orthogonality:.4f}"
-            f" · score {self.score:.4f} (fit={self.fit}, n={self.n}, d={self.d})",
+            f" · score {self.score:.4f} (fit={self.fit}, n={self.n}, d={self.d})"
+            + (f" · not encoded (rank 0): {', '.join(self.null_concepts)}" if self.null_concepts else ""),
             "",
             "| concept | values | subspace rank | k95 |",
             "|---|---|---|---|",
@@ -104,9 +109,11 @@ class FactorReport:
         return "\n".join(lines)
 
 
-def concept_labels(attributes: Mapping[str, Tensor] | Tensor, n: int) -> dict[str, Tensor]:
+def concept_labels(
+    attributes: Mapping[str, Tensor] | Tensor, n: int, *, min_concepts: int = 1
+) -> dict[str, Tensor]:
     """Validate ``attributes`` (``{name: LongTensor [n]}`` or an integer ``[n, n_concepts]`` tensor, whose
-    columns are named ``c0, c1, …``) and return ``{name: int64 [n]}``."""
+    columns are named ``c0, c1, …``; at least ``min_concepts`` of them) and return ``{name: int64 [n]}``."""
     if isinstance(attributes, Tensor):
         if attributes.ndim != 2 or attributes.shape[0] != n:
             raise ValueError(
@@ -117,8 +124,11 @@ def concept_labels(attributes: Mapping[str, Tensor] | Tensor, n: int) -> dict[st
         raise TypeError(
             f"attributes must be a dict of LongTensors or a [n, n_concepts] tensor, got {type(attributes).__name__}"
         )
-    if len(attributes) < 1:
-        raise ValueError("attributes must name at least one concept")
+    if len(attributes) < min_concepts:
+        raise ValueError(
+            f"attributes must name at least {min_concepts} concept(s), got {len(attributes)}"
+            + (" (orthogonality compares concepts with each other)" if min_concepts > 1 else "")
+        )
     out: dict[str, Tensor] = {}
     for name, y in attributes.items():
         if not isinstance(name, str):
@@ -139,15 +149,15 @@ def concept_labels(attributes: Mapping[str, Tensor] | Tensor, n: int) -> dict[st
     return out
 
 
-def _subspace(M: Tensor, rank: int | None) -> tuple[Tensor, int, int]:
-    """Orthonormal basis [d, r] of the row span of M, its rank r and k95."""
+def _subspace(M: Tensor, rank: int | None, tol: float) -> tuple[Tensor, int, int]:
+    """Orthonormal basis [d, r] of the row span of M, its rank r (singular values above the absolute ``tol``)
+    and k95."""
     _, S, Vh = torch.linalg.svd(M, full_matrices=False)
-    tol = S.max() * max(M.shape) * torch.finfo(M.dtype).eps * 16 if S.numel() else 0.0
     r_num = int((S > tol).sum())
     var = S.square()
-    total = float(var.sum())
+    total = float(var[:r_num].sum())
     k95 = (
-        int(torch.searchsorted(torch.cumsum(var, 0) / total, torch.tensor(0.95, dtype=var.dtype))) + 1
+        int(torch.searchsorted(torch.cumsum(var[:r_num], 0) / total, torch.tensor(0.95, dtype=var.dtype))) + 1
         if total > 0
         else 0
     )
@@ -207,13 +217,22 @@ def factor_orthogonality(
         raise ValueError(f"fit must be one of {', '.join(_FITS)}, got {fit!r}")
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise ValueError(f"rank must be a positive int or None, got {rank!r}")
-    labels = concept_labels(attributes, n)
+    labels = concept_labels(attributes, n, min_concepts=2)
     names = tuple(labels)
     X = emb.detach().to(torch.float64)
+    # R², angles and |cos| are scale-invariant: work at unit max-abs so that squares neither overflow nor
+    # underflow (embeddings of magnitude 1e200 or 1e-200); components are scaled back at the end
+    scale = float(X.abs().max())
+    if scale == 0.0:
+        raise ValueError("emb has zero variance (all rows equal); nothing to factor")
+    X = X / scale
     Xc = X - X.mean(dim=0, keepdim=True)
     sst = float(Xc.square().sum())
     if sst == 0.0:
         raise ValueError("emb has zero variance (all rows equal); nothing to factor")
+    # rank cut-off relative to the embeddings' global scale, not to each component's own largest singular
+    # value: a concept that carries nothing (components at rounding level) gets rank 0
+    tol = math.sqrt(sst) * torch.finfo(torch.float64).eps * max(n, d)
 
     values: dict[str, list[int]] = {}
     inv: dict[str, Tensor] = {}
@@ -245,17 +264,25 @@ def factor_orthogonality(
             off += c
     r2 = 1.0 - float((Xc - Xhat).square().sum()) / sst
 
-    # whitened R² (official: eigenbasis of the centered covariance, 1/sqrt(λ + 1e-9))
+    # whitened R² (official: eigenbasis of the centered covariance, 1/sqrt(λ + 1e-9) in the caller's units;
+    # in our unit-max-abs units the regulariser is 1e-9 / scale², and a common factor cancels in the ratio)
     _, S, Vh = torch.linalg.svd(Xc, full_matrices=False)
     lam = S.square() / max(n - 1, 1)
-    W = Vh.T * (1.0 / torch.sqrt(lam + 1e-9))[None, :] @ Vh
+    reg_w = (math.sqrt(1e-9) / scale) ** 2 if scale > 1e-150 else math.inf
+    if math.isinf(reg_w):  # the regulariser dominates every eigenvalue: whitening is the identity
+        w = torch.ones_like(lam)
+    else:
+        w = torch.rsqrt((lam + reg_w).clamp_min(torch.finfo(torch.float64).tiny))
+    W = Vh.T * w[None, :] @ Vh
     Xw, Xhw = Xc @ W, Xhat @ W
     sstw = float(Xw.square().sum())
     r2w = 1.0 - float((Xw - Xhw).square().sum()) / sstw if sstw > 0 else float("nan")
 
     bases, ranks, k95s = {}, {}, {}
     for h in names:
-        bases[h], ranks[h], k95s[h] = _subspace(comps[h], rank)
+        bases[h], ranks[h], k95s[h] = _subspace(comps[h], rank, tol)
+    null = tuple(h for h in names if ranks[h] == 0)
+    live = [h for h in names if ranks[h] > 0]
 
     angles: dict[tuple[str, str], Tensor] = {}
     overlaps: list[float] = []
@@ -263,11 +290,12 @@ def factor_orthogonality(
     within: list[Tensor] = []
     for i, a in enumerate(names):
         na = _norm_rows(comps[a])
-        sims = (na @ na.T).abs()
-        within.append(sims[~torch.eye(len(na), dtype=torch.bool)])
+        if ranks[a]:
+            sims = (na @ na.T).abs()
+            within.append(sims[~torch.eye(len(na), dtype=torch.bool)])
         for b in names[i + 1 :]:
-            cross.append((na @ _norm_rows(comps[b]).T).abs().flatten())
             if ranks[a] and ranks[b]:
+                cross.append((na @ _norm_rows(comps[b]).T).abs().flatten())
                 th = principal_angles(bases[a], bases[b])
                 angles[(a, b)] = th
                 overlaps.append(float(torch.cos(th).square().mean()))
@@ -275,7 +303,8 @@ def factor_orthogonality(
                 angles[(a, b)] = torch.zeros(0, dtype=torch.float64)
     cross_abs = float(torch.cat(cross).mean()) if cross else float("nan")
     within_abs = float(torch.cat(within).mean()) if within and torch.cat(within).numel() else float("nan")
-    orth = 1.0 - (sum(overlaps) / len(overlaps)) if overlaps else 1.0
+    orth = 1.0 - (sum(overlaps) / len(overlaps)) if len(live) >= 2 else float("nan")
+    comps = {h: c * scale for h, c in comps.items()}
     return FactorReport(
         concepts=names,
         values=values,
@@ -284,6 +313,7 @@ def factor_orthogonality(
         ranks=ranks,
         k95=k95s,
         angles=angles,
+        null_concepts=null,
         r2=r2,
         r2_whitened=r2w,
         cross_abs_cos=cross_abs,

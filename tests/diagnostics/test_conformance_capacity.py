@@ -58,9 +58,38 @@ def _planted(correlated: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return U[a] + V[b] + 2.0, {"a": a, "b": b}
 
 
+def _planted_angles(theta1: float, theta2: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Balanced 3 × 3 design, exactly additive; concept a spans (e0, e1), concept b spans
+    (cos θ1 e0 + sin θ1 e2, cos θ2 e1 + sin θ2 e3): principal angles θ1, θ2 exactly."""
+    a, b = torch.arange(9) % 3, torch.arange(9) // 3
+    e = torch.eye(6, dtype=torch.float64)
+    f0 = math.cos(theta1) * e[0] + math.sin(theta1) * e[2]
+    f1 = math.cos(theta2) * e[1] + math.sin(theta2) * e[3]
+    tri = torch.tensor(
+        [[1.0, 0.0], [-0.5, 0.8660254037844386], [-0.5, -0.8660254037844386]], dtype=torch.float64
+    )
+    U = tri @ torch.stack([e[0], e[1]]) * 2.0  # centered, rank 2, not equal-norm to b's
+    V = (tri * torch.tensor([1.0, 0.5], dtype=torch.float64)) @ torch.stack([f0, f1])
+    return U[a] + V[b] + 1.5, {"a": a, "b": b}
+
+
+def _means_rule_score(X: torch.Tensor, y: dict[str, torch.Tensor]) -> float:
+    """Float64 reference of the official per-value-means rule for two rank-1 concepts (2 values each):
+    R² of Σ_h mean{X_c | y_h} times sin² of the angle between the two component directions."""
+    Xc = X - X.mean(0)
+    comps = {h: torch.stack([Xc[v == k].mean(0) for k in (0, 1)]) for h, v in y.items()}
+    Xhat = sum(comps[h][v] for h, v in y.items())
+    r2 = 1 - float((Xc - Xhat).square().sum() / Xc.square().sum())
+    ua, ub = comps["a"][1] - comps["a"][0], comps["b"][1] - comps["b"][0]
+    cos = float(ua @ ub) / float(ua.norm() * ub.norm())
+    return r2 * (1 - cos * cos)
+
+
 def check_labelled_diagnostic(fn: Callable[..., Any], higher_is: str) -> None:
     """Planted additive orthogonal concepts (with a mean offset) score 1; correlated concept subspaces or
-    shuffled labels score clearly lower."""
+    shuffled labels score clearly lower; two rank-2 concept subspaces at principal angles (30°, 60°) with
+    R² = 1 score exactly ``1 − mean cos²θ = 0.5`` (the score's formula); on an unbalanced 2 × 2 design the score
+    is that of the official per-value means (not of a joint least-squares fit)."""
     assert higher_is == "orthogonal", (
         f"a labelled diagnostic here measures orthogonal structure, got {higher_is!r}"
     )
@@ -74,6 +103,25 @@ def check_labelled_diagnostic(fn: Callable[..., Any], higher_is: str) -> None:
     shuffled = {h: v[torch.randperm(len(v), generator=g)] for h, v in y.items()}
     sh = float(fn(X, shuffled))
     assert sh < 0.7, f"shuffled labels must score lower, got {sh}"
+    t1, t2 = math.radians(30.0), math.radians(60.0)
+    Xa, ya = _planted_angles(t1, t2)
+    want = 1.0 - 0.5 * (math.cos(t1) ** 2 + math.cos(t2) ** 2)
+    got = float(fn(Xa, ya))
+    assert got == pytest.approx(want, abs=1e-9), (
+        f"principal angles 30°, 60° with R² = 1: want {want}, got {got}"
+    )
+    # unbalanced 2 × 2 design (cell counts 5, 1, 2, 4), exactly additive with orthogonal effects: the
+    # per-value means are confounded (R² < 1, components tilted), a joint fit would give 1
+    cells = [(0, 0)] * 5 + [(0, 1)] + [(1, 0)] * 2 + [(1, 1)] * 4
+    yu = {"a": torch.tensor([c[0] for c in cells]), "b": torch.tensor([c[1] for c in cells])}
+    e = torch.eye(4, dtype=torch.float64)
+    Xu = 2.0 * yu["a"].double()[:, None] * e[0] + 1.0 * yu["b"].double()[:, None] * e[1] + 0.3
+    want_u = _means_rule_score(Xu, yu)
+    got_u = float(fn(Xu, yu))
+    assert want_u < 0.99, f"the unbalanced design must separate means from a joint fit ({want_u})"
+    assert got_u == pytest.approx(want_u, abs=1e-9), (
+        f"unbalanced design: means rule gives {want_u}, got {got_u}"
+    )
 
 
 def test_my_inputs_are_registered():
@@ -127,7 +175,26 @@ def test_embedding_mutants_are_rejected(mutant):
         check_embedding_diagnostic(mutant, "deviation")
 
 
-@pytest.mark.parametrize("mutant", [_factor_uncentered, _factor_r2_only])
+def _factor_cross_cos(emb: torch.Tensor, attributes: dict[str, torch.Tensor]) -> float:
+    """MUTANT: R² · (1 − mean |cos| across concepts) instead of the principal-angle orthogonality."""
+    r = orthokit.diagnostics.factor.factor_orthogonality(emb, attributes)
+    return r.r2 * (1.0 - r.cross_abs_cos)
+
+
+def _factor_largest_angle(emb: torch.Tensor, attributes: dict[str, torch.Tensor]) -> float:
+    """MUTANT: R² · sin² of the largest principal angle only (blind to the smaller angles)."""
+    r = orthokit.diagnostics.factor.factor_orthogonality(emb, attributes)
+    return r.r2 * float(torch.sin(torch.cat(list(r.angles.values())).max()) ** 2)
+
+
+def _factor_lstsq(emb: torch.Tensor, attributes: dict[str, torch.Tensor]) -> float:
+    """MUTANT: the joint least-squares fit instead of the official per-value means."""
+    return orthokit.diagnostics.factor.factor_orthogonality(emb, attributes, fit="lstsq").score
+
+
+@pytest.mark.parametrize(
+    "mutant", [_factor_uncentered, _factor_r2_only, _factor_cross_cos, _factor_largest_angle, _factor_lstsq]
+)
 def test_labelled_mutants_are_rejected(mutant):
     with pytest.raises(AssertionError):
         check_labelled_diagnostic(mutant, "orthogonal")

@@ -89,17 +89,57 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match=r"attributes\['b'\] must have shape \[6\]"):
         factor_orthogonality(X, {"a": a, "b": b[:5]})
     with pytest.raises(TypeError, match="integer tensor"):
-        factor_orthogonality(X, {"a": a.double()})
+        factor_orthogonality(X, {"a": a.double(), "b": b})
     with pytest.raises(ValueError, match="single value"):
-        factor_orthogonality(X, {"a": torch.zeros(6, dtype=torch.int64)})
+        factor_orthogonality(X, {"a": torch.zeros(6, dtype=torch.int64), "b": b})
+    with pytest.raises(ValueError, match="at least 2 concept"):  # one concept: nothing to be orthogonal to
+        factor_orthogonality(X, {"a": a})
     bad = X.clone()
     bad[0, 0] = float("inf")
     with pytest.raises(ValueError, match="non-finite"):
-        factor_orthogonality(bad, {"a": a})
+        factor_orthogonality(bad, {"a": a, "b": b})
     with pytest.raises(ValueError, match="fit"):
-        factor_orthogonality(X, {"a": a}, fit="ridge")
+        factor_orthogonality(X, {"a": a, "b": b}, fit="ridge")
     with pytest.raises(ValueError, match="rank"):
-        factor_orthogonality(X, {"a": a}, rank=0)
+        factor_orthogonality(X, {"a": a, "b": b}, rank=0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_concept_that_carries_nothing_has_rank_zero_and_no_orthogonality(seed):
+    # X depends on a only; b's means are rounding noise (~1e-16) that must not count as a direction
+    a, b = torch.arange(12) % 3, torch.arange(12) // 3
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(3, 8, generator=g, dtype=torch.float64)[a]
+    rep = factor_orthogonality(X, {"a": a, "b": b})
+    assert rep.ranks == {"a": 2, "b": 0} and rep.k95["b"] == 0 and rep.null_concepts == ("b",)
+    assert rep.r2 == pytest.approx(1.0, abs=1e-12)
+    assert rep.angles[("a", "b")].numel() == 0
+    assert math.isnan(rep.orthogonality) and math.isnan(rep.score)  # undefined, not a rounding artefact
+    assert "not encoded" in rep.to_markdown()
+    # three concepts, full factorial, b carries nothing: orthogonality is that of the encoded pair (a, c) alone
+    a3, b3, c3 = torch.arange(24) % 3, (torch.arange(24) // 3) % 2, torch.arange(24) // 6
+    X2 = (
+        torch.randn(3, 8, generator=g, dtype=torch.float64)[a3]
+        + torch.randn(4, 8, generator=g, dtype=torch.float64)[c3]
+    )
+    rep2 = factor_orthogonality(X2, {"a": a3, "b": b3, "c": c3})
+    assert rep2.null_concepts == ("b",) and rep2.ranks == {"a": 2, "b": 0, "c": 3}
+    cos2 = torch.cos(rep2.angles[("a", "c")]).square().mean().item()
+    assert rep2.orthogonality == pytest.approx(1.0 - cos2, abs=1e-12)
+
+
+@pytest.mark.parametrize("c", [1e200, 1e-200])
+def test_extreme_magnitudes_are_scale_invariant(c):
+    a, b = _grid(3, 4, reps=2)
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(24, 10, generator=g, dtype=torch.float64)
+    r0, r1 = factor_orthogonality(X, {"a": a, "b": b}), factor_orthogonality(X * c, {"a": a, "b": b})
+    assert r1.r2 == pytest.approx(r0.r2, abs=1e-12) and r1.orthogonality == pytest.approx(
+        r0.orthogonality, abs=1e-12
+    )
+    assert r1.ranks == r0.ranks and torch.allclose(r1.angles[("a", "b")], r0.angles[("a", "b")], atol=1e-10)
+    assert torch.allclose(r1.components["a"] / c, r0.components["a"], rtol=1e-12, atol=0)
+    assert math.isfinite(r1.r2_whitened)
 
 
 def test_invariant_to_rotation_and_offset_of_the_embedding_space():
