@@ -8,7 +8,9 @@ Encoding (``enc``), recursively; ``M_r`` is the binder's matrix for role ``r``:
   is ``M_b M_a x`` — different because matrix binding is non-commutative (the paper's argument for matrices).
 * array ``[x_0, x_1, …]`` → ``Σ_j M_{[]}^{j+1} · enc(x_j)`` — position ``j`` is bound by the ``(j+1)``-th power
   of one position matrix, i.e. the recurrent sequence code ``s_j = M_{[]}·(s_{j-1} + x_j)`` unrolled (MBAT's
-  recurrent connections); order matters.
+  recurrent connections); order matters. It is computed in Horner form, ``s ← M_{[]}·enc(x_{n-1})`` then
+  ``s ← M_{[]}·(enc(x_j) + s)`` for ``j = n-2 … 0`` — ``n`` binds for ``n`` items (the same vector up to
+  rounding as the ``n(n+1)/2`` binds of the sum of powers).
 * string → a seeded random unit atom per distinct string; ``true``/``false``/``null`` → their own atoms; empty
   object/array → an atom each.
 * number → the **soft** code (reconstructed, see below): ``t = sign(x)·log(1+|x|)`` is placed on a grid of
@@ -19,7 +21,9 @@ Encoding (``enc``), recursively; ``M_r`` is the binder's matrix for role ``r``:
   and reads ``w = c_{j+1} / (c_j + c_{j+1})`` from the two cosines.
 
 Decoding a path ``"orders[1].sku"`` unbinds in order (``M_{key:orders}ᵀ``, ``(M_{[]}ᵀ)²``, ``M_{key:sku}ᵀ``)
-and cleans the result up against every known leaf atom (strings the encoder has seen or was given, the
+— index ``j`` costs ``j + 1`` unbinds, so an index is only accepted if an encodable array can hold it
+(``j ≤ max_items - 2``: the array node counts toward ``max_items``) — and cleans the result up against every
+known leaf atom (strings the encoder has seen or was given, the
 literals, and the number grid). With an orthogonal binder unbinding is exact, so the only error is crosstalk
 from the other terms of the record (``≈ √(terms/d)``); with the Gaussian baseline each unbinding adds more.
 
@@ -29,8 +33,10 @@ keys) and that binding must be non-commutative; we could not read its full text,
 to satisfy the paper's stated goals (one fixed-length vector, similar JSON → similar vectors, order-aware).
 
 Hostile input: ``max_depth`` (default 32) and ``max_items`` (default 100 000 nodes) limits, non-string keys,
-non-JSON types, NaN/inf numbers and numbers beyond ``number_max`` raise a one-line ``ValueError``/``TypeError``
-naming the path; a failed ``encode`` leaves the encoder's vocabulary unchanged.
+non-JSON types, NaN/inf numbers and numbers beyond ``number_max`` (also integers too large for a float) raise a
+one-line ``ValueError``/``TypeError`` naming the path; a failed ``encode`` leaves the encoder's vocabulary
+unchanged. Decoding an array index beyond ``max_items - 2`` or a path whose unbound vector is zero (nothing
+encoded) raises ``ValueError``.
 
 Example:
     >>> from orthokit.vsa.json_codec import JSONEncoder
@@ -59,7 +65,7 @@ from torch import Tensor
 
 from orthokit.linalg.qr import qr_basis
 from orthokit.vsa.binding import Binder, make_binder, role_seed
-from orthokit.vsa.ops import Codebook, cosine
+from orthokit.vsa.ops import Codebook, _unit, cosine
 
 __all__ = ["JSONEncoder", "parse_path"]
 
@@ -67,15 +73,33 @@ _POS = "[]"
 _PATH_TOKEN = re.compile(r"\[(\d+)\]|\.?([^.\[\]]+)")
 
 
-def parse_path(path: str | Sequence[str | int]) -> list[str | int]:
+def parse_path(path: str | Sequence[str | int], *, max_index: int | None = None) -> list[str | int]:
     """Split ``"a.b[2].c"`` into ``["a", "b", 2, "c"]``; a sequence of keys (str) and indices (int) passes through.
+
+    ``max_index``: the largest array index accepted (``ValueError`` beyond it); decoding index ``j`` costs
+    ``j + 1`` unbinds, so :class:`JSONEncoder` passes ``max_items - 2``. Indices of more than 18 digits are
+    always rejected.
 
     Example:
         >>> parse_path("orders[0].items[12].sku")
         ['orders', 0, 'items', 12, 'sku']
         >>> parse_path(["a.b", 3])
         ['a.b', 3]
+        >>> parse_path("a[99999999999]", max_index=99_998)
+        Traceback (most recent call last):
+        ...
+        ValueError: array index 99999999999 in path 'a[99999999999]' exceeds max_index=99998
     """
+    if max_index is not None and (isinstance(max_index, bool) or not isinstance(max_index, int)):
+        raise TypeError(f"max_index must be an int or None, got {type(max_index).__name__}")
+    out = _split_path(path)
+    for p in out:
+        if isinstance(p, int) and max_index is not None and p > max_index:
+            raise ValueError(f"array index {p} in path {path!r} exceeds max_index={max_index}")
+    return out
+
+
+def _split_path(path: str | Sequence[str | int]) -> list[str | int]:
     if isinstance(path, str):
         if not path:
             raise ValueError("path must not be empty")
@@ -85,6 +109,8 @@ def parse_path(path: str | Sequence[str | int]) -> list[str | int]:
             m = _PATH_TOKEN.match(path, pos)
             if m is None or (m.group(2) is not None and path[pos] == "." and pos == 0):
                 raise ValueError(f"malformed path {path!r} at character {pos}")
+            if m.group(1) is not None and len(m.group(1)) > 18:
+                raise ValueError(f"array index at character {pos} of path {path[:40]!r} is too large")
             out.append(int(m.group(1)) if m.group(1) is not None else m.group(2))
             pos = m.end()
         return out
@@ -133,7 +159,9 @@ class JSONEncoder:
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
         if isinstance(number_levels, bool) or not isinstance(number_levels, int) or number_levels < 2:
             raise ValueError(f"number_levels must be an int ≥ 2, got {number_levels!r}")
-        if not isinstance(number_max, (int, float)) or not math.isfinite(number_max) or number_max <= 0:
+        if isinstance(number_max, bool) or not isinstance(number_max, (int, float)):
+            raise TypeError(f"number_max must be a positive finite number, got {type(number_max).__name__}")
+        if not math.isfinite(number_max) or number_max <= 0:
             raise ValueError(f"number_max must be a positive finite number, got {number_max!r}")
         for nm, v in (("max_depth", max_depth), ("max_items", max_items)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -182,7 +210,12 @@ class JSONEncoder:
         if isinstance(obj, bool):
             return self.atoms.atom("lit:true" if obj else "lit:false")
         if isinstance(obj, (int, float)):
-            x = float(obj)
+            try:
+                x = float(obj)
+            except OverflowError:
+                raise ValueError(
+                    f"number at {path or '$'} is too large for a float, beyond number_max={self.number_max:g}"
+                ) from None
             if not math.isfinite(x):
                 raise ValueError(f"number at {path or '$'} is {obj!r}; JSON numbers must be finite")
             if abs(x) > self.number_max:
@@ -208,15 +241,18 @@ class JSONEncoder:
         if isinstance(obj, (list, tuple)):
             if not obj:
                 return self.atoms.atom("lit:[]")
-            terms = []
-            for j, v in enumerate(obj):
-                sub = self._enc(v, f"{path}[{j}]", depth + 1, count, new)
-                terms.append(self.binder.bind(_POS, sub, power=j + 1))
-            return self._sum(terms)
+            subs = [self._enc(v, f"{path}[{j}]", depth + 1, count, new) for j, v in enumerate(obj)]
+            # Σ_j M^{j+1} x_j in Horner form: n binds instead of n(n+1)/2
+            s = self.binder.bind(_POS, subs[-1])
+            for sub in reversed(subs[:-1]):
+                s = self.binder.bind(_POS, sub + s)
+            return self._scale(s)
         raise TypeError(f"value at {path or '$'} has type {type(obj).__name__}, which is not a JSON type")
 
     def _sum(self, terms: list[Tensor]) -> Tensor:
-        s = torch.stack(terms).sum(0)
+        return self._scale(torch.stack(terms).sum(0))
+
+    def _scale(self, s: Tensor) -> Tensor:
         if self.normalize:
             n = s.norm()
             if float(n) > 0:
@@ -254,7 +290,7 @@ class JSONEncoder:
     def unbind_path(self, vec: Tensor, path: str | Sequence[str | int]) -> Tensor:
         """The noisy leaf vector at ``path``: the unbinding steps of the path applied to ``vec``."""
         q = self._check_vec(vec)
-        for p in parse_path(path):
+        for p in parse_path(path, max_index=self.max_items - 2):
             q = (
                 self.binder.unbind(_POS, q, power=p + 1)
                 if isinstance(p, int)
@@ -263,7 +299,7 @@ class JSONEncoder:
         return q
 
     def _decode_leaf(self, q: Tensor) -> tuple[Any, float]:
-        qn = q / q.norm().clamp_min(torch.finfo(q.dtype).tiny)
+        qn = _unit(q)
         sym_cos = self.atoms.matrix() @ qn
         num_cos = self._num_grid @ qn
         i_s = int(sym_cos.argmax())
@@ -285,8 +321,13 @@ class JSONEncoder:
         return val, float(sym_cos[i_s])
 
     def query_path(self, vec: Tensor, path: str | Sequence[str | int]) -> tuple[Any, float]:
-        """``(decoded leaf value, cosine of the winning atom)`` at ``path`` (numbers come back as floats)."""
-        return self._decode_leaf(self.unbind_path(vec, path))
+        """``(decoded leaf value, cosine of the winning atom)`` at ``path`` (numbers come back as floats).
+
+        ``ValueError`` if the unbound vector is zero (e.g. ``vec`` is zero: nothing is encoded to decode)."""
+        q = self.unbind_path(vec, path)
+        if not bool(q.ne(0).any()):
+            raise ValueError(f"nothing to decode at path {path!r}: the unbound vector is zero")
+        return self._decode_leaf(q)
 
     def decode_path(self, vec: Tensor, path: str | Sequence[str | int]) -> Any:
         """The leaf value at ``path`` (``"a.b[2].c"`` or ``["a", "b", 2, "c"]``), cleaned up against known atoms."""

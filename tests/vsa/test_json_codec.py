@@ -128,6 +128,7 @@ def test_hostile_input_is_rejected_and_leaves_state_untouched() -> None:
         ({"x": float("nan")}, ValueError, "number at x is nan"),
         ({"x": [1, float("inf")]}, ValueError, r"number at x\[1\] is inf"),
         ({"x": 1e300}, ValueError, "beyond number_max"),
+        ({"x": {"y": 10**400}}, ValueError, "number at x.y is too large for a float"),
         ({"new": "word", "bad": {1, 2}}, TypeError, "value at bad has type set"),
         ({"b": b"bytes"}, TypeError, "type bytes"),
         ({1: "x"}, TypeError, "keys are strings"),
@@ -146,6 +147,48 @@ def test_hostile_input_is_rejected_and_leaves_state_untouched() -> None:
         JSONEncoder(64, "hadamard", number_levels=1)
     with pytest.raises(ValueError, match="power of two"):
         JSONEncoder(100, "hadamard")
+    with pytest.raises(TypeError, match="number_max must be"):
+        JSONEncoder(64, "hadamard", number_max=True)
+    with pytest.raises(ValueError, match="nothing to decode at path 'a'"):
+        enc.query_path(torch.zeros(64), "a")
+
+
+@pytest.mark.parametrize("binder", ["hadamard", "haar", "gaussian"])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_array_horner_form_equals_the_sum_of_powers_in_float64(binder: str, normalize: bool) -> None:
+    """The array code is Σ_j M^{j+1}·enc(x_j) (the definition), computed in Horner form with n binds."""
+    enc = JSONEncoder(64, binder, seed=1, dtype=torch.float64, normalize=normalize)
+    items: list[Any] = ["a", 3, {"k": "v"}, [True, None], "b", -7.5]
+    terms = [enc.binder.bind("[]", enc.encode(x), power=j + 1) for j, x in enumerate(items)]
+    want = torch.stack(terms).sum(0)
+    if normalize:
+        want = want / want.norm()
+    got = enc.encode(items)
+    assert float((got - want).abs().max()) < 1e-12 * float(want.abs().max())
+
+
+def test_long_arrays_cost_linear_binds_and_indices_are_capped() -> None:
+    """n items → n position binds (quadratic before: n(n+1)/2); decoding index j costs j + 1 unbinds, so indices
+    an encodable array cannot hold (j > max_items - 2) are rejected before any work."""
+    enc = JSONEncoder(64, "hadamard", seed=0, max_items=1000)
+    calls = {"bind": 0}
+    orig = enc.binder.bind
+
+    def counting(role: Any, x: torch.Tensor, *, power: int = 1) -> torch.Tensor:
+        calls["bind"] += power
+        return orig(role, x, power=power)
+
+    enc.binder.bind = counting  # type: ignore[method-assign]
+    v = enc.encode(list(range(500)))
+    assert calls["bind"] == 500
+    assert enc.decode_path(enc.encode(["x", "y", "z"]), "[2]") == "z"
+    with pytest.raises(ValueError, match=r"array index 999 in path 'a\[999\]' exceeds max_index=998"):
+        enc.decode_path(v, "a[999]")
+    with pytest.raises(ValueError, match="exceeds max_index=998"):
+        enc.query_path(v, ["a", 10**11])
+    with pytest.raises(ValueError, match="too large"):
+        parse_path("a[" + "9" * 5000 + "]")
+    assert parse_path("a[99999999999]") == ["a", 99999999999]  # no cap unless asked
 
 
 def test_state_dict_round_trip_rebuilds_identical_vectors() -> None:
