@@ -51,6 +51,15 @@ def _check_vec(x: object, what: str, d: int | None = None) -> Tensor:
     return x
 
 
+def _unit(x: Tensor) -> Tensor:
+    """``x / ‖x‖`` along the last dim, computed scale-safely (divided by ``max|x|`` first, so neither ``1e30`` nor
+    ``1e-30`` float32 vectors overflow or underflow the norm); zero vectors stay zero."""
+    m = x.abs().amax(dim=-1, keepdim=True)
+    xs = x / torch.where(m > 0, m, torch.ones_like(m))
+    n = xs.norm(dim=-1, keepdim=True)
+    return xs / torch.where(n > 0, n, torch.ones_like(n))
+
+
 def bundle(vectors: Sequence[Tensor] | Tensor, *, normalize: bool = False) -> Tensor:
     """Superpose vectors: ``Σ_i v_i`` over the first axis of a ``[n, ..., d]`` tensor or a non-empty sequence.
 
@@ -75,10 +84,9 @@ def bundle(vectors: Sequence[Tensor] | Tensor, *, normalize: bool = False) -> Te
                 raise ValueError(f"vectors[{i}] has shape {tuple(x.shape)}, expected {tuple(shape)}")
         s = torch.stack(vs).sum(dim=0)
     if normalize:
-        n = s.norm(dim=-1, keepdim=True)
-        if bool((n == 0).any()):
+        if bool((s == 0).all(dim=-1).any()):
             raise ValueError("cannot normalize a bundle whose sum is the zero vector")
-        s = s / n
+        s = _unit(s)
     return s
 
 
@@ -99,20 +107,22 @@ def unbind(binder: Binder, role: Role, y: Tensor, *, power: int = 1) -> Tensor:
 def cosine(a: Tensor, b: Tensor) -> Tensor:
     """Cosine similarity along the last dim (0 where either vector is zero), broadcast over leading dims.
 
+    Scale-safe: each vector is divided by its largest ``|entry|`` before the norm, so huge (``1e30``) or tiny
+    (``1e-30``) float32 vectors give the right cosine instead of ``nan``/``0``.
+
     Example:
         >>> float(cosine(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])))  # doctest: +ELLIPSIS
         0.7071...
     """
     a = _check_vec(a, "a")
     b = _check_vec(b, "b", a.shape[-1])
-    num = (a * b).sum(-1)
-    den = a.norm(dim=-1) * b.norm(dim=-1)
-    return torch.where(den > 0, num / den.clamp_min(torch.finfo(num.dtype).tiny), torch.zeros_like(num))
+    return (_unit(a) * _unit(b)).sum(-1)
 
 
 def cleanup(query: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor]:
     """Cleanup memory: for each query ``[..., d]`` the index of the codebook row ``[n, d]`` with the largest
-    cosine, and that cosine. Returns ``(index [...] int64, cosine [...])``.
+    cosine, and that cosine. Returns ``(index [...] int64, cosine [...])``. Scale-safe like :func:`cosine`; a
+    zero query has cosine 0 with every row (index 0).
 
     Example:
         >>> cb = torch.eye(4, dtype=torch.float64)
@@ -123,10 +133,7 @@ def cleanup(query: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor]:
     c = _check_vec(codebook, "codebook", q.shape[-1])
     if c.dim() != 2 or c.shape[0] == 0:
         raise ValueError(f"codebook must be a non-empty [n, d] tensor, got shape {tuple(c.shape)}")
-    c = c.to(q.dtype)
-    cn = c / c.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny)
-    qn = q.norm(dim=-1, keepdim=True)
-    sims = (q @ cn.T) / qn.clamp_min(torch.finfo(q.dtype).tiny)
+    sims = _unit(q) @ _unit(c.to(q.dtype)).T
     val, idx = sims.max(dim=-1)
     return idx, val
 
@@ -230,8 +237,11 @@ class Codebook:
         dtype = getattr(torch, str(state.get("dtype", "float32")), None)
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"unknown dtype {state.get('dtype')!r} in codebook state")
+        syms = state["symbols"]
+        if not isinstance(syms, (list, tuple)):
+            raise TypeError(f"state['symbols'] must be a list of str, got {type(syms).__name__}")
         cb = cls(state["d"], seed=state["seed"], dtype=dtype)
-        cb.add(state["symbols"])
+        cb.add(syms)
         return cb
 
     def __repr__(self) -> str:

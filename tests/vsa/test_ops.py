@@ -55,6 +55,25 @@ def test_cleanup_batched_and_codebook_determinism() -> None:
     assert float(cosine(torch.zeros(4), torch.ones(4))) == 0.0
 
 
+@pytest.mark.parametrize("scale", [1e30, 1e-30, 1e-40])
+def test_cosine_cleanup_and_bundle_are_scale_safe_in_float32(scale: float) -> None:
+    """float32 vectors at 1e30 (the norm overflows) and 1e-30 / 1e-40 (it underflows) against a float64 reference."""
+    g = torch.Generator().manual_seed(0)
+    a64, b64 = (
+        torch.randn(3, 16, generator=g, dtype=torch.float64),
+        torch.randn(3, 16, generator=g, dtype=torch.float64),
+    )
+    ref = (a64 * b64).sum(-1) / (a64.norm(dim=-1) * b64.norm(dim=-1))
+    a, b = (a64 * scale).float(), (b64 * scale).float()
+    tol = 1e-5 if scale >= 1e-30 else 1e-2  # 1e-40 is subnormal in float32: ~3 significant digits left
+    assert torch.allclose(cosine(a, b).double(), ref, atol=tol)
+    idx, val = cleanup(a[0], torch.cat([b, a[:1]]))
+    assert int(idx) == 3 and abs(float(val) - 1) < tol
+    assert torch.allclose(
+        bundle(a, normalize=True).double().norm(), torch.tensor(1.0, dtype=torch.float64), atol=tol
+    )
+
+
 def test_bad_inputs() -> None:
     cb = Codebook(8)
     with pytest.raises(ValueError, match="empty"):
@@ -68,3 +87,5 @@ def test_bad_inputs() -> None:
         bind("haar", "r", torch.zeros(8))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="d must"):
         Codebook(0)
+    with pytest.raises(TypeError, match=r"state\['symbols'\] must be a list of str, got str"):
+        Codebook.from_state_dict({"d": 8, "seed": 0, "symbols": "abc"})
