@@ -6,7 +6,7 @@ repeated binding (nesting, recurrent sequences) compounds it: after ``n`` bindin
 walk. This is the instability Gallant (arXiv 2202.04771) fixes with orthogonal matrices; the binder exists as
 the measured baseline.
 
-Unbinding rule: **reconstructed** (the exact text of the papers was not available to us). ``unbind="transpose"``
+Unbinding rule: **reconstructed** (the papers' bodies could not be read with our tools). ``unbind="transpose"``
 (default) multiplies by ``Mᵀ``, the approximate inverse implied by ``E[MᵀM] = I`` — the same operation an
 orthogonal binder uses, so the two are compared like for like; ``unbind="inverse"`` solves ``M x = y`` exactly
 (``O(d³)`` LU once per role, then ``O(d²)``).
