@@ -89,15 +89,18 @@ def _unit_rows(E: Tensor, name: str = "E", dtype: torch.dtype = torch.float64) -
         bad = torch.nonzero(~torch.isfinite(E).all(dim=1)).flatten()[:5].tolist()
         raise ValueError(f"{name} has non-finite entries (rows {bad}{'...' if len(bad) == 5 else ''})")
     X = E.detach().to(dtype)
-    n = torch.linalg.vector_norm(X, dim=1)
-    zero = torch.nonzero(n == 0).flatten()
+    # scale-safe: divide each row by its max-abs before the norm, so rows of magnitude 1e200 do not overflow
+    # and rows of 1e-170 do not underflow to a "zero" norm (a cosine is scale-invariant per row)
+    m = X.abs().amax(dim=1)
+    zero = torch.nonzero(m == 0).flatten()
     if zero.numel():
         rows = zero[:5].tolist()
         raise ValueError(
             f"{name} has {zero.numel()} zero row(s) (rows {rows}{'...' if zero.numel() > 5 else ''}); "
             "a cosine is undefined for them — drop them first"
         )
-    return X / n[:, None]
+    X = X / m[:, None]
+    return X / torch.linalg.vector_norm(X, dim=1, keepdim=True)
 
 
 def _subsample(U: Tensor, sample: int | None, seed: int) -> Tensor:
@@ -160,22 +163,44 @@ class CosineHistogram:
         return 0.5 * (self.edges[1:] + self.edges[:-1])
 
     def abs_quantile(self, q: float) -> float:
-        """The ``q``-quantile of ``|cos|`` read off the histogram (linear within a bin)."""
-        if not 0.0 < q < 1.0:
+        """The ``q``-quantile of ``|cos|`` read off the histogram.
+
+        The histogram is folded onto ``|cos|`` (a bin ``[a, b]`` below 0 becomes ``[−b, −a]``; a bin straddling
+        0 is split at 0) and the piecewise-uniform distribution inverted exactly. Needs a symmetric ``range``
+        ``(−r, r)``: with any other range the cosines outside it were clamped into the end bins and ``|cos|`` is
+        not recoverable (ValueError).
+        """
+        if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 < q < 1.0:
             raise ValueError(f"q must be in (0, 1), got {q!r}")
-        c = self.centers
+        lo, hi = float(self.edges[0]), float(self.edges[-1])
+        if not math.isclose(lo, -hi, rel_tol=1e-12, abs_tol=1e-15):
+            raise ValueError(
+                f"abs_quantile needs a histogram over a symmetric range (-r, r), got range ({lo}, {hi}): "
+                "cosines outside it were clamped into the end bins, so |cos| cannot be read off"
+            )
         w = self.counts.to(torch.float64)
-        # fold onto |cos|: a bin's mass goes to |center|, then sort by that
-        a = c.abs()
-        order = torch.argsort(a)
-        a, w = a[order], w[order]
-        cum = torch.cumsum(w, 0) / w.sum()
-        i = int(torch.searchsorted(cum, torch.tensor(q, dtype=torch.float64)))
-        i = min(i, len(a) - 1)
-        width = float(self.edges[1] - self.edges[0])
-        lo = float(cum[i - 1]) if i > 0 else 0.0
-        frac = (q - lo) / max(float(cum[i]) - lo, 1e-300)
-        return max(float(a[i]) - width / 2 + frac * width, 0.0)
+        if float(w.sum()) == 0:
+            raise ValueError("the histogram is empty; no quantile")
+        a, b = self.edges[:-1], self.edges[1:]
+        # fold: [a, b] -> [|.|] pieces; a straddling bin [a < 0 < b] gives [0, -a] and [0, b] pro rata
+        neg, pos = b <= 0, a >= 0
+        mid = ~(neg | pos)
+        width = b - a
+        lows = torch.cat([(-b)[neg], a[pos], torch.zeros_like(a[mid]), torch.zeros_like(a[mid])])
+        highs = torch.cat([(-a)[neg], b[pos], (-a)[mid], b[mid]])
+        mass = torch.cat([w[neg], w[pos], w[mid] * (-a[mid]) / width[mid], w[mid] * b[mid] / width[mid]])
+        # CDF of a mixture of uniforms: piecewise linear between the sorted endpoints, its slope changing by
+        # +mass/len at each interval's start and −mass/len at its end (O(bins log bins))
+        dens = mass / mass.sum() / (highs - lows)
+        knots, where = torch.unique(torch.cat([lows, highs]), return_inverse=True)
+        dslope = torch.zeros_like(knots).index_add_(0, where, torch.cat([dens, -dens]))
+        slope = torch.cumsum(dslope, 0)[:-1]
+        cdf = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(slope * torch.diff(knots), 0)])
+        target = torch.tensor(float(q), dtype=torch.float64)
+        j = int(torch.searchsorted(cdf, target).clamp(1, len(knots) - 1))
+        c0, c1 = float(cdf[j - 1]), float(cdf[j])
+        t = (float(q) - c0) / (c1 - c0) if c1 > c0 else 0.0
+        return float(knots[j - 1]) + t * float(knots[j] - knots[j - 1])
 
 
 def cosine_histogram(

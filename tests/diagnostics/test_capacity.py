@@ -201,3 +201,27 @@ def test_eps_invariant_to_row_scaling_and_rotation():
     assert estimate_epsilon(-E).eps == pytest.approx(
         base.eps, abs=1e-12
     )  # all signs flipped: cosines unchanged
+
+
+@pytest.mark.parametrize("c", [1e200, 1e-170, 1e-200])
+def test_eps_at_extreme_magnitudes(c):
+    E = torch.randn(50, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ref = estimate_epsilon(E)
+    est = estimate_epsilon(E * c)
+    assert est.eps == pytest.approx(ref.eps, abs=1e-12) and est.mean == pytest.approx(ref.mean, abs=1e-12)
+    assert cosine_histogram(E * c, bins=40).counts.tolist() == cosine_histogram(E, bins=40).counts.tolist()
+
+
+def test_abs_quantile_folds_exactly_and_needs_a_symmetric_range():
+    E = torch.randn(300, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    U = E / E.norm(dim=1, keepdim=True)
+    i, j = torch.triu_indices(300, 300, 1)
+    absc = (U[i] * U[j]).sum(1).abs()  # float64 reference over every pair
+    for bins in (400, 401):  # even: mirror bins; odd: the middle bin straddles 0
+        h = cosine_histogram(E, bins=bins)
+        for q in (0.5, 0.95):
+            assert h.abs_quantile(q) == pytest.approx(float(absc.quantile(q)), abs=2.0 / bins)
+    with pytest.raises(ValueError, match="symmetric range"):
+        cosine_histogram(E, bins=10, range=(0.0, 1.0)).abs_quantile(0.5)
+    with pytest.raises(ValueError, match="q must be in"):
+        cosine_histogram(E, bins=10).abs_quantile(1.0)

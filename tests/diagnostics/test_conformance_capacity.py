@@ -45,6 +45,22 @@ def check_embedding_diagnostic(fn: Callable[..., Any], higher_is: str) -> None:
         f"random vectors: d=512 must be closer to orthogonal than d=32 ({wide} vs {narrow})"
     )
     assert narrow == pytest.approx(2 / math.sqrt(32), rel=0.1)
+    # signed cosines: a regular simplex (d + 1 unit vectors, cos = −1/d) beside m orthonormal vectors in the
+    # complementary coordinates; over the P = C(d+1+m, 2) pairs μ = −C(d+1, 2)/(d P), E[cos²] = C(d+1, 2)/(d² P),
+    # ε = μ + 2σ in closed form (|cos| would shift it by 2|μ|)
+    dd, m = 4, 20
+    simplex = torch.eye(dd + 1, dtype=torch.float64) - 1.0 / (dd + 1)  # rows span the sum-zero hyperplane
+    simplex = simplex / simplex.norm(dim=1, keepdim=True)  # pairwise cos = −1/dd
+    S = torch.zeros(dd + 1 + m, dd + 1 + m, dtype=torch.float64)
+    S[: dd + 1, : dd + 1] = simplex
+    S[dd + 1 :, dd + 1 :] = torch.eye(m, dtype=torch.float64)
+    P, ps = math.comb(dd + 1 + m, 2), math.comb(dd + 1, 2)
+    mu, ex2 = -ps / (dd * P), ps / (dd * dd * P)
+    want = mu + 2.0 * math.sqrt(ex2 - mu * mu)
+    vs = float(fn(S))
+    assert vs == pytest.approx(want, abs=1e-9), (
+        f"simplex + orthonormal set: ε = μ + 2σ = {want:.6f}, got {vs}"
+    )
 
 
 def _planted(correlated: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -169,7 +185,15 @@ def _factor_r2_only(emb: torch.Tensor, attributes: dict[str, torch.Tensor]) -> f
     return orthokit.diagnostics.factor.factor_orthogonality(emb, attributes).r2
 
 
-@pytest.mark.parametrize("mutant", [_eps_with_diagonal, _eps_dot_not_cosine])
+def _eps_abs_cos(E: torch.Tensor) -> float:
+    """MUTANT: μ + 2σ of |cos| instead of the signed cosines."""
+    U = E.double() / E.double().norm(dim=1, keepdim=True)
+    G = U @ U.T
+    v = G[~torch.eye(len(G), dtype=torch.bool)].abs()
+    return float(v.mean() + 2 * v.std(unbiased=False))
+
+
+@pytest.mark.parametrize("mutant", [_eps_with_diagonal, _eps_dot_not_cosine, _eps_abs_cos])
 def test_embedding_mutants_are_rejected(mutant):
     with pytest.raises(AssertionError):
         check_embedding_diagnostic(mutant, "deviation")
