@@ -38,6 +38,7 @@ __all__ = [
     "lp_gradient",
     "orthogonal_polar",
     "orthogonality_error",
+    "pow2_scale",
 ]
 
 _DTYPES = (torch.float32, torch.float64)
@@ -78,25 +79,73 @@ def check_data(Y: object, d: int, dtype: torch.dtype, name: str = "Y", *, min_co
     return Y.detach().to(dtype)
 
 
+def check_seed(seed: object, name: str = "seed", *, allow_none: bool = True) -> int | None:
+    """Validate a random seed: an int (``None`` too when ``allow_none``)."""
+    if seed is None and allow_none:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        kind = "an int or None" if allow_none else "an int"
+        raise TypeError(f"{name} must be {kind}, got {type(seed).__name__} {seed!r}")
+    return seed
+
+
+def pow2_scale(Y: Tensor) -> tuple[Tensor, int]:
+    """``(Y · 2^{−e}, e)`` with ``max |Y · 2^{−e}|`` in ``[0.5, 1)`` (``e = 0`` for a zero ``Y``).
+
+    Scaling by a power of two is exact in binary floating point (no rounding, barring subnormal results), so the
+    scaled tensor carries the same digits; computations that are invariant to a positive scale (polar factors,
+    norm ratios, top-``s`` supports) run on it without overflow at ``|Y| ~ 1e200`` or underflow at ``1e-200``."""
+    m = float(Y.abs().max()) if Y.numel() else 0.0
+    if m == 0.0 or not math.isfinite(m):
+        return Y, 0
+    e = math.frexp(m)[1]
+    return times_pow2(Y, -e), e
+
+
+def times_pow2(X: Tensor, k: int) -> Tensor:
+    """``X · 2^k``, exact; in steps of at most ``2^{±100}`` (``2^{149}`` is no float32, ``2^{1074}`` no float64)."""
+    while k:
+        step = max(-100, min(100, k))
+        X = X * math.ldexp(1.0, step)
+        k -= step
+    return X
+
+
 def haar_orthogonal(d: int, seed: int | None = 0, dtype: torch.dtype = torch.float64) -> Tensor:
-    """A Haar-distributed random orthogonal ``d × d`` matrix (QR of a Gaussian with ``diag R > 0``, Mezzadri 2007)."""
+    """A Haar-distributed random orthogonal ``d × d`` matrix (QR of a Gaussian with ``diag R > 0``, Mezzadri 2007);
+    ``seed=None`` draws from torch's global generator."""
     from orthokit.linalg.qr import qr_basis
 
     check_dim(d)
-    g = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+    seed = check_seed(seed)
+    g = torch.Generator().manual_seed(seed) if seed is not None else None
     Z = torch.randn(d, d, generator=g, dtype=torch.float64)
     Q = qr_basis(Z)
     assert isinstance(Q, Tensor)
     return Q.to(dtype)
 
 
-def orthogonal_polar(G: Tensor) -> Tensor:
+def check_codes(C: Tensor, name: str = "Y") -> Tensor:
+    """``C = DᵀY`` must be finite: for an orthogonal ``D`` it overflows only when ``Y`` is near the float limit."""
+    if not bool(torch.isfinite(C).all()):
+        big = torch.finfo(C.dtype).max
+        raise ValueError(
+            f"{name} is too large: DᵀY overflows {C.dtype} (max {big:.3g}); rescale the data — state left untouched"
+        )
+    return C
+
+
+def orthogonal_polar(G: Tensor, keep: Tensor | None = None) -> Tensor:
     """The orthogonal polar factor ``U Vᵀ`` of a square ``G = U Σ Vᵀ``, computed in float64 and returned in
     ``G``'s dtype; exactly orthogonal even when ``G`` is rank-deficient (then one of the maximizers of
     ``⟨S, G⟩`` over the orthogonal group is returned). Uses :func:`orthokit.linalg.polar` (``method="svd"``) and
-    completes the rank-deficient case from the full SVD."""
+    completes the rank-deficient case from the full SVD. For ``G = 0`` every orthogonal matrix is a maximizer:
+    ``keep`` (the caller's current orthogonal matrix, so that an all-zero batch does not move it) is returned when
+    given."""
     from orthokit.linalg.polar import polar
 
+    if keep is not None and not bool(G.any()):
+        return keep.clone()
     Gd = G.to(torch.float64)
     P = polar(Gd, method="svd")
     eye = torch.eye(G.shape[-1], dtype=torch.float64, device=G.device)
@@ -178,7 +227,7 @@ class OrthogonalDictionaryLearner:
         top-``s`` rule is the exact minimizer of ``‖Y − D X‖_F`` over ``s``-sparse columns."""
         check_code_args(sparsity, threshold, self.d)
         Yc = check_data(Y, self.d, self.dtype)
-        return hard_threshold(self.dictionary.T @ Yc, sparsity=sparsity, threshold=threshold)
+        return hard_threshold(check_codes(self.dictionary.T @ Yc), sparsity=sparsity, threshold=threshold)
 
     def reconstruct(
         self, Y: Tensor, *, sparsity: int | None = None, threshold: float | None = None
@@ -189,11 +238,17 @@ class OrthogonalDictionaryLearner:
     def relative_error(
         self, Y: Tensor, *, sparsity: int | None = None, threshold: float | None = None
     ) -> float:
-        """``‖Y − D H(DᵀY)‖_F / ‖Y‖_F`` (0 for a zero ``Y``)."""
+        """``‖Y − D H(DᵀY)‖_F / ‖Y‖_F`` (0 for a zero ``Y``). Both norms are taken after an exact power-of-two
+        rescaling (:func:`pow2_scale`), so the ratio is right for ``|Y|`` anywhere in the floating range (their
+        squares would overflow at ``1e200`` and underflow at ``1e-200``)."""
         Yc = check_data(Y, self.d, self.dtype)
         R = Yc - self.reconstruct(Yc, sparsity=sparsity, threshold=threshold)
-        den = float(torch.linalg.matrix_norm(Yc))
-        return float(torch.linalg.matrix_norm(R)) / den if den > 0 else 0.0
+        Ys, e = pow2_scale(Yc)
+        den = float(torch.linalg.matrix_norm(Ys))
+        if den == 0:
+            return 0.0
+        num = float(torch.linalg.matrix_norm(times_pow2(R, -e)))  # |R| ≤ 2|Y|: no overflow after scaling
+        return num / den
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(d={self.d}, dtype={self.dtype}, n_samples_seen={self.n_samples_seen})"

@@ -29,6 +29,8 @@ References:
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -40,6 +42,7 @@ from orthokit.dictionary._common import (
     lp_gradient,
     lp_objective,
     orthogonal_polar,
+    pow2_scale,
 )
 from orthokit.dictionary.registry import DICT_LEARNERS
 
@@ -78,13 +81,19 @@ class BatchMSP(OrthogonalDictionaryLearner):
         return self._D.clone()
 
     def step(self, Y: Tensor) -> BatchMSP:
-        """One MSP iteration on the full data ``Y`` ``[d, n]``; the state is untouched if ``Y`` is invalid."""
+        """One MSP iteration on the full data ``Y`` ``[d, n]``; the state is untouched if ``Y`` is invalid.
+
+        ``polar(∇f)`` is invariant to a positive scale of ``Y`` (``∇f`` is ``p−1``-homogeneous), so the gradient is
+        taken on ``Y`` rescaled by an exact power of two (:func:`~orthokit.dictionary._common.pow2_scale`): no
+        overflow at ``|Y| ~ 1e200`` (the raw gradient would be ``~1e800``) and no underflow to a zero gradient at
+        ``1e-200``."""
         Yc = check_data(Y, self.d, self.dtype)
-        G = lp_gradient(self._D, Yc, self.power)
-        if not bool(torch.isfinite(G).all()):
-            raise ValueError("Y overflows the gradient (non-finite); rescale the data — state left untouched")
+        Ys, _ = pow2_scale(Yc)
+        G = lp_gradient(self._D, Ys, self.power)
+        if not bool(torch.isfinite(G).all()):  # max |Ys| < 1: only reachable through a non-finite dictionary
+            raise ValueError("Y gives a non-finite gradient; state left untouched")
         self._note_peak(Yc, G)
-        self._D = orthogonal_polar(G)
+        self._D = orthogonal_polar(G, keep=self._D)
         self.n_iter_ += 1
         return self
 
@@ -94,6 +103,8 @@ class BatchMSP(OrthogonalDictionaryLearner):
         Yc = check_data(Y, self.d, self.dtype)
         if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
             raise ValueError(f"n_iter must be a positive int, got {n_iter!r}")
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+            raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
         self.objective_history = [lp_objective(self._D, Yc, self.power)]
         for _ in range(n_iter):
             self.step(Yc)

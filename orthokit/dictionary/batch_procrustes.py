@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -32,9 +33,12 @@ from torch import Tensor
 
 from orthokit.dictionary._common import (
     OrthogonalDictionaryLearner,
+    check_codes,
     check_data,
     haar_orthogonal,
     orthogonal_polar,
+    pow2_scale,
+    times_pow2,
 )
 from orthokit.dictionary.registry import DICT_LEARNERS
 from orthokit.dictionary.sparse import check_code_args, hard_threshold
@@ -96,14 +100,20 @@ class BatchProcrustesDL(OrthogonalDictionaryLearner):
         return self._D.clone()
 
     def _code(self, Yc: Tensor) -> Tensor:
-        return hard_threshold(self._D.T @ Yc, sparsity=self.sparsity, threshold=self.threshold)
+        return hard_threshold(check_codes(self._D.T @ Yc), sparsity=self.sparsity, threshold=self.threshold)
 
     def step(self, Y: Tensor) -> BatchProcrustesDL:
-        """One coding + Procrustes sweep over ``Y`` ``[d, n]``; the state is untouched if ``Y`` is invalid."""
+        """One coding + Procrustes sweep over ``Y`` ``[d, n]``; the state is untouched if ``Y`` is invalid.
+
+        ``polar(Y Xᵀ)`` is invariant to a positive scale of ``Y Xᵀ``, so the product is formed from ``Y`` and ``X``
+        rescaled by the same exact power of two (:func:`~orthokit.dictionary._common.pow2_scale`): the result is
+        bit-identical for ordinary data and correct for ``|Y|`` up to the float limit (``Y Xᵀ`` itself would
+        overflow at ``|Y| ~ 1e160``). Only a ``Y`` so large that ``DᵀY`` overflows is rejected, naming ``Y``."""
         Yc = check_data(Y, self.d, self.dtype)
         X = self._code(Yc)
+        Ys, e = pow2_scale(Yc)
         self._note_peak(Yc, X)
-        self._D = orthogonal_polar(Yc @ X.T)
+        self._D = orthogonal_polar(Ys @ times_pow2(X, -e).T, keep=self._D)
         self.n_iter_ += 1
         return self
 
@@ -116,6 +126,8 @@ class BatchProcrustesDL(OrthogonalDictionaryLearner):
         Yc = check_data(Y, self.d, self.dtype)
         if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
             raise ValueError(f"n_iter must be a positive int, got {n_iter!r}")
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+            raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
         if self.init == "pca" and self.n_iter_ == 0:
             _, V = torch.linalg.eigh(Yc @ Yc.T)
             self._D = orthogonal_polar(V.flip(-1))

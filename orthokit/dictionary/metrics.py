@@ -36,7 +36,19 @@ def atom_recovery(D_hat: Tensor, D_true: Tensor) -> dict[str, float]:
     Returns:
         ``{"max_angle_deg", "mean_angle_deg", "column_match_error"}`` (see the module docstring); columns of both
         are normalized first.
+
+    Raises:
+        TypeError: a non-tensor or non-real argument. ValueError: NaN/inf entries, or shapes that do not fit.
     """
+    for name, M in (("D_hat", D_hat), ("D_true", D_true)):
+        if not isinstance(M, Tensor):
+            raise TypeError(
+                f"{name} must be a torch.Tensor [d, k] (columns are atoms), got {type(M).__name__}"
+            )
+        if M.is_complex() or M.dtype == torch.bool:
+            raise TypeError(f"{name} must be a real tensor, got dtype {M.dtype}")
+        if M.numel() and not bool(torch.isfinite(M).all()):
+            raise ValueError(f"{name} contains NaN or inf")
     if D_hat.ndim != 2 or D_true.ndim != 2 or D_hat.shape[0] != D_true.shape[0]:
         raise ValueError(
             f"D_hat and D_true must be [d, *] with the same d, got {tuple(D_hat.shape)}, {tuple(D_true.shape)}"
@@ -63,14 +75,17 @@ def planted_data(
     d: int, n: int, *, theta: float = 0.1, seed: int = 0, dtype: torch.dtype = torch.float64
 ) -> tuple[Tensor, Tensor]:
     """``(Y [d, n], D₀ [d, d])`` from the Bernoulli–Gaussian planted model with sparsity rate ``theta``."""
-    from orthokit.dictionary._common import check_dim, haar_orthogonal
+    from orthokit.dictionary._common import check_dim, check_seed, haar_orthogonal
 
     check_dim(d)
+    seed = check_seed(seed, allow_none=False)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)):
+        raise TypeError(f"theta must be a float in (0, 1], got {type(theta).__name__}")
     if not (0.0 < theta <= 1.0):
         raise ValueError(f"theta must lie in (0, 1], got {theta}")
-    g = torch.Generator().manual_seed(int(seed))
+    g = torch.Generator().manual_seed(seed)
     D0 = haar_orthogonal(d, seed=seed + 7919, dtype=torch.float64)
     X = (torch.rand(d, n, generator=g, dtype=torch.float64) < theta) * torch.randn(
         d, n, generator=g, dtype=torch.float64

@@ -63,6 +63,7 @@ from orthokit.dictionary._common import (
     OrthogonalDictionaryLearner,
     check_data,
     check_power,
+    check_seed,
     haar_orthogonal,
     lp_gradient,
     orthogonal_polar,
@@ -110,6 +111,7 @@ class OnlineFrankWolfeODL(OrthogonalDictionaryLearner):
         dtype: torch.dtype = torch.float64,
     ) -> None:
         super().__init__(d, dtype=dtype)
+        check_seed(seed)
         self.power = check_power(power)
         self.gamma_exponent = _check_exponent(gamma_exponent, "gamma_exponent")
         self.rho_exponent = _check_exponent(rho_exponent, "rho_exponent")
@@ -165,8 +167,11 @@ class OnlineFrankWolfeODL(OrthogonalDictionaryLearner):
         g = lp_gradient(self._D, Yc, self.power)
         G = (1.0 - rho) * self._G + rho * g
         if not bool(torch.isfinite(G).all()):
-            raise ValueError("Y overflows the gradient (non-finite); rescale the data — state left untouched")
-        S = orthogonal_polar(G)
+            raise ValueError(
+                f"Y is too large for the ℓ{self.power:g} gradient (overflows {self.dtype}, max |Y| = "
+                f"{float(Yc.abs().max()):.3g}); rescale the data — state left untouched"
+            )
+        S = orthogonal_polar(G, keep=self._S)
         D = (1.0 - gamma) * self._D + gamma * S
         gap = float((S - self._D).flatten() @ G.flatten())
         self._note_peak(Yc, g)
@@ -185,6 +190,7 @@ class OnlineFrankWolfeODL(OrthogonalDictionaryLearner):
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+        seed = check_seed(seed)
         g = torch.Generator().manual_seed(seed) if seed is not None else None
         n = Yc.shape[1]
         for _ in range(epochs):

@@ -93,19 +93,40 @@ def sparse_code(
 ) -> Tensor:
     """Codes ``X = H(DᵀY)`` of ``Y`` ``[d, n]`` in the orthogonal basis ``D`` ``[d, d]`` (see :func:`hard_threshold`).
 
-    ``D`` is assumed orthogonal (that is what makes hard thresholding optimal); it is not re-checked here.
+    ``D`` is assumed orthogonal (that is what makes hard thresholding optimal); it is not re-checked here. ``D`` must
+    be real floating; ``Y`` (any real dtype) is cast to ``D``'s dtype.
     """
-    if not isinstance(D, Tensor) or not isinstance(Y, Tensor):
-        raise TypeError("D and Y must be torch.Tensors")
-    if D.ndim != 2 or D.shape[0] != D.shape[1]:
+    _check_matrix(D, "D", floating=True)
+    _check_matrix(Y, "Y", floating=False)
+    if D.shape[0] != D.shape[1]:
         raise ValueError(f"D must be a square [d, d] dictionary, got shape {tuple(D.shape)}")
-    if Y.ndim != 2 or Y.shape[0] != D.shape[0]:
+    if Y.shape[0] != D.shape[0]:
         raise ValueError(f"Y must be [d={D.shape[0]}, n] (columns are samples), got shape {tuple(Y.shape)}")
-    return hard_threshold(D.T @ Y.to(D.dtype), sparsity=sparsity, threshold=threshold)
+    C = D.T @ Y.to(D.dtype)
+    if not bool(torch.isfinite(C).all()):
+        raise ValueError(f"Y is too large: DᵀY overflows {D.dtype}")
+    return hard_threshold(C, sparsity=sparsity, threshold=threshold)
+
+
+def _check_matrix(M: object, name: str, *, floating: bool) -> None:
+    """``M`` must be a finite 2-D real tensor (floating when ``floating``)."""
+    if not isinstance(M, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(M).__name__}")
+    if M.is_complex() or M.dtype == torch.bool or (floating and not M.is_floating_point()):
+        kind = "a real floating" if floating else "a real"
+        raise TypeError(f"{name} must be {kind} tensor, got dtype {M.dtype}")
+    if M.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {tuple(M.shape)}")
+    if not bool(torch.isfinite(M).all()):
+        raise ValueError(f"{name} contains NaN or inf")
 
 
 def reconstruct(D: Tensor, X: Tensor) -> Tensor:
-    """``D X``: signals ``[d, n]`` from codes ``X`` ``[d, n]``."""
-    if D.ndim != 2 or X.ndim != 2 or D.shape[1] != X.shape[0]:
+    """``D X``: signals ``[d, n]`` from codes ``X`` ``[d, n]``, both real floating (computed in their promoted
+    dtype, e.g. float64 for a float32 ``D`` and float64 codes)."""
+    _check_matrix(D, "D", floating=True)
+    _check_matrix(X, "X", floating=True)
+    if D.shape[1] != X.shape[0]:
         raise ValueError(f"D [d, d] and X [d, n] do not fit: {tuple(D.shape)} and {tuple(X.shape)}")
-    return D @ X
+    dt = torch.promote_types(D.dtype, X.dtype)
+    return D.to(dt) @ X.to(dt)
