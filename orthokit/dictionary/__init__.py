@@ -5,8 +5,8 @@ thresholding of ``Dᵀy`` keeps its ``s`` largest coefficients (no OMP, no lasso
 
 * ``online_fw`` (:class:`OnlineFrankWolfeODL`) — streaming Frank–Wolfe over the convex hull of the orthogonal
   group after Xue & Lau (arXiv 2103.01484): constant memory whatever the number of samples seen, the reported
-  dictionary exactly orthogonal after every step (``docs/dictionary/online_fw.md``; the paper's body was not
-  retrievable, the parts reconstructed from its abstract are listed there).
+  dictionary exactly orthogonal after every step (``docs/dictionary/online_fw.md``; only the paper's opening is
+  reachable with our search tools, so the algorithm's details are reconstructed — each one is listed there).
 * ``batch_msp`` (:class:`BatchMSP`) — ℓ4 (ℓp) norm maximization by matching, stretching and projection
   (Zhai et al. 2020), the batch baseline.
 * ``batch_procrustes`` (:class:`BatchProcrustesDL`) — alternating hard thresholding and Procrustes.
