@@ -41,6 +41,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -51,6 +52,7 @@ from torch import Tensor
 from orthokit.diagnostics.registry import DIAGNOSTICS
 
 __all__ = [
+    "AUTHORS_TARGETS",
     "bures_wasserstein",
     "UpdateGeometry",
     "update_geometry",
@@ -64,6 +66,17 @@ __all__ = [
 
 Update = Tensor | Mapping[str, Tensor]
 DEFAULT_EXCLUDE: tuple[str, ...] = ("embed", "lm_head")  # the authors' code drops embeddings and the LM head
+#: the authors' TARGET_KEYWORDS (bridge_analyzer_fast_sharded.py): only these projections are compared
+AUTHORS_TARGETS: tuple[str, ...] = (
+    "q_proj.weight",
+    "k_proj.weight",
+    "v_proj.weight",
+    "o_proj.weight",
+    "gate_proj.weight",
+    "up_proj.weight",
+    "down_proj.weight",
+)
+Targets = Sequence[str] | Literal["auto"] | None
 _ZERO_REL_TOL = (
     1e-10  # eigenvalues below this fraction of the largest are zeroed in PSD square roots (authors')
 )
@@ -163,10 +176,48 @@ def _check_normalize(normalize: str) -> None:
 def _check_hparams(rank: int, energy: float, reg: float) -> None:
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ValueError(f"rank must be an integer >= 1, got {rank!r}")
+    for nm, v in (("energy", energy), ("reg", reg)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"{nm} must be a real number, got {type(v).__name__} {v!r}")
     if not (0.0 < float(energy) <= 1.0):
         raise ValueError(f"energy must be in (0, 1], got {energy!r}")
     if not (float(reg) >= 0.0 and math.isfinite(float(reg))):
         raise ValueError(f"reg must be a finite number >= 0, got {reg!r}")
+
+
+def _check_delta(delta: Tensor, name: str) -> Tensor:
+    """Validate one 2-D update and return it as CPU float64."""
+    if not isinstance(delta, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(delta).__name__}")
+    if delta.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D tensor, got shape {tuple(delta.shape)}")
+    if not delta.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got {delta.dtype}")
+    X = delta.detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(X).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+    return X
+
+
+def _unit(s: float, reg: float) -> float:
+    """Common unit ``m`` for updates of max-abs ``s``: ``m² = max(s², reg)`` without forming either square, so
+    ``ΔW / m`` and ``reg / m²`` are O(1) whatever the magnitude (1e200 or 1e-200)."""
+    return max(s, math.sqrt(reg)) if max(s, reg) > 0 else 1.0
+
+
+def _geometry(X: Tensor, rank: int, energy: float, reg: float) -> tuple[Tensor, Tensor]:
+    """(basis, eigenvalues) of a float64 update already in the common unit (``reg`` in that unit too)."""
+    n = X.shape[1]
+    if not bool(X.any()):
+        return torch.zeros(n, 0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+    _, s, Vh = torch.linalg.svd(X, full_matrices=False)
+    keep = s > 1e-12 * s[0]
+    s, Vh = s[keep], Vh[keep]
+    lam = s.square() + reg
+    cum = torch.cumsum(lam, 0) / lam.sum()
+    r = int(torch.searchsorted(cum, torch.tensor([float(energy)], dtype=torch.float64)).item()) + 1
+    r = max(1, min(r, rank, lam.numel()))
+    return Vh[:r].T.contiguous(), lam[:r].contiguous()
 
 
 def update_geometry(
@@ -175,7 +226,10 @@ def update_geometry(
     """Covariance geometry of a 2-D update ``ΔW`` (step 1 of the module docstring), float64.
 
     Singular values below ``1e-12 · σ_max`` count as zero (the authors keep eigenvalues of ``ΔWᵀΔW + reg·I`` above
-    ``reg``, i.e. the numerically non-zero ones). A zero update has rank 0.
+    ``reg``, i.e. the numerically non-zero ones). A zero update has rank 0. The SVD runs on ``ΔW`` divided by a
+    common unit (scale-safe at any magnitude); eigenvalues whose value ``σ² + reg`` overflows float64 (entries
+    beyond ~1e154) raise a ValueError — :func:`layer_conflict` / :func:`geometry_conflict` need no such
+    representation and accept any finite update.
 
     Example:
         >>> import torch
@@ -184,23 +238,17 @@ def update_geometry(
         (1, [9.0])
     """
     _check_hparams(rank, energy, reg)
-    if not isinstance(delta, Tensor) or delta.dim() != 2:
-        raise ValueError(f"delta must be a 2-D tensor, got {getattr(delta, 'shape', type(delta).__name__)}")
-    X = delta.detach().to("cpu", torch.float64)
-    n = X.shape[1]
-    fro = float(X.norm())
-    if fro == 0.0:
-        return UpdateGeometry(
-            torch.zeros(n, 0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64), 0.0
+    X = _check_delta(delta, "delta")
+    m = _unit(float(X.abs().max()) if X.numel() else 0.0, float(reg))
+    Xs = X / m
+    basis, lam = _geometry(Xs, rank, energy, (math.sqrt(float(reg)) / m) ** 2)
+    lam = lam * m * m
+    if not bool(torch.isfinite(lam).all()):
+        raise ValueError(
+            f"delta's squared singular values overflow float64 (max |entry| {float(X.abs().max()):.3g}); "
+            "scale it down, or use layer_conflict / geometry_conflict, which are scale-safe"
         )
-    _, s, Vh = torch.linalg.svd(X, full_matrices=False)
-    keep = s > 1e-12 * s[0]
-    s, Vh = s[keep], Vh[keep]
-    lam = s.square() + reg
-    cum = torch.cumsum(lam, 0) / lam.sum()
-    r = int(torch.searchsorted(cum, torch.tensor([float(energy)], dtype=torch.float64)).item()) + 1
-    r = max(1, min(r, rank, lam.numel()))
-    return UpdateGeometry(Vh[:r].T.contiguous(), lam[:r].contiguous(), fro)
+    return UpdateGeometry(basis, lam, m * float(Xs.norm()) if basis.shape[1] else 0.0)
 
 
 def _union_basis(a: Tensor, b: Tensor) -> Tensor:
@@ -226,7 +274,7 @@ class LayerConflict:
 
 
 def _sar(delta: Tensor, basis: Tensor, fro: float) -> float:
-    return float((delta @ basis).norm()) / max(fro, 1e-12) if basis.shape[1] else 0.0
+    return float((delta @ basis).norm()) / fro if basis.shape[1] and fro > 0 else 0.0
 
 
 def layer_conflict(
@@ -253,32 +301,34 @@ def layer_conflict(
     """
     _check_hparams(rank, energy, reg)
     _check_normalize(normalize)
-    for nm, d in (("delta_a", delta_a), ("delta_b", delta_b)):
-        if not isinstance(d, Tensor) or d.dim() != 2:
-            raise ValueError(f"{nm} must be a 2-D tensor, got {getattr(d, 'shape', type(d).__name__)}")
-        if not d.is_floating_point():
-            raise TypeError(f"{nm} must be a floating tensor, got {d.dtype}")
-        if not torch.isfinite(d).all():
-            raise ValueError(f"{nm} contains NaN or inf")
-    if delta_a.shape != delta_b.shape:
-        raise ValueError(f"shape mismatch: delta_a {tuple(delta_a.shape)} vs delta_b {tuple(delta_b.shape)}")
-    ga = update_geometry(delta_a, rank=rank, energy=energy, reg=reg)
-    gb = update_geometry(delta_b, rank=rank, energy=energy, reg=reg)
-    Q = _union_basis(ga.basis, gb.basis)
+    Xa, Xb = _check_delta(delta_a, "delta_a"), _check_delta(delta_b, "delta_b")
+    if Xa.shape != Xb.shape:
+        raise ValueError(f"shape mismatch: delta_a {tuple(Xa.shape)} vs delta_b {tuple(Xb.shape)}")
+    # one common unit m for both updates (m² = max(max|ΔW|², reg)): GC is a ratio of homogeneous degree-1
+    # functions of (σ², reg), so it is computed exactly in that unit; squares never overflow or underflow
+    s = max(float(Xa.abs().max()), float(Xb.abs().max())) if Xa.numel() else 0.0
+    m = _unit(s, float(reg))
+    Xa, Xb = Xa / m, Xb / m
+    r = (math.sqrt(float(reg)) / m) ** 2
+    (ba, la), (bb, lb) = _geometry(Xa, rank, energy, r), _geometry(Xb, rank, energy, r)
+    Q = _union_basis(ba, bb)
     u = Q.shape[1]
     if u == 0:
         return LayerConflict(0.0, 0.0, 0.0, 0.0, 0, 0, 0, 0.0)
-    eye = reg * torch.eye(u, dtype=torch.float64)
-    Pa, Pb = Q.T @ ga.basis, Q.T @ gb.basis
-    Ba = (Pa * ga.eigenvalues) @ Pa.T + eye
-    Bb = (Pb * gb.eigenvalues) @ Pb.T + eye
+    eye = r * torch.eye(u, dtype=torch.float64)
+    Pa, Pb = Q.T @ ba, Q.T @ bb
+    Ba = (Pa * la) @ Pa.T + eye
+    Bb = (Pb * lb) @ Pb.T + eye
     if normalize == "unit_trace":
         Ba, Bb = Ba / torch.trace(Ba), Bb / torch.trace(Bb)
     d2 = _bures_sq(0.5 * (Ba + Ba.T), 0.5 * (Bb + Bb.T))
     ta, tb = float(torch.trace(Ba)), float(torch.trace(Bb))
-    Xa, Xb = delta_a.detach().to("cpu", torch.float64), delta_b.detach().to("cpu", torch.float64)
-    sar = 0.5 * (_sar(Xa, gb.basis, ga.fro_norm) + _sar(Xb, ga.basis, gb.fro_norm))
-    return LayerConflict(d2 / max(ta + tb + reg, 1e-12), d2, ta, tb, ga.rank, gb.rank, u, sar)
+    fa, fb = float(Xa.norm()), float(Xb.norm())
+    sar = 0.5 * (_sar(Xa, bb, fa) + _sar(Xb, ba, fb))
+    # joint: + reg in the denominator as the authors (in the common unit); unit_trace: W² / (2 + reg) as before
+    conflict = d2 / max(ta + tb + (float(reg) if normalize == "unit_trace" else r), 1e-300)
+    unit2 = 1.0 if normalize == "unit_trace" else m * m  # report W² and traces in the caller's units
+    return LayerConflict(conflict, d2 * unit2, ta * unit2, tb * unit2, ba.shape[1], bb.shape[1], u, sar)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -296,11 +346,26 @@ def _as_dict(u: Update, name: str) -> dict[str, Tensor]:
 
 
 def _select(
-    a: dict[str, Tensor], b: dict[str, Tensor], keys: Sequence[str] | None, exclude: Sequence[str]
+    a: dict[str, Tensor],
+    b: dict[str, Tensor],
+    keys: Sequence[str] | None,
+    exclude: Sequence[str],
+    targets: Targets = "auto",
 ) -> list[str]:
+    if isinstance(targets, str) and targets != "auto":
+        raise TypeError(f"targets must be 'auto', None or a sequence of name substrings, got {targets!r}")
+    if targets is not None and not isinstance(targets, str) and not all(isinstance(t, str) for t in targets):
+        raise TypeError(f"targets must be a sequence of name substrings, got {targets!r}")
+    if isinstance(exclude, str) or not all(isinstance(e, str) for e in exclude):
+        raise TypeError(
+            f"exclude must be a sequence of name substrings (e.g. ('embed', 'lm_head')), got {exclude!r}"
+        )
     if keys is not None:
         if isinstance(keys, str):
             raise TypeError("keys must be a sequence of tensor names, not a single string")
+        dup = sorted(k for k, c in Counter(keys).items() if c > 1)
+        if dup:
+            raise ValueError(f"keys lists tensor(s) more than once: {dup[:5]}")
         missing = [k for k in keys if k not in a or k not in b]
         if missing:
             raise ValueError(f"keys not in both updates: {missing[:5]}")
@@ -312,6 +377,13 @@ def _select(
                 f"update_a and update_b have different keys (e.g. {diff}); pass keys= to compare a subset"
             )
         sel = [k for k in a if a[k].dim() == 2 and not any(e in k for e in exclude)]
+        if targets is not None:
+            pats = AUTHORS_TARGETS if isinstance(targets, str) and targets == "auto" else targets
+            hit = [k for k in sel if any(t in k for t in pats)]
+            if hit or not (isinstance(targets, str) and targets == "auto"):
+                if not hit:
+                    raise ValueError(f"no 2-D tensor name contains any of targets={list(pats)[:7]}")
+                sel = hit
     for k in sel:
         if a[k].dim() != 2:
             raise ValueError(f"tensor {k!r} is {a[k].dim()}-D; geometry conflict compares 2-D weights")
@@ -327,6 +399,12 @@ def _select(
     return sel
 
 
+def _max_scaled(t: Tensor) -> Tensor:
+    X = t.detach().to("cpu", torch.float64)
+    m = float(X.abs().max()) if X.numel() else 0.0
+    return X / m if m > 0 else X
+
+
 @dataclass
 class ConflictReport:
     """Result of :func:`conflict_report`.
@@ -339,6 +417,7 @@ class ConflictReport:
         subspace_overlap: size-weighted mean ``cos²`` of the principal angles between the top-``rank`` left
             singular subspaces (via :func:`orthokit.merge.diagnostics.subspace_overlap`); 1 = same subspaces.
         sar: mean over tensors of the authors' symmetrised subspace alignment ratio.
+        compared: names of the tensors selected for comparison (``keys`` / ``targets`` / ``exclude``).
     """
 
     conflict: float
@@ -348,6 +427,7 @@ class ConflictReport:
     cosine: float = 0.0
     subspace_overlap: float = 0.0
     sar: float = 0.0
+    compared: list[str] = field(default_factory=list)
 
 
 def _reduce(layers: dict[str, LayerConflict], sizes: dict[str, int], reduction: str) -> float:
@@ -358,12 +438,17 @@ def _reduce(layers: dict[str, LayerConflict], sizes: dict[str, int], reduction: 
 
 
 def _prepare(
-    update_a: Update, update_b: Update, keys: Sequence[str] | None, exclude: Sequence[str], reduction: str
+    update_a: Update,
+    update_b: Update,
+    keys: Sequence[str] | None,
+    exclude: Sequence[str],
+    reduction: str,
+    targets: Targets = "auto",
 ) -> tuple[dict[str, Tensor], dict[str, Tensor], list[str]]:
     if reduction not in ("mean", "weighted"):
         raise ValueError(f"reduction must be 'mean' or 'weighted', got {reduction!r}")
     a, b = _as_dict(update_a, "update_a"), _as_dict(update_b, "update_b")
-    return a, b, _select(a, b, keys, exclude)
+    return a, b, _select(a, b, keys, exclude, targets)
 
 
 def _layers(
@@ -397,6 +482,7 @@ def geometry_conflict(
     reg: float = 1e-6,
     keys: Sequence[str] | None = None,
     exclude: Sequence[str] = DEFAULT_EXCLUDE,
+    targets: Targets = "auto",
     reduction: Literal["mean", "weighted"] = "mean",
     normalize: Literal["joint", "unit_trace"] = "joint",
 ) -> float:
@@ -406,9 +492,14 @@ def geometry_conflict(
         update_a, update_b: 2-D tensors, or state dicts of updates ``θ_after − θ_before`` with the same keys
             (e.g. from :func:`orthokit.merge.diagnostics.task_vectors`).
         rank, energy, reg: truncation rank, energy threshold and regulariser of each geometry (authors' defaults).
-        keys: tensor names to compare; default every 2-D tensor whose name contains none of ``exclude``.
+        keys: tensor names to compare (overrides ``targets``/``exclude``); default: the 2-D tensors picked
+            by ``targets`` among those whose name contains none of ``exclude``.
         exclude: name substrings skipped when ``keys`` is None (default: embeddings and the LM head, as the
             authors' code).
+        targets: ``"auto"`` (default, the authors'): the 2-D tensors whose name contains one of
+            :data:`AUTHORS_TARGETS` (``q/k/v/o/gate/up/down_proj.weight``) — or, when no tensor has such a
+            name (an MLP, a GPT-2-style model), every 2-D tensor; a sequence of substrings: exactly the tensors
+            matching one (ValueError if none does); ``None``: every 2-D tensor.
         reduction: ``"mean"`` over tensors (authors) or ``"weighted"`` by number of entries.
         normalize: ``"joint"`` (authors: ``W² / (tr B_a + tr B_b)``) or ``"unit_trace"`` (orthokit option: each
             geometry scaled to unit trace first; blind to the updates' relative size).
@@ -425,7 +516,7 @@ def geometry_conflict(
         >>> round(geometry_conflict(a, b), 6)                # (1 − 3)² / (1 + 3²): the spectrum counts
         0.4
     """
-    a, b, sel = _prepare(update_a, update_b, keys, exclude, reduction)
+    a, b, sel = _prepare(update_a, update_b, keys, exclude, reduction, targets)
     layers = _layers(a, b, sel, rank, energy, reg, normalize)
     return _reduce(layers, {k: a[k].numel() for k in sel}, reduction)
 
@@ -439,6 +530,7 @@ def conflict_report(
     reg: float = 1e-6,
     keys: Sequence[str] | None = None,
     exclude: Sequence[str] = DEFAULT_EXCLUDE,
+    targets: Targets = "auto",
     reduction: Literal["mean", "weighted"] = "mean",
     normalize: Literal["joint", "unit_trace"] = "joint",
     overlap_rank: int = 8,
@@ -446,7 +538,7 @@ def conflict_report(
     """Per-tensor geometry conflict plus the baselines (update norm, cosine, subspace overlap, SAR).
 
     Arguments as :func:`geometry_conflict`; ``overlap_rank`` is the subspace dimension of the principal-angle
-    overlap baseline.
+    overlap baseline. ``report.compared`` lists the tensors the selection kept.
 
     Example:
         >>> import torch
@@ -460,20 +552,24 @@ def conflict_report(
 
     if isinstance(overlap_rank, bool) or not isinstance(overlap_rank, int) or overlap_rank < 1:
         raise ValueError(f"overlap_rank must be an integer >= 1, got {overlap_rank!r}")
-    a, b, sel = _prepare(update_a, update_b, keys, exclude, reduction)
+    a, b, sel = _prepare(update_a, update_b, keys, exclude, reduction, targets)
     layers = _layers(a, b, sel, rank, energy, reg, normalize)
     fa = torch.cat([a[k].detach().reshape(-1).to("cpu", torch.float64) for k in sel])
     fb = torch.cat([b[k].detach().reshape(-1).to("cpu", torch.float64) for k in sel])
-    sa = {k: a[k].detach().to("cpu", torch.float64) for k in layers}
-    sb = {k: b[k].detach().to("cpu", torch.float64) for k in layers}
+    # baselines are scale-invariant (cosine, overlap) or homogeneous (norms): computed on max-abs-scaled copies
+    ma, mb = float(fa.abs().max()) or 1.0, float(fb.abs().max()) or 1.0
+    fa, fb = fa / ma, fb / mb
+    sa = {k: _max_scaled(a[k]) for k in layers}
+    sb = {k: _max_scaled(b[k]) for k in layers}
     return ConflictReport(
         conflict=_reduce(layers, {k: a[k].numel() for k in sel}, reduction),
         layers=layers,
-        norm_a=float(fa.norm()),
-        norm_b=float(fb.norm()),
+        norm_a=ma * float(fa.norm()),
+        norm_b=mb * float(fb.norm()),
         cosine=float(pairwise_cosine([fa, fb])[0, 1]),
         subspace_overlap=float(subspace_overlap([sa, sb], rank=overlap_rank, side="left").mean[0, 1]),
         sar=sum(v.sar for v in layers.values()) / len(layers),
+        compared=list(sel),
     )
 
 
@@ -482,6 +578,7 @@ def sequence_conflicts(
     *,
     keys: Sequence[str] | None = None,
     exclude: Sequence[str] = DEFAULT_EXCLUDE,
+    targets: Targets = "auto",
     rank: int = 32,
     energy: float = 0.95,
     reg: float = 1e-6,
@@ -493,7 +590,8 @@ def sequence_conflicts(
     ``S_t = θ_t − θ_0``: ``pair_conflict = GC(Δ_t, Δ_{t+1})``, ``state_conflict = GC(S_t, Δ_{t+1})`` (the
     paper's state-relative conflict), ``update_norm = ‖Δ_{t+1}‖``, ``cosine = cos(Δ_t, Δ_{t+1})``,
     ``subspace_overlap`` and ``sar`` of ``(Δ_t, Δ_{t+1})``, and ``state_shape_conflict`` = the state-relative
-    conflict with ``normalize="unit_trace"``.
+    conflict with ``normalize="unit_trace"``. ``keys`` / ``exclude`` / ``targets`` select the tensors as in
+    :func:`geometry_conflict`.
 
     Example:
         >>> import torch
@@ -506,9 +604,19 @@ def sequence_conflicts(
 
     if isinstance(states, Mapping) or len(states) < 3:
         raise ValueError("states must be a sequence of at least 3 state dicts (θ_0 and two tasks)")
+    first = states[0]
+    if isinstance(first, Mapping):
+        cand = keys if keys is not None and not isinstance(keys, str) else list(first)
+        two_d = [k for k in cand if isinstance(first.get(k), Tensor) and first[k].dim() == 2]
+        if two_d and not any(first[k].is_floating_point() for k in two_d):
+            dts = sorted({str(first[k].dtype) for k in two_d})
+            raise TypeError(
+                f"states hold no floating 2-D tensor to compare: the 2-D entries (e.g. {two_d[:3]}) are "
+                f"{', '.join(dts)}; task updates need floating weights"
+            )
     deltas = [task_vectors(states[t - 1], [states[t]])[0] for t in range(1, len(states))]
     accum = task_vectors(states[0], list(states[1:]))
-    kw = dict(keys=keys, exclude=exclude, rank=rank, energy=energy, reg=reg)
+    kw = dict(keys=keys, exclude=exclude, targets=targets, rank=rank, energy=energy, reg=reg)
     out = []
     for t in range(1, len(deltas)):
         rep = conflict_report(deltas[t - 1], deltas[t], overlap_rank=overlap_rank, **kw)  # type: ignore[arg-type]

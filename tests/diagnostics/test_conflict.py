@@ -267,6 +267,36 @@ def test_sequence_conflicts_closed_form() -> None:
         (
             {"w": torch.ones(2, 3)},
             {"w": torch.ones(2, 3)},
+            {"energy": "0.5"},
+            TypeError,
+            "energy must be a real",
+        ),
+        ({"w": torch.ones(2, 3)}, {"w": torch.ones(2, 3)}, {"reg": "0"}, TypeError, "reg must be a real"),
+        ({"w": torch.ones(2, 3)}, {"w": torch.ones(2, 3)}, {"exclude": "bias"}, TypeError, "exclude must be"),
+        (
+            {"w": torch.ones(2, 3)},
+            {"w": torch.ones(2, 3)},
+            {"keys": ["w", "w"]},
+            ValueError,
+            "more than once",
+        ),
+        (
+            {"w": torch.ones(2, 3)},
+            {"w": torch.ones(2, 3)},
+            {"targets": "q_proj"},
+            TypeError,
+            "targets must be",
+        ),
+        (
+            {"w": torch.ones(2, 3)},
+            {"w": torch.ones(2, 3)},
+            {"targets": ["q_proj"]},
+            ValueError,
+            "no 2-D tensor name",
+        ),
+        (
+            {"w": torch.ones(2, 3)},
+            {"w": torch.ones(2, 3)},
             {"reduction": "max"},
             ValueError,
             "reduction must be",
@@ -325,3 +355,74 @@ def test_unit_trace_option_is_shape_only() -> None:
     th = [torch.zeros(3, 3), torch.eye(3), 1.5 * torch.eye(3)]
     r = sequence_conflicts([{"w": t} for t in th])[0]
     assert r["state_shape_conflict"] == pytest.approx(0.0, abs=1e-6) and r["state_conflict"] > 0.1
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_updates_are_named(bad: float) -> None:
+    with pytest.raises(ValueError, match="delta contains NaN or inf"):
+        update_geometry(torch.full((3, 3), bad, dtype=torch.float64))
+    ok = torch.eye(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="delta_b contains NaN or inf"):
+        layer_conflict(ok, torch.full((3, 3), bad, dtype=torch.float64))
+    with pytest.raises(TypeError, match="delta must be a floating tensor"):
+        update_geometry(torch.ones(3, 3, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("c", [1e200, 1e-200])
+def test_joint_scaling_exact_at_extreme_magnitudes(c: float) -> None:
+    g = torch.Generator().manual_seed(11)
+    A = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    B = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    B[:, :2] += A[:, :2]
+    ref = layer_conflict(A, B, reg=0.0)
+    got = layer_conflict(A * c, B * c, reg=0.0)  # GC(cA, cB) = GC(A, B) exactly when reg = 0
+    assert got.conflict == pytest.approx(ref.conflict, rel=1e-12) and got.sar == pytest.approx(
+        ref.sar, rel=1e-12
+    )
+    assert geometry_conflict(A * c, B * c, reg=0.0) == pytest.approx(
+        geometry_conflict(A, B, reg=0.0), rel=1e-12
+    )
+    dflt = layer_conflict(
+        A * c, B * c
+    )  # the absolute reg = 1e-6 (authors'): negligible at 1e200, dominant at 1e-200
+    assert math.isfinite(dflt.conflict) and 0.0 <= dflt.conflict <= 1.0
+    if c > 1:
+        assert dflt.conflict == pytest.approx(ref.conflict, rel=1e-12)
+    rep = conflict_report({"w": A * c}, {"w": B * c}, reg=0.0)
+    ref_rep = conflict_report({"w": A}, {"w": B}, reg=0.0)
+    assert rep.cosine == pytest.approx(ref_rep.cosine, rel=1e-12)
+    assert rep.norm_a / c == pytest.approx(ref_rep.norm_a, rel=1e-12)
+    assert rep.subspace_overlap == pytest.approx(ref_rep.subspace_overlap, rel=1e-9)
+
+
+def test_update_geometry_scale_safe_or_clear() -> None:
+    d = torch.diag(torch.tensor([3.0, 1.0, 0.0], dtype=torch.float64))
+    tiny = update_geometry(d * 1e-200)
+    assert tiny.rank >= 1 and bool(torch.isfinite(tiny.eigenvalues).all())
+    assert tiny.fro_norm == pytest.approx(math.sqrt(10.0) * 1e-200, rel=1e-12)
+    big = update_geometry(d * 1e100, reg=0.0)
+    assert big.eigenvalues[0].item() == pytest.approx(9e200, rel=1e-12)
+    with pytest.raises(ValueError, match="overflow float64"):
+        update_geometry(d * 1e200)
+
+
+def test_targets_follow_the_authors_keywords() -> None:
+    g = torch.Generator().manual_seed(6)
+    names = ["layers.0.self_attn.q_proj.weight", "layers.0.mlp.down_proj.weight", "layers.0.other.weight"]
+    a = {n: torch.randn(4, 5, generator=g) for n in names}
+    b = {n: torch.randn(4, 5, generator=g) for n in names}
+    assert conflict_report(a, b).compared == names[:2]  # default "auto": q/k/v/o/gate/up/down_proj only
+    assert conflict_report(a, b, targets=None).compared == names
+    assert conflict_report(a, b, targets=["other"]).compared == names[2:]
+    mlp = {"fc1.weight": a[names[0]], "fc2.weight": a[names[1]]}
+    mlp_b = {"fc1.weight": b[names[0]], "fc2.weight": b[names[1]]}
+    assert conflict_report(mlp, mlp_b).compared == [
+        "fc1.weight",
+        "fc2.weight",
+    ]  # no projection names: all 2-D
+
+
+def test_integer_states_name_their_dtype() -> None:
+    st = [{"w": torch.zeros(2, 2, dtype=torch.int64)}, {"w": torch.ones(2, 2, dtype=torch.int64)}]
+    with pytest.raises(TypeError, match="torch.int64"):
+        sequence_conflicts([*st, {"w": 2 * torch.ones(2, 2, dtype=torch.int64)}])

@@ -71,6 +71,19 @@ def conformance_failures(fn: Score) -> list[str]:
     rot = s(d["P"] @ A @ d["Q"], d["P"] @ d["B"] @ d["Q"])
     if abs(rot - base) > 1e-6 * max(1.0, abs(base)):
         fails.append(f"not invariant to a common orthogonal change of basis: {base} vs {rot}")
+    # closed form pinning the Bures–Wasserstein cross term and the joint normalisation: two full-rank 2-D
+    # geometries Σ_a = diag(4, 1), Σ_b = R diag(1, 9) Rᵀ (unequal traces 5, 10, not commuting); for 2 × 2
+    # PSD matrices tr (A^½ B A^½)^½ = √(tr AB + 2 √(det A det B)), so GC = W² / (tr A + tr B)
+    th = math.radians(35.0)
+    R = torch.tensor([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]], dtype=torch.float64)
+    Da = torch.diag(torch.tensor([2.0, 1.0], dtype=torch.float64))
+    Db = torch.diag(torch.tensor([1.0, 3.0], dtype=torch.float64)) @ R.T
+    Sa, Sb = Da.T @ Da, Db.T @ Db
+    cross = math.sqrt(float(torch.trace(Sa @ Sb)) + 2 * math.sqrt(float(torch.det(Sa) * torch.det(Sb))))
+    want = (15.0 - 2 * cross) / 15.0
+    got = s(Da, Db)
+    if abs(got - want) > 1e-5:
+        fails.append(f"closed-form 2 × 2 case (traces 5 and 10, rotated 35°): want {want:.6f}, got {got:.6f}")
     scaled = s(5.0 * A, 5.0 * d["B"])
     if abs(scaled - base) > 2e-3 * max(1.0, abs(base)):  # regularisers may break it at O(√reg / σ)
         fails.append(f"not invariant to scaling both updates: {base} vs {scaled}")
@@ -131,7 +144,28 @@ def unnormalised_bw(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> f
     return float(A.trace() + B.trace() - 2 * _psd_sqrt(rA @ B @ rA).trace()) / 14.0
 
 
-@pytest.mark.parametrize("mutant", [bw_without_cross_sqrt, subspace_only, norm_gap, unnormalised_bw])
+def _bw(A: torch.Tensor, B: torch.Tensor) -> float:
+    rA = _psd_sqrt(A)
+    return float(A.trace() + B.trace() - 2 * _psd_sqrt(rA @ B @ rA).trace())
+
+
+def max_trace_normalised(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Mutant: W² / (2 max(tr A, tr B)) instead of the joint W² / (tr A + tr B)."""
+    A, B = _cov(a), _cov(b)
+    return _bw(A, B) / (2 * max(float(A.trace()), float(B.trace())))
+
+
+def hellinger_cross(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Mutant: cross term tr(A^½ B^½) (Hellinger-style) instead of tr (A^½ B A^½)^½."""
+    A, B = _cov(a), _cov(b)
+    h = float(A.trace() + B.trace() - 2 * (_psd_sqrt(A) @ _psd_sqrt(B)).trace())
+    return max(h, 0.0) / float(A.trace() + B.trace())
+
+
+@pytest.mark.parametrize(
+    "mutant",
+    [bw_without_cross_sqrt, subspace_only, norm_gap, unnormalised_bw, max_trace_normalised, hellinger_cross],
+)
 def test_mutant_rejected(mutant: Score) -> None:
     reg: Registry[Score] = Registry("geometry diagnostic (mutant copy)")
     for name in UPDATE_SCORES:
