@@ -184,6 +184,23 @@ def _gaussian_like(E: Tensor, seed: int) -> Tensor:
     return torch.randn(E.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
 
 
+def _undertrained_note(training: dict[Any, dict[str, float]], steps: int) -> list[str]:
+    """A warning line for every width whose trained validation loss is worse than a narrower width's: at the
+    shared step budget it is under-trained, so its ε describes an unfinished embedding, not its width."""
+    out, best_w, best = [], None, math.inf
+    for w, t in sorted(training.items(), key=lambda kv: int(kv[0])):
+        if t["val_loss"] > best:
+            out.append(
+                f"**CharGPT-{w} is under-trained**: after {steps} steps its validation loss {t['val_loss']:.3f} is "
+                f"worse than CharGPT-{best_w}'s {best:.3f} (the wider model needs more steps at this learning rate), "
+                f"so its trained ε describes an unfinished embedding, not what width {w} reaches; read its row "
+                "with that caveat."
+            )
+        if t["val_loss"] < best:
+            best_w, best = w, t["val_loss"]
+    return out + [""] if out else out
+
+
 def _row(name: str, kind: str, E: Tensor, cfg: Config, seed: int) -> tuple[dict[str, Any], Any]:
     t0 = time.perf_counter()
     est = estimate_epsilon(E)
@@ -436,6 +453,7 @@ def markdown(res: dict[str, Any], level: int = 1) -> str:
             md_table(["model", "val loss at init", "val loss trained", "train s"], tr),
             "",
         ]
+        lines += _undertrained_note(res["chargpt_training"], cfg["char_steps"])
     f = res.get("factor")
     if f:
         n, sd = f["null"], f["null_sd"]

@@ -72,3 +72,18 @@ def test_llama2c_reader_validates(tmp_path):
         read_llama2c_embeddings(p)
     with pytest.raises(ValueError, match="does not exist"):
         read_llama2c_embeddings(tmp_path / "nope.bin")
+
+
+def test_undertrained_width_is_flagged_in_the_results():
+    from orthokit.bench.diag_capacity import _undertrained_note
+
+    tr = {
+        "32": {"val_loss": 2.40},
+        "64": {"val_loss": 2.33},
+        "128": {"val_loss": 2.32},
+        "256": {"val_loss": 2.66},
+    }
+    note = " ".join(_undertrained_note(tr, 300))
+    assert "CharGPT-256 is under-trained" in note and "CharGPT-128's 2.320" in note
+    assert "CharGPT-64 is" not in note and "CharGPT-128 is" not in note
+    assert _undertrained_note({"32": {"val_loss": 2.4}, "64": {"val_loss": 2.3}}, 300) == []
