@@ -13,8 +13,11 @@ towards ``b₂``) while keeping its length and leaving the out-of-plane part unt
     h' = h - P h + \lVert P h\rVert\,(\cos\theta\, b_1 + \sin\theta\, b_2).
 
 Since ``h − Ph ⟂ plane`` and ``cosθ b₁ + sinθ b₂`` is a unit vector in the plane, ``‖h'‖ = ‖h‖`` exactly.
-``θ = 0`` moves every state onto the feature direction, ``θ = 180°`` onto its opposite. The *adaptive*
-variant of the paper (reference ``adaptive_mode=1``) rotates only states with ``⟨h, b₁⟩ > 0``.
+``θ = 0`` moves every state onto the feature direction, ``θ = 180°`` onto its opposite. By default the
+steerer is the *adaptive* rule of the official code (``adaptive_mode=1``, the default of its generation
+scripts): only states with ``⟨h, b₁⟩ > 0`` are rotated, the others pass through unchanged; ``adaptive=False``
+(the reference's ``adaptive_mode=0``) rotates every state. ``‖Ph‖`` is computed as ``hypot(⟨h,b₁⟩, ⟨h,b₂⟩)``,
+so it neither overflows nor underflows where the squares would.
 
 The plane: ``b₁`` is the feature direction; the reference builds ``b₂`` as the first principal component
 of the per-layer candidate directions (unit difference-in-means directions of every layer), orthogonalized
@@ -184,23 +187,28 @@ class AngularSteering(Steerer):
 
     ``h' = h − Ph + ‖Ph‖ (cos θ b₁ + sin θ b₂)`` with ``(b₁, b₂)`` the orthonormalized ``(direction, second)``
     (Gram–Schmidt, ``b₁ ∥ direction``). Norm-preserving exactly; the out-of-plane part ``h − Ph`` is
-    unchanged; a state already at angle ``θ`` is unchanged. ``adaptive=True`` is the paper's *Adaptive
-    Angular Steering*: only states with ``⟨h, b₁⟩ > 0`` are rotated, the others pass through.
+    unchanged; a state already at angle ``θ`` is unchanged. Default ``adaptive=True`` is the official code's
+    default (``adaptive_mode=1``): only states with ``⟨h, b₁⟩ > 0`` are rotated, the others pass through;
+    ``adaptive=False`` (``adaptive_mode=0``) rotates every state.
 
     Args:
         direction: feature direction ``[d]`` (any non-zero scale).
         second: second direction ``[d]`` spanning the plane with ``direction`` (not parallel to it). Use
             :meth:`from_candidates` for the paper's PCA-built plane.
         angle_deg: target angle θ in degrees, from ``b₁`` towards ``b₂``.
-        adaptive: rotate only states aligned with ``b₁`` (reference ``adaptive_mode=1``).
+        adaptive: rotate only states aligned with ``b₁`` (default, reference ``adaptive_mode=1``); ``False``
+            rotates every state (``adaptive_mode=0``).
 
     The work is done in at least float32 (float64 stays float64); the output has the input's dtype.
 
     Example:
-        >>> s = AngularSteering(torch.tensor([1.0, 0, 0]), torch.tensor([1.0, 1, 0]), angle_deg=180.0, adaptive=True)
-        >>> s.edit(torch.tensor([[2.0, 0, 1], [-2.0, 0, 1]]))   # first state rotated, second not aligned
+        >>> s = AngularSteering(torch.tensor([1.0, 0, 0]), torch.tensor([1.0, 1, 0]), angle_deg=180.0)
+        >>> s.edit(torch.tensor([[2.0, 0, 1], [-2.0, 0, 1]]))   # adaptive: first state rotated, second not aligned
         tensor([[-2.,  0.,  1.],
                 [-2.,  0.,  1.]])
+        >>> s = AngularSteering(torch.tensor([1.0, 0, 0]), torch.tensor([1.0, 1, 0]), angle_deg=90.0, adaptive=False)
+        >>> s.edit(torch.tensor([[-2.0, 0, 1]]))                 # non-adaptive: every state is set to 90°
+        tensor([[0., 2., 1.]])
     """
 
     name = "angular"
@@ -211,7 +219,7 @@ class AngularSteering(Steerer):
         direction: Tensor,
         second: Tensor | None = None,
         angle_deg: float = 0.0,
-        adaptive: bool = False,
+        adaptive: bool = True,
     ) -> None:
         check_vector(direction, "direction")
         if second is None:
@@ -227,7 +235,7 @@ class AngularSteering(Steerer):
 
     @classmethod
     def from_candidates(
-        cls, candidates: Tensor, angle_deg: float = 0.0, adaptive: bool = False
+        cls, candidates: Tensor, angle_deg: float = 0.0, adaptive: bool = True
     ) -> AngularSteering:
         """Build the steerer on the paper's plane :func:`steering_plane` of per-layer candidates ``[L, d]``."""
         p = steering_plane(candidates)
@@ -247,7 +255,7 @@ class AngularSteering(Steerer):
         b2 = self.b2.to(device=x.device, dtype=w)
         c1 = x @ b1
         c2 = x @ b2
-        r = torch.sqrt(c1 * c1 + c2 * c2)
+        r = torch.hypot(c1, c2)  # ‖Ph‖ without squaring: no overflow at 1e20, no underflow at 1e-25 (float32)
         t = math.radians(self.angle_deg)
         target = math.cos(t) * b1 + math.sin(t) * b2
         out = x - c1[..., None] * b1 - c2[..., None] * b2 + r[..., None] * target

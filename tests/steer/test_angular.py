@@ -77,8 +77,34 @@ class SkipsGramSchmidt(AngularSteering):
     """Mutant: uses the raw unit second direction (not orthogonalized against b1)."""
 
     def __init__(self, direction: torch.Tensor, second: torch.Tensor, angle_deg: float) -> None:
-        super().__init__(direction, second, angle_deg)
+        super().__init__(direction, second, angle_deg, adaptive=False)
         self.b2 = second / second.norm()
+
+
+class SquaresTheNorm(AngularSteering):
+    """Mutant: ‖Ph‖ as sqrt(c1² + c2²) (overflows to inf at 1e20 and underflows at 1e-25 in float32)."""
+
+    def edit(self, h: torch.Tensor) -> torch.Tensor:
+        b1, b2 = self.b1.to(h), self.b2.to(h)
+        c1, c2 = h @ b1, h @ b2
+        r = torch.sqrt(c1 * c1 + c2 * c2)
+        t = math.radians(self.angle_deg)
+        tgt = math.cos(t) * b1 + math.sin(t) * b2
+        return h - c1[..., None] * b1 - c2[..., None] * b2 + r[..., None] * tgt
+
+
+def check_norm_at_extreme_scales(s: AngularSteering) -> None:
+    """float32 states of norm 1e20 and 1e-25: finite rows, norm kept to 1e-6 relative (measured in float64)."""
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(16, s.dim, generator=g, dtype=torch.float64)
+    base = base / base.norm(dim=-1, keepdim=True)
+    for scale in (1e20, 1e-25):
+        h = (base * scale).float()
+        out = s.edit(h)
+        assert bool(torch.isfinite(out).all()), f"non-finite output at scale {scale:g}"
+        n0, n1 = h.double().norm(dim=-1), out.double().norm(dim=-1)
+        err = float(((n1 - n0).abs() / n0).max())
+        assert err <= 1e-6, f"norm changed by {err:.3g} (relative) at scale {scale:g}"
 
 
 class AddsInsteadOfSets(AngularSteering):
@@ -96,7 +122,7 @@ class AddsInsteadOfSets(AngularSteering):
 def test_matches_closed_form_reference(angle: float) -> None:
     v1, v2 = _plane()
     h = _states()
-    out = AngularSteering(v1, v2, angle_deg=angle).edit(h)
+    out = AngularSteering(v1, v2, angle_deg=angle, adaptive=False).edit(h)
     assert torch.allclose(out, _reference(h, v1, v2, angle), atol=1e-12)
 
 
@@ -104,9 +130,10 @@ def test_norm_and_angle_properties_and_mutants() -> None:
     v1, v2 = _plane()
     h = _states()
     for angle in (0.0, 60.0, 200.0):
-        s = AngularSteering(v1, v2, angle_deg=angle)
+        s = AngularSteering(v1, v2, angle_deg=angle, adaptive=False)
         check_norm_preserved(s, h)
         check_target_angle(s, h)
+        check_norm_preserved(AngularSteering(v1, v2, angle_deg=angle), h)  # the adaptive default
     with pytest.raises(AssertionError, match="norm"):
         check_norm_preserved(ForgetsOutOfPlane(v1, v2, angle_deg=60.0), h)
     with pytest.raises(AssertionError, match="norm"):
@@ -117,6 +144,15 @@ def test_norm_and_angle_properties_and_mutants() -> None:
         check_target_angle(ForgetsOutOfPlane(v1, v2, angle_deg=60.0), h + 0.0)
     with pytest.raises(AssertionError, match="angle"):
         check_target_angle(AddsInsteadOfSets(v1, v2, angle_deg=60.0), h)
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_norm_kept_at_extreme_float32_scales_and_mutant(adaptive: bool) -> None:
+    v1, v2 = _plane()
+    s = AngularSteering(v1.float(), v2.float(), angle_deg=100.0, adaptive=adaptive)
+    check_norm_at_extreme_scales(s)
+    with pytest.raises(AssertionError, match="non-finite|norm changed"):
+        check_norm_at_extreme_scales(SquaresTheNorm(v1.float(), v2.float(), angle_deg=100.0, adaptive=False))
 
 
 def test_current_angle_is_identity_and_mutant() -> None:
@@ -141,7 +177,23 @@ def test_adaptive_rotates_only_aligned_states() -> None:
     assert torch.equal(out[~aligned], h[~aligned])
     assert torch.allclose(out[aligned], _reference(h[aligned], v1, v2, 150.0), atol=1e-12)
     # a non-adaptive steerer changes the non-aligned states too (so the mask test can fail)
-    assert not torch.allclose(AngularSteering(v1, v2, angle_deg=150.0).edit(h)[~aligned], h[~aligned])
+    off = AngularSteering(v1, v2, angle_deg=150.0, adaptive=False)
+    assert not torch.allclose(off.edit(h)[~aligned], h[~aligned])
+
+
+def test_default_is_the_official_codes_adaptive_mode() -> None:
+    """The official generation scripts default to adaptive_mode=1: so does the registered method."""
+    v1, v2 = _plane()
+    h = _states()
+    for s in (
+        AngularSteering(v1, v2, angle_deg=150.0),
+        STEERERS.get("angular")(v1, v2, angle_deg=150.0),
+        AngularSteering.from_candidates(torch.stack([v1, v2, v1 + v2]), angle_deg=150.0),
+    ):
+        assert s.adaptive is True
+        aligned = (h @ s.b1) > 0
+        assert 0 < int(aligned.sum()) < h.shape[0]
+        assert torch.equal(s.edit(h)[~aligned], h[~aligned])
 
 
 def test_steering_plane_matches_reference_recipe_and_sklearn() -> None:
