@@ -365,6 +365,10 @@ def markdown(res: dict[str, Any], level: int = 1) -> str:
         f"Run: {'quick' if res['quick'] else 'full'}, {res['seconds']:.0f} s. Classification seeds {cfg['seeds']}, "
         f"SGD lr {cfg['cls_lrs']}; LM seeds {cfg['lm_seeds']}, AdamW lr {cfg['lm_lrs']}, {cfg['lm_phases']} phases.",
         f"Machine: {res['machine_line']}",
+        "",
+        "Tensors compared (passed explicitly with `keys=`): the 2-D `layers.*` weights of the MNIST trunk and the 2-D "
+        "`blocks.*` weights of the CharGPT. These models have none of the authors' `q/k/v/o/gate/up/down_proj` names "
+        '(the default `targets="auto"` selection), so the benchmark states its own selection.',
     ]
     for stream in STREAMS:
         rows = [r for r in res["correlations"] if r["stream"] == stream]

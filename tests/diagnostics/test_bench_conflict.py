@@ -30,6 +30,7 @@ def test_quick_run_writes_files_and_sane_numbers(tmp_path: Path, capsys: pytest.
         assert 0.0 <= p["acc_after"] <= 100.0
     md = (out / "diag_conflict_quick.md").read_text()
     assert "Permuted MNIST" in md and "state_conflict" in md and "diag_conflict_quick.png" in md
+    assert "passed explicitly with `keys=`" in md  # the models lack the authors' projection names: say so
     assert "results written to" in capsys.readouterr().out
 
 
