@@ -21,9 +21,10 @@ signs: ``mean_i cos(h⁺_{ℓ,i}, d̂) · mean_j cos(h⁻_{ℓ,j}, d̂) < 0`` (t
 before projecting). All such layers are selected (the reference's default ``scatter`` selection).
 
 **Sites.** The reference reads and steers the outputs of the normalization modules inside every decoder block
-(``input_layernorm``/``post_attention_layernorm``), selecting module by module. This family's contract edits the
-residual stream at the block outputs; :func:`selective_steer` and :func:`plan_selective` do that by default
-(``sites="block"``) and follow the reference with ``sites="norm"`` (:func:`norm_sites`).
+(``input_layernorm``/``post_attention_layernorm``), selecting module by module; :func:`selective_steer` and
+:func:`plan_selective` do the same by default (``sites="norm"``, :func:`norm_sites`). ``sites="block"`` is
+orthokit's named option: calibrate, select and rotate the residual stream at the block outputs (the family's
+:func:`~orthokit.steer._hooks.steer` contract).
 
 Example:
     >>> import torch
@@ -45,7 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from orthokit.linalg._checks import check_finite, compute_dtype
-from orthokit.steer._hooks import Steerer, SteeringHandle, residual_layers, steer
+from orthokit.steer._hooks import Steerer, SteeringHandle, _apply_edit, residual_layers, steer
 from orthokit.steer.angular import check_angle, check_states, check_vector, orthonormal_plane, steering_plane
 from orthokit.steer.directions import collect_residuals, mean_difference
 from orthokit.steer.registry import STEERERS
@@ -275,7 +276,7 @@ class SelectivePlan:
     feature_layer: int
     layers: list[int]
     alignment: Tensor
-    sites: str = "block"
+    sites: str = "norm"
     site_names: list[str] = field(default_factory=list)
 
 
@@ -285,12 +286,13 @@ def plan_selective(
     neg_ids: Tensor,
     *,
     positions: str = "last",
-    sites: str = "block",
+    sites: str = "norm",
 ) -> SelectivePlan:
     """The reference's calibration: activations → per-site difference-in-means → plane → discriminative sites.
 
-    With ``sites="block"`` the activations are the hidden states after every block (``collect_residuals``); with
-    ``sites="norm"`` the outputs of every normalization module (:func:`norm_sites`, the reference's choice). The
+    With ``sites="norm"`` (default, the reference's choice) the activations are the outputs of every
+    normalization module (:func:`norm_sites`); with ``sites="block"`` the hidden states after every block
+    (``collect_residuals``). The
     per-site candidates ``mean(pos) − mean(neg)`` give the plane (:func:`~orthokit.steer.angular.steering_plane`)
     and ``b1`` picks the sites (:func:`select_layers`). The model is not modified.
     """
@@ -314,17 +316,50 @@ def plan_selective(
     return SelectivePlan(plane.b1, plane.b2, plane.feature_layer, chosen, align, sites, names)
 
 
-def _steer_modules(modules: list[nn.Module], steerer: Steerer, positions: str) -> SteeringHandle:
-    def hook(_m: nn.Module, _a: Any, out: Any) -> Any:
-        h = out[0] if isinstance(out, tuple) else out
-        new = (
-            steerer.edit(h)
-            if positions == "all"
-            else torch.cat([h[..., :-1, :], steerer.edit(h[..., -1:, :])], -2)
-        )
-        return (new, *out[1:]) if isinstance(out, tuple) else new
+def _steer_modules(
+    modules: list[nn.Module], steerer: Steerer, positions: str, names: list[str]
+) -> SteeringHandle:
+    """Forward hooks replacing each module's output by ``steerer.edit`` of it, with the checks of
+    :func:`~orthokit.steer._hooks.steer` (shape, dtype, NaN/inf from finite states; half precision in float32)."""
+    label = getattr(steerer, "name", type(steerer).__name__)
 
-    return SteeringHandle([m.register_forward_hook(hook) for m in modules], steerer)
+    def make(where: str) -> Any:
+        def hook(_m: nn.Module, _a: Any, out: Any) -> Any:
+            if isinstance(out, tuple) and out and isinstance(out[0], Tensor):
+                h = out[0]
+            elif isinstance(out, Tensor):
+                h = out
+            else:
+                raise TypeError(f"{where}: module output is {type(out).__name__}, expected a Tensor")
+            if positions == "all" or h.dim() < 2:
+                new = _apply_edit(steerer.edit, h, where)
+            else:
+                new = torch.cat([h[..., :-1, :], _apply_edit(steerer.edit, h[..., -1:, :], where)], -2)
+            return (new, *out[1:]) if isinstance(out, tuple) else new
+
+        return hook
+
+    handles = [
+        m.register_forward_hook(make(f"steerer {label!r} at norm site {n}")) for m, n in zip(modules, names)
+    ]
+    return SteeringHandle(handles, steerer)
+
+
+def _check_site_indices(layers: Any, n: int, what: str) -> list[int]:
+    """``layers`` as sorted distinct indices into ``n`` sites (negative allowed); TypeError/ValueError otherwise."""
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
+        raise TypeError(f"layers must be a sequence of ints, got {type(layers).__name__}")
+    if len(layers) == 0:
+        raise ValueError("layers is empty: pass None to steer the discriminative sites")
+    for i in layers:
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise TypeError(f"layers must hold ints, got {type(i).__name__} {i!r}")
+        if not -n <= i < n:
+            raise ValueError(f"layers must index the {n} {what} (0..{n - 1}), got {i}")
+    out = [i % n for i in layers]
+    if len(set(out)) != len(out):
+        raise ValueError(f"layers lists a site twice: {list(layers)}")
+    return out
 
 
 def steer_norm_sites(
@@ -352,8 +387,8 @@ def steer_norm_sites(
         raise TypeError(f"steerer must be a Steerer, got {type(steerer).__name__}")
     if positions not in ("all", "last"):
         raise ValueError(f"positions must be 'all' or 'last', got {positions!r}")
-    mods = [m for _, _, m in norm_sites(model)]
-    n = len(mods)
+    found = norm_sites(model)
+    n = len(found)
     if sites is None:
         chosen = list(range(n))
     else:
@@ -362,7 +397,9 @@ def steer_norm_sites(
         if any(isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n for i in sites):
             raise ValueError(f"sites must index the {n} normalization sites (0..{n - 1}), got {list(sites)}")
         chosen = sorted({i % n for i in sites})
-    return _steer_modules([mods[i] for i in chosen], steerer, positions)
+    return _steer_modules(
+        [found[i][2] for i in chosen], steerer, positions, [f"{found[i][0]}:{found[i][1]}" for i in chosen]
+    )
 
 
 def selective_steer(
@@ -374,7 +411,7 @@ def selective_steer(
     positions: str = "all",
     calibration_positions: str = "last",
     layers: Sequence[int] | None = None,
-    sites: str = "block",
+    sites: str = "norm",
 ) -> SteeringHandle:
     """Calibrate (:func:`plan_selective`) and register :class:`SelectiveSteering` on the selected sites.
 
@@ -385,19 +422,29 @@ def selective_steer(
         positions: token positions steered during generation (``"all"`` as in the reference, or ``"last"``).
         calibration_positions: positions read for calibration (the reference uses the last token).
         layers: override the selection (steer these sites instead); ``None`` uses the discriminative ones.
-        sites: ``"block"`` (residual stream after each block, this family's contract) or ``"norm"`` (the outputs
-            of the blocks' normalization modules, the reference's sites; ``layers`` then indexes
-            :func:`norm_sites`).
+        sites: ``"norm"`` (default: the outputs of the blocks' normalization modules, the reference's sites;
+            ``layers`` then indexes :func:`norm_sites`) or ``"block"`` (orthokit's option: the residual stream
+            after each block, ``layers`` indexes the blocks).
 
     Returns:
         The :class:`~orthokit.steer._hooks.SteeringHandle` (``.remove()`` restores the model). ``ValueError`` if
-        no site is discriminative (nothing would be steered); nothing is registered then.
+        no site is discriminative (nothing would be steered); nothing is registered then. Bad ``layers``
+        (non-int entries, out of range, repeated, empty) raise before any calibration, like
+        :func:`~orthokit.steer._hooks.steer`.
     """
     angle = check_angle(angle_deg)
     if positions not in ("all", "last"):
         raise ValueError(f"positions must be 'all' or 'last', got {positions!r}")
+    if sites not in _SITES:
+        raise ValueError(f"sites must be one of {_SITES}, got {sites!r}")
+    override: list[int] | None = None
+    if layers is not None:
+        if sites == "block":
+            override = _check_site_indices(layers, len(residual_layers(model)), "decoder blocks")
+        else:
+            override = _check_site_indices(layers, len(norm_sites(model)), "normalization sites")
     plan = plan_selective(model, pos_ids, neg_ids, positions=calibration_positions, sites=sites)
-    chosen = list(plan.layers) if layers is None else [int(i) for i in layers]
+    chosen = list(plan.layers) if override is None else override
     if not chosen:
         raise ValueError(
             "no discriminative site: the class means' cosines with the feature direction have the same sign "
@@ -406,7 +453,4 @@ def selective_steer(
     steerer = SelectiveSteering(plan.b1, plan.b2, angle_deg=angle)
     if sites == "block":
         return steer(model, steerer, layers=chosen, positions=positions)
-    n = len(plan.site_names)
-    if any(not -n <= i < n for i in chosen):
-        raise ValueError(f"layers must index the {n} normalization sites (0..{n - 1}), got {chosen}")
     return steer_norm_sites(model, steerer, sites=chosen, positions=positions)

@@ -220,7 +220,8 @@ def _class_ids() -> tuple[torch.Tensor, torch.Tensor]:
 def test_plan_matches_brute_force_calibration() -> None:
     model = tiny_model("gpt2", dtype=torch.float64)
     pos_ids, neg_ids = _class_ids()
-    plan = plan_selective(model, pos_ids, neg_ids)
+    plan = plan_selective(model, pos_ids, neg_ids, sites="block")
+    assert plan.sites == "block"
     pos = collect_residuals(model, pos_ids, positions="last")
     neg = collect_residuals(model, neg_ids, positions="last")
     cands = mean_difference(pos, neg)
@@ -244,7 +245,7 @@ def test_selective_steer_hooks_preserve_norm_and_remove_cleanly() -> None:
         return hook
 
     pre = [b.register_forward_hook(grab("in", i)) for i, b in enumerate(blocks)]
-    handle = selective_steer(model, pos_ids, neg_ids, angle_deg=120.0)
+    handle = selective_steer(model, pos_ids, neg_ids, angle_deg=120.0, sites="block")
     post = [b.register_forward_hook(grab("out", i)) for i, b in enumerate(blocks)]
     try:
         steered = model(ids).logits
@@ -259,7 +260,7 @@ def test_selective_steer_hooks_preserve_norm_and_remove_cleanly() -> None:
     handle.remove()
     assert torch.equal(model(ids).logits, before)
     # an explicit layer override steers only that block: block 0's output is the unsteered one
-    with selective_steer(model, pos_ids, neg_ids, angle_deg=120.0, layers=[1]):
+    with selective_steer(model, pos_ids, neg_ids, angle_deg=120.0, layers=[1], sites="block"):
         post = [b.register_forward_hook(grab("override", i)) for i, b in enumerate(blocks)]
         try:
             model(ids)
@@ -372,3 +373,67 @@ def test_steer_norm_sites_with_angular_follows_reference_sites() -> None:
         steer_norm_sites(model, s, sites=[9])
     with pytest.raises(TypeError, match="Steerer"):
         steer_norm_sites(model, "angular")  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def test_default_sites_are_the_references_normalization_outputs() -> None:
+    """The reference (knoveleng/steering) reads and steers the normalization outputs: that is the default."""
+    model = tiny_model("llama", dtype=torch.float64)
+    pos_ids, neg_ids = _class_ids()
+    plan = plan_selective(model, pos_ids, neg_ids)
+    explicit = plan_selective(model, pos_ids, neg_ids, sites="norm")
+    assert plan.sites == "norm" and plan.layers == explicit.layers and torch.equal(plan.b1, explicit.b1)
+    assert plan.site_names == [f"block {i}: {n}" for i, n, _ in norm_sites(model)]
+    with selective_steer(model, pos_ids, neg_ids, angle_deg=90.0) as handle:
+        assert len(handle._handles) == len(plan.layers)  # one hook per selected norm site, none on the blocks
+        assert all(not b._forward_hooks for b in residual_layers(model))
+
+
+@pytest.mark.parametrize(
+    ("layers", "exc", "match"),
+    [
+        ([1.7], TypeError, "layers must hold ints"),
+        (["1"], TypeError, "layers must hold ints"),
+        ([True], TypeError, "layers must hold ints"),
+        ("1", TypeError, "sequence of ints"),
+        (1, TypeError, "sequence of ints"),
+        ([], ValueError, "empty"),
+        ([0, 0], ValueError, "twice"),
+        ([5], ValueError, "decoder blocks"),
+    ],
+)
+def test_selective_steer_rejects_bad_layers_like_steer(layers: object, exc: type, match: str) -> None:
+    model = tiny_model("llama", dtype=torch.float64)
+    pos_ids, neg_ids = _class_ids()
+    with pytest.raises(exc, match=match):
+        selective_steer(model, pos_ids, neg_ids, 90.0, layers=layers, sites="block")  # type: ignore[arg-type]
+    assert all(not b._forward_hooks for b in residual_layers(model))  # nothing registered
+    with pytest.raises(exc, match=match.replace("decoder blocks", "normalization sites")):
+        selective_steer(model, pos_ids, neg_ids, 90.0, layers=layers)  # type: ignore[arg-type]
+    assert all(not m._forward_hooks for _, _, m in norm_sites(model))
+
+
+class _BadEdit(SelectiveSteering):
+    """Mutant steerers: wrong shape, wrong dtype, NaN from finite states."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__(torch.eye(64, dtype=torch.float64)[0], torch.eye(64, dtype=torch.float64)[1], 30.0)
+        self.mode = mode
+
+    def edit(self, h: torch.Tensor) -> torch.Tensor:
+        if self.mode == "shape":
+            return h[..., :-1]
+        if self.mode == "dtype":
+            return h.float()
+        return h * float("nan")
+
+
+@pytest.mark.parametrize(("mode", "match"), [("shape", "shape"), ("dtype", "dtype"), ("nan", "NaN")])
+@torch.no_grad()
+def test_norm_site_hooks_check_the_edit_like_steer(mode: str, match: str) -> None:
+    model = tiny_model("llama", dtype=torch.float64)
+    ids = _class_ids()[0][:2]
+    with steer_norm_sites(model, _BadEdit(mode), sites=[1]):
+        with pytest.raises(ValueError, match=match) as info:
+            model(ids)
+    assert "norm site 0:post_attention_layernorm" in str(info.value)
