@@ -336,6 +336,10 @@ def layer_conflict(
 # ----------------------------------------------------------------------------------------------------------
 def _as_dict(u: Update, name: str) -> dict[str, Tensor]:
     if isinstance(u, Tensor):
+        if u.dim() != 2:
+            raise ValueError(
+                f"{name} must be a 2-D tensor or a state dict, got a tensor of shape {tuple(u.shape)}"
+            )
         return {"weight": u}
     if not isinstance(u, Mapping):
         raise TypeError(f"{name} must be a tensor or a mapping name -> tensor, got {type(u).__name__}")
@@ -506,7 +510,8 @@ def geometry_conflict(
 
     Returns:
         GC in ``[0, 1]``; higher = more conflicting geometries. 0 for identical updates; invariant to scaling both
-        updates by the same factor, but not one of them (``GC(Δ, cΔ) = (1 − c)² / (1 + c²)``).
+        updates by the same factor (exactly with ``reg=0``; up to the absolute ``reg`` otherwise; computed in a
+        common unit, so any finite magnitude works), but not one of them (``GC(Δ, cΔ) = (1 − c)² / (1 + c²)``).
 
     Example:
         >>> import torch

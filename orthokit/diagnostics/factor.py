@@ -18,9 +18,12 @@ and concepts ``h`` (e.g. color, object) taking values ``y_h(i)``:
 * **Principal angles** between concept subspaces ``span{u_h(v)}`` (rank ``rank`` or numerical rank), via
   :func:`orthokit.linalg.principal_angles` — our addition (the paper reports the ``|cos|`` statistics).
 * **Summary** (ours): ``orthogonality = 1 − mean_{pairs} mean_i cos²θ_i`` (1 for orthogonal subspaces, 0 for
-  identical), ``score = R² · orthogonality``.
+  identical), ``score = R² · orthogonality``. Needs at least 2 concepts. Ranks are cut at the embeddings' global
+  scale (``‖X_c‖_F · eps · max(n, d)``): a concept the embeddings do not encode has rank 0, is listed in
+  ``null_concepts`` and left out of the angles and of ``orthogonality`` (NaN, like ``score``, when fewer than
+  two encoded concepts remain).
 
-Everything is computed in float64.
+Everything is computed in float64, on ``X / max|X|`` (scale-safe; R² and the angles are scale-invariant).
 
 Example:
     >>> import torch
@@ -124,11 +127,6 @@ def concept_labels(
         raise TypeError(
             f"attributes must be a dict of LongTensors or a [n, n_concepts] tensor, got {type(attributes).__name__}"
         )
-    if len(attributes) < min_concepts:
-        raise ValueError(
-            f"attributes must name at least {min_concepts} concept(s), got {len(attributes)}"
-            + (" (orthogonality compares concepts with each other)" if min_concepts > 1 else "")
-        )
     out: dict[str, Tensor] = {}
     for name, y in attributes.items():
         if not isinstance(name, str):
@@ -146,6 +144,11 @@ def concept_labels(
         if torch.unique(y).numel() < 2:
             raise ValueError(f"attributes[{name!r}] takes a single value; a concept needs at least 2")
         out[name] = y.to(torch.int64)
+    if len(attributes) < min_concepts:
+        raise ValueError(
+            f"attributes must name at least {min_concepts} concept(s), got {len(attributes)}"
+            + (" (orthogonality compares concepts with each other)" if min_concepts > 1 else "")
+        )
     return out
 
 

@@ -311,6 +311,13 @@ def test_sequence_conflicts_closed_form() -> None:
         ({"w": torch.ones(2, 3, dtype=torch.int64)}, {"w": torch.ones(2, 3)}, {}, TypeError, "floating"),
         ({"w": [[1.0]]}, {"w": torch.ones(1, 1)}, {}, TypeError, r"update_a\['w'\] must be a torch.Tensor"),
         ([1.0], torch.ones(1, 1), {}, TypeError, "update_a must be a tensor or a mapping"),
+        (
+            torch.ones(1, 2, 3),
+            torch.ones(1, 2, 3),
+            {},
+            ValueError,
+            "update_a must be a 2-D tensor or a state dict",
+        ),
     ],
 )
 def test_conflict_validation(a: object, b: object, kw: dict, exc: type, msg: str) -> None:
