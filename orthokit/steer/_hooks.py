@@ -49,6 +49,7 @@ __all__ = [
     "Steerer",
     "SteeringHandle",
     "as_direction",
+    "hidden_size",
     "num_hidden_layers",
     "residual_layers",
     "steer",
@@ -78,19 +79,67 @@ def num_hidden_layers(model: nn.Module) -> int:
     )
 
 
+def _auto_types() -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+    """(causal-LM model types, masked-LM model types, every base-model type) known to transformers."""
+    try:
+        from transformers.models.auto import modeling_auto as auto
+    except ImportError:  # pragma: no cover - transformers is a dependency of this family
+        return frozenset(), frozenset(), frozenset()
+    return (
+        frozenset(auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES),
+        frozenset(auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES),
+        frozenset(auto.MODEL_MAPPING_NAMES),
+    )
+
+
+def _require_causal_decoder(model: nn.Module) -> None:
+    """Refuse encoders and encoder-decoders (see :func:`residual_layers` for the rule)."""
+    config = model.config  # type: ignore[union-attr]
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    cfgs = [c for c in {id(c): c for c in (config, text)}.values()]
+    name = type(model).__name__
+    mt = getattr(config, "model_type", None)
+    if any(getattr(c, "is_encoder_decoder", False) is True for c in cfgs):
+        raise ValueError(
+            f"{name} (model_type {mt!r}) is an encoder-decoder model, not a decoder-only causal LM: "
+            "steering hooks the residual stream of a decoder-only model"
+        )
+    types = {t for t in (getattr(c, "model_type", None) for c in cfgs) if isinstance(t, str) and t}
+    causal, masked, base = _auto_types()
+    if types & masked and not any(getattr(c, "is_decoder", False) is True for c in cfgs):
+        raise ValueError(
+            f"{name} (model_type {mt!r}) is not a decoder-only causal LM: an encoder family with "
+            "config.is_decoder=False (bidirectional attention)"
+        )
+    if types and types <= base and not types & causal:
+        raise ValueError(
+            f"{name} (model_type {mt!r}) is not a decoder-only causal LM: transformers has no causal-LM "
+            "class for this model type"
+        )
+
+
 def residual_layers(model: nn.Module) -> list[nn.Module]:
-    """The decoder blocks of a transformers causal LM, in order.
+    """The decoder blocks of a transformers decoder-only causal LM, in order.
 
     Walks ``model.named_modules()`` (definition order) for the first :class:`torch.nn.ModuleList` whose length
     equals ``config.num_hidden_layers``: ``model.model.layers`` for Llama/Mistral/Qwen2/Gemma,
     ``model.transformer.h`` for GPT-2/GPT-J, ``model.gpt_neox.layers`` for GPT-NeoX, ...
 
+    Decoder-only rule (checked on ``model.config`` and its text config): refused are encoder-decoders
+    (``config.is_encoder_decoder``: T5, BART, Whisper, ...), encoder families that also have a masked-LM class
+    unless ``config.is_decoder`` is set (``BertModel`` is refused, ``BertLMHeadModel(is_decoder=True)``
+    accepted), and model types transformers registers without any causal-LM class (ViT, CLIP, ...). A model
+    type transformers does not know (remote code, a custom config) is accepted.
+
     Raises:
-        ValueError: if ``model`` has no config, or no ModuleList of that length exists.
+        TypeError: if ``model`` is not an ``nn.Module``.
+        ValueError: if ``model`` has no config, is not a decoder-only causal LM, or no ModuleList of that
+            length exists.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     n = num_hidden_layers(model)
+    _require_causal_decoder(model)
     for _, mod in model.named_modules():
         if isinstance(mod, nn.ModuleList) and len(mod) == n:
             return list(mod)
@@ -98,6 +147,40 @@ def residual_layers(model: nn.Module) -> list[nn.Module]:
         f"no nn.ModuleList of length num_hidden_layers={n} found in {type(model).__name__}: "
         "not a decoder-only transformers model with a list of blocks"
     )
+
+
+def hidden_size(model: nn.Module) -> int | None:
+    """The residual-stream width of ``model``: ``hidden_size``/``n_embd``/``d_model`` of its (text) config, else
+    the input embeddings' width; ``None`` when neither tells."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    for key in ("hidden_size", "n_embd", "d_model"):
+        d = getattr(config, key, None)
+        if isinstance(d, int) and not isinstance(d, bool) and d > 0:
+            return d
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    w = getattr(emb, "weight", None)
+    return int(w.shape[-1]) if isinstance(w, Tensor) and w.ndim == 2 else None
+
+
+def _check_steerer_dim(steerer: Any, model: nn.Module) -> None:
+    """Every public 1-D vector of ``steerer`` (its direction, plane, axis, ...) must have the model's width."""
+    d = hidden_size(model)
+    if d is None:
+        return
+    label = getattr(steerer, "name", type(steerer).__name__)
+    dim = getattr(steerer, "dim", None)
+    if isinstance(dim, int) and not isinstance(dim, bool) and dim != d:
+        raise ValueError(
+            f"direction has length {dim} (steerer {label!r}) but {type(model).__name__} has hidden size {d}"
+        )
+    for attr, v in vars(steerer).items():
+        if not attr.startswith("_") and isinstance(v, Tensor) and v.ndim == 1 and v.shape[0] != d:
+            raise ValueError(
+                f"direction has length {v.shape[0]} (steerer {label!r}, attribute {attr!r}) but "
+                f"{type(model).__name__} has hidden size {d}"
+            )
 
 
 def as_direction(direction: Any, name: str = "direction", dim: int | None = None) -> Tensor:
@@ -192,8 +275,12 @@ class SteeringHandle:
         return f"SteeringHandle(hooks={len(self._handles)}, steerer={self.steerer!r})"
 
 
-def _apply_edit(fn: Any, h: Tensor, where: str) -> Tensor:
-    """Run ``fn`` on ``h`` (half precision promoted to float32 and cast back); check shape, dtype and finiteness."""
+def _apply_edit(fn: Any, h: Tensor, where: str, check_finite: bool = True) -> Tensor:
+    """Run ``fn`` on ``h`` (half precision promoted to float32 and cast back); check shape, dtype and finiteness.
+
+    The finiteness check costs one reduction and one host-device sync per edit (``isfinite(out).all()``; the
+    input is only inspected when that fails); it is skipped for ``check_finite=False`` and on the meta device.
+    """
     work = h.float() if h.dtype in (torch.float16, torch.bfloat16) else h
     out = fn(work)
     if not isinstance(out, Tensor):
@@ -204,23 +291,28 @@ def _apply_edit(fn: Any, h: Tensor, where: str) -> Tensor:
         )
     if out.dtype != work.dtype:
         raise ValueError(f"{where}: edit returned dtype {out.dtype} for states of dtype {work.dtype}")
-    if not bool(torch.isfinite(out).all()) and bool(torch.isfinite(work).all()):
+    if (
+        check_finite
+        and out.device.type != "meta"
+        and not bool(torch.isfinite(out).all())
+        and bool(torch.isfinite(work).all())
+    ):
         raise ValueError(f"{where}: edit produced NaN or inf from finite states")
     return out.to(h.dtype) if out.dtype != h.dtype else out
 
 
-def _edit_positions(fn: Any, h: Tensor, positions: str, where: str) -> Tensor:
+def _edit_positions(fn: Any, h: Tensor, positions: str, where: str, check_finite: bool = True) -> Tensor:
     if positions == "all" or h.ndim < 2:
-        return _apply_edit(fn, h, where)
-    last = _apply_edit(fn, h[..., -1:, :], where)
+        return _apply_edit(fn, h, where, check_finite)
+    last = _apply_edit(fn, h[..., -1:, :], where, check_finite)
     return torch.cat([h[..., :-1, :], last], dim=-2)
 
 
-def _replace_output(output: Any, fn: Any, positions: str, where: str) -> Any:
+def _replace_output(output: Any, fn: Any, positions: str, where: str, check_finite: bool = True) -> Any:
     if isinstance(output, Tensor):
-        return _edit_positions(fn, output, positions, where)
+        return _edit_positions(fn, output, positions, where, check_finite)
     if isinstance(output, tuple) and output and isinstance(output[0], Tensor):
-        return (_edit_positions(fn, output[0], positions, where), *output[1:])
+        return (_edit_positions(fn, output[0], positions, where, check_finite), *output[1:])
     raise TypeError(f"{where}: block output is {type(output).__name__}, expected a Tensor or a tuple of them")
 
 
@@ -250,6 +342,7 @@ def steer(
     *,
     layers: Sequence[int] | None = None,
     positions: str = "all",
+    check_finite: bool = True,
     **kw: Any,
 ) -> SteeringHandle:
     """Register ``steerer.edit`` on the output of the chosen decoder blocks of ``model``.
@@ -260,13 +353,17 @@ def steer(
             (``steer(model, "addition", direction=v, alpha=4.0, layers=[2])``).
         layers: block indices (negative allowed; default: every block).
         positions: ``"all"`` or ``"last"`` (see the module docstring for generation with a KV cache).
+        check_finite: check that each edit's output is finite (one ``isfinite(...).all()`` per edited block and
+            forward call, i.e. one host-device sync on an accelerator); ``False`` skips it (faster on GPU, no
+            error on NaN). Always skipped on the meta device.
 
     Returns:
         A :class:`SteeringHandle`; ``remove()`` it or use it as a context manager.
 
     Raises:
         TypeError/ValueError: bad steerer, unknown name, keyword arguments with a steerer instance, bad layers or
-            positions. Inside the forward pass, a ``ValueError`` when the edit changes shape or dtype, or returns
+            positions, a model that is not a decoder-only causal LM, a direction whose length is not the model's
+            hidden size (checked here, before any hook is registered). Inside the forward pass, a ``ValueError`` when the edit changes shape or dtype, or returns
             NaN/inf from finite states.
     """
     if isinstance(steerer, str):
@@ -279,15 +376,18 @@ def steer(
         raise TypeError(f"steerer must be a Steerer or a registry name, got {type(steerer).__name__}")
     if positions not in _POSITIONS:
         raise ValueError(f"positions must be one of {_POSITIONS}, got {positions!r}")
+    if not isinstance(check_finite, bool):
+        raise TypeError(f"check_finite must be a bool, got {type(check_finite).__name__}")
     blocks = residual_layers(model)
     idx = _resolve_layers(layers, len(blocks))
+    _check_steerer_dim(steerer, model)
     name = getattr(steerer, "name", type(steerer).__name__)
     handles: list[RemovableHandle] = []
     for i in idx:
         where = f"steerer {name!r} at layer {i}"
 
         def hook(_m: nn.Module, _args: Any, output: Any, _where: str = where) -> Any:
-            return _replace_output(output, steerer.edit, positions, _where)
+            return _replace_output(output, steerer.edit, positions, _where, check_finite)
 
         handles.append(blocks[i].register_forward_hook(hook))
     return SteeringHandle(handles, steerer)

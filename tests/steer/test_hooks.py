@@ -295,3 +295,89 @@ def test_as_direction_errors() -> None:
         as_direction(torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="hidden size is 4"):
         as_direction(torch.ones(3), dim=4)
+
+
+def test_encoders_and_encoder_decoders_are_refused() -> None:
+    """Only decoder-only causal LMs: BertModel (encoder) and T5 (encoder-decoder) are refused before any hook."""
+    import transformers as tf
+
+    bert = tf.BertModel(
+        tf.BertConfig(
+            vocab_size=32, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32
+        )
+    )
+    with pytest.raises(ValueError, match=r"BertModel \(model_type 'bert'\) is not a decoder-only causal LM"):
+        steer(bert, "addition", direction=torch.randn(16))
+    assert all(not b._forward_hooks for b in bert.encoder.layer)
+    t5 = tf.T5ForConditionalGeneration(
+        tf.T5Config(vocab_size=32, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2)
+    )
+    with pytest.raises(ValueError, match="T5ForConditionalGeneration .* is an encoder-decoder model"):
+        residual_layers(t5)
+    # an encoder family run as a decoder (causal self-attention) is a decoder-only causal LM
+    bert_dec = tf.BertLMHeadModel(
+        tf.BertConfig(
+            vocab_size=32,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            is_decoder=True,
+        )
+    )
+    assert len(residual_layers(bert_dec)) == 2
+
+
+def test_direction_of_the_wrong_length_is_refused_at_registration(models: dict[str, nn.Module]) -> None:
+    model = models["llama"]
+    n0 = _nhooks(model)
+    with pytest.raises(ValueError, match=r"direction has length 63 .* hidden size 64"):
+        steer(model, "addition", direction=torch.randn(63), alpha=1.0)
+    with pytest.raises(ValueError, match=r"direction has length 65 .*'ablation'.* hidden size 64"):
+        steer(model, "ablation", direction=torch.randn(65))
+    assert _nhooks(model) == n0
+
+
+def test_check_finite_flag_and_meta_device(models: dict[str, nn.Module]) -> None:
+    model = models["llama"]
+    with steer(model, _Bad("nan"), layers=[1], check_finite=False), torch.no_grad():
+        assert not bool(torch.isfinite(model(tiny_ids()).logits).all())  # no check: NaN flows through
+    with pytest.raises(TypeError, match="check_finite must be a bool"):
+        steer(model, ActivationAddition(torch.randn(HIDDEN)), check_finite=1)  # type: ignore[arg-type]
+    import transformers as tf
+
+    with torch.device("meta"):
+        meta = tf.LlamaForCausalLM(
+            tf.LlamaConfig(
+                vocab_size=VOCAB_META,
+                hidden_size=16,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=32,
+            )
+        )
+    with steer(meta, "addition", direction=torch.randn(16), alpha=1.0), torch.no_grad():
+        out = meta(torch.zeros(1, 3, dtype=torch.long, device="meta")).logits
+    assert out.device.type == "meta" and out.shape == (1, 3, VOCAB_META)
+
+
+VOCAB_META = 32
+
+
+def test_one_finiteness_check_per_edit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hook syncs with the host once per edit (the input is inspected only when the output is non-finite)."""
+    from orthokit.steer._hooks import _apply_edit
+
+    calls: list[int] = []
+    real = torch.isfinite
+
+    def counting(x: Tensor) -> Tensor:
+        calls.append(1)
+        return real(x)
+
+    monkeypatch.setattr(torch, "isfinite", counting)
+    h = torch.randn(2, 3, HIDDEN)
+    _apply_edit(lambda x: x + 1.0, h, "w")
+    assert len(calls) == 1
+    _apply_edit(lambda x: x + 1.0, h, "w", check_finite=False)
+    assert len(calls) == 1
