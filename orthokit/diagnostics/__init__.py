@@ -48,6 +48,7 @@ from orthokit.diagnostics.capacity import (
     required_epsilon,
 )
 from orthokit.diagnostics.conflict import (
+    AUTHORS_TARGETS,
     ConflictReport,
     LayerConflict,
     UpdateGeometry,
@@ -84,6 +85,7 @@ __all__ = [
     "concept_labels",
     # geometry conflict
     "geometry_conflict",
+    "AUTHORS_TARGETS",
     "conflict_report",
     "sequence_conflicts",
     "layer_conflict",
