@@ -14,14 +14,23 @@ every block (``resid_pre``, which catches the embeddings' write), and the output
 out-projection and MLP down-projection — the hooks of the reference code (pre-hook on each block, output hooks on
 each attention and MLP module), on the projection modules themselves.
 
-Supported (name-based discovery, tested on tiny random models): Llama-like blocks (``self_attn.o_proj``,
-``mlp.down_proj``: Llama, Mistral, Qwen2/Qwen3, Gemma), GPT-2 (``attn.c_proj``, ``mlp.c_proj``; Conv1D weights are
-stored ``[in, out]``), GPT-NeoX (``attention.dense``, ``mlp.dense_4h_to_h``), and GPT-J (``attn.out_proj``,
-``mlp.fc_out``). Embeddings: every ``nn.Embedding`` outside the blocks whose width is the hidden size (token and
-learned position embeddings). Gemma2/Gemma3 blocks normalise each write (``post_attention_layernorm``,
-``post_feedforward_layernorm``) before adding it: :func:`ablate` hooks those norms' outputs, and
-:func:`orthogonalize_weights` refuses them (an RMSNorm with a per-channel gain does not keep a vector orthogonal to
-``r̂``, so no weight edit is exact).
+Supported (name-based discovery of the projections, tested on tiny random models): Llama-like blocks
+(``self_attn.o_proj``, ``mlp.down_proj``: Llama, Mistral, Qwen2/Qwen3, Gemma), GPT-2 (``attn.c_proj``,
+``mlp.c_proj``; Conv1D weights are stored ``[in, out]``), GPT-NeoX (``attention.dense``, ``mlp.dense_4h_to_h``),
+and GPT-J (``attn.out_proj``, ``mlp.fc_out``). Embeddings: every ``nn.Embedding`` outside the blocks whose width is
+the hidden size (token and learned position embeddings).
+
+Post-norm blocks. Some architectures normalise a projection's output before adding it to the stream: Gemma2/3
+(``post_attention_layernorm``, ``post_feedforward_layernorm``), OLMo2/OLMo3/Exaone4 (the same names, without a
+``pre_feedforward_layernorm``), GLM4 (``post_self_attn_layernorm``, ``post_mlp_layernorm``) — while in Llama or
+GLM4 a ``post_attention_layernorm`` is the MLP's *pre*-norm. Names do not tell, so :func:`residual_writers` finds
+them structurally: one probe forward pass (four token ids, eval mode, no grad) records each projection's output
+tensor and flags every normalization module (``*Norm*`` class, ``nn.LayerNorm``) whose input *is* such a tensor.
+There the norm's output is the write: :func:`ablate` hooks it, and :func:`orthogonalize_weights` refuses (an
+RMSNorm with a per-channel gain does not keep a vector orthogonal to ``r̂``, so no weight edit is exact). As a
+safety net :func:`ablate` then runs a second probe forward with its hooks and refuses (removing them) if any
+block output keeps a component along ``r̂`` above :data:`VERIFY_TOL` — an architecture that writes somewhere the
+hooks miss is an error, never a silent partial ablation.
 
 Source: Arditi et al., "Refusal in Language Models Is Mediated by a Single Direction", NeurIPS 2024, arXiv
 2406.11717; code github.com/andyrdt/refusal_direction (``pipeline/utils/hook_utils.py``:
@@ -40,6 +49,8 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,8 +66,8 @@ __all__ = ["DirectionalAblation", "ResidualWriters", "ablate", "orthogonalize_we
 ATTN_OUT = ("self_attn.o_proj", "attn.c_proj", "attention.dense", "attn.out_proj")
 #: MLP output projections, tried in this order inside each block
 MLP_OUT = ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.fc_out")
-#: Gemma2/Gemma3 post-norms: the modules whose outputs are added to the residual stream in those blocks
-POST_NORMS = ("post_attention_layernorm", "post_feedforward_layernorm")
+#: relative tolerance of the check that ``ablate`` left no component along r̂ in any block output, by dtype
+VERIFY_TOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 2e-2}
 
 
 @STEERERS.register("ablation", norm_preserving=False, kind="projection", needs_plane=False)
@@ -91,9 +102,10 @@ class ResidualWriters:
         hidden_size: width ``d`` of the residual stream.
         embeddings: ``(name, nn.Embedding)`` for the token and learned position embeddings.
         projections: ``(name, module)`` for every attention out-projection and MLP down-projection
-            (``nn.Linear`` with ``out_features == d`` or transformers ``Conv1D`` with ``nf == d``); empty when
-            ``post_norms`` is used.
-        post_norms: ``(name, module)`` for Gemma2/3-style post-norms whose outputs are the writes.
+            (``nn.Linear`` with ``out_features == d`` or transformers ``Conv1D`` with ``nf == d``) whose output is
+            added to the stream as is.
+        post_norms: ``(name, module)`` for the normalization modules that read a projection's output (found by a
+            probe forward pass): their outputs are the writes (Gemma2/3, OLMo2/3, Exaone4, GLM4).
         blocks: the decoder blocks.
     """
 
@@ -119,12 +131,103 @@ def _find(block: nn.Module, names: tuple[str, ...]) -> tuple[str, nn.Module] | N
     return None
 
 
+def _is_norm(m: nn.Module) -> bool:
+    """A normalization module: LayerNorm, RMSNorm and the per-architecture ``*Norm`` classes of transformers."""
+    return isinstance(m, nn.LayerNorm | nn.GroupNorm) or "norm" in type(m).__name__.lower()
+
+
+@contextmanager
+def _probing(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no grad for a probe forward pass; every module's training flag is restored afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, t in flags:
+            m.training = t
+
+
+def _probe_forward(model: nn.Module, emb: nn.Embedding, purpose: str) -> None:
+    """Run ``model`` on four token ids (eval mode, no grad) so that registered hooks can observe one forward."""
+    w = emb.weight
+    if w.device.type == "meta":
+        raise ValueError(
+            f"{type(model).__name__} is on the meta device: load its weights before {purpose} "
+            "(the residual writes are located by one probe forward pass)"
+        )
+    ids = (torch.arange(1, 5, device=w.device) % int(emb.num_embeddings)).unsqueeze(0)
+    try:
+        with _probing(model):
+            model(ids)
+    except Exception as e:
+        raise ValueError(
+            f"{type(model).__name__}: the probe forward pass for {purpose} failed ({type(e).__name__}: {e})"
+        ) from e
+
+
+def _post_norms(
+    model: nn.Module, emb: nn.Embedding, blocks: list[nn.Module], projections: list[tuple[str, nn.Module]]
+) -> dict[str, tuple[str, nn.Module]]:
+    """``{projection name: (norm name, norm)}`` for every normalization module that reads a projection's output.
+
+    Found structurally: one probe forward pass records each projection's output tensor, and a pre-hook on every
+    normalization module inside the blocks checks whether its input *is* one of those tensors (OLMo2/OLMo3/
+    Exaone4 ``post_attention_layernorm``/``post_feedforward_layernorm``, GLM4 ``post_self_attn_layernorm``/
+    ``post_mlp_layernorm``, Gemma2/3 post-norms; Llama's ``post_attention_layernorm``, which reads the residual
+    stream, is not one).
+    """
+    names = {id(m): n for n, m in model.named_modules()}
+    proj_ids = {id(m) for _, m in projections}
+    produced: dict[
+        int, tuple[str, Tensor]
+    ] = {}  # holds the tensors, so their ids stay unique during the probe
+    found: dict[str, tuple[str, nn.Module]] = {}
+    handles = []
+
+    def record(pname: str) -> Any:
+        def hook(_m: nn.Module, _a: Any, out: Any) -> None:
+            t = out[0] if isinstance(out, tuple) else out
+            if isinstance(t, Tensor):
+                produced[id(t)] = (pname, t)
+
+        return hook
+
+    def consume(nname: str, norm: nn.Module) -> Any:
+        def pre(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            x = args[0] if args else kwargs.get("hidden_states")
+            hit = produced.get(id(x)) if isinstance(x, Tensor) else None
+            if hit is not None and hit[1] is x:
+                found[hit[0]] = (nname, norm)
+
+        return pre
+
+    try:
+        for pname, m in projections:
+            handles.append(m.register_forward_hook(record(pname)))
+        for block in blocks:
+            for m in block.modules():
+                if _is_norm(m) and id(m) not in proj_ids:
+                    handles.append(m.register_forward_pre_hook(consume(names[id(m)], m), with_kwargs=True))
+        _probe_forward(model, emb, "locating the residual writes")
+    finally:
+        for h in handles:
+            h.remove()
+    return found
+
+
 def residual_writers(model: nn.Module) -> ResidualWriters:
-    """Find the embeddings and per-block projections that write into ``model``'s residual stream.
+    """Find the embeddings and per-block modules whose outputs are added to ``model``'s residual stream.
+
+    The attention out-projection and MLP down-projection of every block are found by name; one probe forward
+    pass (four token ids, eval mode, no grad) then finds every normalization module that reads a projection's
+    output before the residual add (see :func:`_post_norms`): that norm's output is the write.
 
     Raises:
         ValueError: for an architecture whose blocks have none of the known attention/MLP output projections
-            (the message lists the names searched), or whose projections do not output the hidden size.
+            (the message lists the names searched), whose projections do not output the hidden size, a model
+            on the meta device, or a failing probe forward pass.
     """
     blocks = residual_layers(model)
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
@@ -142,12 +245,8 @@ def residual_writers(model: nn.Module) -> ResidualWriters:
         if isinstance(m, nn.Embedding) and id(m) not in inside and m.weight.shape[1] == d and m is not out_emb
     )
     projections: list[tuple[str, nn.Module]] = []
-    post_norms: list[tuple[str, nn.Module]] = []
     for i, block in enumerate(blocks):
         prefix = names[id(block)]
-        if all(_find(block, (p,)) is not None for p in (*POST_NORMS, "pre_feedforward_layernorm")):
-            post_norms += [(f"{prefix}.{n}", block.get_submodule(n)) for n in POST_NORMS]
-            continue
         for kind, cand in (("attention output projection", ATTN_OUT), ("MLP output projection", MLP_OUT)):
             hit = _find(block, cand)
             if hit is None:
@@ -163,11 +262,10 @@ def residual_writers(model: nn.Module) -> ResidualWriters:
                     f"writing the hidden size {d}"
                 )
             projections.append((f"{prefix}.{n}", m))
-    if post_norms and projections:
-        raise ValueError(
-            f"{type(model).__name__} mixes post-norm and plain blocks: not a supported architecture"
-        )
-    return ResidualWriters(d, embeddings, tuple(projections), tuple(post_norms), tuple(blocks))
+    normed = _post_norms(model, emb, blocks, projections)
+    plain = tuple((n, m) for n, m in projections if n not in normed)
+    post = tuple(normed[n] for n, _ in projections if n in normed)
+    return ResidualWriters(d, embeddings, plain, post, tuple(blocks))
 
 
 def _ablation_fn(r: Tensor) -> Any:
@@ -183,20 +281,66 @@ def _ablation_fn(r: Tensor) -> Any:
     return fn
 
 
-def ablate(model: nn.Module, direction: Tensor) -> SteeringHandle:
+def _verify_ablated(model: nn.Module, writers: ResidualWriters, r: Tensor) -> None:
+    """One probe forward: every block output must be ⟂ r̂ (relative :data:`VERIFY_TOL` of its dtype)."""
+    worst: list[tuple[float, int, torch.dtype]] = []
+
+    def record(i: int) -> Any:
+        def hook(_m: nn.Module, _a: Any, out: Any) -> None:
+            h = out[0] if isinstance(out, tuple) else out
+            if isinstance(h, Tensor) and h.numel():
+                h64 = h.detach().to(torch.float64)
+                rel = (h64 @ r.to(h64.device)).abs() / h64.norm(dim=-1).clamp_min(1e-300)
+                worst.append((float(rel.max()), i, h.dtype))
+
+        return hook
+
+    handles = [b.register_forward_hook(record(i)) for i, b in enumerate(writers.blocks)]
+    try:
+        emb = model.get_input_embeddings()
+        _probe_forward(model, emb, "verifying the ablation")  # type: ignore[arg-type]
+    finally:
+        for h in handles:
+            h.remove()
+    for rel, i, dtype in worst:
+        if rel > VERIFY_TOL.get(dtype, 1e-4):
+            raise ValueError(
+                f"{type(model).__name__}: ablate() left a component {rel:.3g} (relative) along the direction in "
+                f"the output of block {i}: this architecture writes into the residual stream somewhere the hooks "
+                "do not reach; not supported"
+            )
+
+
+def ablate(
+    model: nn.Module, direction: Tensor, *, verify: bool = True, check_finite: bool = True
+) -> SteeringHandle:
     """Ablate ``direction`` at every write into the residual stream (Arditi et al.'s intervention), by hooks.
 
     Registers a forward pre-hook on every decoder block (its input ``resid_pre``; the first block's input is the
-    embeddings' write) and a forward hook on every attention out-projection and MLP down-projection (Gemma2/3: on
-    the post-norms), all positions. Equivalent to :func:`orthogonalize_weights` up to rounding.
+    embeddings' write) and a forward hook on every attention out-projection and MLP down-projection — or, where
+    a normalization module reads that projection's output before the residual add (Gemma2/3, OLMo2/3, Exaone4,
+    GLM4 post-norms), on that norm — all positions. Equivalent to :func:`orthogonalize_weights` up to rounding
+    where that applies (no post-norms).
+
+    Args:
+        model: a supported transformers decoder-only causal LM (see the module docstring).
+        direction: ``[hidden_size]``; normalized here.
+        verify: after registering, run one probe forward pass (four tokens, eval mode, no grad) and check that
+            every block output is orthogonal to ``r̂`` (relative :data:`VERIFY_TOL`: 1e-9 float64, 1e-4 float32,
+            2e-2 half precision); on failure the hooks are removed and a ``ValueError`` names the block.
+        check_finite: check each edit's output for NaN/inf (one host-device sync per hook call; see
+            :func:`~orthokit.steer._hooks.steer`).
 
     Returns:
         A :class:`~orthokit.steer._hooks.SteeringHandle` (``remove()`` or ``with``), whose ``steerer`` is the
         :class:`DirectionalAblation`.
 
     Raises:
-        TypeError/ValueError: bad direction (or length ≠ hidden size), unsupported architecture.
+        TypeError/ValueError: bad direction (or length ≠ hidden size), unsupported architecture, a model on the
+            meta device, or a failed verification; the model is left without hooks then.
     """
+    if not isinstance(verify, bool) or not isinstance(check_finite, bool):
+        raise TypeError("verify and check_finite must be bools")
     writers = residual_writers(model)
     r = as_direction(direction, dim=writers.hidden_size)
     fn = _ablation_fn(r)
@@ -207,9 +351,10 @@ def ablate(model: nn.Module, direction: Tensor) -> SteeringHandle:
 
             def pre(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], _w: str = where) -> Any:
                 if args and isinstance(args[0], Tensor):
-                    return (_apply_edit(fn, args[0], _w), *args[1:]), kwargs
+                    return (_apply_edit(fn, args[0], _w, check_finite), *args[1:]), kwargs
                 if isinstance(kwargs.get("hidden_states"), Tensor):
-                    return args, {**kwargs, "hidden_states": _apply_edit(fn, kwargs["hidden_states"], _w)}
+                    edited = _apply_edit(fn, kwargs["hidden_states"], _w, check_finite)
+                    return args, {**kwargs, "hidden_states": edited}
                 raise TypeError(f"{_w}: found no hidden-state tensor among the block's inputs")
 
             handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
@@ -218,10 +363,12 @@ def ablate(model: nn.Module, direction: Tensor) -> SteeringHandle:
 
             def post(_m: nn.Module, _a: Any, out: Any, _w: str = where) -> Any:
                 if isinstance(out, tuple):
-                    return (_apply_edit(fn, out[0], _w), *out[1:])
-                return _apply_edit(fn, out, _w)
+                    return (_apply_edit(fn, out[0], _w, check_finite), *out[1:])
+                return _apply_edit(fn, out, _w, check_finite)
 
             handles.append(mod.register_forward_hook(post))
+        if verify:
+            _verify_ablated(model, writers, r)
     except Exception:
         for h in handles:
             h.remove()
@@ -301,19 +448,27 @@ def orthogonalize_weights(model: nn.Module, direction: Tensor, *, inplace: bool 
         The edited model (``model`` itself when ``inplace``).
 
     Raises:
-        TypeError/ValueError: bad direction, unsupported architecture (Gemma2/3 post-norm blocks included); the
-            model is untouched then.
+        TypeError/ValueError: bad direction, unsupported architecture (post-norm blocks — Gemma2/3, OLMo2/3,
+            Exaone4, GLM4 — included); the model is untouched then.
     """
     writers = residual_writers(model)
     r = as_direction(direction, dim=writers.hidden_size)
     if writers.post_norms:
+        normed = ", ".join(n for n, _ in writers.post_norms[:2])
         raise ValueError(
-            f"{type(model).__name__} normalises each residual write ({', '.join(POST_NORMS)}): no weight edit equals "
-            "the ablation there; use ablate(model, direction) (hooks) instead"
+            f"{type(model).__name__} normalises residual writes before adding them ({normed}, ...): no weight "
+            "edit equals the ablation there; use ablate(model, direction) (hooks) instead"
         )
     if not inplace:
         model = copy.deepcopy(model)
-        writers = residual_writers(model)
+        get = model.get_submodule
+        writers = ResidualWriters(
+            writers.hidden_size,
+            tuple((n, get(n)) for n, _ in writers.embeddings),
+            tuple((n, get(n)) for n, _ in writers.projections),
+            (),
+            tuple(residual_layers(model)),
+        )
     new = orthogonalized_tensors(writers, r)
     for key, (_, v) in new.items():
         if not bool(torch.isfinite(v).all()):

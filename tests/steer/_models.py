@@ -6,10 +6,13 @@
 - ``"gpt2"``: GPT2LMHeadModel, n_embd 64, 2 layers, 4 heads, vocab 256 (tied head, learned positions, Conv1D);
 - ``"gpt_neox"``: GPTNeoXForCausalLM, hidden 64, 2 layers, 4 heads (parallel residual, biases, rotary);
 - ``"qwen2"``: Qwen2ForCausalLM, hidden 64, 2 layers, 4 heads (q/k/v biases, *tied* head);
-- ``"gemma2"`` (in :data:`EXTRA`): Gemma2ForCausalLM, hidden 64, 2 layers (post-norms around each residual write).
+- ``"gemma2"`` (in :data:`EXTRA`): Gemma2ForCausalLM, hidden 64, 2 layers (post-norms around each residual write);
+- ``"olmo2"``, ``"olmo3"``, ``"exaone4"``, ``"glm4"`` (in :data:`EXTRA`): the same shape; post-norms on each write
+  (OLMo2/3 and Exaone4 without a pre-feedforward norm, GLM4 named ``post_self_attn_layernorm``/``post_mlp_layernorm``).
 
 The weights are re-drawn with std ``init_std`` (default 0.2, ten times HF's 0.02) so activations and steering
-effects are far above rounding.
+effects are far above rounding; in the :data:`EXTRA` families the norms' per-channel gains also get N(0, 0.5²)
+noise (with uniform gains a post-norm maps a write ⟂ r̂ to a write ⟂ r̂, which would hide a missed post-norm).
 """
 
 from __future__ import annotations
@@ -19,7 +22,14 @@ from torch import nn
 
 FAMILIES = ("llama", "gpt2", "gpt_neox", "qwen2")
 #: built on request only (not in the families every test iterates over)
-EXTRA = ("gemma2",)
+EXTRA = ("gemma2", "olmo2", "olmo3", "exaone4", "glm4")
+#: the post-norm architectures of EXTRA whose classes this transformers version has
+_POST_NORM_CLASSES = {
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM"),
+    "olmo3": ("Olmo3Config", "Olmo3ForCausalLM"),
+    "exaone4": ("Exaone4Config", "Exaone4ForCausalLM"),
+    "glm4": ("Glm4Config", "Glm4ForCausalLM"),
+}
 VOCAB = 256
 HIDDEN = 64
 
@@ -76,7 +86,28 @@ def _config(family: str) -> object:
             sliding_window=4,
             **common,
         )
+    if family in _POST_NORM_CLASSES:
+        return getattr(tf, _POST_NORM_CLASSES[family][0])(
+            hidden_size=HIDDEN,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=128,
+            pad_token_id=0,
+            bos_token_id=0,
+            eos_token_id=0,
+            tie_word_embeddings=False,
+            **common,
+        )
     raise ValueError(f"unknown family {family!r}; choose from {FAMILIES + EXTRA}")
+
+
+def available(family: str) -> bool:
+    """Whether the installed transformers has ``family``'s classes."""
+    import transformers as tf
+
+    return family not in _POST_NORM_CLASSES or all(hasattr(tf, c) for c in _POST_NORM_CLASSES[family])
 
 
 def tiny_model(
@@ -87,13 +118,16 @@ def tiny_model(
 
     cfg = _config(family)
     cfg._attn_implementation = "eager"  # type: ignore[attr-defined]
-    cls = {
-        "llama": tf.LlamaForCausalLM,
-        "gpt2": tf.GPT2LMHeadModel,
-        "gpt_neox": tf.GPTNeoXForCausalLM,
-        "qwen2": tf.Qwen2ForCausalLM,
-        "gemma2": tf.Gemma2ForCausalLM,
-    }[family]
+    if family in _POST_NORM_CLASSES:
+        cls = getattr(tf, _POST_NORM_CLASSES[family][1])
+    else:
+        cls = {
+            "llama": tf.LlamaForCausalLM,
+            "gpt2": tf.GPT2LMHeadModel,
+            "gpt_neox": tf.GPTNeoXForCausalLM,
+            "qwen2": tf.Qwen2ForCausalLM,
+            "gemma2": tf.Gemma2ForCausalLM,
+        }[family]
     torch.manual_seed(seed)
     model = cls(cfg)
     g = torch.Generator().manual_seed(seed)
@@ -101,6 +135,10 @@ def tiny_model(
         for name, p in model.named_parameters():
             if p.ndim >= 2 or name.endswith("bias"):
                 p.copy_(torch.randn(p.shape, generator=g) * init_std)
+            elif family in EXTRA and "norm" in name:
+                # per-channel gains far from uniform: a uniform gain would keep a write ⟂ r̂ after the post-norm
+                # and hide a missed post-norm
+                p.add_(torch.randn(p.shape, generator=g) * 0.5)
     return model.to(dtype).eval()
 
 

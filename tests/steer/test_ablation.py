@@ -31,7 +31,7 @@ from orthokit.steer.ablation import (
 from orthokit.steer.directions import collect_residuals
 from orthokit.steer.registry import STEERERS
 
-from ._models import FAMILIES, HIDDEN, tiny_ids, tiny_model
+from ._models import EXTRA, FAMILIES, HIDDEN, available, tiny_ids, tiny_model
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
@@ -203,16 +203,103 @@ def test_inplace_false_leaves_the_model_untouched_and_save_load_round_trips() ->
     assert loaded.lm_head.weight is not loaded.transformer.wte.weight
 
 
-def test_gemma2_post_norms_ablate_by_hooks_and_refuse_weight_edit() -> None:
-    model = tiny_model("gemma2")
+POST_NORM_NAMES = {
+    "gemma2": ("post_attention_layernorm", "post_feedforward_layernorm"),
+    "olmo2": ("post_attention_layernorm", "post_feedforward_layernorm"),
+    "olmo3": ("post_attention_layernorm", "post_feedforward_layernorm"),
+    "exaone4": ("post_attention_layernorm", "post_feedforward_layernorm"),
+    "glm4": ("post_self_attn_layernorm", "post_mlp_layernorm"),
+}
+
+
+@pytest.mark.parametrize("family", EXTRA)
+def test_post_norm_blocks_ablate_by_hooks_and_refuse_weight_edit(family: str) -> None:
+    """Gemma2, OLMo2/3, Exaone4, GLM4 normalise each write: found structurally, hooked, weight edit refused."""
+    if not available(family):
+        pytest.skip(f"{family} is not in this transformers version")
+    model = tiny_model(family)
     r = _direction()
-    assert len(residual_writers(model).post_norms) == 4
+    names = [n.rsplit(".", 1)[-1] for n, _ in residual_writers(model).post_norms]
+    assert names == list(POST_NORM_NAMES[family]) * 2
     with ablate(model, r):
         check_stream_orthogonal(model, r, 1e-5)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match="post_attention_layernorm.*use ablate"):
+    with pytest.raises(ValueError, match=rf"{POST_NORM_NAMES[family][0]}.*use ablate"):
         orthogonalize_weights(model, r)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("family", FAMILIES + EXTRA)
+def test_ablate_removes_the_direction_from_every_block_output(family: str) -> None:
+    """The purpose of ``ablate``, on every supported architecture, without relying on its own verification."""
+    if not available(family):
+        pytest.skip(f"{family} is not in this transformers version")
+    model = tiny_model(family, dtype=torch.float64)
+    r = _direction(5)
+    with ablate(model, r, verify=False):
+        check_stream_orthogonal(model, r, 1e-12)
+
+
+def _name_only_post_norms(
+    model: nn.Module, emb: nn.Module, blocks: list[nn.Module], projections: object
+) -> dict:
+    """Mutant of the post-norm detection: the old name rule (Gemma2's three norms must all exist)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    out = {}
+    for b in blocks:
+        kids = dict(b.named_children())
+        if {"post_attention_layernorm", "post_feedforward_layernorm", "pre_feedforward_layernorm"} <= set(
+            kids
+        ):
+            p = names[id(b)]
+            out[f"{p}.self_attn.o_proj"] = (f"{p}.post_attention_layernorm", kids["post_attention_layernorm"])
+            out[f"{p}.mlp.down_proj"] = (
+                f"{p}.post_feedforward_layernorm",
+                kids["post_feedforward_layernorm"],
+            )
+    return out
+
+
+@pytest.mark.parametrize("family", ["olmo2", "glm4"])
+def test_mutant_name_only_post_norm_detection_is_rejected(
+    family: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reviewer's bug: hooks on the projections of a post-norm block leave r̂ in the stream (0.16-0.31 logit
+    error in float64). The stream check rejects it, and ``ablate``'s own verification refuses it."""
+    import orthokit.steer.ablation as abl
+
+    if not available(family):
+        pytest.skip(f"{family} is not in this transformers version")
+    model = tiny_model(family, dtype=torch.float64)
+    r = _direction()
+    monkeypatch.setattr(abl, "_post_norms", _name_only_post_norms)
+    assert not residual_writers(model).post_norms
+    with ablate(model, r, verify=False), pytest.raises(AssertionError, match="keeps a component"):
+        check_stream_orthogonal(model, r, 1e-6)
+    n0 = [len(b._forward_pre_hooks) for b in residual_layers(model)]
+    with pytest.raises(ValueError, match=r"ablate\(\) left a component .* in the output of block 0"):
+        ablate(model, r)
+    assert [len(b._forward_pre_hooks) for b in residual_layers(model)] == n0  # hooks removed on refusal
+
+
+def test_probe_restores_training_mode_and_meta_is_refused() -> None:
+    import transformers as tf
+
+    model = tiny_model("olmo2" if available("olmo2") else "gemma2").train()
+    with ablate(model, _direction()):
+        assert all(m.training for m in model.modules())
+    with torch.device("meta"):
+        meta = tf.LlamaForCausalLM(
+            tf.LlamaConfig(
+                vocab_size=32,
+                hidden_size=16,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=32,
+            )
+        )
+    with pytest.raises(ValueError, match="LlamaForCausalLM is on the meta device"):
+        ablate(meta, torch.ones(16))
 
 
 def test_failed_orthogonalization_leaves_the_model_untouched() -> None:
