@@ -5,11 +5,14 @@ Protocol (one run, every method on the same model, prompts, sampling noise and c
 * **Model.** :mod:`orthokit.bench.hf_char` — a ``LlamaForCausalLM`` (hidden 128, 4 blocks) trained here on
   alternating Tiny Shakespeare / WikiText-2 batches (cached under ``<out>/cache``). ``--quick``: the tiny one.
 * **Direction.** Per block ``ℓ``, the difference of means ``r_ℓ = μ_ℓ(Shakespeare) − μ_ℓ(WikiText)`` of the block's
-  output over all positions of held-out windows (:func:`orthokit.steer.directions.mean_difference`). The plane of the
-  rotation methods is :func:`orthokit.steer.angular.steering_plane` of the per-layer candidates (the Angular/Selective
-  references' construction); Selective Steering's layers come from
-  :func:`orthokit.steer.selective.plan_selective` (discriminative layers: the class means' cosines with ``b₁``
-  have opposite signs).
+  output over all positions of held-out windows (:func:`orthokit.steer.directions.mean_difference`). Angular
+  Steering's plane is :func:`orthokit.steer.angular.steering_plane` of these per-layer candidates (the reference's
+  construction). Selective Steering is calibrated by :func:`orthokit.steer.selective.plan_selective` (last token, as
+  the reference): its plane **and** its discriminative sites (the class means' cosines with that same ``b₁`` have
+  opposite signs) come from one plan. ``selective`` is the reference configuration (sites = the blocks'
+  normalization outputs); ``selective@block`` calibrates, selects and rotates the residual stream at the block
+  outputs instead. When no site is discriminative the method steers nothing and its row reports the unsteered
+  result, flagged ("no discriminative layer").
 * **Prompts and sampling.** WikiText validation windows (32 chars) as prompts; continuations of ``gen_len`` chars
   sampled at temperature 0.8 with a KV cache, the same seed for every method and strength (identical noise).
 * **Success.** A logistic regression on char 1–3-gram TF-IDF (scikit-learn), trained on windows of the two
@@ -19,8 +22,9 @@ Protocol (one run, every method on the same model, prompts, sampling noise and c
   better); distinct-4 (share of distinct char 4-grams) shows degenerate repetition.
 * **Norm drift.** Per block, ``mean ‖h_steered‖ / ‖h‖ − 1`` over the prompt positions (teacher forced).
 * **Strength grids.** ``addition`` / ``cylindrical``: ``α = k · ‖r_ℓ‖``; ``angular``: target angle θ (0° = fully
-  along ``b₁``); ``selective``: rotation by θ; ``ablation``: one point (no strength). Single-layer methods act on
-  block ``L // 2``.
+  along ``b₁``) with the registered default (adaptive: only states with ``⟨h, b₁⟩ > 0`` are rotated) and
+  ``angular@all`` the non-adaptive option; ``selective``/``selective@block``: rotation by θ; ``ablation``: one point
+  (no strength). Single-layer methods act on block ``L // 2``.
 * **Ablation equivalence.** :func:`orthokit.steer.ablation.orthogonalize_weights` vs the
   :func:`~orthokit.steer.ablation.ablate` hooks on the trained model: max ``|Δ logits|``.
 * **Steerable vs decodable.** Per block: success of activation addition at that block (``α = 4 ‖r_ℓ‖``) vs the
@@ -42,7 +46,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 import math
 import time
@@ -71,8 +74,10 @@ from orthokit.bench.report import (
 __all__ = ["Config", "FULL", "QUICK", "DEMO", "run", "markdown", "demo", "main"]
 
 TARGET, OTHER = "tinyshakespeare", "wikitext2_valid"
-#: Selective Steering at the reference's sites (the blocks' normalization outputs), not a registry name
-VARIANT = "selective@norm"
+#: rows that are named options of a registered method (not registry names): ``<method>@<option>``
+VARIANTS = ("angular@all", "selective@block")
+#: the row of a Selective configuration whose calibration found no discriminative site (nothing is steered)
+NO_SITE = "no discriminative layer"
 _CACHE_KW = (
     "cache"
     if "cache"
@@ -226,7 +231,7 @@ def distinct_n(text: str, n: int = 4) -> float:
 
 @dataclass
 class Context:
-    """Everything the method builders need (per-layer directions, plane, selected layers)."""
+    """Everything the method builders need (per-layer directions, Angular's plane, Selective's plans)."""
 
     model: Any
     r: Tensor  # [L, d] mean differences per block
@@ -234,29 +239,59 @@ class Context:
     b1: Tensor
     b2: Tensor
     layer: int  # the block single-layer methods act on
-    selective_layers: list[int]
+    plans: dict[str, Any]  # "selective" (norm sites, the reference) / "selective@block" -> SelectivePlan
     prompt_mean: Tensor  # [L, d] mean state of the prompts (cylindrical's per-sample difference)
     target_mean: Tensor  # [L, d] mean state of the target corpus
     cfg: Config
 
 
 def steered_layers(name: str, ctx: Context) -> list[int]:
-    """The blocks whose output a method's hooks edit (ablation: every residual write, reported as all blocks)."""
-    if name == "selective":
-        return list(ctx.selective_layers)
+    """The blocks a method's hooks act in (ablation: every residual write, reported as all blocks; Selective at
+    normalization sites: the blocks holding the selected sites; empty when nothing is steered)."""
+    if name in ctx.plans:
+        plan = ctx.plans[name]
+        if plan.sites == "block":
+            return list(plan.layers)
+        blocks = [int(n.split(":")[0].split()[1]) for n in plan.site_names]
+        return sorted({blocks[i] for i in plan.layers})
     if name == "ablation":
         return list(range(ctx.r.shape[0]))
     return [ctx.layer]
 
 
+def steered_sites(name: str, ctx: Context) -> str:
+    """Where a method edits: ``"block"`` (residual stream at block outputs), ``"norm"`` (normalization outputs)
+    or ``"writes"`` (ablation: every residual write)."""
+    if name in ctx.plans:
+        return str(ctx.plans[name].sites)
+    return "writes" if name == "ablation" else "block"
+
+
+def selection_summary(name: str, ctx: Context) -> dict[str, Any]:
+    """What Selective's calibration chose: sites, how many of how many, their names, ``b₁``'s site."""
+    plan = ctx.plans[name]
+    return {
+        "sites": plan.sites,
+        "selected": len(plan.layers),
+        "of": len(plan.site_names),
+        "names": [plan.site_names[i] for i in plan.layers],
+        "feature_site": plan.site_names[plan.feature_layer],
+        "alignment": plan.alignment.tolist(),
+    }
+
+
 def norm_violations(res: dict[str, Any], tol: float = 1e-5) -> list[str]:
-    """Norm-preserving methods (registry capability) whose first steered block changed the states' mean norm."""
+    """Norm-preserving methods (registry capability of ``<method>`` in ``<method>[@option]``) editing the residual
+    stream at block outputs whose first steered block changed the states' mean norm."""
     from orthokit.steer.registry import STEERERS
 
     bad = []
     for name, pts in res["methods"].items():
-        if name not in STEERERS or not STEERERS.capabilities(name).get("norm_preserving"):
-            continue  # (the norm-site variant edits normalization outputs, not the residual stream)
+        base = name.split("@")[0]
+        if base not in STEERERS or not STEERERS.capabilities(base).get("norm_preserving"):
+            continue
+        if res["method_sites"].get(name) != "block" or not res["method_layers"].get(name):
+            continue  # normalization-site rows edit norm outputs, not the residual stream; nothing steered
         first = res["method_layers"][name][0]
         bad += [
             f"{name}@{p['strength']:g}: drift {p['drift'][first]:.2e}"
@@ -271,7 +306,7 @@ def _grid(name: str, ctx: Context) -> list[tuple[float, Callable[[], Any]]]:
     from orthokit.steer._hooks import steer
     from orthokit.steer.registry import STEERERS
 
-    cls = STEERERS.get(name)
+    cls = STEERERS.get(name.split("@")[0])
     lay, cfg = ctx.layer, ctx.cfg
     if name == "addition":
         return [
@@ -283,14 +318,30 @@ def _grid(name: str, ctx: Context) -> list[tuple[float, Callable[[], Any]]]:
 
         # Arditi et al.: project the style direction out of every residual write (a control: removes, not adds)
         return [(1.0, lambda: ablate(ctx.model, ctx.r[lay]))]
-    if name == "angular":
+    if name in ("angular", "angular@all"):
+        kw = {} if name == "angular" else {"adaptive": False}  # the registered default, then the named option
         return [
-            (a, lambda a=a: steer(ctx.model, cls(ctx.b1, ctx.b2, angle_deg=a), layers=[lay]))
+            (a, lambda a=a: steer(ctx.model, cls(ctx.b1, ctx.b2, angle_deg=a, **kw), layers=[lay]))
             for a in cfg.angle_grid
         ]
-    if name == "selective":
+    if name in ("selective", "selective@block") and name in ctx.plans:
+        from orthokit.steer.selective import steer_norm_sites
+
+        plan = ctx.plans[name]  # one plan: its own plane (b1, b2) and the sites that same b1 selected
+        if not plan.layers:
+            return []
+        if plan.sites == "norm":
+            return [
+                (
+                    a,
+                    lambda a=a: steer_norm_sites(
+                        ctx.model, cls(plan.b1, plan.b2, angle_deg=a), sites=plan.layers
+                    ),
+                )
+                for a in cfg.rotate_grid
+            ]
         return [
-            (a, lambda a=a: steer(ctx.model, cls(ctx.b1, ctx.b2, angle_deg=a), layers=ctx.selective_layers))
+            (a, lambda a=a: steer(ctx.model, cls(plan.b1, plan.b2, angle_deg=a), layers=plan.layers))
             for a in cfg.rotate_grid
         ]
     if name == "cylindrical":
@@ -483,7 +534,6 @@ def run(
     from orthokit.steer.registry import STEERERS
 
     fv_present = True
-    variant_note = ""
     for mod in ("angular", "selective", "cylindrical", "function_vectors"):
         try:
             importlib.import_module(f"orthokit.steer.{mod}")
@@ -509,42 +559,44 @@ def run(
     r = mean_difference(hs_t, hs_o).float()
     prompts = _windows(lm.corpus(OTHER).val, cfg.n_prompts, cfg.prompt_len, 23)
     base_states = residual_states(model, prompts)[1:]
-    ctx_kw: dict[str, Any] = {}
+    b1, b2 = r[n_layers // 2], r[0]
+    plans: dict[str, Any] = {}
     try:
         from orthokit.steer.angular import steering_plane
         from orthokit.steer.selective import plan_selective
 
         plane = steering_plane(r)
-        plan = plan_selective(model, cal_t, cal_o)
-        ctx_kw = {
-            "b1": plane.b1.float(),
-            "b2": plane.b2.float(),
-            "selective_layers": plan.layers or list(range(n_layers)),
-        }
-        selective_note = (
-            f"discriminative layers {plan.layers} (b₁ from block {plan.feature_layer})"
-            if plan.layers
-            else "no discriminative layer found: all layers steered"
-        )
-    except ImportError:
-        ctx_kw = {"b1": r[n_layers // 2], "b2": r[0], "selective_layers": list(range(n_layers))}
-        selective_note = "angular/selective modules absent"
+        b1, b2 = plane.b1.float(), plane.b2.float()
+        # Selective: one calibration per configuration gives both its plane and its sites (the reference's rule)
+        plans["selective"] = plan_selective(model, cal_t, cal_o, sites="norm")
+        plans["selective@block"] = plan_selective(model, cal_t, cal_o, sites="block")
+    except ImportError as e:
+        log(f"[steer] angular/selective modules absent ({e})")
     ctx = Context(
         model=model,
         r=r,
         r_norm=r.norm(dim=-1),
+        b1=b1,
+        b2=b2,
         layer=n_layers // 2,
+        plans=plans,
         prompt_mean=base_states.float().mean(dim=(1, 2)),
         target_mean=hs_t.float().mean(1),
         cfg=cfg,
-        **ctx_kw,
     )
     baseline = evaluate(model, lm, clf, prompts, cfg, None, base_states)
     log(f"[steer] unsteered: success {baseline['success']:.3f}  nll {baseline['nll']:.3f}")
     methods: dict[str, list[dict[str, Any]]] = {}
     skipped: dict[str, str] = {}
-    for name in STEERERS.names():
+    names = list(STEERERS.names()) + [v for v in VARIANTS if v.split("@")[0] in STEERERS]
+    for name in names:
         grid = _grid(name, ctx)
+        if (
+            not grid and name in plans
+        ):  # no discriminative site: nothing is steered, the result is the baseline
+            methods[name] = [{**baseline, "strength": 0.0, "note": NO_SITE}]
+            log(f"[steer] {name:12s}: {NO_SITE} (unsteered result reported)")
+            continue
         if not grid:
             skipped[name] = "no strength grid defined for this method in the benchmark"
             continue
@@ -554,30 +606,10 @@ def run(
             res["strength"] = strength
             pts.append(res)
             log(
-                f"[steer] {name:12s} strength {strength:6.2f}: success {res['success']:.3f}  nll {res['nll']:.3f}  "
+                f"[steer] {name:15s} strength {strength:6.2f}: success {res['success']:.3f}  nll {res['nll']:.3f}  "
                 f"distinct4 {res['distinct4']:.3f}  max|drift| {res['max_abs_drift']:.3f}"
             )
         methods[name] = pts
-    if "selective" in methods and ctx_kw.get("selective_layers") is not None:
-        try:
-            from orthokit.steer.selective import plan_selective, selective_steer
-
-            plan_n = plan_selective(model, cal_t, cal_o, sites="norm")
-        except (ImportError, TypeError) as e:  # an older selective without sites: no variant
-            log(f"[steer] selective at the reference's norm sites unavailable ({e})")
-        else:
-            if plan_n.layers:
-                pts = []
-                for a in cfg.rotate_grid:
-                    make = functools.partial(selective_steer, model, cal_t, cal_o, a, sites="norm")
-                    res_a = evaluate(model, lm, clf, prompts, cfg, make, base_states)
-                    res_a["strength"] = a
-                    pts.append(res_a)
-                    log(f"[steer] {VARIANT} {a:6.1f}: success {res_a['success']:.3f}  nll {res_a['nll']:.3f}")
-                methods[VARIANT] = pts
-                variant_note = f"{len(plan_n.layers)} of {len(plan_n.site_names)} norm sites selected"
-            else:
-                skipped[VARIANT] = "no discriminative normalization site"
     if fv_present:
         skipped["function_vector"] = (
             "not included: a function vector (Todd et al.) needs an in-context task with answer tokens; corpus "
@@ -595,16 +627,17 @@ def run(
         "model": {**lm.info, "path": str(lm.path) if lm.path else None},
         "classifier_val_acc": clf_acc,
         "steer_layer": ctx.layer,
-        "selective": selective_note,
-        "selective_norm_sites": variant_note,
+        "selection": {n: selection_summary(n, ctx) for n in plans},
         "r_norm": ctx.r_norm.tolist(),
         "baseline": baseline,
         "methods": methods,
         "skipped": skipped,
-        "method_layers": {n: steered_layers(n, ctx) for n in methods if n != VARIANT},
+        "method_layers": {n: steered_layers(n, ctx) for n in methods},
+        "method_sites": {n: steered_sites(n, ctx) for n in methods},
         "matched_level": level,
-        "matched": {m: matched(p, level) for m, p in methods.items()},
-        "nll_at_level": {m: nll_at(p, level) for m, p in methods.items()},
+        # a Selective row without a discriminative site steered nothing: it never counts as reaching a level
+        "matched": {m: matched([q for q in p if not q.get("note")], level) for m, p in methods.items()},
+        "nll_at_level": {m: nll_at([q for q in p if not q.get("note")], level) for m, p in methods.items()},
         "ablation_max_abs_diff": eq,
         "lens": svd[0],
         "layers": svd[1:],
@@ -626,7 +659,26 @@ def run(
     return res
 
 
-_MARK = {"addition": "o", "ablation": "x", "angular": "s", "selective": "D", "cylindrical": "^", VARIANT: "d"}
+_MARK = {
+    "addition": "o",
+    "ablation": "x",
+    "angular": "s",
+    "angular@all": "P",
+    "selective": "D",
+    "selective@block": "d",
+    "cylindrical": "^",
+}
+
+
+def selection_text(res: dict[str, Any], name: str) -> str:
+    """``"k of n <sites> selected (…)"`` for a Selective row, ``""`` for the others."""
+    sel = res.get("selection", {}).get(name)
+    if sel is None:
+        return ""
+    kind = "normalization sites" if sel["sites"] == "norm" else "blocks"
+    if not sel["selected"]:
+        return f"0 of {sel['of']} {kind} selected: {NO_SITE}, unsteered"
+    return f"{sel['selected']} of {sel['of']} {kind} selected"
 
 
 def _plot(res: dict[str, Any], path: Path) -> None:
@@ -683,6 +735,17 @@ def _f(x: float, nd: int = 3) -> str:
     return f"{x:.{nd}f}"
 
 
+def _where(res: dict[str, Any], name: str) -> str:
+    """Where a method steered, for the tables: selected sites for Selective, the block(s) otherwise."""
+    if name in res.get("selection", {}):
+        return selection_text(res, name)
+    site = res.get("method_sites", {}).get(name, "block")
+    lays = res["method_layers"].get(name, [])
+    if site == "writes":
+        return "every residual write"
+    return ("block " if len(lays) == 1 else "blocks ") + ", ".join(str(i) for i in lays)
+
+
 def markdown(res: dict[str, Any], level: int = 1) -> str:
     """The report: model, classifier, per-method sweep, matched-success table, drift, ablation check, lens table."""
     h = "#" * level
@@ -698,11 +761,10 @@ def markdown(res: dict[str, Any], level: int = 1) -> str:
         f"Model: LlamaForCausalLM, {m['params']:,} parameters, {m['steps']} steps; held-out loss "
         + ", ".join(f"{k} {v:.3f}" for k, v in m["val_loss"].items())
         + f" nats/char. Classifier held-out accuracy {res['classifier_val_acc']:.3f}. Steered block (single-layer "
-        f"methods): {res['steer_layer']}; Selective: {res['selective']}"
-        + (
-            f"; `{VARIANT}` (reference sites): {res['selective_norm_sites']}"
-            if res.get("selective_norm_sites")
-            else ""
+        f"methods): {res['steer_layer']}"
+        + "".join(
+            f"; `{n}`: {selection_text(res, n)} (b₁ from {sel['feature_site']})"
+            for n, sel in res.get("selection", {}).items()
         )
         + ". ‖r_ℓ‖ per block: "
         + ", ".join(_f(x, 2) for x in res["r_norm"])
@@ -713,8 +775,10 @@ def markdown(res: dict[str, Any], level: int = 1) -> str:
         "",
         f"{h}# Sweep (strength: addition/cylindrical k in α = k‖r‖; angular target angle °; selective rotation °)",
         "",
-        f"`{VARIANT}`: Selective Steering calibrated and applied at the outputs of the blocks' normalization modules "
-        "(the reference's sites) instead of the residual stream.",
+        "`selective`: the reference configuration (plane and sites from one last-token calibration at the outputs "
+        "of the blocks' normalization modules); `selective@block`: the same at the residual stream after each block "
+        "(orthokit's option); `angular`: the registered default (adaptive: only states with ⟨h, b₁⟩ > 0 rotate); "
+        f"`angular@all`: every state rotated. A row marked '{NO_SITE}' steered nothing (unsteered result).",
         "",
     ]
     rows = []
@@ -722,7 +786,7 @@ def markdown(res: dict[str, Any], level: int = 1) -> str:
         for p in pts:
             rows.append(
                 [
-                    name,
+                    name + (f" ({p['note']})" if p.get("note") else ""),
                     f"{p['strength']:g}",
                     f"{_f(p['success'])} ± {_f(p['success_se'])}",
                     _f(p["nll"]),
@@ -735,13 +799,17 @@ def markdown(res: dict[str, Any], level: int = 1) -> str:
     lines += [f"{h}# At matched success (first grid point with success ≥ {lv:.2f}, lowest NLL)", ""]
     rows = []
     for name, p in res["matched"].items():
+        where = _where(res, name)
         if p is None:
             best = max(res["methods"][name], key=lambda q: q["success"])
-            rows.append([name, "not reached", f"best {_f(best['success'])} at {best['strength']:g}", "", ""])
+            rows.append(
+                [name, where, "not reached", f"best {_f(best['success'])} at {best['strength']:g}", "", ""]
+            )
         else:
             rows.append(
                 [
                     name,
+                    where,
                     f"{p['strength']:g}",
                     _f(p["success"]),
                     f"{_f(p['nll'])} ({p['nll'] - b['nll']:+.3f})",
@@ -749,7 +817,9 @@ def markdown(res: dict[str, Any], level: int = 1) -> str:
                 ]
             )
     lines += [
-        md_table(["method", "strength", "success", "NLL (Δ vs unsteered)", "norm drift per block"], rows),
+        md_table(
+            ["method", "steered", "strength", "success", "NLL (Δ vs unsteered)", "norm drift per block"], rows
+        ),
         "",
         f"Frontier NLL interpolated at success = {lv:.2f} (lower = more fluent at equal success): "
         + ", ".join(
@@ -821,13 +891,20 @@ def markdown(res: dict[str, Any], level: int = 1) -> str:
 
 
 def demo(out_dir: Path) -> Section:
-    """``make demo`` section: a 3-block char Llama trained in ≈ 15 s (:data:`orthokit.bench.hf_char.DEMO`, cached
-    under ``out_dir/cache``) and a small grid; files are written as ``steer_quick.*``. Headline: the most fluent
-    norm-preserving point reaching the success activation addition reaches at its middle strength."""
+    """``make demo`` section: a 3-block char Llama (:data:`orthokit.bench.hf_char.DEMO`, cached under
+    ``out_dir/cache``) and a small grid; files are written as ``steer_quick.*``. Headline: the most fluent point of
+    the registered rotations (``selective`` at the reference's sites, ``angular`` adaptive) reaching the success
+    activation addition reaches at its middle strength, and how many sites Selective's calibration selected."""
     res = run(out_dir, quick=True, cfg=DEMO, model_cfg=hf_char.DEMO, log=lambda s: None)
     add = res["methods"].get("addition", [])
     ref = add[len(add) // 2] if add else res["baseline"]
-    rot = [p for n in ("selective", "angular") if n in res["methods"] for p in res["methods"][n]]
+    rot = [
+        p
+        for n in ("selective", "angular")
+        if n in res["methods"]
+        for p in res["methods"][n]
+        if not p.get("note")  # a Selective row without a discriminative site steered nothing
+    ]
     ok = [p for p in rot if p["success"] >= ref["success"] - 0.05]
     best = (
         min(ok, key=lambda p: p["nll"])
@@ -845,6 +922,11 @@ def demo(out_dir: Path) -> Section:
             f"{'more' if best['nll'] < ref['nll'] else 'less'} fluent at ≈ equal success"
             if ok
             else "rotation below addition's success"
+        )
+        + (
+            f"; selective: {selection_text(res, 'selective')}"
+            if "selective" in res.get("selection", {})
+            else ""
         )
         + f"; ablation weights≡hooks {res['ablation_max_abs_diff']:.0e}",
         body=markdown(res, level=2),
