@@ -11,7 +11,8 @@ folder, then renamed; reused only when the hash of the full configuration and vo
 * :data:`FULL` — hidden 128, 4 layers, 4 heads, intermediate 344, context 128, 360 steps of 32 windows
   (≈ 3.5 min on one CPU thread).
 * :data:`QUICK` — hidden 32, 2 layers, context 32, 40 steps of 8 windows (< 5 s; for tests and ``--quick``).
-* :data:`DEMO` — hidden 64, 3 layers, context 64, 400 steps of 16 windows (≈ 15 s; the ``make demo`` section).
+* :data:`DEMO` — hidden 48, 3 layers, context 64, 250 steps of 12 windows (6 s on a quiet core; the ``make demo``
+  section).
 
 Example:
     >>> import tempfile
@@ -102,7 +103,7 @@ class HFCharConfig:
 FULL = HFCharConfig()
 QUICK = HFCharConfig(hidden=32, layers=2, heads=2, intermediate=64, context=32, steps=40, batch=8, warmup=4)
 DEMO = HFCharConfig(
-    hidden=64, layers=3, heads=2, intermediate=172, context=64, steps=400, batch=16, warmup=10
+    hidden=48, layers=3, heads=2, intermediate=128, context=64, steps=250, batch=12, warmup=10
 )
 
 

@@ -136,12 +136,12 @@ QUICK = Config(
 
 #: the ``make demo`` grid (with :data:`orthokit.bench.hf_char.DEMO`): one seed, a few strengths per method
 DEMO = Config(
-    n_cal=32,
-    n_prompts=24,
-    gen_len=32,
+    n_cal=24,
+    n_prompts=16,
+    gen_len=24,
     seeds=(0,),
-    clf_windows=1000,
-    lens_steps=40,
+    clf_windows=600,
+    lens_steps=20,
     add_grid=(2.0, 4.0, 6.0),
     angle_grid=(45.0, 0.0),
     rotate_grid=(30.0, 120.0),
