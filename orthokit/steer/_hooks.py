@@ -165,7 +165,8 @@ def hidden_size(model: nn.Module) -> int | None:
 
 
 def _check_steerer_dim(steerer: Any, model: nn.Module) -> None:
-    """Every public 1-D vector of ``steerer`` (its direction, plane, axis, ...) must have the model's width."""
+    """The steerer's width must be the model's: its ``dim`` when it declares one (an int), else the length of every
+    public 1-D tensor attribute (its direction, plane, axis, ...)."""
     d = hidden_size(model)
     if d is None:
         return
@@ -175,6 +176,8 @@ def _check_steerer_dim(steerer: Any, model: nn.Module) -> None:
         raise ValueError(
             f"direction has length {dim} (steerer {label!r}) but {type(model).__name__} has hidden size {d}"
         )
+    if isinstance(dim, int):
+        return
     for attr, v in vars(steerer).items():
         if not attr.startswith("_") and isinstance(v, Tensor) and v.ndim == 1 and v.shape[0] != d:
             raise ValueError(
