@@ -43,6 +43,7 @@ from orthokit.steer._hooks import (
     Steerer,
     SteeringHandle,
     as_direction,
+    hidden_size,
     num_hidden_layers,
     residual_layers,
     steer,
@@ -92,6 +93,7 @@ __all__ = [
     "steer",
     "residual_layers",
     "num_hidden_layers",
+    "hidden_size",
     "as_direction",
     # methods
     "ActivationAddition",
