@@ -919,7 +919,9 @@ def demo(out_dir: Path) -> Section:
         ours=f"{name} {_f(best['success'], 2)} / {_f(best['nll'], 2)}",
         anchor=f"addition {_f(ref['success'], 2)} / {_f(ref['nll'], 2)}",
         verdict=(
-            f"{'more' if best['nll'] < ref['nll'] else 'less'} fluent at ≈ equal success"
+            f"{'more' if best['nll'] < ref['nll'] else 'less'} fluent at "
+            + ("≈ equal" if abs(best["success"] - ref["success"]) <= 0.05 else "higher")
+            + " success (one seed, 16 prompts: noisy; the full run is the measurement)"
             if ok
             else "rotation below addition's success"
         )
