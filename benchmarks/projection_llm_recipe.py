@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import struct
 import sys
 import time
 import warnings
@@ -45,80 +44,15 @@ from orthokit.bench.report import (
     result_stem,
     results_dir,
 )
+from orthokit.io.llama2c import load_llama2c
 from orthokit.projection import GPM
 
 BYTE_OFFSET = 3  # llama2.c sentencepiece vocabularies: <unk>, <s>, </s>, then <0x00>..<0xFF>
 
 
 def load_stories260k(path: Path) -> nn.Module:
-    """``LlamaForCausalLM`` with the weights of a llama2.c legacy (v0) checkpoint."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    raw = path.read_bytes()
-    dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len = struct.unpack("7i", raw[:28])
-    shared = vocab > 0
-    vocab = abs(vocab)
-    data = torch.frombuffer(bytearray(raw[28:]), dtype=torch.float32)
-    hs = dim // n_heads
-    off = 0
-
-    def take(*shape: int) -> torch.Tensor:
-        nonlocal off
-        n = 1
-        for s in shape:
-            n *= s
-        t = data[off : off + n].reshape(shape).clone()
-        off += n
-        return t
-
-    emb = take(vocab, dim)
-    rms_att = take(n_layers, dim)
-    wq = take(n_layers, n_heads * hs, dim)
-    wk = take(n_layers, n_kv * hs, dim)
-    wv = take(n_layers, n_kv * hs, dim)
-    wo = take(n_layers, dim, n_heads * hs)
-    rms_ffn = take(n_layers, dim)
-    w1 = take(n_layers, hidden, dim)
-    w2 = take(n_layers, dim, hidden)
-    w3 = take(n_layers, hidden, dim)
-    rms_final = take(dim)
-    off += seq_len * hs  # freq_cis_real + freq_cis_imag (seq_len * hs/2 each)
-    wcls = emb if shared else take(vocab, dim)
-    cfg = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=dim,
-        intermediate_size=hidden,
-        num_hidden_layers=n_layers,
-        num_attention_heads=n_heads,
-        num_key_value_heads=n_kv,
-        max_position_embeddings=seq_len,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=shared,
-        attention_bias=False,
-        mlp_bias=False,
-    )
-    model = LlamaForCausalLM(cfg)
-
-    def permute(w: torch.Tensor, heads: int) -> torch.Tensor:  # interleaved RoPE pairs -> half split
-        return w.view(heads, w.shape[0] // heads // 2, 2, w.shape[1]).transpose(1, 2).reshape(w.shape)
-
-    with torch.no_grad():
-        m = model.model
-        m.embed_tokens.weight.copy_(emb)
-        for i, layer in enumerate(m.layers):
-            layer.input_layernorm.weight.copy_(rms_att[i])
-            layer.self_attn.q_proj.weight.copy_(permute(wq[i], n_heads))
-            layer.self_attn.k_proj.weight.copy_(permute(wk[i], n_kv))
-            layer.self_attn.v_proj.weight.copy_(wv[i])
-            layer.self_attn.o_proj.weight.copy_(wo[i])
-            layer.post_attention_layernorm.weight.copy_(rms_ffn[i])
-            layer.mlp.gate_proj.weight.copy_(w1[i])
-            layer.mlp.down_proj.weight.copy_(w2[i])
-            layer.mlp.up_proj.weight.copy_(w3[i])
-        m.norm.weight.copy_(rms_final)
-        if not shared:
-            model.lm_head.weight.copy_(wcls)
-    return model
+    """``LlamaForCausalLM`` (train mode) with the weights of a llama2.c legacy (v0) checkpoint (:func:`load_llama2c`)."""
+    return load_llama2c(path).train()
 
 
 def byte_ids(text: str) -> torch.Tensor:

@@ -52,6 +52,7 @@ from orthokit.diagnostics.capacity import (
     null_abs_cos_quantile,
 )
 from orthokit.diagnostics.factor import factor_orthogonality
+from orthokit.io.llama2c import read_llama2c_embeddings as _read_llama2c_embeddings
 
 __all__ = ["Config", "FULL", "QUICK", "read_llama2c_embeddings", "run", "markdown", "demo", "main"]
 
@@ -88,8 +89,8 @@ DEMO = Config(char_widths=(), hist_sample=3000, n_shuffles=3)
 def read_llama2c_embeddings(path: str | Path) -> Tensor:
     """Token-embedding table ``[vocab, dim]`` (float32) of a llama2.c legacy ("v0") checkpoint.
 
-    The file starts with 7 int32 ``(dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len)``
-    (``vocab_size < 0`` marks an untied classifier) followed by float32 weights, the token table first.
+    :func:`orthokit.io.llama2c.read_llama2c_embeddings` with ``partial=True``: the header is fully checked, and any
+    file holding at least the header and the token table is accepted (only those bytes are read).
 
     Example:
         >>> import tempfile, numpy as np
@@ -102,26 +103,7 @@ def read_llama2c_embeddings(path: str | Path) -> Tensor:
         ...     read_llama2c_embeddings(p).shape
         torch.Size([3, 4])
     """
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"llama2.c checkpoint {str(p)!r} does not exist")
-    raw = p.read_bytes()
-    if len(raw) < 28:
-        raise ValueError(f"{p.name}: {len(raw)} bytes, shorter than the 28-byte llama2.c header")
-    dim, hidden, n_layers, n_heads, n_kv, vocab, seq = np.frombuffer(raw[:28], dtype=np.int32).tolist()
-    vocab = abs(vocab)
-    if min(dim, hidden, n_layers, n_heads, n_kv, vocab, seq) <= 0 or dim > 65536 or vocab > 10_000_000:
-        raise ValueError(
-            f"{p.name}: implausible llama2.c header dim={dim} hidden={hidden} layers={n_layers} heads={n_heads} "
-            f"kv_heads={n_kv} vocab={vocab} seq={seq}"
-        )
-    need = 28 + 4 * vocab * dim
-    if len(raw) < need:
-        raise ValueError(f"{p.name}: {len(raw)} bytes, the {vocab}x{dim} token table needs {need}")
-    E = torch.from_numpy(np.frombuffer(raw[28:need], dtype=np.float32).copy()).view(vocab, dim)
-    if not bool(torch.isfinite(E).all()):
-        raise ValueError(f"{p.name}: non-finite values in the token table")
-    return E
+    return _read_llama2c_embeddings(path, partial=True)
 
 
 def _minilm_path() -> Path:
