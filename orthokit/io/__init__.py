@@ -5,6 +5,8 @@
 * :mod:`orthokit.io.config` — YAML loading with clear errors (duplicate keys, syntax errors with line numbers).
 * :mod:`orthokit.io.oft` — PEFT OFT adapter folders (block rotations; applied lazily like LoRA).
 * :mod:`orthokit.io.model_card` — output ``config.json`` fix-ups (dtype, layer count) and the README model card.
+* :mod:`orthokit.io.llama2c` — llama2.c legacy (v0) checkpoints (``stories260K.bin``): validated reader and
+  ``load_llama2c`` → ``transformers.LlamaForCausalLM`` (``docs/io/llama2c.md``).
 
 Example:
     >>> from orthokit.io import open_checkpoint, save_sharded, load_yaml
@@ -15,6 +17,14 @@ Example:
 from __future__ import annotations
 
 from orthokit.io.config import ConfigError, load_yaml
+from orthokit.io.llama2c import (
+    Llama2cHeader,
+    load_llama2c,
+    read_llama2c,
+    read_llama2c_embeddings,
+    read_llama2c_header,
+    write_llama2c,
+)
 from orthokit.io.model_card import model_card, update_output_config
 from orthokit.io.oft import OftAdapter, OftAppliedCheckpoint
 from orthokit.io.safetensors_io import (
@@ -38,6 +48,7 @@ from orthokit.io.safetensors_io import (
 __all__ = [
     "ConfigError",
     "INDEX_NAME",
+    "Llama2cHeader",
     "LoraAdapter",
     "LoraAppliedCheckpoint",
     "OftAdapter",
@@ -51,10 +62,15 @@ __all__ = [
     "TensorSource",
     "atomic_output_dir",
     "load_file",
+    "load_llama2c",
     "load_yaml",
     "model_card",
     "open_checkpoint",
     "plan_shards",
+    "read_llama2c",
+    "read_llama2c_embeddings",
+    "read_llama2c_header",
     "save_sharded",
     "update_output_config",
+    "write_llama2c",
 ]
