@@ -164,9 +164,28 @@ def hidden_size(model: nn.Module) -> int | None:
     return int(w.shape[-1]) if isinstance(w, Tensor) and w.ndim == 2 else None
 
 
+#: attribute names read as directions by :func:`_check_steerer_dim` when a steerer declares no ``dim``
+DIRECTION_ATTRS = (
+    "direction",
+    "second",
+    "b1",
+    "b2",
+    "axis",
+    "normal",
+    "vector",
+    "plane",
+    "r",
+    "u",
+    "v",
+)
+
+
 def _check_steerer_dim(steerer: Any, model: nn.Module) -> None:
     """The steerer's width must be the model's: its ``dim`` when it declares one (an int), else the length of every
-    public 1-D tensor attribute (its direction, plane, axis, ...)."""
+    1-D tensor attribute named like a direction (:data:`DIRECTION_ATTRS`: ``direction``, ``b1``, ``axis``, ...).
+
+    Other tensor attributes (per-layer strengths, schedules, ...) are the steerer's own business and not checked.
+    """
     d = hidden_size(model)
     if d is None:
         return
@@ -178,8 +197,10 @@ def _check_steerer_dim(steerer: Any, model: nn.Module) -> None:
         )
     if isinstance(dim, int):
         return
-    for attr, v in vars(steerer).items():
-        if not attr.startswith("_") and isinstance(v, Tensor) and v.ndim == 1 and v.shape[0] != d:
+    attrs = getattr(steerer, "__dict__", {})
+    for attr in DIRECTION_ATTRS:
+        v = attrs.get(attr)
+        if isinstance(v, Tensor) and v.ndim == 1 and v.shape[0] != d:
             raise ValueError(
                 f"direction has length {v.shape[0]} (steerer {label!r}, attribute {attr!r}) but "
                 f"{type(model).__name__} has hidden size {d}"

@@ -338,6 +338,41 @@ def test_direction_of_the_wrong_length_is_refused_at_registration(models: dict[s
     assert _nhooks(model) == n0
 
 
+class _PerLayerGain(Steerer):
+    """A custom steerer with a non-direction 1-D tensor attribute (per-layer strengths of length 3 != d)."""
+
+    name = "per_layer_gain"
+
+    def __init__(self, v: Tensor, alphas: Tensor) -> None:
+        self.v = v
+        self.alphas = alphas
+
+    def edit(self, h: Tensor) -> Tensor:
+        return h + self.alphas[0].to(h.dtype) * self.v.to(h.dtype)
+
+
+def test_only_direction_like_attributes_are_length_checked(models: dict[str, nn.Module]) -> None:
+    """A strength vector ``alphas`` [3] is not a direction: accepted; a direction-named ``v`` [63] is refused."""
+    model = models["llama"]
+    ids = tiny_ids()
+    v = torch.randn(HIDDEN)
+    with torch.no_grad():
+        base = model(ids).logits
+        with steer(model, _PerLayerGain(v, torch.tensor([1.0, 2.0, 3.0])), layers=[0]):
+            out = model(ids).logits
+        ref_h = steer(model, "addition", direction=v, alpha=float(v.norm()), layers=[0])
+        ref = model(ids).logits
+        ref_h.remove()
+    assert (out - base).abs().max() > 1e-3
+    torch.testing.assert_close(
+        out, ref, rtol=1e-5, atol=1e-5
+    )  # h + 1·v == addition of unit(v) with alpha=‖v‖
+    n0 = _nhooks(model)
+    with pytest.raises(ValueError, match=r"direction has length 63 .*attribute 'v'.* hidden size 64"):
+        steer(model, _PerLayerGain(torch.randn(63), torch.tensor([1.0, 2.0, 3.0])))
+    assert _nhooks(model) == n0
+
+
 def test_check_finite_flag_and_meta_device(models: dict[str, nn.Module]) -> None:
     model = models["llama"]
     with steer(model, _Bad("nan"), layers=[1], check_finite=False), torch.no_grad():
