@@ -70,6 +70,7 @@ class BatchMSP(OrthogonalDictionaryLearner):
         self.power = check_power(power)
         self._D = haar_orthogonal(self.d, seed=seed, dtype=self.dtype)
         self.objective_history: list[float] = []
+        self.scale_exponent_ = 0
         self.n_iter_ = 0
 
     def state_tensors(self) -> dict[str, Tensor]:
@@ -99,16 +100,25 @@ class BatchMSP(OrthogonalDictionaryLearner):
 
     def fit(self, Y: Tensor, *, n_iter: int = 100, tol: float = 1e-9) -> BatchMSP:
         """Run MSP on ``Y`` ``[d, n]`` for at most ``n_iter`` iterations, stopping when the relative objective
-        increase falls below ``tol``. Records :attr:`objective_history` (one value per iterate)."""
+        increase falls below ``tol``. Records :attr:`objective_history` (one value per iterate).
+
+        Scale-safe: ``Y`` is rescaled once by the exact power of two ``2^{−e}`` the step uses
+        (:func:`~orthokit.dictionary._common.pow2_scale`, ``max |Y·2^{−e}|`` in ``[0.5, 1)``), and the loop runs on
+        the rescaled data. The iterates are bit-identical to stepping on ``Y`` (the MSP step is scale-invariant),
+        the stopping rule sees a finite objective at any ``|Y|`` (no underflow to 0 at ``1e-300``, no ``inf`` at
+        ``1e200``), and :attr:`objective_history` is ``f`` of the rescaled data, i.e. ``2^{−ep} f(D; Y)``
+        (``e`` is kept in :attr:`scale_exponent_`)."""
         Yc = check_data(Y, self.d, self.dtype)
         if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
             raise ValueError(f"n_iter must be a positive int, got {n_iter!r}")
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
             raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
-        self.objective_history = [lp_objective(self._D, Yc, self.power)]
+        Ys, e = pow2_scale(Yc)
+        self.objective_history = [lp_objective(self._D, Ys, self.power)]
+        self.scale_exponent_ = e
         for _ in range(n_iter):
-            self.step(Yc)
-            f = lp_objective(self._D, Yc, self.power)
+            self.step(Ys)
+            f = lp_objective(self._D, Ys, self.power)
             prev = self.objective_history[-1]
             self.objective_history.append(f)
             if abs(f - prev) <= tol * max(abs(prev), 1e-300):

@@ -89,6 +89,7 @@ class BatchProcrustesDL(OrthogonalDictionaryLearner):
             raise ValueError(f"init must be 'haar', 'pca' or a [d, d] tensor, got {init!r}")
         self.init = init if isinstance(init, str) else "tensor"
         self.error_history: list[float] = []
+        self.scale_exponent_ = 0
         self.n_iter_ = 0
 
     def state_tensors(self) -> dict[str, Tensor]:
@@ -117,27 +118,38 @@ class BatchProcrustesDL(OrthogonalDictionaryLearner):
         self.n_iter_ += 1
         return self
 
-    def _sq_error(self, Yc: Tensor) -> float:
-        return float((Yc - self._D @ self._code(Yc)).pow(2).sum())
+    def _sq_error(self, Yc: Tensor, e: int = 0) -> float:
+        """``‖(Y − D X)·2^{−e}‖_F²`` (the residual is formed in the units of ``Y``, then rescaled exactly)."""
+        return float(times_pow2(Yc - self._D @ self._code(Yc), -e).pow(2).sum())
 
     def fit(self, Y: Tensor, *, n_iter: int = 50, tol: float = 1e-7) -> BatchProcrustesDL:
         """Alternate on ``Y`` ``[d, n]`` for at most ``n_iter`` sweeps; stop when the relative decrease of the
-        squared error is below ``tol``. Records :attr:`error_history` (squared error per iterate)."""
+        squared error is below ``tol``. Records :attr:`error_history` (squared error per iterate).
+
+        Scale-safe: with ``2^{−e}`` the exact power of two the step uses
+        (:func:`~orthokit.dictionary._common.pow2_scale`, ``max |Y·2^{−e}|`` in ``[0.5, 1)``), the PCA
+        initialization is the eigenbasis of ``(Y·2^{−e})(Y·2^{−e})ᵀ`` (same eigenvectors, no overflow at
+        ``|Y| ~ 1e200``) and :attr:`error_history` is the squared error of the rescaled data,
+        ``2^{−2e} ‖Y − DX‖_F²`` (``e`` kept in :attr:`scale_exponent_`): finite at any ``|Y|``, so the stopping rule
+        does not see 0 (underflow at ``1e-300``) or ``inf`` (``1e200``). Coding still uses ``Y`` itself, so an
+        absolute ``threshold`` keeps the units of ``Y``."""
         Yc = check_data(Y, self.d, self.dtype)
         if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
             raise ValueError(f"n_iter must be a positive int, got {n_iter!r}")
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
             raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+        Ys, scale_e = pow2_scale(Yc)
         if self.init == "pca" and self.n_iter_ == 0:
-            _, V = torch.linalg.eigh(Yc @ Yc.T)
+            _, V = torch.linalg.eigh(Ys @ Ys.T)
             self._D = orthogonal_polar(V.flip(-1))
-        self.error_history = [self._sq_error(Yc)]
+        self.scale_exponent_ = scale_e
+        self.error_history = [self._sq_error(Yc, scale_e)]
         for _ in range(n_iter):
             self.step(Yc)
-            e = self._sq_error(Yc)
+            err = self._sq_error(Yc, scale_e)
             prev = self.error_history[-1]
-            self.error_history.append(e)
-            if prev - e <= tol * max(prev, 1e-300):
+            self.error_history.append(err)
+            if prev - err <= tol * max(prev, 1e-300):
                 break
         self.n_samples_seen = Yc.shape[1]
         return self

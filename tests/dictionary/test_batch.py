@@ -55,3 +55,28 @@ def test_procrustes_pca_init_and_options() -> None:
         dl.fit(Y, n_iter=0)
     with pytest.raises(ValueError, match="power"):
         BatchMSP(6, power=1.0)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: BatchMSP(16, seed=0),
+        lambda: BatchProcrustesDL(16, sparsity=3, seed=0),
+        lambda: BatchProcrustesDL(16, sparsity=3, init="pca"),
+    ],
+)
+def test_fit_is_scale_safe(make) -> None:  # type: ignore[no-untyped-def]
+    """fit at |Y| ~ 1e-100 / 1e-300 / 1e200 gives the scale-1 dictionary (a raw objective underflows to 0 or
+    overflows to inf there: fit stopped after 1 iteration / ran all n_iter; PCA's eigh(YYᵀ) raised)."""
+    Y, D0 = planted_data(16, 1500, theta=0.2, seed=3)
+    ref = make().fit(Y, n_iter=60)
+    hist_ref = getattr(ref, "objective_history", None) or ref.error_history
+    assert 3 < ref.n_iter_ < 60, "the reference run must converge by the tolerance"
+    for s in (1e-100, 1e-300, 1e200):
+        m = make().fit(Y * s, n_iter=60)
+        hist = getattr(m, "objective_history", None) or m.error_history
+        assert all(np.isfinite(hist)) and min(hist) > 0, (s, hist[:3])
+        assert m.n_iter_ == ref.n_iter_, (s, m.n_iter_, ref.n_iter_)
+        torch.testing.assert_close(m.dictionary, ref.dictionary, atol=1e-10, rtol=0)
+        # the recorded history is that of Y·2^{-e}: scale-free, the scale-1 history up to one constant factor
+        np.testing.assert_allclose(np.array(hist) / hist[0], np.array(hist_ref) / hist_ref[0], rtol=1e-9)
