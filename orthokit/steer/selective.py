@@ -38,7 +38,8 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +47,14 @@ import torch
 from torch import Tensor, nn
 
 from orthokit.linalg._checks import check_finite, compute_dtype
-from orthokit.steer._hooks import Steerer, SteeringHandle, _apply_edit, residual_layers, steer
+from orthokit.steer._hooks import (
+    Steerer,
+    SteeringHandle,
+    _apply_edit,
+    _check_steerer_dim,
+    residual_layers,
+    steer,
+)
 from orthokit.steer.angular import check_angle, check_states, check_vector, orthonormal_plane, steering_plane
 from orthokit.steer.directions import collect_residuals, mean_difference
 from orthokit.steer.registry import STEERERS
@@ -294,10 +302,31 @@ def plan_selective(
     normalization module (:func:`norm_sites`); with ``sites="block"`` the hidden states after every block
     (``collect_residuals``). The
     per-site candidates ``mean(pos) − mean(neg)`` give the plane (:func:`~orthokit.steer.angular.steering_plane`)
-    and ``b1`` picks the sites (:func:`select_layers`). The model is not modified.
+    and ``b1`` picks the sites (:func:`select_layers`). The model is not modified: the calibration forward
+    passes run in eval mode (no dropout, so the plan is deterministic) without gradients, and every module's
+    training flag is restored afterwards.
     """
     if sites not in _SITES:
         raise ValueError(f"sites must be one of {_SITES}, got {sites!r}")
+    with _calibrating(model):
+        return _plan(model, pos_ids, neg_ids, positions, sites)
+
+
+@contextmanager
+def _calibrating(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no grad for calibration forward passes; every module's training flag is restored."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, t in flags:
+            m.training = t
+
+
+def _plan(model: nn.Module, pos_ids: Tensor, neg_ids: Tensor, positions: str, sites: str) -> SelectivePlan:
+    """The body of :func:`plan_selective` (run under :func:`_calibrating`)."""
     if sites == "block":
         pos = collect_residuals(model, pos_ids, positions=positions)
         neg = collect_residuals(model, neg_ids, positions=positions)
@@ -370,7 +399,9 @@ def steer_norm_sites(
 
     Args:
         model: a transformers causal LM.
-        steerer: any :class:`~orthokit.steer._hooks.Steerer` (e.g. ``AngularSteering``) of the hidden size.
+        steerer: any :class:`~orthokit.steer._hooks.Steerer` (e.g. ``AngularSteering``) of the hidden size; a
+            direction of another length is refused (``ValueError``) before any hook is registered, as in
+            :func:`~orthokit.steer._hooks.steer`.
         sites: indices into :func:`norm_sites` (default: every one, as the Angular Steering reference does).
         positions: ``"all"`` or ``"last"``.
 
@@ -388,6 +419,7 @@ def steer_norm_sites(
     if positions not in ("all", "last"):
         raise ValueError(f"positions must be 'all' or 'last', got {positions!r}")
     found = norm_sites(model)
+    _check_steerer_dim(steerer, model)  # a wrong-length direction fails here, before any hook is registered
     n = len(found)
     if sites is None:
         chosen = list(range(n))

@@ -437,3 +437,32 @@ def test_norm_site_hooks_check_the_edit_like_steer(mode: str, match: str) -> Non
         with pytest.raises(ValueError, match=match) as info:
             model(ids)
     assert "norm site 0:post_attention_layernorm" in str(info.value)
+
+
+def test_steer_norm_sites_refuses_a_wrong_length_direction_before_registering() -> None:
+    model = tiny_model("llama")
+    mods = [m for _, _, m in norm_sites(model)]
+    n0 = [len(m._forward_hooks) for m in mods]
+    with pytest.raises(ValueError, match=r"direction has length 32 .* hidden size 64"):
+        steer_norm_sites(model, SelectiveSteering(torch.randn(32), torch.randn(32), angle_deg=30.0))
+    assert [len(m._forward_hooks) for m in mods] == n0  # nothing registered
+    with torch.no_grad():
+        model(torch.tensor([[1, 2, 3]]))  # the model still runs
+
+
+@pytest.mark.parametrize("sites", ["norm", "block"])
+def test_plan_in_train_mode_is_the_eval_plan_and_restores_the_mode(sites: str) -> None:
+    """Calibration runs in eval mode (GPT-2 has dropout 0.1): two calls agree with each other and with the plan of
+    the same model in eval mode; every module's training flag is restored."""
+    model = tiny_model("gpt2", dtype=torch.float64)
+    pos_ids, neg_ids = _class_ids()
+    ref = plan_selective(model, pos_ids, neg_ids, sites=sites)  # eval-mode reference
+    model.train()
+    model.transformer.h[0].eval()  # a mixed state must come back as it was
+    flags = [m.training for m in model.modules()]
+    p1 = plan_selective(model, pos_ids, neg_ids, sites=sites)
+    p2 = plan_selective(model, pos_ids, neg_ids, sites=sites)
+    assert [m.training for m in model.modules()] == flags
+    for p in (p1, p2):
+        assert torch.equal(p.b1, ref.b1) and torch.equal(p.b2, ref.b2)
+        assert p.layers == ref.layers and torch.equal(p.alignment, ref.alignment)
