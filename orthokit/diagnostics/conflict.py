@@ -41,6 +41,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -77,6 +78,8 @@ AUTHORS_TARGETS: tuple[str, ...] = (
     "down_proj.weight",
 )
 Targets = Sequence[str] | Literal["auto"] | None
+#: name substrings of embedding / head matrices: ``targets="auto"`` leaving these out is expected (no warning)
+_EMBED_OR_HEAD: tuple[str, ...] = ("embed", "head", "wte", "wpe", "classifier")
 _ZERO_REL_TOL = (
     1e-10  # eigenvalues below this fraction of the largest are zeroed in PSD square roots (authors')
 )
@@ -384,9 +387,22 @@ def _select(
         if targets is not None:
             pats = AUTHORS_TARGETS if isinstance(targets, str) and targets == "auto" else targets
             hit = [k for k in sel if any(t in k for t in pats)]
-            if hit or not (isinstance(targets, str) and targets == "auto"):
+            auto = isinstance(targets, str) and targets == "auto"
+            if hit or not auto:
                 if not hit:
                     raise ValueError(f"no 2-D tensor name contains any of targets={list(pats)[:7]}")
+                if auto:
+                    hits = set(hit)
+                    left = [k for k in sel if k not in hits and not any(e in k for e in _EMBED_OR_HEAD)]
+                    if left:
+                        warnings.warn(
+                            f"targets='auto' keeps the {len(hit)} tensors named like the authors' "
+                            f"q/k/v/o/gate/up/down_proj and leaves out {len(left)} other 2-D tensor(s): "
+                            f"{left[:6]}{' ...' if len(left) > 6 else ''}; pass targets=None to compare every "
+                            "2-D tensor, or targets=[...] / keys=[...] to choose",
+                            UserWarning,
+                            stacklevel=4,
+                        )
                 sel = hit
     for k in sel:
         if a[k].dim() != 2:
@@ -415,13 +431,15 @@ class ConflictReport:
 
     Attributes:
         conflict: model-level geometry conflict (mean of ``layers[k].conflict`` per ``reduction``).
-        layers: tensor name → :class:`LayerConflict` (tensors where both updates are zero are skipped).
+        layers: tensor name → :class:`LayerConflict`, for exactly the tensors in ``compared``.
         norm_a, norm_b: Frobenius norms of the compared parts of the updates (the update-norm baseline).
         cosine: cosine of the flattened compared updates (task-vector cosine baseline).
         subspace_overlap: size-weighted mean ``cos²`` of the principal angles between the top-``rank`` left
             singular subspaces (via :func:`orthokit.merge.diagnostics.subspace_overlap`); 1 = same subspaces.
         sar: mean over tensors of the authors' symmetrised subspace alignment ratio.
-        compared: names of the tensors selected for comparison (``keys`` / ``targets`` / ``exclude``).
+        compared: names of the tensors averaged into ``conflict`` (the selection by ``keys`` / ``targets`` /
+            ``exclude``, less ``skipped``), in selection order.
+        skipped: selected tensors left out of the average → reason (``"zero in both updates"``: no geometry).
     """
 
     conflict: float
@@ -432,6 +450,7 @@ class ConflictReport:
     subspace_overlap: float = 0.0
     sar: float = 0.0
     compared: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 def _reduce(layers: dict[str, LayerConflict], sizes: dict[str, int], reduction: str) -> float:
@@ -463,17 +482,19 @@ def _layers(
     energy: float,
     reg: float,
     normalize: str,
-) -> dict[str, LayerConflict]:
+) -> tuple[dict[str, LayerConflict], dict[str, str]]:
+    """Per-tensor conflicts of the selected tensors, and the selected tensors skipped (name → reason)."""
     _check_hparams(rank, energy, reg)
     _check_normalize(normalize)
-    out = {}
+    out, skipped = {}, {}
     for k in sel:
         if not bool(a[k].any()) and not bool(b[k].any()):
+            skipped[k] = "zero in both updates"
             continue
         out[k] = layer_conflict(a[k], b[k], rank=rank, energy=energy, reg=reg, normalize=normalize)  # type: ignore[arg-type]
     if not out:
         raise ValueError("both updates are zero in every compared tensor; geometry conflict is undefined")
-    return out
+    return out, skipped
 
 
 @DIAGNOSTICS.register("geometry_conflict", input="updates", higher_is="conflict", paper="arXiv 2605.09608")
@@ -502,7 +523,9 @@ def geometry_conflict(
             authors' code).
         targets: ``"auto"`` (default, the authors'): the 2-D tensors whose name contains one of
             :data:`AUTHORS_TARGETS` (``q/k/v/o/gate/up/down_proj.weight``) — or, when no tensor has such a
-            name (an MLP, a GPT-2-style model), every 2-D tensor; a sequence of substrings: exactly the tensors
+            name (an MLP, a GPT-2-style model), every 2-D tensor; a ``UserWarning`` names the 2-D tensors
+            left out when only some match (e.g. Phi-style ``q/k/v_proj`` + ``dense``/``fc1``/``fc2``: the MLP
+            would be dropped), embeddings/heads aside; a sequence of substrings: exactly the tensors
             matching one (ValueError if none does); ``None``: every 2-D tensor.
         reduction: ``"mean"`` over tensors (authors) or ``"weighted"`` by number of entries.
         normalize: ``"joint"`` (authors: ``W² / (tr B_a + tr B_b)``) or ``"unit_trace"`` (orthokit option: each
@@ -522,7 +545,7 @@ def geometry_conflict(
         0.4
     """
     a, b, sel = _prepare(update_a, update_b, keys, exclude, reduction, targets)
-    layers = _layers(a, b, sel, rank, energy, reg, normalize)
+    layers, _ = _layers(a, b, sel, rank, energy, reg, normalize)
     return _reduce(layers, {k: a[k].numel() for k in sel}, reduction)
 
 
@@ -543,7 +566,8 @@ def conflict_report(
     """Per-tensor geometry conflict plus the baselines (update norm, cosine, subspace overlap, SAR).
 
     Arguments as :func:`geometry_conflict`; ``overlap_rank`` is the subspace dimension of the principal-angle
-    overlap baseline. ``report.compared`` lists the tensors the selection kept.
+    overlap baseline. ``report.compared`` lists the tensors averaged into ``report.conflict`` and
+    ``report.skipped`` the selected ones left out, with the reason (both updates zero there).
 
     Example:
         >>> import torch
@@ -558,7 +582,7 @@ def conflict_report(
     if isinstance(overlap_rank, bool) or not isinstance(overlap_rank, int) or overlap_rank < 1:
         raise ValueError(f"overlap_rank must be an integer >= 1, got {overlap_rank!r}")
     a, b, sel = _prepare(update_a, update_b, keys, exclude, reduction, targets)
-    layers = _layers(a, b, sel, rank, energy, reg, normalize)
+    layers, skipped = _layers(a, b, sel, rank, energy, reg, normalize)
     fa = torch.cat([a[k].detach().reshape(-1).to("cpu", torch.float64) for k in sel])
     fb = torch.cat([b[k].detach().reshape(-1).to("cpu", torch.float64) for k in sel])
     # baselines are scale-invariant (cosine, overlap) or homogeneous (norms): computed on max-abs-scaled copies
@@ -574,7 +598,8 @@ def conflict_report(
         cosine=float(pairwise_cosine([fa, fb])[0, 1]),
         subspace_overlap=float(subspace_overlap([sa, sb], rank=overlap_rank, side="left").mean[0, 1]),
         sar=sum(v.sar for v in layers.values()) / len(layers),
-        compared=list(sel),
+        compared=list(layers),
+        skipped=skipped,
     )
 
 

@@ -4,10 +4,12 @@ conflict's defining properties, baselines, and input validation."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 import torch
+from torch import Tensor
 
 from orthokit.diagnostics.conflict import (
     bures_wasserstein,
@@ -418,7 +420,8 @@ def test_targets_follow_the_authors_keywords() -> None:
     names = ["layers.0.self_attn.q_proj.weight", "layers.0.mlp.down_proj.weight", "layers.0.other.weight"]
     a = {n: torch.randn(4, 5, generator=g) for n in names}
     b = {n: torch.randn(4, 5, generator=g) for n in names}
-    assert conflict_report(a, b).compared == names[:2]  # default "auto": q/k/v/o/gate/up/down_proj only
+    with pytest.warns(UserWarning, match=r"leaves out 1 other 2-D tensor\(s\): \['layers.0.other.weight'\]"):
+        assert conflict_report(a, b).compared == names[:2]  # default "auto": q/k/v/o/gate/up/down_proj only
     assert conflict_report(a, b, targets=None).compared == names
     assert conflict_report(a, b, targets=["other"]).compared == names[2:]
     mlp = {"fc1.weight": a[names[0]], "fc2.weight": a[names[1]]}
@@ -433,3 +436,67 @@ def test_integer_states_name_their_dtype() -> None:
     st = [{"w": torch.zeros(2, 2, dtype=torch.int64)}, {"w": torch.ones(2, 2, dtype=torch.int64)}]
     with pytest.raises(TypeError, match="torch.int64"):
         sequence_conflicts([*st, {"w": 2 * torch.ones(2, 2, dtype=torch.int64)}])
+
+
+def test_compared_is_exactly_the_averaged_set() -> None:
+    g = torch.Generator().manual_seed(7)
+    a = {
+        "q": torch.randn(4, 5, generator=g, dtype=torch.float64),
+        "z": torch.zeros(4, 5, dtype=torch.float64),
+    }
+    b = {
+        "q": torch.randn(4, 5, generator=g, dtype=torch.float64),
+        "z": torch.zeros(4, 5, dtype=torch.float64),
+    }
+    a["w"], b["w"] = (
+        torch.zeros(3, 3, dtype=torch.float64),
+        torch.eye(3, dtype=torch.float64),
+    )  # zero in one only
+    rep = conflict_report(a, b, targets=None)
+    assert rep.compared == ["q", "w"] == list(rep.layers)
+    assert rep.skipped == {"z": "zero in both updates"}
+    # the model-level score is the mean over exactly `compared` (float64 reference from the per-tensor scores)
+    ref = (layer_conflict(a["q"], b["q"]).conflict + layer_conflict(a["w"], b["w"]).conflict) / 2
+    assert rep.conflict == pytest.approx(ref, rel=1e-12)
+    assert geometry_conflict(a, b, targets=None) == pytest.approx(ref, rel=1e-12)
+
+
+def test_auto_targets_warn_on_a_partial_match_only() -> None:
+    g = torch.Generator().manual_seed(8)
+
+    def st(names: list[str]) -> dict[str, Tensor]:
+        return {n: torch.randn(4, 4, generator=g) for n in names}
+
+    phi = [
+        "model.embed_tokens.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.0.self_attn.k_proj.weight",
+        "model.layers.0.self_attn.v_proj.weight",
+        "model.layers.0.self_attn.dense.weight",
+        "model.layers.0.mlp.fc1.weight",
+        "model.layers.0.mlp.fc2.weight",
+        "lm_head.weight",
+    ]
+    with pytest.warns(
+        UserWarning, match=r"dense.weight', 'model.layers.0.mlp.fc1.weight', 'model.layers.0.mlp.fc2"
+    ):
+        rep = conflict_report(st(phi), st(phi))
+    assert rep.compared == phi[1:4]
+    with pytest.warns(UserWarning, match="leaves out 3 other"):
+        geometry_conflict(st(phi), st(phi))
+    llama = [
+        "model.embed_tokens.weight",
+        *(f"model.layers.0.self_attn.{p}_proj.weight" for p in "qkvo"),
+        *(f"model.layers.0.mlp.{p}_proj.weight" for p in ("gate", "up", "down")),
+        "lm_head.weight",
+        "score.head.weight",
+    ]
+    sa, sb = st(llama), st(llama)
+    sa["model.norm.weight"] = sb["model.norm.weight"] = torch.ones(4)  # 1-D: never a candidate
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a full match (embeddings / heads aside) is silent
+        assert conflict_report(sa, sb).compared == llama[1:8]
+        assert (
+            len(conflict_report(st(["fc1.weight", "fc2.weight"]), st(["fc1.weight", "fc2.weight"])).compared)
+            == 2
+        )
