@@ -3,7 +3,11 @@
 Math. With the unit direction ``r̂ = r/‖r‖`` the ablation is the orthogonal projection
 ``h ↦ h − (h·r̂) r̂ = (I − r̂r̂ᵀ) h``. Applied at *every write into the residual stream* (token and learned position
 embeddings, each attention output projection, each MLP down-projection) the stream never holds a component along
-``r̂``. Since every write is ``W x + b`` for a matrix ``W`` whose output axis is the residual axis,
+``r̂`` — in eval mode. In training mode GPT-2, GPT-J, GPT-NeoX and Phi3 apply *residual dropout* to a write after
+the module that produces it (``attn.resid_dropout``, ``post_attention_dropout``, ...); an elementwise dropout mask
+does not keep a vector orthogonal to ``r̂``, so block outputs then keep a component along ``r̂`` (measured 0.04–0.08
+relative on tiny random GPT-2/GPT-NeoX models with dropout 0.1). :func:`ablate` warns when it is registered on a
+model in training mode with such a dropout. Since every write is ``W x + b`` for a matrix ``W`` whose output axis is the residual axis,
 ``(I − r̂r̂ᵀ)(W x + b) = W' x + b'`` with ``W' = (I − r̂r̂ᵀ) W``, ``b' = (I − r̂r̂ᵀ) b`` — the *weight
 orthogonalization* of Arditi et al. is exactly the hook form, computed once (tested: logits agree to 1e-5 in
 float32, 1e-10 in float64).
@@ -31,6 +35,14 @@ RMSNorm with a per-channel gain does not keep a vector orthogonal to ``r̂``, so
 safety net :func:`ablate` then runs a second probe forward with its hooks and refuses (removing them) if any
 block output keeps a component along ``r̂`` above :data:`VERIFY_TOL` — an architecture that writes somewhere the
 hooks miss is an error, never a silent partial ablation.
+
+Composition with other hooks. Both probe passes run with every *other* forward hook and pre-hook registered on
+the model's modules (a :func:`~orthokit.steer._hooks.steer` handle, a user's recorder, transformers' own output
+capturing hooks) suspended, and restored in their order afterwards: the probes see the architecture and
+ablate's own hooks only, so a steering hook registered before :func:`ablate` neither trips the verification nor
+records the probes. (Global hooks, ``torch.nn.modules.module.register_module_forward_hook``, are not suspended.)
+The ablation guarantee covers ablate's own writes: a hook that adds a component along ``r̂`` after the last
+ablation point (e.g. activation addition at a block output) keeps it in that block's output, by design.
 
 Source: Arditi et al., "Refusal in Language Models Is Mediated by a Single Direction", NeurIPS 2024, arXiv
 2406.11717; code github.com/andyrdt/refusal_direction (``pipeline/utils/hook_utils.py``:
@@ -137,6 +149,11 @@ def _is_norm(m: nn.Module) -> bool:
 
 
 @contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+@contextmanager
 def _probing(model: nn.Module) -> Iterator[None]:
     """Eval mode and no grad for a probe forward pass; every module's training flag is restored afterwards."""
     flags = [(m, m.training) for m in model.modules()]
@@ -149,8 +166,46 @@ def _probing(model: nn.Module) -> Iterator[None]:
             m.training = t
 
 
-def _probe_forward(model: nn.Module, emb: nn.Embedding, purpose: str) -> None:
-    """Run ``model`` on four token ids (eval mode, no grad) so that registered hooks can observe one forward."""
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks")
+
+
+@contextmanager
+def _only_hooks(model: nn.Module, keep: set[int]) -> Iterator[None]:
+    """Suspend every forward hook / pre-hook of ``model``'s modules whose handle id is not in ``keep``.
+
+    The suspended hooks are put back afterwards in their original order (hook dicts are edited in place, so
+    handles registered meanwhile still remove themselves).
+    """
+    saved: list[tuple[dict[int, Any], list[int], dict[int, Any]]] = []
+    for m in model.modules():
+        for attr in _HOOK_DICTS:
+            d = getattr(m, attr, None)
+            if not isinstance(d, dict) or not d:
+                continue
+            foreign = {k: v for k, v in d.items() if k not in keep}
+            if foreign:
+                saved.append((d, list(d), foreign))
+                for k in foreign:
+                    del d[k]
+    try:
+        yield
+    finally:
+        for d, order, foreign in saved:
+            current = dict(d)
+            d.clear()
+            for k in order:
+                if k in foreign:
+                    d[k] = foreign[k]
+                elif k in current:
+                    d[k] = current.pop(k)
+            d.update(current)  # hooks registered during the suspension (not removed) go last
+
+
+def _probe_forward(model: nn.Module, emb: nn.Embedding, purpose: str, keep: set[int] | None = None) -> None:
+    """Run ``model`` on four token ids (eval mode, no grad) so that registered hooks can observe one forward.
+
+    Only the hooks whose handle ids are in ``keep`` run (see :func:`_only_hooks`); ``None`` keeps all.
+    """
     w = emb.weight
     if w.device.type == "meta":
         raise ValueError(
@@ -159,7 +214,7 @@ def _probe_forward(model: nn.Module, emb: nn.Embedding, purpose: str) -> None:
         )
     ids = (torch.arange(1, 5, device=w.device) % int(emb.num_embeddings)).unsqueeze(0)
     try:
-        with _probing(model):
+        with _probing(model), _only_hooks(model, keep) if keep is not None else _nothing():
             model(ids)
     except Exception as e:
         raise ValueError(
@@ -210,7 +265,7 @@ def _post_norms(
             for m in block.modules():
                 if _is_norm(m) and id(m) not in proj_ids:
                     handles.append(m.register_forward_pre_hook(consume(names[id(m)], m), with_kwargs=True))
-        _probe_forward(model, emb, "locating the residual writes")
+        _probe_forward(model, emb, "locating the residual writes", keep={h.id for h in handles})
     finally:
         for h in handles:
             h.remove()
@@ -281,8 +336,9 @@ def _ablation_fn(r: Tensor) -> Any:
     return fn
 
 
-def _verify_ablated(model: nn.Module, writers: ResidualWriters, r: Tensor) -> None:
-    """One probe forward: every block output must be ⟂ r̂ (relative :data:`VERIFY_TOL` of its dtype)."""
+def _verify_ablated(model: nn.Module, writers: ResidualWriters, r: Tensor, own: set[int]) -> None:
+    """One probe forward with only ablate's hooks (handle ids ``own``) and the recorders running: every block
+    output must be ⟂ r̂ (relative :data:`VERIFY_TOL` of its dtype)."""
     worst: list[tuple[float, int, torch.dtype]] = []
 
     def record(i: int) -> Any:
@@ -298,7 +354,8 @@ def _verify_ablated(model: nn.Module, writers: ResidualWriters, r: Tensor) -> No
     handles = [b.register_forward_hook(record(i)) for i, b in enumerate(writers.blocks)]
     try:
         emb = model.get_input_embeddings()
-        _probe_forward(model, emb, "verifying the ablation")  # type: ignore[arg-type]
+        keep = own | {h.id for h in handles}
+        _probe_forward(model, emb, "verifying the ablation", keep=keep)  # type: ignore[arg-type]
     finally:
         for h in handles:
             h.remove()
@@ -306,9 +363,28 @@ def _verify_ablated(model: nn.Module, writers: ResidualWriters, r: Tensor) -> No
         if rel > VERIFY_TOL.get(dtype, 1e-4):
             raise ValueError(
                 f"{type(model).__name__}: ablate() left a component {rel:.3g} (relative) along the direction in "
-                f"the output of block {i}: this architecture writes into the residual stream somewhere the hooks "
-                "do not reach; not supported"
+                f"the output of block {i} (probe with ablate's hooks only, other hooks suspended): this "
+                "architecture writes into the residual stream somewhere the hooks do not reach; not supported"
             )
+
+
+def _residual_dropouts(writers: ResidualWriters) -> list[str]:
+    """``"name (p=...)"`` for every active dropout module in the blocks that can act on a residual write: all
+    ``nn.Dropout`` with ``p > 0`` except the attention-probability dropouts (``attn_dropout``/``attention_dropout``,
+    applied before the out-projection)."""
+    out = []
+    for i, block in enumerate(writers.blocks):
+        for name, m in block.named_modules():
+            leaf = name.rsplit(".", 1)[-1].lower()
+            if (
+                isinstance(m, nn.modules.dropout._DropoutNd)
+                and m.p > 0
+                and m.training
+                and "attn_drop" not in leaf
+                and "attention_drop" not in leaf
+            ):
+                out.append(f"block {i}: {name} (p={m.p:g})")
+    return out
 
 
 def ablate(
@@ -330,6 +406,15 @@ def ablate(
             2e-2 half precision); on failure the hooks are removed and a ``ValueError`` names the block.
         check_finite: check each edit's output for NaN/inf (one host-device sync per hook call; see
             :func:`~orthokit.steer._hooks.steer`).
+
+    Exactness holds in eval mode. A ``UserWarning`` is issued when the model is in training mode with an active
+    residual dropout (GPT-2, GPT-J, GPT-NeoX, Phi3 with ``resid_pdrop``/``hidden_dropout`` > 0): the dropout
+    after a write re-introduces a component along ``r̂`` (see the module docstring). The check is made at
+    registration; switching the model to ``train()`` later is not noticed.
+
+    Other hooks already on the model (another :func:`~orthokit.steer._hooks.steer` handle, ...) are suspended
+    during the probe passes, so composing in either order works; their own edits are not ablated where they act
+    after ablate's hooks.
 
     Returns:
         A :class:`~orthokit.steer._hooks.SteeringHandle` (``remove()`` or ``with``), whose ``steerer`` is the
@@ -368,11 +453,21 @@ def ablate(
 
             handles.append(mod.register_forward_hook(post))
         if verify:
-            _verify_ablated(model, writers, r)
+            _verify_ablated(model, writers, r, {h.id for h in handles})
     except Exception:
         for h in handles:
             h.remove()
         raise
+    dropouts = _residual_dropouts(writers)
+    if dropouts:
+        more = f", ... ({len(dropouts)} in all)" if len(dropouts) > 2 else ""
+        warnings.warn(
+            f"{type(model).__name__} is in training mode with residual dropout ({', '.join(dropouts[:2])}{more}): "
+            "dropout after a write re-introduces a component along the direction; ablate() is exact in eval "
+            "mode only (call model.eval())",
+            UserWarning,
+            stacklevel=2,
+        )
     return SteeringHandle(handles, DirectionalAblation(r))
 
 
