@@ -6,11 +6,14 @@ Encoding (``enc``), recursively; ``M_r`` is the binder's matrix for role ``r``:
   "JSON is encoded as ``Σ_key M_key·enc(value)``"). JSON objects are unordered, so key *order* inside one object
   does not change the vector; key *nesting* does: ``{"a": {"b": x}}`` is ``M_a M_b x`` and ``{"b": {"a": x}}``
   is ``M_b M_a x`` — different because matrix binding is non-commutative (the paper's argument for matrices).
-* array ``[x_0, x_1, …]`` → ``Σ_j M_{[]}^{j+1} · enc(x_j)`` — position ``j`` is bound by the ``(j+1)``-th power
-  of one position matrix, i.e. the recurrent sequence code ``s_j = M_{[]}·(s_{j-1} + x_j)`` unrolled (MBAT's
-  recurrent connections); order matters. It is computed in Horner form, ``s ← M_{[]}·enc(x_{n-1})`` then
-  ``s ← M_{[]}·(enc(x_j) + s)`` for ``j = n-2 … 0`` — ``n`` binds for ``n`` items (the same vector up to
-  rounding as the ``n(n+1)/2`` binds of the sum of powers).
+* array ``[x_0, x_1, …]`` → ``Σ_j P_k^{j+1} · enc(x_j)`` — position ``j`` is bound by the ``(j+1)``-th power
+  of the position matrix ``P_k`` of the array's nesting level ``k`` (1 + the number of arrays enclosing it, objects
+  in between do not count; roles ``"[]"``, ``"[]2"``, ``"[]3"``, …), i.e. the recurrent sequence code
+  ``s_j = P_k·(s_{j-1} + x_j)`` unrolled (MBAT's recurrent connections); order matters. One matrix per level is
+  needed because powers of one matrix commute: with a single ``P``, element ``[i][j]`` would be bound by
+  ``P^{i+j+2}`` and ``[[a, b]]`` would equal ``[[a], [b]]``. It is computed in Horner form,
+  ``s ← P_k·enc(x_{n-1})`` then ``s ← P_k·(enc(x_j) + s)`` for ``j = n-2 … 0`` — ``n`` binds for ``n`` items (the
+  same vector up to rounding as the ``n(n+1)/2`` binds of the sum of powers).
 * string → a seeded random unit atom per distinct string; ``true``/``false``/``null`` → their own atoms; empty
   object/array → an atom each.
 * number → the **soft** code (reconstructed, see below): ``t = sign(x)·log(1+|x|)`` is placed on a grid of
@@ -20,23 +23,26 @@ Encoding (``enc``), recursively; ``M_r`` is the binder's matrix for role ``r``:
   have similar vectors (cosine falls linearly to ~0 over two grid steps). Decoding finds the best adjacent pair
   and reads ``w = c_{j+1} / (c_j + c_{j+1})`` from the two cosines.
 
-Decoding a path ``"orders[1].sku"`` unbinds in order (``M_{key:orders}ᵀ``, ``(M_{[]}ᵀ)²``, ``M_{key:sku}ᵀ``)
-— index ``j`` costs ``j + 1`` unbinds, so an index is only accepted if an encodable array can hold it
-(``j ≤ max_items - 2``: the array node counts toward ``max_items``) — and cleans the result up against every
-known leaf atom (strings the encoder has seen or was given, the
+Decoding a path ``"orders[1].sku"`` unbinds in order (``M_{key:orders}ᵀ``, ``(P_1ᵀ)²``, ``M_{key:sku}ᵀ``; the
+``k``-th index of a path uses ``P_k``) — index ``j`` costs ``j + 1`` unbinds, so an index is only accepted up to
+``min(max_index, max_items - 2)`` (``max_index`` an argument, default 4096) — and cleans the result up against
+every known leaf atom (strings the encoder has seen or was given, the
 literals, and the number grid). With an orthogonal binder unbinding is exact, so the only error is crosstalk
 from the other terms of the record (``≈ √(terms/d)``); with the Gaussian baseline each unbinding adds more.
+If the winning cosine is below the noise floor ``min_cosine`` (default ``3/√d``), nothing is taken to be stored
+at the path (e.g. an index past the end of its array) and decoding raises ``ValueError``; this is a heuristic:
+at ``d = 1024`` it rejects ~4/5 of out-of-range indices and 2/50 items of a 50-item array.
 
 Fidelity: the paper's abstract and our reference notes fix the object rule (one matrix per key, sum over
 keys) and that binding must be non-commutative; we could not read its full text, so the *array* rule
-(powers of one position matrix), the *soft number* code and the *string* atoms are **reconstructed**, chosen
+(powers of a position matrix, one per nesting level), the *soft number* code and the *string* atoms are **reconstructed**, chosen
 to satisfy the paper's stated goals (one fixed-length vector, similar JSON → similar vectors, order-aware).
 
 Hostile input: ``max_depth`` (default 32) and ``max_items`` (default 100 000 nodes) limits, non-string keys,
 non-JSON types, NaN/inf numbers and numbers beyond ``number_max`` (also integers too large for a float) raise a
 one-line ``ValueError``/``TypeError`` naming the path; a failed ``encode`` leaves the encoder's vocabulary
-unchanged. Decoding an array index beyond ``max_items - 2`` or a path whose unbound vector is zero (nothing
-encoded) raises ``ValueError``.
+unchanged. Decoding an array index beyond ``min(max_index, max_items - 2)``, a path whose unbound vector is
+zero, or one whose best cleanup cosine is below the noise floor raises ``ValueError``.
 
 Example:
     >>> from orthokit.vsa.json_codec import JSONEncoder
@@ -69,7 +75,15 @@ from orthokit.vsa.ops import Codebook, _unit, cosine
 
 __all__ = ["JSONEncoder", "parse_path"]
 
-_POS = "[]"
+_DEFAULT_MAX_INDEX = 4096
+_NOISE_SIGMAS = 3.0
+
+
+def _pos_role(level: int) -> str:
+    """The position role of an array enclosed by ``level - 1`` other arrays: ``"[]"``, ``"[]2"``, ``"[]3"``, …"""
+    return "[]" if level == 1 else f"[]{level}"
+
+
 _PATH_TOKEN = re.compile(r"\[(\d+)\]|\.?([^.\[\]]+)")
 
 
@@ -77,7 +91,7 @@ def parse_path(path: str | Sequence[str | int], *, max_index: int | None = None)
     """Split ``"a.b[2].c"`` into ``["a", "b", 2, "c"]``; a sequence of keys (str) and indices (int) passes through.
 
     ``max_index``: the largest array index accepted (``ValueError`` beyond it); decoding index ``j`` costs
-    ``j + 1`` unbinds, so :class:`JSONEncoder` passes ``max_items - 2``. Indices of more than 18 digits are
+    ``j + 1`` unbinds, so :class:`JSONEncoder` passes ``min(max_index, max_items - 2)``. Indices of more than 18 digits are
     always rejected.
 
     Example:
@@ -199,7 +213,9 @@ class JSONEncoder:
         v = (1.0 - w) * a[j] + w * a[j + 1]
         return v / v.norm()
 
-    def _enc(self, obj: Any, path: str, depth: int, count: list[int], new: set[str]) -> Tensor:
+    def _enc(
+        self, obj: Any, path: str, depth: int, count: list[int], new: set[str], arrays: int = 0
+    ) -> Tensor:
         count[0] += 1
         if count[0] > self.max_items:
             raise ValueError(f"JSON value has more than max_items={self.max_items} nodes (at {path or '$'})")
@@ -235,17 +251,21 @@ class JSONEncoder:
                     raise TypeError(
                         f"object key {k!r} at {path or '$'} is a {type(k).__name__}; JSON keys are strings"
                     )
-                sub = self._enc(v, f"{path}.{k}" if path else k, depth + 1, count, new)
+                sub = self._enc(v, f"{path}.{k}" if path else k, depth + 1, count, new, arrays)
                 terms.append(self.binder.bind("key:" + k, sub))
             return self._sum(terms)
         if isinstance(obj, (list, tuple)):
             if not obj:
                 return self.atoms.atom("lit:[]")
-            subs = [self._enc(v, f"{path}[{j}]", depth + 1, count, new) for j, v in enumerate(obj)]
-            # Σ_j M^{j+1} x_j in Horner form: n binds instead of n(n+1)/2
-            s = self.binder.bind(_POS, subs[-1])
+            subs = [
+                self._enc(v, f"{path}[{j}]", depth + 1, count, new, arrays + 1) for j, v in enumerate(obj)
+            ]
+            # Σ_j P^{j+1} x_j in Horner form (n binds instead of n(n+1)/2); P is the position matrix of this
+            # array-nesting level, so [[a, b]] (P1 P2 a + P1 P2² b) ≠ [[a], [b]] (P1 P2 a + P1² P2 b)
+            role = _pos_role(arrays + 1)
+            s = self.binder.bind(role, subs[-1])
             for sub in reversed(subs[:-1]):
-                s = self.binder.bind(_POS, sub + s)
+                s = self.binder.bind(role, sub + s)
             return self._scale(s)
         raise TypeError(f"value at {path or '$'} has type {type(obj).__name__}, which is not a JSON type")
 
@@ -287,15 +307,24 @@ class JSONEncoder:
             raise ValueError("vec contains NaN or inf")
         return vec.to(self.dtype)
 
-    def unbind_path(self, vec: Tensor, path: str | Sequence[str | int]) -> Tensor:
-        """The noisy leaf vector at ``path``: the unbinding steps of the path applied to ``vec``."""
+    def unbind_path(
+        self, vec: Tensor, path: str | Sequence[str | int], *, max_index: int = _DEFAULT_MAX_INDEX
+    ) -> Tensor:
+        """The noisy leaf vector at ``path``: the unbinding steps of the path applied to ``vec``.
+
+        Index ``j`` costs ``j + 1`` unbinds, so indices beyond ``min(max_index, max_items - 2)`` raise
+        ``ValueError`` before any work (default ``max_index`` 4096)."""
+        if isinstance(max_index, bool) or not isinstance(max_index, int) or max_index < 0:
+            raise ValueError(f"max_index must be a non-negative int, got {max_index!r}")
+        steps = parse_path(path, max_index=min(max_index, self.max_items - 2))
         q = self._check_vec(vec)
-        for p in parse_path(path, max_index=self.max_items - 2):
-            q = (
-                self.binder.unbind(_POS, q, power=p + 1)
-                if isinstance(p, int)
-                else self.binder.unbind("key:" + p, q)
-            )
+        level = 0  # number of array indices so far = array-nesting level of the next index
+        for p in steps:
+            if isinstance(p, int):
+                level += 1
+                q = self.binder.unbind(_pos_role(level), q, power=p + 1)
+            else:
+                q = self.binder.unbind("key:" + p, q)
         return q
 
     def _decode_leaf(self, q: Tensor) -> tuple[Any, float]:
@@ -320,18 +349,63 @@ class JSONEncoder:
             val = {"lit:true": True, "lit:false": False, "lit:null": None, "lit:{}": {}, "lit:[]": []}[sym]
         return val, float(sym_cos[i_s])
 
-    def query_path(self, vec: Tensor, path: str | Sequence[str | int]) -> tuple[Any, float]:
+    def query_path(
+        self,
+        vec: Tensor,
+        path: str | Sequence[str | int],
+        *,
+        max_index: int = _DEFAULT_MAX_INDEX,
+        min_cosine: float | None = None,
+    ) -> tuple[Any, float]:
         """``(decoded leaf value, cosine of the winning atom)`` at ``path`` (numbers come back as floats).
 
-        ``ValueError`` if the unbound vector is zero (e.g. ``vec`` is zero: nothing is encoded to decode)."""
-        q = self.unbind_path(vec, path)
+        ``ValueError`` ("nothing to decode at path") if the unbound vector is zero (e.g. ``vec`` is zero) or if
+        the winning cosine is below the noise floor ``min_cosine`` (default ``3/√d``: an unrelated unit vector
+        has cosine ≈ N(0, 1/d) with each atom, so nothing is stored at ``path``, e.g. an index past the end of
+        its array). Pass ``min_cosine=-1.0`` to always get the best guess. ``max_index``: see
+        :meth:`unbind_path` (index ``j`` costs ``j + 1`` unbinds).
+
+        Example:
+            >>> enc = JSONEncoder(1024, "hadamard", seed=0)
+            >>> v = enc.encode({"a": ["x", "y"]})
+            >>> enc.query_path(v, "a[1]")[0]
+            'y'
+            >>> enc.query_path(v, "a[2]")  # past the end: what is left is crosstalk
+            Traceback (most recent call last):
+            ...
+            ValueError: nothing to decode at path 'a[2]': best cleanup cosine 0.089 is below the noise floor 0.094
+        """
+        if min_cosine is None:
+            floor = _NOISE_SIGMAS / math.sqrt(self.d)
+        elif (
+            isinstance(min_cosine, bool) or not isinstance(min_cosine, (int, float)) or math.isnan(min_cosine)
+        ):
+            raise TypeError(f"min_cosine must be a float or None, got {min_cosine!r}")
+        else:
+            floor = float(min_cosine)
+        q = self.unbind_path(vec, path, max_index=max_index)
         if not bool(q.ne(0).any()):
             raise ValueError(f"nothing to decode at path {path!r}: the unbound vector is zero")
-        return self._decode_leaf(q)
+        val, cos = self._decode_leaf(q)
+        if cos < floor:
+            raise ValueError(
+                f"nothing to decode at path {path!r}: best cleanup cosine {cos:.3f} is below the noise floor "
+                f"{floor:.3f}"
+            )
+        return val, cos
 
-    def decode_path(self, vec: Tensor, path: str | Sequence[str | int]) -> Any:
-        """The leaf value at ``path`` (``"a.b[2].c"`` or ``["a", "b", 2, "c"]``), cleaned up against known atoms."""
-        return self.query_path(vec, path)[0]
+    def decode_path(
+        self,
+        vec: Tensor,
+        path: str | Sequence[str | int],
+        *,
+        max_index: int = _DEFAULT_MAX_INDEX,
+        min_cosine: float | None = None,
+    ) -> Any:
+        """The leaf value at ``path`` (``"a.b[2].c"`` or ``["a", "b", 2, "c"]``), cleaned up against known atoms.
+
+        Raises ``ValueError`` when nothing is stored there (see :meth:`query_path`)."""
+        return self.query_path(vec, path, max_index=max_index, min_cosine=min_cosine)[0]
 
     def similarity(self, a: Tensor | Any, b: Tensor | Any) -> float:
         """Cosine between two encoded vectors (JSON values are encoded first)."""

@@ -110,7 +110,7 @@ def test_gaussian_baseline_decodes_but_worse_on_deep_paths() -> None:
     for b in ("hadamard", "gaussian"):
         enc = JSONEncoder(256, b, seed=0)
         v = enc.encode(deep)
-        res[b] = (float(v.norm()), enc.query_path(v, path))
+        res[b] = (float(v.norm()), enc.query_path(v, path, min_cosine=-1.0))  # raw best guess, no floor
     assert res["hadamard"][1][0] == "leaf"
     assert res["hadamard"][1][1] > res["gaussian"][1][1]
 
@@ -156,10 +156,15 @@ def test_hostile_input_is_rejected_and_leaves_state_untouched() -> None:
 @pytest.mark.parametrize("binder", ["hadamard", "haar", "gaussian"])
 @pytest.mark.parametrize("normalize", [False, True])
 def test_array_horner_form_equals_the_sum_of_powers_in_float64(binder: str, normalize: bool) -> None:
-    """The array code is Σ_j M^{j+1}·enc(x_j) (the definition), computed in Horner form with n binds."""
+    """The array code is Σ_j P^{j+1}·enc(x_j) (the definition), computed in Horner form with n binds; the inner
+    array (nesting level 2) uses its own position role "[]2", built here by hand from the binder."""
     enc = JSONEncoder(64, binder, seed=1, dtype=torch.float64, normalize=normalize)
     items: list[Any] = ["a", 3, {"k": "v"}, [True, None], "b", -7.5]
-    terms = [enc.binder.bind("[]", enc.encode(x), power=j + 1) for j, x in enumerate(items)]
+    inner = sum(enc.binder.bind("[]2", enc.encode(x), power=j + 1) for j, x in enumerate([True, None]))
+    if normalize:
+        inner = inner / inner.norm()
+    subs = [inner if isinstance(x, list) else enc.encode(x) for x in items]
+    terms = [enc.binder.bind("[]", sub, power=j + 1) for j, sub in enumerate(subs)]
     want = torch.stack(terms).sum(0)
     if normalize:
         want = want / want.norm()
@@ -189,6 +194,73 @@ def test_long_arrays_cost_linear_binds_and_indices_are_capped() -> None:
     with pytest.raises(ValueError, match="too large"):
         parse_path("a[" + "9" * 5000 + "]")
     assert parse_path("a[99999999999]") == ["a", 99999999999]  # no cap unless asked
+
+
+def test_nested_arrays_use_one_position_role_per_nesting_level() -> None:
+    """Regression: with one position matrix P for every level, element [i][j] was bound by P^(i+j+2) (powers of
+    one matrix commute), so [["p","q","r"]] == [["p"],["q"],["r"]], a matrix equalled its transpose and m[1][0]
+    decoded m[0][1]. Level k now binds with its own role ("[]", "[]2", …)."""
+    enc = JSONEncoder(1024, "haar", seed=0, dtype=torch.float64)
+    a, b = enc.encode([["p", "q", "r"]]), enc.encode([["p"], ["q"], ["r"]])
+    assert abs(enc.similarity(a, b) - 1 / 3) < 0.15  # only the [0][0] term is shared
+    m, mt = enc.encode([[1, 2], [3, 4]]), enc.encode([[1, 3], [2, 4]])
+    assert float((m - mt).abs().max()) > 0.05
+    for path, want in (([0, 1], 2), ([1, 0], 3), ([1, 1], 4)):
+        assert abs(enc.decode_path(m, path) - want) < 0.5
+    v = enc.encode({"m": [["x", "y"], ["z", "w"]]})
+    got = [enc.decode_path(v, p) for p in ("m[0][0]", "m[0][1]", "m[1][0]", "m[1][1]")]
+    assert got == ["x", "y", "z", "w"]
+    # the definition, level 1 = "[]", level 2 = "[]2" (through an object in between too)
+    want = enc.binder.bind("[]", enc.binder.bind("key:k", enc.binder.bind("[]2", enc.encode("s"), power=2)))
+    assert torch.allclose(
+        enc.encode([{"k": ["t", "s"]}])
+        - enc.binder.bind("[]", enc.binder.bind("key:k", enc.binder.bind("[]2", enc.encode("t")))),
+        want,
+        atol=1e-12,
+    )
+    # 6 × 4 nested array at d = 1024: measured 24/24 (haar and hadamard)
+    nest = [[f"x{i}{j}" for j in range(4)] for i in range(6)]
+    vn = enc.encode(nest)
+    assert sum(enc.decode_path(vn, [i, j]) == nest[i][j] for i in range(6) for j in range(4)) >= 22
+
+
+def test_decode_index_cap_and_noise_floor() -> None:
+    """Index j costs j + 1 unbinds: the default cap is max_index=4096 (an argument); "[99998]" used to run
+    99 999 unbinds (106 s) and return a number. Past the end of an array only crosstalk is left: the winning
+    cosine is below the noise floor 3/√d and decoding raises. Measured at d = 1024 (hadamard): 41/50 (162/200)
+    out-of-range indices rejected, 48/50 items of a 50-item array kept; the floor is a heuristic, not a
+    membership test (the best atom of noise exceeds 3σ in ~1/5 of queries)."""
+    enc = JSONEncoder(1024, "hadamard", seed=0)
+    v = enc.encode([1, 2])
+    with pytest.raises(ValueError, match=r"array index 99998 in path '\[99998\]' exceeds max_index=4096"):
+        enc.decode_path(v, "[99998]")
+    with pytest.raises(ValueError, match="exceeds max_index=1"):
+        enc.decode_path(v, "[2]", max_index=1)
+    with pytest.raises(ValueError, match="max_index must be"):
+        enc.decode_path(v, "[0]", max_index=-1)
+    with pytest.raises(TypeError, match="min_cosine must be"):
+        enc.decode_path(v, "[0]", min_cosine="0.1")  # type: ignore[arg-type]
+    assert abs(enc.decode_path(v, "[1]") - 2) < 0.1
+    rejected = 0
+    for i in range(2, 52):
+        try:
+            enc.decode_path(v, [i])
+        except ValueError as e:
+            assert "below the noise floor 0.094" in str(e)
+            rejected += 1
+    assert rejected >= 35  # measured 41/50
+    assert isinstance(enc.query_path(v, [2], min_cosine=-1.0), tuple)  # the raw best guess on request
+    arr = [f"s{i}" for i in range(50)]
+    va = enc.encode({"a": arr})
+    kept = 0
+    for i in range(50):
+        try:
+            kept += enc.decode_path(va, f"a[{i}]") == arr[i]
+        except ValueError:
+            pass
+    assert kept >= 45  # measured 48/50
+    with pytest.raises(ValueError, match="the unbound vector is zero"):
+        enc.decode_path(torch.zeros(1024), "[0]")
 
 
 def test_state_dict_round_trip_rebuilds_identical_vectors() -> None:
