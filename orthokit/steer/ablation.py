@@ -1,16 +1,18 @@
 """Directional ablation: remove one direction from the residual stream, by hooks or by editing the weights.
 
 Math. With the unit direction ``r̂ = r/‖r‖`` the ablation is the orthogonal projection
-``h ↦ h − (h·r̂) r̂ = (I − r̂r̂ᵀ) h``. Applied at *every write into the residual stream* (token and learned position
-embeddings, each attention output projection, each MLP down-projection) the stream never holds a component along
-``r̂`` — in eval mode. In training mode GPT-2, GPT-J, GPT-NeoX and Phi3 apply *residual dropout* to a write after
-the module that produces it (``attn.resid_dropout``, ``post_attention_dropout``, ...); an elementwise dropout mask
-does not keep a vector orthogonal to ``r̂``, so block outputs then keep a component along ``r̂`` (measured 0.04–0.08
-relative on tiny random GPT-2/GPT-NeoX models with dropout 0.1). :func:`ablate` warns when it is registered on a
-model in training mode with such a dropout. Since every write is ``W x + b`` for a matrix ``W`` whose output axis is the residual axis,
-``(I − r̂r̂ᵀ)(W x + b) = W' x + b'`` with ``W' = (I − r̂r̂ᵀ) W``, ``b' = (I − r̂r̂ᵀ) b`` — the *weight
-orthogonalization* of Arditi et al. is exactly the hook form, computed once (tested: logits agree to 1e-5 in
-float32, 1e-10 in float64).
+``h ↦ h − (h·r̂) r̂ = (I − r̂r̂ᵀ) h``. Applied at *every write into the residual stream* (token and learned
+position embeddings, each attention output projection, each MLP down-projection) the stream never holds a
+component along ``r̂`` — in eval mode (see *Training mode* below). Since every write is ``W x + b`` for a matrix
+``W`` whose output axis is the residual axis, ``(I − r̂r̂ᵀ)(W x + b) = W' x + b'`` with ``W' = (I − r̂r̂ᵀ) W``,
+``b' = (I − r̂r̂ᵀ) b`` — the *weight orthogonalization* of Arditi et al. is exactly the hook form, computed once
+(tested: logits agree to 1e-5 in float32, 1e-10 in float64).
+
+Training mode. GPT-2, GPT-J, GPT-NeoX and Phi3 apply *residual dropout* to a write after the module that
+produces it (``attn.resid_dropout``, ``post_mlp_dropout``, ``resid_attn_dropout``, ...); an elementwise dropout
+mask does not keep a vector orthogonal to ``r̂``, so in ``train()`` block outputs keep a component along ``r̂``
+(measured 0.04–0.08 relative on tiny random GPT-2, GPT-NeoX and Phi3 models with dropout 0.1). :func:`ablate`
+warns when it is registered on a model in training mode with such a dropout.
 
 A hook on a block's *output* alone is not the same: inside the block the MLP reads ``resid_mid = resid_pre +
 attn_out`` with the attention's component along ``r̂`` still there. :func:`ablate` therefore hooks the input of
