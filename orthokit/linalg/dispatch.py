@@ -4,7 +4,7 @@ Which Newton–Schulz variant is fastest depends on the host far more than on an
 AMX-BF16 CPU bfloat16 matmuls are ~1.5–2× faster than float32, on AVX512-BF16 without AMX ~2.2× faster, on an
 AVX2-only CPU ~9× *slower* (768×3072 Gram product, 2 threads: fp32 25 ms, bf16 220 ms). So instead of guessing,
 orthokit times the candidates once per process per **key** and caches the decision, like
-``torch.backends.cudnn.benchmark``. Three decisions are made this way:
+``torch.backends.cudnn.benchmark``. Four decisions are made this way:
 
 * ``"dtype"`` — the iteration dtype of ``ns_dtype="auto"`` (optimizers) / ``polar(..., dtype="auto")``:
   float32 vs bfloat16 on CPU. CUDA and other accelerators always iterate in bfloat16 (no probe).
@@ -12,6 +12,8 @@ orthokit times the candidates once per process per **key** and caches the decisi
   path is a candidate only for float32/float64 iterations with aspect ratio ``n ≥ 4m`` (in half precision it
   measured a worse σ_min: 0.824 vs 0.858); among the accurate candidates the faster wins.
 * ``"batch_mode"`` — one batched ``bmm`` per product vs a loop over the stack (CPU; accelerators batch).
+* ``"hadamard"`` — dense ``x @ H`` vs the FWHT butterfly for ``hadamard_transform(method="auto")``
+  (:func:`choose_hadamard_method`; its own key and probe, see there).
 
 Key: ``(decision, device type, stacked = batch > 1, m, n bucketed to the next power of two, dtype)``.
 A probe runs the real kernel on a random matrix of the first shape seen in that class (scaled down to at most
@@ -58,6 +60,7 @@ __all__ = [
     "choose_dtype",
     "choose_gram",
     "choose_batch_mode",
+    "choose_hadamard_method",
     "dispatch_report",
     "dispatch_decisions",
     "set_probing",
@@ -379,6 +382,74 @@ def choose_batch_mode(
             (b, pm, pn),
             {"loop": "loop", "batched": "batched"},
         )
+
+    return _cached(key, make)
+
+
+# ------------------------------------------------------------------------------------------ hadamard
+#: fixed rule of :func:`choose_hadamard_method`: dense ``x @ H`` on CPU up to this size, the butterfly above
+#: (crossover measured once on the 2-core dev VM, 1 thread: dense/fwht time 0.89 at n=512, 1.23 at 1024).
+HADAMARD_FIXED_DENSE_MAX = 512
+#: the dense path is never probed (nor chosen) above this size: its cached matrix has n² entries.
+HADAMARD_DENSE_MAX_N = 8192
+#: the rows bucket of a Hadamard key is capped here (more rows cost the same per row).
+HADAMARD_MAX_ROWS = 4096
+
+
+def _hadamard() -> Any:
+    """The ``orthokit.linalg.hadamard`` module (looked up at call time: no import cycle, tests can patch it)."""
+    import importlib
+
+    return importlib.import_module("orthokit.linalg.hadamard")
+
+
+def choose_hadamard_method(device: torch.device, n: int, rows: int, dtype: torch.dtype) -> str:
+    """``"dense"`` (``x @ H`` with a cached ``H_n/√n``) or ``"fwht"`` (butterfly) for ``rows`` vectors of size
+    ``n`` computed in ``dtype``, for ``hadamard_transform(method="auto")``.
+
+    Fixed rule (incumbent; used off CPU, for tiny work ``n·rows < 2¹⁴``, with probing off, and for
+    ``n > HADAMARD_DENSE_MAX_N`` where the dense matrix would be too large): dense on CPU for
+    ``n ≤ HADAMARD_FIXED_DENSE_MAX``, butterfly otherwise. Otherwise both are timed once per key
+    ``(device type, n, rows bucketed to a power of two ≤ 4096, dtype)`` on a random ``[r, n]`` input,
+    ``r = min(rows bucket, max(16, 2¹⁸/n))`` (the probe's dense matrix is built outside the timing and
+    freed afterwards, so a losing dense path leaves no cached matrix behind).
+
+    Example:
+        >>> choose_hadamard_method(torch.device("cpu"), 64, 8, torch.float32)   # tiny: fixed rule
+        'dense'
+        >>> choose_hadamard_method(torch.device("cuda"), 64, 4096, torch.float32)
+        'fwht'
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"choose_hadamard_method: n must be a positive int, got {n!r}")
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+        raise ValueError(f"choose_hadamard_method: rows must be a non-negative int, got {rows!r}")
+    if device.type != "cpu":
+        key = ("hadamard", device.type)
+        return _cached(key, lambda: Decision("hadamard", key, "fwht", "accelerator: butterfly (fixed rule)"))
+    key = ("hadamard", "cpu", n, min(_bucket(max(rows, 1)), HADAMARD_MAX_ROWS), dtype)
+    fixed = "dense" if n <= HADAMARD_FIXED_DENSE_MAX else "fwht"
+    if n * rows < TINY_ENTRIES or not probing_enabled() or n > HADAMARD_DENSE_MAX_N:
+        why = (
+            "tiny"
+            if n * rows < TINY_ENTRIES
+            else "probing off"
+            if not probing_enabled()
+            else f"n > {HADAMARD_DENSE_MAX_N}: dense matrix too large"
+        )
+        return _cached(key, lambda: Decision("hadamard", key, fixed, f"fixed rule ({why}) → {fixed}"))
+
+    def make() -> Decision:
+        Hm = _hadamard()
+        r = min(key[3], max(16, PROBE_MAX_ENTRIES // n))
+        g = torch.Generator(device="cpu").manual_seed(1234)
+        X = torch.randn(r, n, generator=g).to(device=device, dtype=dtype)
+        H = Hm._sylvester.__wrapped__(n, dtype, str(device))  # not the lru cache: freed if dense loses
+        cands: dict[str, Callable[[], Any]] = {
+            "dense": lambda: X @ H,
+            "fwht": lambda: Hm._fwht_last(X),
+        }
+        return _decide("hadamard", key, fixed, cands, device, (r, n), {"dense": "dense", "fwht": "fwht"})
 
     return _cached(key, make)
 

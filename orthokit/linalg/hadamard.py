@@ -7,15 +7,15 @@ from functools import lru_cache
 
 import torch
 
+from orthokit.linalg import dispatch
 from orthokit.linalg._checks import check_finite, compute_dtype
 
 __all__ = ["hadamard_transform", "hadamard_matrix"]
 
-# On CPU a dense BLAS matmul with a cached H beats the reshape butterfly for small d; measured
-# here (benchmarks/linalg_primitives.py, 1 thread, 2^20 floats per call) the crossover is at
-# d ≈ 1024 (dense/fwht time ratio 0.36 at d=64, 0.89 at 512, 1.23 at 1024, 3.3 at 2048).
-# Above this size, or off-CPU, the O(n log n) butterfly is used. The cached matrix costs n²·4 bytes.
-_DENSE_MAX = 512
+# On CPU a dense BLAS matmul with a cached H beats the reshape butterfly for small n, but where the
+# crossover lies depends on the host (BLAS, cores, cache sizes); method="auto" asks
+# orthokit.linalg.dispatch.choose_hadamard_method, which times both once per (n, rows bucket, dtype)
+# and caches the choice (fixed rule, used when probing is off: dense on CPU for n <= 512).
 
 
 def _is_pow2(n: int) -> bool:
@@ -70,9 +70,12 @@ def hadamard_transform(x: torch.Tensor, dim: int = -1, *, method: str = "auto") 
     ``x``. The fast transform (FWHT) is the ``log₂ n``-stage butterfly
     ``(a, b) → (a + b, a − b)``, ``O(n log n)`` per vector, implemented by reshapes on a copy
     (never in place). ``method="dense"`` multiplies by the cached ``H_n/√n`` instead, which is faster
-    on CPU for ``n ≤ 512`` (BLAS beats the reshape butterfly there; nn.md §C8 and
-    ``benchmarks/linalg_primitives.py``); ``"auto"`` picks dense on CPU up to 512 and the butterfly
-    otherwise. Used for incoherence rotations (QuaRot, Ashkboos et
+    on CPU for small ``n`` (BLAS beats the reshape butterfly there; nn.md §C8 and
+    ``benchmarks/linalg_primitives.py``). ``"auto"`` uses the faster of the two *measured on this host*:
+    :func:`orthokit.linalg.dispatch.choose_hadamard_method` times both once per ``(n, rows bucket,
+    dtype)`` and caches the choice (with probing off, ``ORTHOKIT_DISPATCH=fixed``: dense on CPU for
+    ``n ≤ 512``, butterfly otherwise and off CPU); both give the same result within rounding
+    (~1e-7 relative in float32). Used for incoherence rotations (QuaRot, Ashkboos et
     al. 2024; QuIP#, Tseng et al. 2024). Computed in ≥ float32, returned in the input dtype;
     differentiable (it is linear).
 
@@ -109,8 +112,9 @@ def hadamard_transform(x: torch.Tensor, dim: int = -1, *, method: str = "auto") 
     check_finite(x, "x")
     cd = compute_dtype(x.dtype)
     y = x.to(cd).movedim(dim, -1)
-    use_dense = method == "dense" or (method == "auto" and y.device.type == "cpu" and n <= _DENSE_MAX)
-    if use_dense:
+    if method == "auto":
+        method = dispatch.choose_hadamard_method(y.device, n, y.numel() // n, cd)
+    if method == "dense":
         out = y @ _sylvester(n, cd, str(y.device))
     else:
         out = _fwht_last(y)

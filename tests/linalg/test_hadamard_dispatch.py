@@ -1,0 +1,186 @@
+"""hadamard_transform(method="auto") follows the measured dense-vs-butterfly decision of orthokit.linalg.dispatch.
+
+No test asserts real speed: timings are injected by a fake ``_time_once``; the path taken is observed by spying the
+two kernels (``_fwht_last`` and the cached dense matrix ``_sylvester``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from orthokit.linalg import dispatch, hadamard_transform
+
+Hm = importlib.import_module("orthokit.linalg.hadamard")
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def _fresh() -> Iterator[None]:
+    dispatch.set_probing(True)  # also clears the cache
+    yield
+    dispatch.set_probing(None)
+
+
+def _fake_times(monkeypatch: pytest.MonkeyPatch, table: dict[str, float]) -> list[str]:
+    calls: list[str] = []
+
+    def fake(label: str, fn, device) -> float:  # noqa: ANN001
+        calls.append(label)
+        return table[label]
+
+    monkeypatch.setattr(dispatch, "_time_once", fake)
+    return calls
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record which kernel hadamard_transform runs ("fwht" or "dense")."""
+    taken: list[str] = []
+    fwht, syl = Hm._fwht_last, Hm._sylvester
+
+    def spy_fwht(x: torch.Tensor) -> torch.Tensor:
+        taken.append("fwht")
+        return fwht(x)
+
+    def spy_dense(n: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+        taken.append("dense")
+        return syl(n, dtype, device)
+
+    spy_dense.__wrapped__ = syl.__wrapped__  # type: ignore[attr-defined]  # the probe builds H uncached
+    monkeypatch.setattr(Hm, "_fwht_last", spy_fwht)
+    monkeypatch.setattr(Hm, "_sylvester", spy_dense)
+    return taken
+
+
+def _reference(x: torch.Tensor) -> torch.Tensor:
+    n = x.shape[-1]
+    H = torch.ones(1, 1, dtype=torch.float64)
+    for _ in range(int(math.log2(n))):
+        H = torch.kron(torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64), H)
+    return x.double() @ H / math.sqrt(n)
+
+
+@pytest.mark.parametrize(
+    ("n", "times", "expected"),
+    [
+        (256, {"dense": 1.0, "fwht": 0.5}, "fwht"),  # fixed rule says dense; measured fwht wins
+        (256, {"dense": 1.0, "fwht": 3.0}, "dense"),
+        (1024, {"dense": 0.5, "fwht": 1.0}, "dense"),  # fixed rule says fwht; measured dense wins
+        (1024, {"dense": 2.0, "fwht": 1.0}, "fwht"),
+    ],
+)
+def test_auto_follows_measured_decision(
+    monkeypatch: pytest.MonkeyPatch, n: int, times: dict[str, float], expected: str
+) -> None:
+    _fake_times(monkeypatch, times)
+    taken = _spy(monkeypatch)
+    x = torch.randn(64, n)
+    y = hadamard_transform(x)
+    assert taken == [expected], dispatch.dispatch_report()
+    assert (y.double() - _reference(x)).abs().max() < 1e-5
+    d = dispatch.dispatch_decisions()[-1]
+    assert (
+        d.kind == "hadamard" and d.choice == expected and d.key == ("hadamard", "cpu", n, 64, torch.float32)
+    )
+    assert set(d.times_ms) == {"dense", "fwht"}
+
+
+def test_near_tie_keeps_fixed_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_times(monkeypatch, {"dense": 1.0, "fwht": 0.97})  # 3 % faster: below MIN_GAIN
+    assert dispatch.choose_hadamard_method(CPU, 256, 256, torch.float32) == "dense"
+    assert "kept" in dispatch.dispatch_decisions()[-1].reason
+
+
+def test_explicit_method_is_never_second_guessed(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _fake_times(monkeypatch, {"dense": 1.0, "fwht": 0.1})
+    taken = _spy(monkeypatch)
+    x = torch.randn(64, 256)
+    hadamard_transform(x, method="dense")
+    assert taken == ["dense"] and calls == [] and dispatch.dispatch_decisions() == []
+
+
+def test_probing_off_is_the_fixed_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _fake_times(monkeypatch, {"dense": 9.0, "fwht": 0.1})
+    dispatch.set_probing(False)
+    taken = _spy(monkeypatch)
+    hadamard_transform(torch.randn(64, 512))
+    hadamard_transform(torch.randn(64, 1024))
+    assert taken == ["dense", "fwht"] and calls == []
+    assert all("probing off" in d.reason for d in dispatch.dispatch_decisions())
+    monkeypatch.setenv("ORTHOKIT_DISPATCH", "fixed")
+    dispatch.set_probing(None)
+    assert dispatch.choose_hadamard_method(CPU, 256, 4096, torch.float32) == "dense" and calls == []
+
+
+def test_tiny_large_and_accelerator_use_fixed_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _fake_times(monkeypatch, {"dense": 9.0, "fwht": 0.1})
+    assert dispatch.choose_hadamard_method(CPU, 64, 4, torch.float32) == "dense"  # 256 entries: tiny
+    assert dispatch.choose_hadamard_method(CPU, 16384, 64, torch.float32) == "fwht"  # n > 8192: never dense
+    assert dispatch.choose_hadamard_method(torch.device("cuda"), 256, 4096, torch.float32) == "fwht"
+    assert calls == []
+    with pytest.raises(ValueError, match="n must be"):
+        dispatch.choose_hadamard_method(CPU, 0, 4, torch.float32)
+    with pytest.raises(ValueError, match="rows must be"):
+        dispatch.choose_hadamard_method(CPU, 64, -1, torch.float32)
+
+
+def test_decision_is_cached_per_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _fake_times(monkeypatch, {"dense": 1.0, "fwht": 0.5})
+    hadamard_transform(torch.randn(100, 256))
+    n = len(calls)
+    assert n > 0
+    hadamard_transform(torch.randn(2, 64, 256))  # 128 rows: same bucket as 100
+    hadamard_transform(torch.randn(256, 100), dim=0)  # same n and rows bucket, other dim
+    assert len(calls) == n
+    hadamard_transform(torch.randn(100, 256, dtype=torch.float64))  # another dtype: probes again
+    assert len(calls) == 2 * n
+    hadamard_transform(torch.randn(5000, 256))  # rows bucket capped at 4096
+    hadamard_transform(torch.randn(9000, 256))
+    assert len(calls) == 3 * n
+    keys = [d.key for d in dispatch.dispatch_decisions()]
+    assert ("hadamard", "cpu", 256, 4096, torch.float32) in keys
+    assert "| hadamard |" in dispatch.dispatch_report()
+
+
+def test_real_probe_runs_both_and_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real timing (no fake): both candidates run on a bounded input, the result is right either way."""
+    monkeypatch.setattr(Hm, "_sylvester", Hm._sylvester)  # restored afterwards
+    Hm._sylvester.cache_clear()
+    x = torch.randn(4096, 1024)
+    y = hadamard_transform(x)
+    d = dispatch.dispatch_decisions()[-1]
+    assert d.choice in ("dense", "fwht") and set(d.times_ms) <= {"dense", "fwht"}
+    assert d.probe_shape == (256, 1024)  # 2^18 entries, not 4096 rows
+    assert (y.double() - _reference(x)).abs().max() < 1e-5
+    if d.choice == "fwht":  # the probe's dense matrix was not left in the cache
+        assert Hm._sylvester.cache_info().currsize == 0
+
+
+# Max error vs float64, scaled by max(1, max|ref|). The butterfly adds log2(n) times per entry, so float32 stays
+# under 1e-6 up to n = 4096; a float32 BLAS dot product of length n accumulates more (measured here up to 8.4e-6
+# absolute, 2.4e-6 relative, at n = 4096 with 3 rows), hence 1e-5 for float32 dense.
+TOL = {
+    (torch.float32, "fwht"): 1e-6,
+    (torch.float32, "dense"): 1e-5,
+    (torch.float64, "fwht"): 1e-12,
+    (torch.float64, "dense"): 1e-12,
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dense_and_fwht_agree_with_reference(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    for k in range(1, 13):
+        n = 2**k
+        x = torch.randn(3, n, generator=g, dtype=torch.float64).to(dtype)
+        ref = _reference(x)
+        out = {m: hadamard_transform(x, method=m).double() for m in ("dense", "fwht")}
+        scale = max(1.0, ref.abs().max().item())
+        for method, y in out.items():
+            err = (y - ref).abs().max().item()
+            assert err < TOL[dtype, method] * scale, (n, method, err)
+        assert (out["dense"] - out["fwht"]).abs().max().item() < TOL[dtype, "dense"] * scale
