@@ -55,6 +55,7 @@ _EXPORTS: dict[str, str] = {
     "logm_orthogonal": "lie",
     "hadamard_transform": "hadamard",
     "hadamard_matrix": "hadamard",
+    "hadamard_construction": "hadamard",
     "randomized_svd": "rsvd",
     "principal_angles": "subspace",
     "Subspace": "subspace",
