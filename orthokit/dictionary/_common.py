@@ -252,3 +252,17 @@ class OrthogonalDictionaryLearner:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(d={self.d}, dtype={self.dtype}, n_samples_seen={self.n_samples_seen})"
+
+
+class StoredDictionaryLearner(OrthogonalDictionaryLearner):
+    """Base of the batch learners whose whole persistent state is the orthogonal dictionary ``self._D``."""
+
+    _D: Tensor
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        return {"dictionary": self._D}
+
+    @property
+    def dictionary(self) -> Tensor:
+        """The current orthogonal dictionary (a copy)."""
+        return self._D.clone()

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from orthokit.dictionary._common import (
-    OrthogonalDictionaryLearner,
+    StoredDictionaryLearner,
     check_data,
     check_power,
     haar_orthogonal,
@@ -50,7 +50,7 @@ __all__ = ["BatchMSP"]
 
 
 @DICT_LEARNERS.register("batch_msp", aliases=("msp", "l4_msp"), online=False, exact_orthogonal=True)
-class BatchMSP(OrthogonalDictionaryLearner):
+class BatchMSP(StoredDictionaryLearner):
     """Batch ℓp-norm maximization over the orthogonal group by the MSP fixed point (Zhai et al. 2020).
 
     Args:
@@ -72,14 +72,6 @@ class BatchMSP(OrthogonalDictionaryLearner):
         self.objective_history: list[float] = []
         self.scale_exponent_ = 0
         self.n_iter_ = 0
-
-    def state_tensors(self) -> dict[str, Tensor]:
-        return {"dictionary": self._D}
-
-    @property
-    def dictionary(self) -> Tensor:
-        """The current orthogonal dictionary (a copy)."""
-        return self._D.clone()
 
     def step(self, Y: Tensor) -> BatchMSP:
         """One MSP iteration on the full data ``Y`` ``[d, n]``; the state is untouched if ``Y`` is invalid.

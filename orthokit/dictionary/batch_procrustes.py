@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from orthokit.dictionary._common import (
-    OrthogonalDictionaryLearner,
+    StoredDictionaryLearner,
     check_codes,
     check_data,
     haar_orthogonal,
@@ -47,7 +47,7 @@ __all__ = ["BatchProcrustesDL"]
 
 
 @DICT_LEARNERS.register("batch_procrustes", aliases=("ht_procrustes",), online=False, exact_orthogonal=True)
-class BatchProcrustesDL(OrthogonalDictionaryLearner):
+class BatchProcrustesDL(StoredDictionaryLearner):
     """Alternating hard thresholding + orthogonal Procrustes (batch; holds the whole data set).
 
     Args:
@@ -91,14 +91,6 @@ class BatchProcrustesDL(OrthogonalDictionaryLearner):
         self.error_history: list[float] = []
         self.scale_exponent_ = 0
         self.n_iter_ = 0
-
-    def state_tensors(self) -> dict[str, Tensor]:
-        return {"dictionary": self._D}
-
-    @property
-    def dictionary(self) -> Tensor:
-        """The current orthogonal dictionary (a copy)."""
-        return self._D.clone()
 
     def _code(self, Yc: Tensor) -> Tensor:
         return hard_threshold(check_codes(self._D.T @ Yc), sparsity=self.sparsity, threshold=self.threshold)
