@@ -7,34 +7,17 @@ large sleep.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
 
 import pytest
 import torch
+from _dispatch_helpers import _fresh  # noqa: F401  (autouse fixture)
+from _dispatch_helpers import fake_clock as _fake_clock
 
 import orthokit
 from orthokit.linalg import dispatch
 
 P = importlib.import_module("orthokit.linalg.polar")
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True)
-def _fresh() -> Iterator[None]:
-    dispatch.set_probing(True)  # also clears the cache
-    yield
-    dispatch.set_probing(None)
-
-
-def _fake_clock(monkeypatch: pytest.MonkeyPatch, table: dict[str, float]) -> list[str]:
-    calls: list[str] = []
-
-    def fake(label: str, fn, device) -> float:  # noqa: ANN001
-        calls.append(label)
-        return table[label]
-
-    monkeypatch.setattr(dispatch, "_time_once", fake)
-    return calls
 
 
 def test_dtype_probe_picks_faster_candidate(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,33 +8,16 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
+from _dispatch_helpers import _fresh  # noqa: F401  (autouse fixture)
+from _dispatch_helpers import fake_clock as _fake_times
 
 from orthokit.linalg import dispatch, hadamard_transform
 
 Hm = importlib.import_module("orthokit.linalg.hadamard")
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True)
-def _fresh() -> Iterator[None]:
-    dispatch.set_probing(True)  # also clears the cache
-    yield
-    dispatch.set_probing(None)
-
-
-def _fake_times(monkeypatch: pytest.MonkeyPatch, table: dict[str, float]) -> list[str]:
-    calls: list[str] = []
-
-    def fake(label: str, fn, device) -> float:  # noqa: ANN001
-        calls.append(label)
-        return table[label]
-
-    monkeypatch.setattr(dispatch, "_time_once", fake)
-    return calls
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
