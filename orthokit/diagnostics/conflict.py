@@ -497,6 +497,25 @@ def _layers(
     return out, skipped
 
 
+def _score(
+    update_a: Update,
+    update_b: Update,
+    keys: Sequence[str] | None,
+    exclude: Sequence[str],
+    targets: Targets,
+    reduction: str,
+    rank: int,
+    energy: float,
+    reg: float,
+    normalize: str,
+) -> tuple[dict[str, Tensor], dict[str, Tensor], list[str], dict[str, LayerConflict], dict[str, str], float]:
+    """The one validation + scoring path of :func:`geometry_conflict` and :func:`conflict_report`:
+    ``(a, b, selected names, per-tensor conflicts, skipped → reason, reduced conflict)``."""
+    a, b, sel = _prepare(update_a, update_b, keys, exclude, reduction, targets)
+    layers, skipped = _layers(a, b, sel, rank, energy, reg, normalize)
+    return a, b, sel, layers, skipped, _reduce(layers, {k: a[k].numel() for k in sel}, reduction)
+
+
 @DIAGNOSTICS.register("geometry_conflict", input="updates", higher_is="conflict", paper="arXiv 2605.09608")
 def geometry_conflict(
     update_a: Update,
@@ -544,9 +563,7 @@ def geometry_conflict(
         >>> round(geometry_conflict(a, b), 6)                # (1 − 3)² / (1 + 3²): the spectrum counts
         0.4
     """
-    a, b, sel = _prepare(update_a, update_b, keys, exclude, reduction, targets)
-    layers, _ = _layers(a, b, sel, rank, energy, reg, normalize)
-    return _reduce(layers, {k: a[k].numel() for k in sel}, reduction)
+    return _score(update_a, update_b, keys, exclude, targets, reduction, rank, energy, reg, normalize)[-1]
 
 
 def conflict_report(
@@ -581,8 +598,9 @@ def conflict_report(
 
     if isinstance(overlap_rank, bool) or not isinstance(overlap_rank, int) or overlap_rank < 1:
         raise ValueError(f"overlap_rank must be an integer >= 1, got {overlap_rank!r}")
-    a, b, sel = _prepare(update_a, update_b, keys, exclude, reduction, targets)
-    layers, skipped = _layers(a, b, sel, rank, energy, reg, normalize)
+    a, b, sel, layers, skipped, conflict = _score(
+        update_a, update_b, keys, exclude, targets, reduction, rank, energy, reg, normalize
+    )
     fa = torch.cat([a[k].detach().reshape(-1).to("cpu", torch.float64) for k in sel])
     fb = torch.cat([b[k].detach().reshape(-1).to("cpu", torch.float64) for k in sel])
     # baselines are scale-invariant (cosine, overlap) or homogeneous (norms): computed on max-abs-scaled copies
@@ -591,7 +609,7 @@ def conflict_report(
     sa = {k: _max_scaled(a[k]) for k in layers}
     sb = {k: _max_scaled(b[k]) for k in layers}
     return ConflictReport(
-        conflict=_reduce(layers, {k: a[k].numel() for k in sel}, reduction),
+        conflict=conflict,
         layers=layers,
         norm_a=ma * float(fa.norm()),
         norm_b=mb * float(fb.norm()),
