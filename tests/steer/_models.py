@@ -34,73 +34,63 @@ VOCAB = 256
 HIDDEN = 64
 
 
+#: the shape every family except GPT-2 shares (GPT-2 names its fields differently, see :data:`_SPECS`)
+_BASE = {
+    "hidden_size": HIDDEN,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "max_position_embeddings": 128,
+}
+#: per family: (config class, model class, config keywords on top of ``vocab_size`` and, unless ``None``, of
+#: :data:`_BASE`); one table so adding a family is one row
+_SPECS: dict[str, tuple[str, str, dict[str, object] | None]] = {
+    "llama": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        {"num_key_value_heads": 4, "intermediate_size": 172, "tie_word_embeddings": False},
+    ),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", None),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", {"tie_word_embeddings": False}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {"num_key_value_heads": 2, "tie_word_embeddings": True}),
+    "gemma2": (
+        "Gemma2Config",
+        "Gemma2ForCausalLM",
+        {"num_key_value_heads": 2, "head_dim": 16, "sliding_window": 4},
+    ),
+    **{
+        family: (
+            cfg_cls,
+            model_cls,
+            {
+                "num_key_value_heads": 2,
+                "pad_token_id": 0,
+                "bos_token_id": 0,
+                "eos_token_id": 0,
+                "tie_word_embeddings": False,
+            },
+        )
+        for family, (cfg_cls, model_cls) in _POST_NORM_CLASSES.items()
+    },
+}
+_GPT2 = {
+    "n_embd": HIDDEN,
+    "n_layer": 2,
+    "n_head": 4,
+    "n_positions": 128,
+    "bos_token_id": 0,
+    "eos_token_id": 0,
+}
+
+
 def _config(family: str) -> object:
     import transformers as tf
 
-    common = {"vocab_size": VOCAB}
-    if family == "llama":
-        return tf.LlamaConfig(
-            hidden_size=HIDDEN,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            intermediate_size=172,
-            max_position_embeddings=128,
-            tie_word_embeddings=False,
-            **common,
-        )
-    if family == "gpt2":
-        return tf.GPT2Config(
-            n_embd=HIDDEN, n_layer=2, n_head=4, n_positions=128, bos_token_id=0, eos_token_id=0, **common
-        )
-    if family == "gpt_neox":
-        return tf.GPTNeoXConfig(
-            hidden_size=HIDDEN,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=128,
-            max_position_embeddings=128,
-            tie_word_embeddings=False,
-            **common,
-        )
-    if family == "qwen2":
-        return tf.Qwen2Config(
-            hidden_size=HIDDEN,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=128,
-            max_position_embeddings=128,
-            tie_word_embeddings=True,
-            **common,
-        )
-    if family == "gemma2":
-        return tf.Gemma2Config(
-            hidden_size=HIDDEN,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            intermediate_size=128,
-            max_position_embeddings=128,
-            sliding_window=4,
-            **common,
-        )
-    if family in _POST_NORM_CLASSES:
-        return getattr(tf, _POST_NORM_CLASSES[family][0])(
-            hidden_size=HIDDEN,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=128,
-            max_position_embeddings=128,
-            pad_token_id=0,
-            bos_token_id=0,
-            eos_token_id=0,
-            tie_word_embeddings=False,
-            **common,
-        )
-    raise ValueError(f"unknown family {family!r}; choose from {FAMILIES + EXTRA}")
+    if family not in _SPECS:
+        raise ValueError(f"unknown family {family!r}; choose from {FAMILIES + EXTRA}")
+    cfg_cls, _, extra = _SPECS[family]
+    kwargs = dict(_GPT2) if extra is None else {**_BASE, **extra}
+    return getattr(tf, cfg_cls)(vocab_size=VOCAB, **kwargs)
 
 
 def available(family: str) -> bool:
@@ -118,16 +108,7 @@ def tiny_model(
 
     cfg = _config(family)
     cfg._attn_implementation = "eager"  # type: ignore[attr-defined]
-    if family in _POST_NORM_CLASSES:
-        cls = getattr(tf, _POST_NORM_CLASSES[family][1])
-    else:
-        cls = {
-            "llama": tf.LlamaForCausalLM,
-            "gpt2": tf.GPT2LMHeadModel,
-            "gpt_neox": tf.GPTNeoXForCausalLM,
-            "qwen2": tf.Qwen2ForCausalLM,
-            "gemma2": tf.Gemma2ForCausalLM,
-        }[family]
+    cls = getattr(tf, _SPECS[family][1])
     torch.manual_seed(seed)
     model = cls(cfg)
     g = torch.Generator().manual_seed(seed)
