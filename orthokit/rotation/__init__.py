@@ -1,0 +1,1 @@
+"""orthokit.rotation — rotations that make quantization easy (computational invariance, QuaRot/SpinQuant/OstQuant)."""
