@@ -10,6 +10,7 @@ Places to apply an orthogonal map or a projection, one family each:
 * ``orthokit.diagnostics`` — representation geometry: ε-capacity, factor orthogonality, geometry conflict
 * ``orthokit.vsa``        — MBAT vector-symbolic encoding with orthogonal binding matrices (JSON codec)
 * ``orthokit.dictionary`` — orthogonal dictionary learning (online Frank–Wolfe, batch baselines)
+* ``orthokit.rotation``   — rotations that make quantization easy (rotate_model, learned rotations, quantizers)
 * ``orthokit.linalg``     — the shared primitives: polar factor, Procrustes, Cayley, SO(n) exp/log, ...
 
 plus ``orthokit.io`` (safetensors/YAML I/O), ``orthokit.integrations`` (Hugging Face ``Trainer`` glue) and
@@ -42,6 +43,7 @@ _SUBPACKAGES: tuple[str, ...] = (
     "diagnostics",
     "vsa",
     "dictionary",
+    "rotation",
     "io",
     "integrations",
     "bench",
