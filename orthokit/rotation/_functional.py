@@ -35,6 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from orthokit.rotation.fuse import fold_norm, untie_head
+
 __all__ = ["LlamaDims", "fuse_llama_norms", "llama_dims", "llama_head", "rotate_llama_params"]
 
 #: names of a top-level linear that reads the final norm (causal LM head, sequence-classification head)
@@ -96,14 +98,6 @@ def _base(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def _fold_gain(norm: nn.Module, linears: list[nn.Linear]) -> None:
-    gamma = norm.weight.detach().to(torch.float64)
-    for lin in linears:
-        lin.weight.copy_(lin.weight.detach().to(torch.float64) * gamma)
-    norm.weight.fill_(1.0)
-
-
-@torch.no_grad()
 def fuse_llama_norms(model: nn.Module) -> None:
     """Fold every RMSNorm gain into the linears that read it, in float64, and untie a tied head (in place).
 
@@ -133,22 +127,14 @@ def fuse_llama_norms(model: nn.Module) -> None:
     base = _base(model)
     head = llama_head(model)
     embed = getattr(base, "embed_tokens", None)
-    if head is not None and embed is not None and head[1].weight is embed.weight:
-        head[1].weight = nn.Parameter(embed.weight.detach().clone(), requires_grad=embed.weight.requires_grad)
-        for cfg in {
-            id(c): c
-            for c in (model.config, getattr(model.config, "get_text_config", lambda: None)())
-            if c is not None
-        }.values():
-            cfg.tie_word_embeddings = False
-        if isinstance(getattr(model, "all_tied_weights_keys", None), dict):
-            model.all_tied_weights_keys = {}
+    if head is not None and isinstance(embed, nn.Embedding):
+        untie_head(model, head[1], embed)
     for layer in base.layers:
         att, mlp = layer.self_attn, layer.mlp
-        _fold_gain(layer.input_layernorm, [att.q_proj, att.k_proj, att.v_proj])
-        _fold_gain(layer.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj])
+        fold_norm(layer.input_layernorm, [att.q_proj, att.k_proj, att.v_proj])
+        fold_norm(layer.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj])
     if head is not None:
-        _fold_gain(base.norm, [head[1]])
+        fold_norm(base.norm, [head[1]])
 
 
 def _find(params: dict[str, Tensor], *candidates: str) -> str:
