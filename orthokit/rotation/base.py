@@ -138,6 +138,7 @@ class Rotation:
         self.seed = _check_seed(seed)
         self.transposed = False
         self._cache: Tensor | None = None
+        self._cast: dict[tuple[torch.dtype, str], Tensor] = {}  # Q cast for the dense apply path
 
     # ---- to implement -------------------------------------------------------------------------------------
     def _dense64(self) -> Tensor:
@@ -146,7 +147,10 @@ class Rotation:
 
     def _forward(self, x: Tensor, transpose: bool) -> Tensor:
         """``x @ Q`` (or ``x @ Qᵀ``) over the last dim for a float32/float64 ``x``; default: dense matmul."""
-        q = self._q64().to(device=x.device, dtype=x.dtype)
+        key = (x.dtype, str(x.device))
+        q = self._cast.get(key)
+        if q is None:
+            q = self._cast[key] = self._q64().to(device=x.device, dtype=x.dtype)
         return x @ (q.T if transpose else q)
 
     def _state(self) -> dict[str, Any]:

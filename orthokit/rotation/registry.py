@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor
 
@@ -38,8 +39,49 @@ from orthokit.rotation.base import DenseRotation, IdentityRotation, Rotation, _c
 
 __all__ = ["ROTATIONS", "make_rotation", "RotationSpec"]
 
+_BUILTINS = ("hadamard", "haar", "two_block")
+
+
+class _FamilyRegistry(Registry[type[Rotation]]):
+    """A :class:`~orthokit._registry.Registry` that imports the built-in family modules on first lookup.
+
+    The family modules import this one to register themselves, so importing them here at module load would be
+    circular; every read (names, get, ``in``, ``len``) first makes sure they are loaded.
+    """
+
+    _loaded = False
+    _loading = False
+
+    def _ensure(self) -> None:
+        if self._loaded or self._loading:
+            return
+        self._loading = True
+        try:
+            for mod in _BUILTINS:
+                importlib.import_module(f"orthokit.rotation.{mod}")
+            self._loaded = True
+        finally:
+            self._loading = False
+
+    def _resolve(self, name: str) -> str:
+        self._ensure()
+        return super()._resolve(name)
+
+    def names(self, **where: Any) -> list[str]:
+        self._ensure()
+        return super().names(**where)
+
+    def __contains__(self, name: object) -> bool:
+        self._ensure()
+        return super().__contains__(name)
+
+    def __len__(self) -> int:
+        self._ensure()
+        return super().__len__()
+
+
 #: rotation families: name -> Rotation subclass (constructed as ``cls(n, seed=seed)``)
-ROTATIONS: Registry[type[Rotation]] = Registry("rotation")
+ROTATIONS: Registry[type[Rotation]] = _FamilyRegistry("rotation")
 ROTATIONS.add(
     "identity",
     IdentityRotation,
@@ -92,13 +134,3 @@ def make_rotation(spec: RotationSpec, n: int, *, seed: int = 0) -> Rotation:
     raise TypeError(
         f"rotation spec must be a name, a Tensor, a callable (n, seed) -> Tensor or a Rotation, got {type(spec).__name__}"
     )
-
-
-def _load_builtins() -> None:
-    # Importing a family module registers it. A module already being imported (the one that imported us) is
-    # returned from sys.modules and finishes registering itself after this returns.
-    for mod in ("hadamard", "haar", "two_block"):
-        importlib.import_module(f"orthokit.rotation.{mod}")
-
-
-_load_builtins()
