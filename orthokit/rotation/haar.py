@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -43,12 +44,23 @@ def haar_matrix(n: int, seed: int) -> Tensor:
         >>> haar_matrix(3, 0).shape
         torch.Size([3, 3])
     """
+    if n <= _CACHE_MAX_N:
+        return _haar_cached(n, seed).clone()
+    return _haar(n, seed)
+
+
+def _haar(n: int, seed: int) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     a = torch.randn(n, n, generator=g, dtype=torch.float64)
     q, r = torch.linalg.qr(a)
     d = torch.sign(torch.diagonal(r))
     d = torch.where(d == 0, torch.ones_like(d), d)
     return q * d
+
+
+# the O(n³) QR is the cost of a Haar rotation: keep the last few small ones (≤ 8 × 8 MiB)
+_CACHE_MAX_N = 1024
+_haar_cached = lru_cache(maxsize=8)(_haar)
 
 
 @ROTATIONS.register(
@@ -58,6 +70,8 @@ def haar_matrix(n: int, seed: int) -> Tensor:
     cost="n^2",
     haar_marginals="exact",
     seeded=True,
+    randomized=True,
+    any_n=True,
 )
 class HaarRotation(Rotation):
     """Haar-random orthogonal ``Q``, regenerated deterministically in float64 from ``(n, seed)``.

@@ -176,6 +176,8 @@ def _check_blocks(blocks: object, n: int, what: str) -> tuple[int, ...]:
     cost="n log n",
     haar_marginals="none",
     seeded=True,
+    randomized=True,
+    any_n=True,
 )
 class HadamardRotation(Rotation):
     """Randomized Hadamard ``Q = diag(s)·(H_{b_1} ⊕ ⋯ ⊕ H_{b_k})`` (one block when ``n`` is a Hadamard order).

@@ -9,7 +9,9 @@ capabilities:
   Haar-random rotation, for any fixed unit input ``u``: ``"exact"`` (Haar itself), ``"per-coordinate"``
   (uniformly close in Kolmogorov distance, Zilca & Mendelson arXiv 2604.23418; the joint law still differs),
   ``"none"`` (no such guarantee: one randomized Hadamard maps ``e_1`` to ``±1/√n`` entries).
-* ``seeded`` — the matrix is a deterministic function of ``(n, seed)``.
+* ``seeded`` — the matrix is a deterministic function of ``(n, seed)``;
+* ``randomized`` — different seeds give different matrices (``False`` for ``identity``);
+* ``any_n`` — every size ``n ≥ 1`` is accepted (``two_block_hadamard`` needs a Hadamard order).
 
 The conformance suite (``tests/rotation/test_rotations.py``) runs over ``ROTATIONS.names()``.
 
@@ -90,6 +92,8 @@ ROTATIONS.add(
     cost="n",
     haar_marginals="none",
     seeded=True,
+    randomized=False,
+    any_n=True,
 )
 
 RotationSpec = str | Tensor | Callable[[int, int], Tensor] | Rotation

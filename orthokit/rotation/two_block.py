@@ -47,6 +47,8 @@ __all__ = ["TwoBlockHadamard"]
     cost="n log n",
     haar_marginals="per-coordinate",
     seeded=True,
+    randomized=True,
+    any_n=False,
 )
 class TwoBlockHadamard(Rotation):
     """``T = Ĥ D₁ Ĥ D₂ ⋯ Ĥ D_k`` as a row-vector rotation ``Q = Tᵀ`` (``k = blocks``, default 2).
