@@ -12,7 +12,8 @@ orthokit times the candidates once per process per **key** and caches the decisi
   path is a candidate only for float32/float64 iterations with aspect ratio ``n ≥ 4m`` (in half precision it
   measured a worse σ_min: 0.824 vs 0.858); among the accurate candidates the faster wins.
 * ``"batch_mode"`` — one batched ``bmm`` per product vs a loop over the stack (CPU; accelerators batch).
-* ``"hadamard"`` — dense ``x @ H`` vs the FWHT butterfly for ``hadamard_transform(method="auto")``
+* ``"hadamard"`` — dense ``x @ H`` vs the FWHT butterfly vs Kronecker-blocked GEMMs for
+  ``hadamard_transform(method="auto")``
   (:func:`choose_hadamard_method`; its own key and probe, see there).
 
 Key: ``(decision, device type, stacked = batch > 1, m, n bucketed to the next power of two, dtype)``.
@@ -387,9 +388,11 @@ def choose_batch_mode(
 
 
 # ------------------------------------------------------------------------------------------ hadamard
-#: fixed rule of :func:`choose_hadamard_method`: dense ``x @ H`` on CPU up to this size, the butterfly above
-#: (crossover measured once on the 2-core dev VM, 1 thread: dense/fwht time 0.89 at n=512, 1.23 at 1024).
-HADAMARD_FIXED_DENSE_MAX = 512
+#: fixed rule of :func:`choose_hadamard_method`: dense ``x @ H`` on CPU up to this size, the Kronecker-blocked
+#: GEMMs ("kron") above. Measured on the 2-core dev VM (AMD EPYC, AVX2, torch 2.13, fp32, 4096 rows, 1 thread;
+#: benchmarks/results/rotation_speed.md): dense ≈ kron at n = 128, kron 2-3× faster than dense at n = 256 and
+#: 5-15× from n = 1024 on; the butterfly is never the fastest there (2-6× slower than kron).
+HADAMARD_FIXED_DENSE_MAX = 128
 #: the dense path is never probed (nor chosen) above this size: its cached matrix has n² entries.
 HADAMARD_DENSE_MAX_N = 8192
 #: the rows bucket of a Hadamard key is capped here (more rows cost the same per row).
@@ -404,21 +407,23 @@ def _hadamard() -> Any:
 
 
 def choose_hadamard_method(device: torch.device, n: int, rows: int, dtype: torch.dtype) -> str:
-    """``"dense"`` (``x @ H`` with a cached ``H_n/√n``) or ``"fwht"`` (butterfly) for ``rows`` vectors of size
-    ``n`` computed in ``dtype``, for ``hadamard_transform(method="auto")``.
+    """``"dense"`` (``x @ H`` with a cached ``H_n/√n``), ``"fwht"`` (butterfly) or ``"kron"`` (one small GEMM per
+    Kronecker factor of ``H_n``) for ``rows`` vectors of size ``n`` computed in ``dtype``, for
+    ``hadamard_transform(method="auto")``.
 
-    Fixed rule (incumbent; used off CPU, for tiny work ``n·rows < 2¹⁴``, with probing off, and for
-    ``n > HADAMARD_DENSE_MAX_N`` where the dense matrix would be too large): dense on CPU for
-    ``n ≤ HADAMARD_FIXED_DENSE_MAX``, butterfly otherwise. Otherwise both are timed once per key
-    ``(device type, n, rows bucketed to a power of two ≤ 4096, dtype)`` on a random ``[r, n]`` input,
-    ``r = min(rows bucket, max(16, 2¹⁸/n))`` (the probe's dense matrix is built outside the timing and
-    freed afterwards, so a losing dense path leaves no cached matrix behind).
+    Fixed rule (incumbent; used off CPU, for tiny work ``n·rows < 2¹⁴``, and with probing off): dense on CPU for
+    ``n ≤ HADAMARD_FIXED_DENSE_MAX`` (128), kron otherwise and on accelerators (a few GEMMs instead of ``log₂ n``
+    memory-bound passes). Otherwise the candidates are timed once per key ``(device type, n, rows bucketed to a
+    power of two ≤ 4096, dtype)`` on a random ``[r, n]`` input, ``r = min(rows bucket, max(16, 2¹⁸/n))``: the
+    butterfly, kron (when ``H_n`` has more than one Kronecker factor; otherwise kron *is* dense) and dense (only
+    for ``n ≤ HADAMARD_DENSE_MAX_N``; the probe's dense matrix is built outside the cache and freed afterwards, so
+    a losing dense path leaves no cached matrix behind).
 
     Example:
         >>> choose_hadamard_method(torch.device("cpu"), 64, 8, torch.float32)   # tiny: fixed rule
         'dense'
         >>> choose_hadamard_method(torch.device("cuda"), 64, 4096, torch.float32)
-        'fwht'
+        'kron'
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"choose_hadamard_method: n must be a positive int, got {n!r}")
@@ -426,17 +431,11 @@ def choose_hadamard_method(device: torch.device, n: int, rows: int, dtype: torch
         raise ValueError(f"choose_hadamard_method: rows must be a non-negative int, got {rows!r}")
     if device.type != "cpu":
         key = ("hadamard", device.type)
-        return _cached(key, lambda: Decision("hadamard", key, "fwht", "accelerator: butterfly (fixed rule)"))
+        return _cached(key, lambda: Decision("hadamard", key, "kron", "accelerator: kron GEMMs (fixed rule)"))
     key = ("hadamard", "cpu", n, min(_bucket(max(rows, 1)), HADAMARD_MAX_ROWS), dtype)
-    fixed = "dense" if n <= HADAMARD_FIXED_DENSE_MAX else "fwht"
-    if n * rows < TINY_ENTRIES or not probing_enabled() or n > HADAMARD_DENSE_MAX_N:
-        why = (
-            "tiny"
-            if n * rows < TINY_ENTRIES
-            else "probing off"
-            if not probing_enabled()
-            else f"n > {HADAMARD_DENSE_MAX_N}: dense matrix too large"
-        )
+    fixed = "dense" if n <= HADAMARD_FIXED_DENSE_MAX else "kron"
+    if n * rows < TINY_ENTRIES or not probing_enabled():
+        why = "tiny" if n * rows < TINY_ENTRIES else "probing off"
         return _cached(key, lambda: Decision("hadamard", key, fixed, f"fixed rule ({why}) → {fixed}"))
 
     def make() -> Decision:
@@ -444,12 +443,14 @@ def choose_hadamard_method(device: torch.device, n: int, rows: int, dtype: torch
         r = min(key[3], max(16, PROBE_MAX_ENTRIES // n))
         g = torch.Generator(device="cpu").manual_seed(1234)
         X = torch.randn(r, n, generator=g).to(device=device, dtype=dtype)
-        H = Hm._sylvester.__wrapped__(n, dtype, str(device))  # not the lru cache: freed if dense loses
-        cands: dict[str, Callable[[], Any]] = {
-            "dense": lambda: X @ H,
-            "fwht": lambda: Hm._fwht_last(X),
-        }
-        return _decide("hadamard", key, fixed, cands, device, (r, n), {"dense": "dense", "fwht": "fwht"})
+        cands: dict[str, Callable[[], Any]] = {"fwht": lambda: Hm._apply_kernel(X, "fwht", False)}
+        if len(Hm._kron_factors(n, dtype, str(device), False)) > 1:
+            cands["kron"] = lambda: Hm._apply_kernel(X, "kron", False)
+        if n <= HADAMARD_DENSE_MAX_N:
+            H = Hm._dense_matrix.__wrapped__(n, dtype, str(device))  # not the lru cache: freed if dense loses
+            cands["dense"] = lambda: X @ H
+        incumbent = fixed if fixed in cands else "kron" if "kron" in cands else "dense"
+        return _decide("hadamard", key, incumbent, cands, device, (r, n), {k: k for k in cands})
 
     return _cached(key, make)
 

@@ -28,7 +28,7 @@ def _walsh_entry(i: int, j: int) -> int:
     return -1 if bin(i & j).count("1") % 2 else 1
 
 
-@pytest.mark.parametrize("method", ["fwht", "dense", "auto"])
+@pytest.mark.parametrize("method", ["fwht", "dense", "kron", "auto"])
 @pytest.mark.parametrize("n", [1, 2, 4, 16, 128, 2048])
 def test_matches_sylvester_matrix(n: int, method: str) -> None:
     x = torch.randn(3, n, dtype=D)
@@ -48,7 +48,7 @@ def test_closed_form_entries_and_matrix_helper() -> None:
         hadamard_matrix(172)
 
 
-@pytest.mark.parametrize("method", ["fwht", "dense"])
+@pytest.mark.parametrize("method", ["fwht", "dense", "kron"])
 def test_involutive_and_norm_preserving(method: str) -> None:
     x = torch.randn(5, 256, dtype=D)
     y = hadamard_transform(x, method=method)
@@ -75,10 +75,14 @@ def test_dtypes() -> None:
 
 
 def test_errors() -> None:
-    with pytest.raises(ValueError, match="power-of-two"):
-        hadamard_transform(torch.randn(3, 12))
-    with pytest.raises(ValueError, match="power-of-two"):
+    with pytest.raises(ValueError, match="size 172 along dim -1: no Hadamard construction.*168 and 176"):
+        hadamard_transform(torch.randn(3, 172))
+    with pytest.raises(ValueError, match="positive size along dim -1"):
         hadamard_transform(torch.randn(3, 0))
+    with pytest.raises(TypeError, match="transpose must be a bool"):
+        hadamard_transform(torch.randn(3, 4), transpose=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="fast_hadamard_transform.*needs a CUDA tensor"):
+        hadamard_transform(torch.randn(3, 4), method="fast_hadamard_transform")
     with pytest.raises(ValueError, match="out of range"):
         hadamard_transform(torch.randn(3, 4), dim=2)
     with pytest.raises(ValueError, match="method"):
@@ -114,6 +118,7 @@ def test_input_not_modified_and_gradcheck() -> None:
     xg = x.clone().requires_grad_(True)
     assert torch.autograd.gradcheck(lambda t: hadamard_transform(t, method="fwht"), (xg,))
     assert torch.autograd.gradcheck(lambda t: hadamard_transform(t, method="dense"), (xg,))
+    assert torch.autograd.gradcheck(lambda t: hadamard_transform(t, method="kron"), (xg,))
 
 
 @given(seed=st.integers(0, 2**31 - 1), k=st.integers(0, 10), b=st.integers(1, 4))
@@ -123,4 +128,5 @@ def test_property_fwht_equals_dense(seed: int, k: int, b: int) -> None:
     a = hadamard_transform(x, method="fwht")
     d = hadamard_transform(x, method="dense")
     torch.testing.assert_close(a, d)
+    torch.testing.assert_close(hadamard_transform(x, method="kron"), d)
     torch.testing.assert_close(a.norm(), x.norm())

@@ -1,59 +1,51 @@
 """hadamard_transform(method="auto") follows the measured dense-vs-butterfly decision of orthokit.linalg.dispatch.
 
 No test asserts real speed: timings are injected by a fake ``_time_once``; the path taken is observed by spying the
-two kernels (``_fwht_last`` and the cached dense matrix ``_sylvester``).
+kernel dispatcher ``_apply_kernel``.
 """
 
 from __future__ import annotations
 
 import importlib
-import math
 
 import pytest
 import torch
 from _dispatch_helpers import _fresh  # noqa: F401  (autouse fixture)
 from _dispatch_helpers import fake_clock as _fake_times
 
-from orthokit.linalg import dispatch, hadamard_transform
+from orthokit.linalg import dispatch, hadamard_matrix, hadamard_transform
 
 Hm = importlib.import_module("orthokit.linalg.hadamard")
 CPU = torch.device("cpu")
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Record which kernel hadamard_transform runs ("fwht" or "dense")."""
+    """Record which kernel hadamard_transform runs ("fwht", "dense" or "kron")."""
     taken: list[str] = []
-    fwht, syl = Hm._fwht_last, Hm._sylvester
+    kernel = Hm._apply_kernel
 
-    def spy_fwht(x: torch.Tensor) -> torch.Tensor:
-        taken.append("fwht")
-        return fwht(x)
+    def spy(y: torch.Tensor, method: str, transpose: bool) -> torch.Tensor:
+        taken.append(method)
+        return kernel(y, method, transpose)
 
-    def spy_dense(n: int, dtype: torch.dtype, device: str) -> torch.Tensor:
-        taken.append("dense")
-        return syl(n, dtype, device)
-
-    spy_dense.__wrapped__ = syl.__wrapped__  # type: ignore[attr-defined]  # the probe builds H uncached
-    monkeypatch.setattr(Hm, "_fwht_last", spy_fwht)
-    monkeypatch.setattr(Hm, "_sylvester", spy_dense)
+    monkeypatch.setattr(Hm, "_apply_kernel", spy)
     return taken
 
 
 def _reference(x: torch.Tensor) -> torch.Tensor:
-    n = x.shape[-1]
-    H = torch.ones(1, 1, dtype=torch.float64)
-    for _ in range(int(math.log2(n))):
-        H = torch.kron(torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64), H)
-    return x.double() @ H / math.sqrt(n)
+    return x.double() @ hadamard_matrix(x.shape[-1], dtype=torch.float64)
 
 
 @pytest.mark.parametrize(
     ("n", "times", "expected"),
     [
-        (256, {"dense": 1.0, "fwht": 0.5}, "fwht"),  # fixed rule says dense; measured fwht wins
-        (256, {"dense": 1.0, "fwht": 3.0}, "dense"),
-        (1024, {"dense": 0.5, "fwht": 1.0}, "dense"),  # fixed rule says fwht; measured dense wins
-        (1024, {"dense": 2.0, "fwht": 1.0}, "fwht"),
+        (128, {"dense": 1.0, "fwht": 0.5, "kron": 2.0}, "fwht"),  # fixed rule says dense; fwht wins
+        (128, {"dense": 1.0, "fwht": 3.0, "kron": 2.0}, "dense"),
+        (1024, {"dense": 0.5, "fwht": 1.0, "kron": 1.0}, "dense"),  # fixed rule says kron; dense wins
+        (1024, {"dense": 2.0, "fwht": 1.0, "kron": 1.5}, "fwht"),
+        (1024, {"dense": 2.0, "fwht": 1.0, "kron": 0.5}, "kron"),
+        (768, {"dense": 2.0, "fwht": 1.0, "kron": 0.5}, "kron"),  # Paley order 12·64
+        (768, {"dense": 0.2, "fwht": 1.0, "kron": 0.5}, "dense"),
     ],
 )
 def test_auto_follows_measured_decision(
@@ -61,25 +53,33 @@ def test_auto_follows_measured_decision(
 ) -> None:
     _fake_times(monkeypatch, times)
     taken = _spy(monkeypatch)
-    x = torch.randn(64, n)
+    x = torch.randn(256, n)
     y = hadamard_transform(x)
     assert taken == [expected], dispatch.dispatch_report()
     assert (y.double() - _reference(x)).abs().max() < 1e-5
     d = dispatch.dispatch_decisions()[-1]
     assert (
-        d.kind == "hadamard" and d.choice == expected and d.key == ("hadamard", "cpu", n, 64, torch.float32)
+        d.kind == "hadamard" and d.choice == expected and d.key == ("hadamard", "cpu", n, 256, torch.float32)
     )
-    assert set(d.times_ms) == {"dense", "fwht"}
+    assert set(d.times_ms) == {"dense", "fwht", "kron"}
+
+
+def test_single_factor_orders_have_no_kron_candidate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """n = 64 (one Sylvester factor) and n = 44·... have kron == dense: only dense and fwht are timed."""
+    calls = _fake_times(monkeypatch, {"dense": 1.0, "fwht": 0.5})
+    assert dispatch.choose_hadamard_method(CPU, 64, 4096, torch.float32) == "fwht"
+    assert dispatch.choose_hadamard_method(CPU, 44, 4096, torch.float32) == "fwht"  # Paley I core, b = 0
+    assert set(calls) == {"dense", "fwht"}
 
 
 def test_near_tie_keeps_fixed_rule(monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_times(monkeypatch, {"dense": 1.0, "fwht": 0.97})  # 3 % faster: below MIN_GAIN
-    assert dispatch.choose_hadamard_method(CPU, 256, 256, torch.float32) == "dense"
+    _fake_times(monkeypatch, {"dense": 1.0, "fwht": 0.97, "kron": 1.2})  # 3 % faster: below MIN_GAIN
+    assert dispatch.choose_hadamard_method(CPU, 128, 256, torch.float32) == "dense"
     assert "kept" in dispatch.dispatch_decisions()[-1].reason
 
 
 def test_explicit_method_is_never_second_guessed(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = _fake_times(monkeypatch, {"dense": 1.0, "fwht": 0.1})
+    calls = _fake_times(monkeypatch, {"dense": 1.0, "fwht": 0.1, "kron": 0.1})
     taken = _spy(monkeypatch)
     x = torch.randn(64, 256)
     hadamard_transform(x, method="dense")
@@ -87,24 +87,26 @@ def test_explicit_method_is_never_second_guessed(monkeypatch: pytest.MonkeyPatch
 
 
 def test_probing_off_is_the_fixed_rule(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = _fake_times(monkeypatch, {"dense": 9.0, "fwht": 0.1})
+    calls = _fake_times(monkeypatch, {"dense": 9.0, "fwht": 0.1, "kron": 5.0})
     dispatch.set_probing(False)
     taken = _spy(monkeypatch)
-    hadamard_transform(torch.randn(64, 512))
-    hadamard_transform(torch.randn(64, 1024))
-    assert taken == ["dense", "fwht"] and calls == []
+    hadamard_transform(torch.randn(256, 128))
+    hadamard_transform(torch.randn(256, 256))
+    hadamard_transform(torch.randn(256, 768))
+    assert taken == ["dense", "kron", "kron"] and calls == []
     assert all("probing off" in d.reason for d in dispatch.dispatch_decisions())
     monkeypatch.setenv("ORTHOKIT_DISPATCH", "fixed")
     dispatch.set_probing(None)
-    assert dispatch.choose_hadamard_method(CPU, 256, 4096, torch.float32) == "dense" and calls == []
+    assert dispatch.choose_hadamard_method(CPU, 128, 4096, torch.float32) == "dense" and calls == []
 
 
 def test_tiny_large_and_accelerator_use_fixed_rule(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = _fake_times(monkeypatch, {"dense": 9.0, "fwht": 0.1})
+    calls = _fake_times(monkeypatch, {"dense": 9.0, "fwht": 0.1, "kron": 1.0})
     assert dispatch.choose_hadamard_method(CPU, 64, 4, torch.float32) == "dense"  # 256 entries: tiny
-    assert dispatch.choose_hadamard_method(CPU, 16384, 64, torch.float32) == "fwht"  # n > 8192: never dense
-    assert dispatch.choose_hadamard_method(torch.device("cuda"), 256, 4096, torch.float32) == "fwht"
+    assert dispatch.choose_hadamard_method(torch.device("cuda"), 256, 4096, torch.float32) == "kron"
     assert calls == []
+    assert dispatch.choose_hadamard_method(CPU, 16384, 64, torch.float32) == "fwht"  # n > 8192: never dense
+    assert set(calls) == {"fwht", "kron"}
     with pytest.raises(ValueError, match="n must be"):
         dispatch.choose_hadamard_method(CPU, 0, 4, torch.float32)
     with pytest.raises(ValueError, match="rows must be"):
@@ -112,7 +114,7 @@ def test_tiny_large_and_accelerator_use_fixed_rule(monkeypatch: pytest.MonkeyPat
 
 
 def test_decision_is_cached_per_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = _fake_times(monkeypatch, {"dense": 1.0, "fwht": 0.5})
+    calls = _fake_times(monkeypatch, {"dense": 1.0, "fwht": 0.5, "kron": 0.7})
     hadamard_transform(torch.randn(100, 256))
     n = len(calls)
     assert n > 0
@@ -129,18 +131,18 @@ def test_decision_is_cached_per_key(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "| hadamard |" in dispatch.dispatch_report()
 
 
-def test_real_probe_runs_both_and_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Real timing (no fake): both candidates run on a bounded input, the result is right either way."""
-    monkeypatch.setattr(Hm, "_sylvester", Hm._sylvester)  # restored afterwards
-    Hm._sylvester.cache_clear()
+def test_real_probe_runs_all_and_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real timing (no fake): every candidate runs on a bounded input, the result is right either way."""
+    monkeypatch.setattr(Hm, "_dense_matrix", Hm._dense_matrix)  # restored afterwards
+    Hm._dense_matrix.cache_clear()
     x = torch.randn(4096, 1024)
     y = hadamard_transform(x)
     d = dispatch.dispatch_decisions()[-1]
-    assert d.choice in ("dense", "fwht") and set(d.times_ms) <= {"dense", "fwht"}
+    assert d.choice in ("dense", "fwht", "kron") and set(d.times_ms) <= {"dense", "fwht", "kron"}
     assert d.probe_shape == (256, 1024)  # 2^18 entries, not 4096 rows
     assert (y.double() - _reference(x)).abs().max() < 1e-5
-    if d.choice == "fwht":  # the probe's dense matrix was not left in the cache
-        assert Hm._sylvester.cache_info().currsize == 0
+    if d.choice != "dense":  # the probe's dense matrix was not left in the cache
+        assert Hm._dense_matrix.cache_info().currsize == 0
 
 
 # Max error vs float64, scaled by max(1, max|ref|). The butterfly adds log2(n) times per entry, so float32 stays
@@ -149,8 +151,10 @@ def test_real_probe_runs_both_and_is_bounded(monkeypatch: pytest.MonkeyPatch) ->
 TOL = {
     (torch.float32, "fwht"): 1e-6,
     (torch.float32, "dense"): 1e-5,
+    (torch.float32, "kron"): 1e-5,
     (torch.float64, "fwht"): 1e-12,
     (torch.float64, "dense"): 1e-12,
+    (torch.float64, "kron"): 1e-12,
 }
 
 
@@ -161,7 +165,7 @@ def test_dense_and_fwht_agree_with_reference(dtype: torch.dtype) -> None:
         n = 2**k
         x = torch.randn(3, n, generator=g, dtype=torch.float64).to(dtype)
         ref = _reference(x)
-        out = {m: hadamard_transform(x, method=m).double() for m in ("dense", "fwht")}
+        out = {m: hadamard_transform(x, method=m).double() for m in ("dense", "fwht", "kron")}
         scale = max(1.0, ref.abs().max().item())
         for method, y in out.items():
             err = (y - ref).abs().max().item()

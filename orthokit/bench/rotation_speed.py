@@ -1,0 +1,279 @@
+"""Hadamard-transform speed benchmark: orthokit's transform vs a dense ``x @ H`` vs the ``hadamard-transform`` package.
+
+For every size ``d`` (powers of two, 256 … 16384; quick: ≤ 2048) a float32 batch of ``4096`` rows (quick: 256) is
+transformed by
+
+* ``orthokit auto`` — :func:`orthokit.linalg.hadamard_transform` with ``method="auto"`` (the measured dispatch,
+  its probe done in the warm-up), the method the issue asks to be fastest for ``d ≥ 1024`` on CPU;
+* each explicit orthokit method: ``kron`` (one small GEMM per Kronecker factor of ``H_d``), ``fwht`` (butterfly);
+* ``dense x @ H`` — one BLAS GEMM with ``H_d/√d`` precomputed (skipped above ``d = 4096`` in the full run: at
+  ``d = 8192`` one call is ~0.3 TFLOP);
+* ``hadamard-transform`` 0.2.0 (amitport, pure torch butterfly; PyPI), if importable, else the row says
+  "not installed".
+
+All methods of one size are timed in interleaved rounds (:func:`orthokit.bench.report.time_interleaved`); the
+table gives the median wall time and the ratio of medians to ``orthokit auto`` in the same run, at 1 thread and
+at the default thread count. A correctness row per size gives each method's max abs difference to the float64
+reference ``x @ hadamard_matrix(d)`` on 64 rows. A second table times the methods on small sizes (the fixed
+rule's dense/kron crossover) and on Paley orders ``c·2^b`` (no package supports those without zero-padding,
+which is not orthogonal).
+
+Run: ``python benchmarks/rotation_speed.py [--quick] [--out DIR]``; writes ``rotation_speed{,_quick}.{md,json}``
+into ``--out`` (default ``./orthokit_results``; committed results: ``--out benchmarks/results``).
+
+Example:
+    >>> import tempfile
+    >>> from orthokit.bench.rotation_speed import time_sizes
+    >>> rows = time_sizes([256], batch=32, rounds=1, threads=1)
+    >>> rows[0]["d"], sorted(rows[0]["ms"])[:2]
+    (256, ['dense x @ H', 'hadamard-transform 0.2.0'])
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from typing import Any
+
+import torch
+
+from orthokit.bench.report import (
+    add_out_argument,
+    announce,
+    atomic_write_json,
+    atomic_write_text,
+    machine_info,
+    machine_line,
+    md_table,
+    result_stem,
+    results_dir,
+    time_interleaved,
+)
+from orthokit.linalg import dispatch
+from orthokit.linalg.hadamard import hadamard_construction, hadamard_matrix, hadamard_transform
+
+__all__ = ["main", "time_sizes", "correctness", "OURS", "PKG"]
+
+OURS = "orthokit auto"
+PKG = "hadamard-transform 0.2.0"
+DENSE = "dense x @ H"
+FULL_SIZES = (256, 512, 1024, 2048, 4096, 8192, 16384)
+QUICK_SIZES = (256, 512, 1024, 2048)
+#: the dense GEMM is timed only up to this size in the full run (d = 8192, 4096 rows: ~0.3 TFLOP per call).
+DENSE_MAX = 4096
+#: extra sizes: the fixed rule's small-d crossover, and Paley orders c·2^b (768 = 12·64, 2560 = 20·128,
+#: 6144 = 12·512).
+EXTRA_FULL = (64, 128, 768, 2560, 6144)
+EXTRA_QUICK = (128, 768)
+#: rows and interleaved rounds of the full and the quick run.
+FULL_BATCH, FULL_ROUNDS = 4096, 5
+QUICK_BATCH, QUICK_ROUNDS = 256, 3
+
+
+def _package() -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, str]:
+    try:
+        import hadamard_transform as pkg
+
+        return pkg.hadamard_transform, metadata.version("hadamard-transform")
+    except ImportError:
+        return None, "not installed"
+
+
+def _methods(d: int, x: torch.Tensor, with_dense: bool, with_pkg: bool) -> dict[str, Callable[[], Any]]:
+    fns: dict[str, Callable[[], Any]] = {
+        OURS: lambda: hadamard_transform(x),
+        "orthokit kron": lambda: hadamard_transform(x, method="kron"),
+        "orthokit fwht": lambda: hadamard_transform(x, method="fwht"),
+    }
+    if with_dense:
+        H = hadamard_matrix(d)
+        fns[DENSE] = lambda: x @ H
+    pkg, _ = _package()
+    if with_pkg and pkg is not None:
+        fns[PKG] = lambda: pkg(x)
+    return fns
+
+
+def _auto_choice(d: int) -> str:
+    for dec in reversed(dispatch.dispatch_decisions()):
+        if dec.kind == "hadamard" and len(dec.key) > 2 and dec.key[2] == d:
+            return str(dec.choice)
+    return "?"
+
+
+def time_sizes(
+    sizes: Sequence[int],
+    batch: int,
+    rounds: int,
+    threads: int,
+    dense_max: int = DENSE_MAX,
+    with_pkg: bool = True,
+) -> list[dict[str, Any]]:
+    """Time every method on a float32 ``[batch, d]`` input per ``d`` with ``threads`` torch threads.
+
+    Returns one dict per size: ``d``, ``threads``, ``batch``, ``ms`` (median per method), ``ratio`` (median of
+    the method / median of ``orthokit auto``), ``auto`` (the dispatch's choice), ``fastest``.
+    """
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    out = []
+    try:
+        for d in sizes:
+            g = torch.Generator().manual_seed(d)
+            x = torch.randn(batch, d, generator=g)
+            pow2 = d & (d - 1) == 0
+            fns = _methods(d, x, d <= dense_max, with_pkg and pow2)
+            r = rounds if d <= 4096 else max(2, rounds // 2)
+            med, _ = time_interleaved(fns, rounds=r, warmup=1)
+            ms = {k: 1e3 * v for k, v in med.items()}
+            if with_pkg and pow2 and PKG not in ms:
+                ms[PKG] = float("nan")
+            out.append(
+                {
+                    "d": d,
+                    "construction": hadamard_construction(d),
+                    "threads": threads,
+                    "batch": batch,
+                    "ms": ms,
+                    "ratio": {k: v / ms[OURS] for k, v in ms.items()},
+                    "auto": _auto_choice(d),
+                    "fastest": min((k for k in ms if not math.isnan(ms[k])), key=lambda k: ms[k]),
+                }
+            )
+            del x, fns
+    finally:
+        torch.set_num_threads(old)
+    return out
+
+
+def correctness(sizes: Sequence[int], rows: int = 64) -> list[dict[str, Any]]:
+    """Max abs difference of every method (float32 input) to the float64 reference ``x @ hadamard_matrix(d)``."""
+    pkg, _ = _package()
+    out = []
+    for d in sizes:
+        g = torch.Generator().manual_seed(d + 1)
+        x = torch.randn(rows, d, generator=g)
+        ref = x.double() @ hadamard_matrix(d, dtype=torch.float64)
+        errs = {
+            m: float((hadamard_transform(x, method=meth).double() - ref).abs().max())
+            for m, meth in ((OURS, "auto"), ("orthokit kron", "kron"), ("orthokit fwht", "fwht"))
+        }
+        errs[DENSE] = float(((x @ hadamard_matrix(d)).double() - ref).abs().max())
+        if pkg is not None and d & (d - 1) == 0:
+            errs[PKG] = float((pkg(x).double() - ref).abs().max())
+        out.append({"d": d, "max_abs_err": errs})
+    return out
+
+
+def _fmt(v: float) -> str:
+    return "–" if math.isnan(v) else f"{v:.2f}" if v < 100 else f"{v:.0f}"
+
+
+def _table(rows: list[dict[str, Any]], pkg_version: str) -> str:
+    names = [OURS, "orthokit kron", "orthokit fwht", DENSE, PKG]
+    head = ["d", "threads", "batch", "auto →"] + [f"{n} ms (×auto)" for n in names] + ["fastest"]
+    body = []
+    for r in rows:
+        cells = []
+        for n in names:
+            if n == PKG and pkg_version == "not installed":
+                cells.append("not installed")
+            elif n not in r["ms"] or math.isnan(r["ms"][n]):
+                cells.append("–")
+            else:
+                cells.append(f"{_fmt(r['ms'][n])} ({r['ratio'][n]:.2f})")
+        body.append([r["d"], r["threads"], r["batch"], r["auto"], *cells, r["fastest"]])
+    return md_table(head, body)
+
+
+def _verdict(rows: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for r in rows:
+        if r["d"] < 1024:
+            continue
+        rivals = {k: v for k, v in r["ms"].items() if k in (DENSE, PKG) and not math.isnan(v)}
+        if not rivals:
+            continue
+        best = min(rivals, key=lambda k: rivals[k])
+        ok = r["ms"][OURS] <= rivals[best]
+        lines.append(
+            f"d={r['d']}, {r['threads']} thread(s): orthokit auto {_fmt(r['ms'][OURS])} ms vs best rival "
+            f"{best} {_fmt(rivals[best])} ms → {'FASTEST' if ok else 'NOT fastest'} "
+            f"({rivals[best] / r['ms'][OURS]:.2f}× rival/ours)"
+        )
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; returns 0. ``--quick``: d ≤ 2048, batch 256, 3 rounds."""
+    ap = argparse.ArgumentParser(prog="rotation_speed", description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="d ≤ 2048, batch 256 (seconds)")
+    add_out_argument(ap)
+    args = ap.parse_args(argv)
+    out = results_dir(args.out)
+    sizes, extra = (QUICK_SIZES, EXTRA_QUICK) if args.quick else (FULL_SIZES, EXTRA_FULL)
+    batch, rounds = (QUICK_BATCH, QUICK_ROUNDS) if args.quick else (FULL_BATCH, FULL_ROUNDS)
+    default_threads = torch.get_num_threads()
+    thread_counts = sorted({1, default_threads})
+    _, pkg_version = _package()
+    print(machine_line(), flush=True)
+    rows: list[dict[str, Any]] = []
+    extra_rows: list[dict[str, Any]] = []
+    for t in thread_counts:
+        dispatch.clear_cache()
+        rows += time_sizes(sizes, batch, rounds, t)
+        extra_rows += time_sizes(extra, batch, rounds, t, dense_max=8192, with_pkg=False)
+        print(f"[rotation_speed] {t} thread(s) done", flush=True)
+    corr = correctness(list(sizes) + [d for d in extra if d not in sizes])
+    stem = result_stem("rotation_speed", args.quick)
+    verdict = _verdict(rows)
+    corr_names = [OURS, "orthokit kron", "orthokit fwht", DENSE, PKG]
+    corr_table = md_table(
+        ["d"] + [f"{n} max abs err" for n in corr_names],
+        [
+            [c["d"]] + [f"{c['max_abs_err'][n]:.1e}" if n in c["max_abs_err"] else "–" for n in corr_names]
+            for c in corr
+        ],
+    )
+    md = "\n\n".join(
+        [
+            "# Hadamard transform speed (fp32, CPU)",
+            f"Machine: {machine_line()}",
+            f"`hadamard-transform` package: {pkg_version}. Median wall time per call, interleaved rounds; "
+            "(×auto) = ratio of medians to `orthokit auto` in the same run; `auto →` = the dispatch's choice.",
+            _table(rows, pkg_version),
+            "## Goal: fastest of the three (ours, dense, hadamard-transform) for d ≥ 1024\n\n"
+            + "\n".join(f"- {v}" for v in verdict),
+            "## Small sizes (fixed-rule crossover) and Paley orders c·2^b (no package supports these)",
+            _table(extra_rows, "n/a"),
+            "## Correctness: max abs difference to float64 `x @ hadamard_matrix(d)` (64 rows, fp32 input)",
+            corr_table,
+            "Regenerate: `OMP_NUM_THREADS=2 python benchmarks/rotation_speed.py --out benchmarks/results`.",
+        ]
+    )
+    payload = {
+        "machine": machine_info(),
+        "machine_line": machine_line(),
+        "package": pkg_version,
+        "quick": args.quick,
+        "rows": rows,
+        "extra_rows": extra_rows,
+        "correctness": corr,
+        "verdict": verdict,
+        "dispatch": [
+            {"key": [str(k) for k in d.key], "choice": d.choice, "times_ms": d.times_ms, "reason": d.reason}
+            for d in dispatch.dispatch_decisions()
+        ],
+    }
+    paths = [out / f"{stem}.md", out / f"{stem}.json"]
+    atomic_write_text(paths[0], md + "\n")
+    atomic_write_json(paths[1], payload)
+    print(md, flush=True)
+    announce(paths, "rotation_speed")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
