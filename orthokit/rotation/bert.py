@@ -349,3 +349,9 @@ def rotate_bert(
                 if isinstance(m, nn.Linear) and id(m) not in encoder_ids:
                     report.skipped[n] = "outside the encoder: online='linears' wraps encoder linears only"
         report.rotations.update(rotations)
+        notes = getattr(report, "notes", None)
+        if "kv" in sites and isinstance(notes, list):
+            notes.append(
+                "bert: R3 (kv) fused offline into query/key rows per head (absolute positions: nothing sits "
+                "between the projection and q·k, so no online rotation or attention hook is needed)"
+            )

@@ -4,7 +4,6 @@ determinism, atomic refusals, state-dict and unwrap round trips, and mutants tha
 from __future__ import annotations
 
 from importlib.util import find_spec
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,14 +13,15 @@ from orthokit.rotation import bert as bert_mod
 from orthokit.rotation.bert import R1_SKIP_REASON, derive_seed, rotate_bert
 from orthokit.rotation.online import OnlineRotatedLinear, online_rotated_linears, unwrap_all
 from orthokit.rotation.registry import make_rotation
+from orthokit.rotation.report import RotationReport
 from tests.rotation._models import tiny_model, tiny_padded_inputs
 
 RTOL = 1e-5
 SITES = [(), ("linears",), ("down_proj",), ("kv",), ("linears", "kv")]
 
 
-def _report() -> SimpleNamespace:
-    return SimpleNamespace(offline=[], online=[], skipped={}, rotations={})
+def _report() -> RotationReport:
+    return RotationReport("bert")
 
 
 def _out(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -92,6 +92,7 @@ def test_report_rotations_and_seeds() -> None:
         7, "online_in64"
     )
     assert "pooler.dense" in rep.skipped
+    assert any("R3 (kv) fused offline" in n for n in rep.notes)
     wrapped = dict(online_rotated_linears(model))
     assert wrapped["encoder.layer.1.output.dense"].rotation is rots["online_in128"]
     assert wrapped["encoder.layer.0.attention.self.query"].rotation is rots["online_in64"]
