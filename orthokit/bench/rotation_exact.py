@@ -22,8 +22,8 @@ Usage: ``OMP_NUM_THREADS=1 python benchmarks/rotation_exactness.py [--quick] [--
 Example:
     >>> import torch
     >>> from orthokit.bench.rotation_exact import max_rel_change
-    >>> max_rel_change(torch.tensor([1.0, -4.0]), torch.tensor([1.0, -4.002]))
-    0.0005000000000000004
+    >>> round(max_rel_change(torch.tensor([1.0, -4.0]), torch.tensor([1.0, -4.002])), 6)
+    0.0005
 """
 
 from __future__ import annotations
