@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import io
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -202,8 +203,8 @@ class OnlineRotatedLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"rotation={_rotation_label(self.rotation)}"
 
-    def get_extra_state(self) -> dict[str, Any]:
-        """The rotation's defining data (``Rotation.state_dict()``), its class and size."""
+    def rotation_state(self) -> dict[str, Any]:
+        """The rotation's defining data (``Rotation.state_dict()``), its class and size, as a plain dict."""
         return {
             "version": _STATE_VERSION,
             "class": _class_path(self.rotation),
@@ -211,8 +212,30 @@ class OnlineRotatedLinear(nn.Module):
             "rotation": self.rotation.state_dict(),
         }
 
+    def get_extra_state(self) -> torch.Tensor:
+        """:meth:`rotation_state` serialized to a 1-D ``uint8`` tensor.
+
+        A tensor (not a dict) so that the model's ``state_dict`` holds only tensors and can be written by
+        safetensors / ``save_pretrained``; it is decoded with ``torch.load(weights_only=True)``.
+        """
+        buf = io.BytesIO()
+        torch.save(self.rotation_state(), buf)
+        return torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+
     def set_extra_state(self, state: Any) -> None:
-        """Rebuild the rotation from :meth:`get_extra_state` output (validated before anything changes)."""
+        """Rebuild the rotation from :meth:`get_extra_state` (or :meth:`rotation_state`) output.
+
+        Everything is validated before the rotation is replaced.
+        """
+        if isinstance(state, torch.Tensor):
+            if state.dtype != torch.uint8 or state.dim() != 1:
+                raise ValueError("state_dict: OnlineRotatedLinear extra state must be a 1-D uint8 tensor")
+            try:
+                state = torch.load(io.BytesIO(state.cpu().numpy().tobytes()), weights_only=True)
+            except Exception as exc:  # any unpickling failure is a corrupt state
+                raise ValueError(
+                    f"state_dict: cannot decode OnlineRotatedLinear extra state ({exc})"
+                ) from None
         if not isinstance(state, dict) or not {"class", "n", "rotation"} <= set(state):
             raise ValueError(
                 "state_dict: OnlineRotatedLinear extra state must be a dict with 'class', 'n', 'rotation'"

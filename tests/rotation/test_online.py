@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import pytest
 import torch
 from torch import nn
@@ -123,15 +125,38 @@ def test_state_dict_round_trip_restores_rotation() -> None:
     assert torch.equal(fresh[4].rotation.matrix(), net[4].rotation.matrix())
 
 
+def test_state_dict_is_tensors_only_and_survives_safetensors() -> None:
+    from safetensors.torch import load_file, save_file
+
+    net = _net(0)
+    wrap_linear(net, "2", make_rotation("hadamard", 16, seed=11))
+    x = torch.randn(3, 12)
+    y = net(x)
+    sd = net.state_dict()
+    assert all(isinstance(v, torch.Tensor) for v in sd.values())
+    with tempfile.TemporaryDirectory() as d:
+        save_file({k: v.contiguous() for k, v in sd.items()}, f"{d}/m.safetensors")
+        loaded = load_file(f"{d}/m.safetensors")
+    fresh = _net(3)
+    wrap_linear(fresh, "2", make_rotation("haar", 16, seed=1))
+    fresh.load_state_dict(loaded)
+    assert fresh[2].rotation.name == "hadamard" and fresh[2].rotation.seed == 11
+    assert torch.allclose(fresh(x), y, atol=1e-6)
+
+
 def test_set_extra_state_rejects_bad_state_and_keeps_rotation() -> None:
     mod = OnlineRotatedLinear.wrap(_linear(16), make_rotation("hadamard", 16, seed=3))
     before = mod.rotation
     with pytest.raises(ValueError, match="extra state"):
         mod.set_extra_state({"n": 16})
     with pytest.raises(ValueError, match="size 12"):
-        mod.set_extra_state({**mod.get_extra_state(), "n": 12})
+        mod.set_extra_state({**mod.rotation_state(), "n": 12})
     with pytest.raises(ValueError, match="not an orthokit rotation"):
-        mod.set_extra_state({**mod.get_extra_state(), "class": "os:system"})
+        mod.set_extra_state({**mod.rotation_state(), "class": "os:system"})
+    with pytest.raises(ValueError, match="cannot decode"):
+        mod.set_extra_state(mod.get_extra_state()[:-7])
+    with pytest.raises(ValueError, match="uint8"):
+        mod.set_extra_state(torch.zeros(3))
     assert mod.rotation is before
 
 
