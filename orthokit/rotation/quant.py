@@ -303,7 +303,8 @@ def quantize_kv(
 
 
 def ste(x: Tensor, q: Tensor) -> Tensor:
-    """Straight-through estimator: the value of ``q``, the gradient of ``x`` (``x + (q − x).detach()``).
+    """Straight-through estimator: exactly the value of ``q``, the gradient of ``x``
+    (``q.detach() + (x − x.detach())``; the second term is an exact zero that carries ``x``'s gradient).
 
     Example:
         >>> import torch
@@ -314,4 +315,4 @@ def ste(x: Tensor, q: Tensor) -> Tensor:
     """
     if x.shape != q.shape:
         raise ValueError(f"ste: x and q must have the same shape, got {tuple(x.shape)} and {tuple(q.shape)}")
-    return x + (q - x).detach()
+    return q.detach() + (x - x.detach())
