@@ -24,7 +24,7 @@ rotated/scaled parameters, ``Q_w``/``Q_a`` the STE fake quantizers and ``ℓ`` t
 Deviations (also in ``docs/rotation/learn.md``): one ``R2`` shared by all layers (SpinQuant learns one per layer;
 ``rotate_model`` takes one), fp32 instead of bf16, CPU-sized steps/batches, the final ``R1``/``R2`` projected to the
 nearest orthogonal matrix in float64 (the 5-iteration Cayley loop drifts by up to ~1e-4 at ``lr = 1.5``; the drift
-before projection is recorded), KV-cache quantization during learning not implemented (``kv_bits`` must be 16).
+before projection is recorded).
 
 Example:
     >>> import torch
@@ -58,7 +58,7 @@ from orthokit.rotation._functional import fuse_llama_norms, llama_dims, rotate_l
 from orthokit.rotation.base import Rotation
 from orthokit.rotation.cayley_sgd import CayleySGD
 from orthokit.rotation.ostquant import DEFAULT_TOP_K, OstQuantScales, kl_top
-from orthokit.rotation.quant import check_bits, quantize_activation, quantize_weight, ste
+from orthokit.rotation.quant import check_bits, quantize_activation, quantize_kv, quantize_weight, ste
 from orthokit.rotation.registry import make_rotation
 
 __all__ = ["LearnedRotation", "QuantizedForward", "learn_rotation", "quantized_loss"]
@@ -104,16 +104,21 @@ class QuantizedForward:
 
     Args:
         model: a Llama/Mistral/Qwen2 ``*ForCausalLM`` (not modified).
-        w_bits, a_bits: weight / activation bits (16 = not quantized).
-        group_size: weight group size (``None``: per output channel).
+        w_bits, a_bits, kv_bits: weight / activation / KV-cache bits (16 = not quantized). With ``kv_bits < 16``
+            attention runs through the ``"orthokit"`` implementation with an online Hadamard ``R3`` on q/k
+            (post-RoPE) and asymmetric per-head, per-token K/V fake quantization (straight-through).
+        group_size: weight group size (``None``: per output channel). kv_group_size: K/V group (``None``: head_dim).
         w_sym, a_sym: symmetric weight grid (default) / activation grid (default asymmetric, SpinQuant's recipe).
         a_clip: activation clip ratio (QuaRot ``a_clip_ratio``).
         r4_seed: seed of the online randomized Hadamard before ``down_proj`` (used when ``a_bits < 16``).
+        r3_seed: seed of the online randomized Hadamard on q/k (used when ``kv_bits < 16``).
     """
 
-    def __init__(self, model: nn.Module, *, w_bits: int = 16, a_bits: int = 16, group_size: int | None = None,
-                 w_sym: bool = True, a_sym: bool = False, a_clip: float = 1.0, r4_seed: int = 0) -> None:  # fmt: skip
+    def __init__(self, model: nn.Module, *, w_bits: int = 16, a_bits: int = 16, kv_bits: int = 16,
+                 group_size: int | None = None, w_sym: bool = True, a_sym: bool = False, a_clip: float = 1.0,
+                 kv_group_size: int | None = None, r4_seed: int = 0, r3_seed: int = 0) -> None:  # fmt: skip
         self.w_bits, self.a_bits = check_bits(w_bits, "w_bits"), check_bits(a_bits, "a_bits")
+        self.kv_bits, self.kv_group_size = check_bits(kv_bits, "kv_bits"), kv_group_size
         self.group_size, self.w_sym, self.a_sym, self.a_clip = group_size, w_sym, a_sym, a_clip
         self.config = model.config
         self.dims = llama_dims(model.config)
@@ -133,6 +138,24 @@ class QuantizedForward:
             for n in _LINEARS:
                 mod = layer.get_submodule(n)
                 mod.register_forward_pre_hook(self._make_hook(n == "mlp.down_proj"))
+        self.r3 = None
+        self._kv_on = self.kv_bits < 16
+        if (
+            self.kv_bits < 16
+        ):  # R3 (online Hadamard on q/k after RoPE) + per-head STE KV fake-quant, like SpinQuant
+            from orthokit.rotation.attention import install_attention
+
+            self.r3 = make_rotation("hadamard", self.dims.head_dim, seed=r3_seed)
+            install_attention(work)
+            for layer in layers:
+                layer.self_attn._orthokit_qk_rotation = self.r3
+                layer.self_attn._orthokit_kv_quant = self._kv_quant
+
+    def _kv_quant(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if not self._kv_on:
+            return k, v
+        kq, vq = quantize_kv(k.detach(), v.detach(), self.kv_bits, group_size=self.kv_group_size, sym=False)
+        return ste(k, kq), ste(v, vq)
 
     def _make_hook(self, is_down: bool) -> Callable[[nn.Module, tuple[Any, ...]], tuple[Any, ...]]:
         def hook(_mod: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -170,12 +193,12 @@ class QuantizedForward:
     @torch.no_grad()
     def fp_logits(self, ids: Tensor) -> Tensor:
         """Full-precision (unquantized, unrotated) logits — the KL target; hooks bypassed."""
-        saved = self.a_bits, self._h4
-        self.a_bits, self._h4 = 16, None
+        saved = self.a_bits, self._h4, self._kv_on
+        self.a_bits, self._h4, self._kv_on = 16, None, False
         try:
             return self.model(ids, use_cache=False).logits
         finally:
-            self.a_bits, self._h4 = saved
+            self.a_bits, self._h4, self._kv_on = saved
 
 
 def _loss(objective: str, logits: Tensor, ids: Tensor, fp: Tensor | None, top_k: int) -> Tensor:
@@ -304,7 +327,8 @@ def learn_rotation(
         calib: token ids ``(batch, seq)`` (or a list of equal-length ones).
         method: ``"spinquant"`` (rotations only) or ``"ostquant"`` (rotations + scalings).
         objective: ``"ce"`` (next-token cross-entropy, SpinQuant) or ``"kl_top"`` (OstQuant); default per method.
-        w_bits, a_bits, kv_bits: bits (16 = off). ``kv_bits`` must be 16 (not implemented while learning).
+        w_bits, a_bits, kv_bits: bits (16 = off); ``kv_bits < 16`` adds R3 and STE KV fake-quant (see
+            :class:`QuantizedForward`).
         group_size: weight quantization group size (``None``: per output channel).
         steps: optimizer steps (SpinQuant: 100); one mini-batch per step, cycling through a seeded shuffle.
         lr: Cayley SGD lr for the rotations (SpinQuant: 1.5), cosine-annealed to 0 over ``steps``.
@@ -323,8 +347,6 @@ def learn_rotation(
     objective = objective if objective is not None else ("ce" if method == "spinquant" else "kl_top")
     if objective not in _OBJECTIVES:
         raise ValueError(f"objective: expected one of {_OBJECTIVES}, got {objective!r}")
-    if check_bits(kv_bits, "kv_bits") != 16:
-        raise ValueError("kv_bits: KV-cache quantization while learning is not implemented; pass kv_bits=16")
     for name, v in (("steps", steps), ("batch_size", batch_size), ("top_k", top_k)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -340,8 +362,8 @@ def learn_rotation(
     dims = llama_dims(model.config)
     calib = _check_calib(calib, int(model.config.vocab_size))
     t0 = time.perf_counter()
-    qf = QuantizedForward(model, w_bits=w_bits, a_bits=a_bits, group_size=group_size, a_sym=a_sym,
-                          a_clip=a_clip, r4_seed=seed + 2)  # fmt: skip
+    qf = QuantizedForward(model, w_bits=w_bits, a_bits=a_bits, kv_bits=kv_bits, group_size=group_size,
+                          a_sym=a_sym, a_clip=a_clip, r4_seed=seed + 2, r3_seed=seed + 3)  # fmt: skip
     r1 = nn.Parameter(_init_matrix(init, dims.hidden, seed, "init").float())
     rot_params = [r1]
     r2_param: Tensor | None
@@ -391,6 +413,7 @@ def learn_rotation(
         "group_size": group_size, "steps": steps, "lr": lr, "scale_lr": scale_lr, "seed": seed,
         "init": init if isinstance(init, str) else type(init).__name__, "r2_learned": r2 is True,
         "batch_size": batch_size, "top_k": top_k, "r4_seed": seed + 2 if a_bits < 16 else None,
+        "r3_seed": seed + 3 if kv_bits < 16 else None,
         "orthogonality_drift": max(drift1, drift2), "time_s": time.perf_counter() - t0,
     }  # fmt: skip
     return LearnedRotation(

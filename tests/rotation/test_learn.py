@@ -82,6 +82,27 @@ def test_learning_lowers_quantized_loss_on_calib(gqa: torch.nn.Module) -> None:
     assert after < before
 
 
+def test_kv_quantized_forward_r3_exact_and_learns(gqa: torch.nn.Module) -> None:
+    ids = _calib(2, 12, seed=4)
+    qf = QuantizedForward(gqa, kv_bits=3)
+    eye = torch.eye(64)
+    params = qf.params(eye, torch.eye(16))
+    with torch.no_grad():
+        ref = gqa(ids).logits
+        qf._kv_on = False  # R3 alone (online Hadamard on q/k) is exact
+        exact = qf.logits(params, ids)
+        qf._kv_on = True
+        quant = qf.logits(params, ids)
+    assert float((exact - ref).norm() / ref.norm()) < 1e-5
+    assert float((quant - ref).norm() / ref.norm()) > 1e-3  # the KV quantizer is active
+    lr = learn_rotation(gqa, _calib(4, 12), kv_bits=3, a_bits=16, steps=2, batch_size=4, lr=0.05)
+    # K and V do not depend on R1 (it cancels: x R (W R)ᵀ = x Wᵀ) but V does on R2: R2 must move
+    init1 = make_rotation("hadamard", 64, seed=0).matrix()
+    init2 = make_rotation("hadamard", 16, seed=1).matrix()
+    assert lr.meta["r3_seed"] == 3 and lr.r2 is not None
+    assert float((lr.r2 - init2).abs().max()) > 1e-4 and float((lr.r1 - init1).abs().max()) < 1e-6
+
+
 def test_state_dict_round_trip_and_rejects_non_orthogonal(learned: dict[str, LearnedRotation]) -> None:
     lr = learned["ostquant"]
     back = LearnedRotation.from_state_dict(lr.state_dict())
@@ -110,7 +131,7 @@ def test_bad_inputs_raise_clear_errors(gqa: torch.nn.Module) -> None:
     with pytest.raises(ValueError, match="objective"):
         learn_rotation(gqa, calib, objective="mse")
     with pytest.raises(ValueError, match="kv_bits"):
-        learn_rotation(gqa, calib, kv_bits=4)
+        learn_rotation(gqa, calib, kv_bits=1)
     with pytest.raises(ValueError, match="calib"):
         learn_rotation(gqa, calib + 1000)
     with pytest.raises(ValueError, match="calib"):
