@@ -138,7 +138,7 @@ class Rotation:
         self.seed = _check_seed(seed)
         self.transposed = False
         self._cache: Tensor | None = None
-        self._cast: dict[tuple[torch.dtype, str], Tensor] = {}  # Q cast for the dense apply path
+        self._cast: dict[tuple[str, torch.dtype, str], Tensor] = {}  # casts of Q / signs for apply
 
     # ---- to implement -------------------------------------------------------------------------------------
     def _dense64(self) -> Tensor:
@@ -147,11 +147,16 @@ class Rotation:
 
     def _forward(self, x: Tensor, transpose: bool) -> Tensor:
         """``x @ Q`` (or ``x @ Qᵀ``) over the last dim for a float32/float64 ``x``; default: dense matmul."""
-        key = (x.dtype, str(x.device))
-        q = self._cast.get(key)
-        if q is None:
-            q = self._cast[key] = self._q64().to(device=x.device, dtype=x.dtype)
+        q = self._cast_like("Q", self._q64(), x)
         return x @ (q.T if transpose else q)
+
+    def _cast_like(self, key: str, t: Tensor, x: Tensor) -> Tensor:
+        """``t`` in ``x``'s dtype and device, cached per (key, dtype, device) — defining data never changes."""
+        k = (key, x.dtype, str(x.device))
+        out = self._cast.get(k)
+        if out is None:
+            out = self._cast[k] = t.to(device=x.device, dtype=x.dtype)
+        return out
 
     def _state(self) -> dict[str, Any]:
         return {}

@@ -29,14 +29,13 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 from functools import lru_cache
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from orthokit.linalg import hadamard_construction, hadamard_matrix
+from orthokit.linalg import hadamard_construction, hadamard_matrix, hadamard_transform
 from orthokit.rotation.base import Rotation
 from orthokit.rotation.registry import ROTATIONS
 
@@ -83,38 +82,21 @@ def block_orders(n: int) -> tuple[int, ...]:
     return tuple(sorted((a, *block_orders(n - a)), reverse=True))
 
 
-@lru_cache(maxsize=32)
-def _dense_h(n: int, dtype: torch.dtype, device: str) -> Tensor:
-    return hadamard_matrix(n, dtype=torch.float64).to(dtype=dtype, device=device)
-
-
-@lru_cache(maxsize=1)
-def _transform_takes_transpose() -> bool:
-    from orthokit.linalg import hadamard_transform
-
-    return "transpose" in inspect.signature(hadamard_transform).parameters
-
-
 def right_hadamard(x: Tensor, n: int, *, transpose: bool = False) -> Tensor:
     """``x @ H_n`` (or ``x @ H_nᵀ``) over the last dim, ``H_n`` = :func:`orthokit.linalg.hadamard_matrix` ``(n)``.
 
-    Routed through :func:`orthokit.linalg.hadamard_transform` (fast Kronecker/butterfly paths, measured dispatch,
-    every supported order; ``transpose=True`` applies ``Hᵀ``). With an older ``hadamard_transform`` that only
-    takes powers of two, other orders multiply by a cached dense ``H_n``. Differentiable.
+    Routed through :func:`orthokit.linalg.hadamard_transform` (Kronecker / butterfly / dense, chosen per host; every
+    supported order; ``transpose=True`` applies ``Hᵀ``, the inverse). Differentiable; ``n`` must equal
+    ``x.shape[-1]``.
 
     Example:
         >>> x = torch.randn(2, 12, dtype=torch.float64)
         >>> bool(torch.allclose(right_hadamard(x, 12), x @ hadamard_matrix(12, dtype=torch.float64)))
         True
     """
-    from orthokit.linalg import hadamard_transform  # resolved at call time (lazy package namespace)
-
-    if _transform_takes_transpose():
-        return hadamard_transform(x, transpose=transpose)
-    if n & (n - 1) == 0:
-        return hadamard_transform(x)  # Sylvester: symmetric
-    h = _dense_h(n, x.dtype, str(x.device))
-    return x @ (h.T if transpose else h)
+    if x.shape[-1] != n:
+        raise ValueError(f"right_hadamard: x has last dim {x.shape[-1]}, expected {n}")
+    return hadamard_transform(x, transpose=transpose)
 
 
 def rademacher_signs(shape: tuple[int, ...], seed: int) -> Tensor:
@@ -209,7 +191,7 @@ class HadamardRotation(Rotation):
         self.blocks = block_orders(self.n) if blocks is None else _check_blocks(blocks, self.n, "blocks")
 
     def _forward(self, x: Tensor, transpose: bool) -> Tensor:
-        s = self.signs.to(device=x.device, dtype=x.dtype)
+        s = self._cast_like("signs", self.signs, x)
         if not transpose:
             x = x * s
         if len(self.blocks) == 1:

@@ -80,7 +80,7 @@ class TwoBlockHadamard(Rotation):
             self.signs = check_signs(signs, (blocks, self.n), "signs")
 
     def _forward(self, x: Tensor, transpose: bool) -> Tensor:
-        s = self.signs.to(device=x.device, dtype=x.dtype)
+        s = self._cast_like("signs", self.signs, x)
         if not transpose:  # x Mᵀ = x D_k Ĥᵀ ⋯ D_1 Ĥᵀ
             for i in reversed(range(self.blocks)):
                 x = right_hadamard(x * s[i], self.n, transpose=True)
