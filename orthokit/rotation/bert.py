@@ -266,6 +266,7 @@ def rotate_bert(
             if not isinstance(getattr(report, attr, None), kind):
                 raise TypeError(f"report: expected a RotationReport (missing {kind.__name__} {attr!r})")
     names = {id(m): n for n, m in model.named_modules()}
+    order = {key: i for i, key in enumerate(names)}  # module order, for a readable report
     first = layers[0].attention.self
     heads = int(first.num_attention_heads)
     head_dim = int(first.attention_head_size)
@@ -337,7 +338,7 @@ def rotate_bert(
 
     if report is not None:
         report.skipped["R1"] = R1_SKIP_REASON
-        for e in edits.values():
+        for e in sorted(edits.values(), key=lambda e: order.get(id(e.linear), 0)):
             off = [t for t in e.tags if not t.startswith("online")]
             if off:
                 report.offline.append(f"{e.name} [{', '.join(off)}]")

@@ -229,3 +229,27 @@ def test_minilm_all_sites_keep_embeddings() -> None:
     assert len(rep.online) == 36
     got = encode(model, tok, sentences)
     assert _rel_err(got, ref) < 1e-4
+
+
+def test_rotate_model_dispatches_and_proves() -> None:
+    from orthokit.rotation.rewrite import rotate_model
+
+    model = tiny_model("bert", model_class="BertForMaskedLM")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rotated, rep = rotate_model(model, "hadamard", seed=3)  # online="default" = ("linears", "kv") for BERT
+    assert rep.family == "bert" and rep.checked and rep.max_rel_error < 1e-5
+    assert "R1" in rep.skipped and len(rep.online) == 12 and {"R2", "R3", "R4"} <= set(rep.rotations)
+    assert all(
+        torch.equal(before[k], v) for k, v in model.state_dict().items()
+    )  # inplace=False: original intact
+    assert len(online_rotated_linears(rotated)) == 12 and not online_rotated_linears(model)
+
+
+def test_rotate_model_rejects_mutant(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orthokit.rotation.rewrite import rotate_model
+
+    monkeypatch.setattr(bert_mod, "_per_head_cols", lambda edit, block: None)
+    model = tiny_model("bert")
+    with pytest.raises(ValueError, match="equivalence check failed"):
+        rotate_model(model, "hadamard", inplace=True)
+    assert not online_rotated_linears(model)
