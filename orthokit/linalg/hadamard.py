@@ -246,8 +246,11 @@ def _core_matrix(kind: str, q: int, dtype: torch.dtype, device: str) -> torch.Te
 
 @lru_cache(maxsize=8)
 def _dense_matrix(n: int, dtype: torch.dtype, device: str) -> torch.Tensor:
-    """Cached ``H_n/√n`` for the dense method (Sylvester orders go through :func:`_sylvester`)."""
-    return _sylvester(n, dtype, device) if _is_pow2(n) else hadamard_matrix(n, dtype=dtype, device=device)
+    """Cached ``H_n/√n`` for the dense method (built outside :func:`_sylvester`'s cache, so the dispatch probe's
+    uncached ``_dense_matrix.__wrapped__`` leaves no ``n²`` matrix behind)."""
+    if _is_pow2(n):
+        return _sylvester.__wrapped__(n, dtype, device)
+    return hadamard_matrix(n, dtype=dtype, device=device)
 
 
 def _kron_log2(b: int) -> list[int]:

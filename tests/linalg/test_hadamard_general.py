@@ -43,13 +43,13 @@ def test_larger_paley_orders_and_kron_factorisation() -> None:
     assert Hm._kron_log2(0) == []
     # hadamard_matrix(c·2^b) = hadamard_matrix(c) ⊗ hadamard_matrix(2^b) (test_hadamard_orders.py checks it at 96):
     # a float64 reference without the n×n matrix
-    for c, p in ((12, 512), (20, 1 << 14)):  # 6144: core + 2 factors; 327680: core + 3 factors
-        x = torch.randn(2, c, p, dtype=D)
+    for c, p in ((12, 512), (20, 1 << 13)):  # 6144: core + 2 factors; 163840: core + 3 factors
+        x = torch.randn(1, c, p, dtype=D)
         ref = torch.einsum("rkl,ki,lj->rij", x, hadamard_matrix(c, dtype=D), hadamard_matrix(p, dtype=D))
-        for method in ("fwht", "kron", "auto"):
-            y = hadamard_transform(x.reshape(2, c * p), method=method)
-            assert (y - ref.reshape(2, c * p)).abs().max() < 1e-12, (c, p, method)
-    assert len(Hm._kron_factors(20 << 14, D, "cpu", False)) == 4
+        for method in ("fwht", "kron"):
+            y = hadamard_transform(x.reshape(1, c * p), method=method)
+            assert (y - ref.reshape(1, c * p)).abs().max() < 1e-12, (c, p, method)
+    assert len(Hm._kron_factors(20 << 13, D, "cpu", False)) == 4
 
 
 def test_transpose_inverts_and_only_sylvester_is_involutive() -> None:
@@ -112,7 +112,8 @@ def test_autograd_matches_transposed_reference(n: int) -> None:
 
             xs = torch.randn(2, n, dtype=D, requires_grad=True)
             assert torch.autograd.gradcheck(f, (xs,))
-            assert torch.autograd.gradgradcheck(f, (xs,))
+            if not transpose:  # the double backward runs the transposed transform already
+                assert torch.autograd.gradgradcheck(f, (xs,))
 
 
 def test_backward_saves_no_tensors() -> None:
