@@ -298,3 +298,22 @@ def test_inplace_and_summary() -> None:
     assert q is m and m.model.embed_tokens.weight is m.lm_head.weight  # skipped tied head stays tied
     assert "W4A8KV4" in rep.summary() and 0 < rep.mean_weight_rel_error < 0.2
     assert torch.isfinite(m(ids).logits).all()
+
+
+def test_after_rotate_model_quantizes_inner_linears_and_rotated_kv() -> None:
+    from orthokit.rotation.rewrite import rotate_model
+
+    m = tiny_model("llama_gqa")
+    ids = tiny_ids(2, 10)
+    fp = m(ids).logits
+    r, _ = rotate_model(m, "hadamard", seed=0)
+    same, rep16 = quantize_model(r)
+    assert torch.allclose(same(ids).logits, fp, rtol=1e-4, atol=1e-4) and not rep16.weight_rel_error
+    q, rep = quantize_model(r, w_bits=8, a_bits=8, kv_bits=8, method="gptq", calib=tiny_ids(4, 12, seed=5))
+    assert (
+        "model.layers.0.mlp.down_proj.linear" in rep.weight_rel_error
+    )  # the online-rotated down_proj's inner linear
+    attn = q.model.layers[0].self_attn
+    assert attn._orthokit_qk_rotation is not None and attn._orthokit_kv_quant is not None
+    err = float((q(ids).logits - fp).norm() / fp.norm())
+    assert 0 < err < 0.05, err
