@@ -444,3 +444,29 @@ def test_two_block_joint_law_is_not_haar(marginal_samples: dict[str, Tensor]) ->
         [TwoBlockHadamard(KS_N, seed=s, blocks=3).apply(torch.eye(KS_N, dtype=F64)[0]) for s in range(50)]
     )
     assert float(((three @ h).abs().amax(dim=-1) * math.sqrt(KS_N)).min()) > 1.5  # a third block breaks it
+
+
+def test_any_module_imported_first_gives_the_full_registry() -> None:
+    """The family modules import the registry and the registry loads them lazily: no import cycle in any order.
+
+    One fresh interpreter; between orders every ``orthokit.rotation`` module is dropped from ``sys.modules``.
+    """
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, sys\n"
+        "for first in ['hadamard', 'two_block', 'haar', 'metrics', 'base', 'registry']:\n"
+        "    for k in [k for k in sys.modules if k.startswith('orthokit.rotation')]:\n"
+        "        del sys.modules[k]\n"
+        "    importlib.import_module('orthokit.rotation.' + first)\n"
+        "    reg = importlib.import_module('orthokit.rotation.registry')\n"
+        "    print(first, ','.join(reg.ROTATIONS.names()), reg.make_rotation('two_block', 8).name)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 6
+    for line in lines:
+        assert line.split()[1:] == ["haar,hadamard,identity,two_block_hadamard", "two_block_hadamard"], line
