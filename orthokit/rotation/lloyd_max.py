@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -188,7 +189,7 @@ def _Phi(t: Tensor) -> Tensor:
     return 0.5 * torch.erfc(-t / math.sqrt(2.0))
 
 
-def lloyd_max_gaussian(bits: int, *, iters: int = 2000, tol: float = 1e-14) -> LloydMaxQuantizer:
+def lloyd_max_gaussian(bits: int, *, iters: int = 2000, tol: float = 1e-11) -> LloydMaxQuantizer:
     r"""Lloyd–Max codebook for the standard normal (closed-form cell means, float64).
 
     ``E[X | a < X ≤ b] = (φ(a) − φ(b)) / (Φ(b) − Φ(a))``; Max (1960) Table I values are reproduced
@@ -201,8 +202,14 @@ def lloyd_max_gaussian(bits: int, *, iters: int = 2000, tol: float = 1e-14) -> L
     """
     bits = _check_bits(bits, "lloyd_max_gaussian")
     iters = _check_iters(iters, "lloyd_max_gaussian")
+    return LloydMaxQuantizer(_gaussian_levels(bits, iters, float(tol)).clone())
+
+
+@lru_cache(maxsize=64)
+def _gaussian_levels(bits: int, iters: int, tol: float) -> Tensor:
     L = 1 << bits
-    levels = torch.linspace(-2.0, 2.0, L, dtype=torch.float64) * (1.0 + 0.25 * bits) / 2.0
+    # Panter–Dite start: the high-resolution optimal level density ∝ f^{1/3}, i.e. N(0, 3) quantiles
+    levels = math.sqrt(3.0) * torch.special.ndtri((torch.arange(L, dtype=torch.float64) + 0.5) / L)
     inf = torch.tensor([math.inf], dtype=torch.float64)
     for _ in range(iters):
         thr = 0.5 * (levels[1:] + levels[:-1])
@@ -214,11 +221,11 @@ def lloyd_max_gaussian(bits: int, *, iters: int = 2000, tol: float = 1e-14) -> L
         levels = new
         if done:
             break
-    return LloydMaxQuantizer(levels)
+    return levels
 
 
-def _sphere_grid(dim: int, points: int = 1 << 17) -> tuple[Tensor, Tensor, Tensor]:
-    """Grid ``t`` on ``[−√d, √d]`` with the normalized CDF and first-moment prefix integrals of the density."""
+def _sphere_grid(dim: int, points: int = 1 << 17) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Grid ``t`` on ``[−√d, √d]``: normalized CDF, first-moment prefix integral, and CDF of ``f^{1/3}``."""
     r = math.sqrt(dim)
     t = torch.linspace(-r, r, points + 1, dtype=torch.float64)
     a = 0.5 * (dim - 3)
@@ -228,7 +235,9 @@ def _sphere_grid(dim: int, points: int = 1 << 17) -> tuple[Tensor, Tensor, Tenso
     tf = t * f
     M = torch.cat([t.new_zeros(1), torch.cumsum(0.5 * h * (tf[1:] + tf[:-1]), 0)])
     Z = F[-1]
-    return t, F / Z, M / Z
+    c = f ** (1.0 / 3.0)
+    G = torch.cat([t.new_zeros(1), torch.cumsum(0.5 * h * (c[1:] + c[:-1]), 0)])
+    return t, F / Z, M / Z, G / G[-1]
 
 
 def _interp(x: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
@@ -238,7 +247,7 @@ def _interp(x: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
     return ys[i - 1] + w * (ys[i] - ys[i - 1])
 
 
-def lloyd_max_sphere(bits: int, dim: int, *, iters: int = 2000, tol: float = 1e-13) -> LloydMaxQuantizer:
+def lloyd_max_sphere(bits: int, dim: int, *, iters: int = 2000, tol: float = 1e-11) -> LloydMaxQuantizer:
     r"""Lloyd–Max codebook for a coordinate of a uniform unit vector in ``R^dim``, scaled by ``√dim``.
 
     Density ``∝ (1 − t²/d)^{(d−3)/2}`` on ``(−√d, √d)`` (the Beta marginal of TurboQuant, arXiv 2504.19874),
@@ -256,10 +265,16 @@ def lloyd_max_sphere(bits: int, dim: int, *, iters: int = 2000, tol: float = 1e-
     iters = _check_iters(iters, "lloyd_max_sphere")
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 3:
         raise ValueError(f"lloyd_max_sphere: dim must be an int >= 3, got {dim!r}")
-    t, F, M = _sphere_grid(dim)
+    return LloydMaxQuantizer(_sphere_levels(bits, dim, iters, float(tol)).clone())
+
+
+@lru_cache(maxsize=64)
+def _sphere_levels(bits: int, dim: int, iters: int, tol: float) -> Tensor:
+    t, F, M, G = _sphere_grid(dim)
     r = math.sqrt(dim)
-    levels = lloyd_max_gaussian(bits).levels.clamp(-0.95 * r, 0.95 * r)
-    levels = _dedupe(torch.sort(levels)[0])
+    # Panter–Dite start: quantiles of the normalized f^{1/3} (the high-resolution optimum); results are memoized
+    L = 1 << bits
+    levels = _dedupe(_interp((torch.arange(L, dtype=torch.float64) + 0.5) / L, G, t))
     lo = torch.tensor([-r], dtype=torch.float64)
     hi = torch.tensor([r], dtype=torch.float64)
     for _ in range(iters):
@@ -272,4 +287,4 @@ def lloyd_max_sphere(bits: int, dim: int, *, iters: int = 2000, tol: float = 1e-
         levels = new
         if done:
             break
-    return LloydMaxQuantizer(levels)
+    return levels
