@@ -45,6 +45,7 @@ def check_orthogonal_fp64(rot: Rotation, tol: float = 1e-6) -> None:
     assert q.shape == (rot.n, rot.n), f"{rot!r}: matrix shape {tuple(q.shape)}"
     err = float((q.T @ q - torch.eye(rot.n, dtype=F64)).abs().max())
     assert err <= tol, f"{rot!r}: not orthogonal, max|QᵀQ - I| = {err:.3g}"
+    assert abs(rot.orthogonality_error() - err) <= 1e-15, f"{rot!r}: orthogonality_error() disagrees"
 
 
 def check_deterministic(registry: Registry[Any], name: str, n: int) -> None:
