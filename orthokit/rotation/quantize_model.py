@@ -298,7 +298,8 @@ def _sequential_gptq(
     rsq: bool,
     rsq_range: tuple[float, float],
     gptq_kw: dict[str, Any],
-) -> None:
+) -> list[str]:
+    """GPTQ/RSQ every target called by a forward pass, group by group; returns the targets never called."""
     from orthokit.rotation.attention import attention_modules
 
     groups, counts = _discover_groups(model, targets, batches[0])
@@ -330,6 +331,8 @@ def _sequential_gptq(
         for n in group:
             lin = targets[n]
             lin.weight.data = gptq_quantize(lin.weight.data, accs[n].hessian, **gptq_kw)
+    called = {n for g in groups for n in g}
+    return [n for n in targets if n not in called]
 
 
 def _act_hook(bits: int, sym: bool, clip_ratio: float) -> Callable[..., tuple[Any, ...]]:
@@ -494,7 +497,7 @@ def quantize_model(
                 gptq_kw = dict(bits=w_bits, group_size=group_size, sym=sym, block_size=block_size, percdamp=percdamp,
                                act_order=act_order, static_groups=static_groups, clip=w_clip)  # fmt: skip
                 with torch.no_grad():
-                    _sequential_gptq(
+                    uncalled = _sequential_gptq(
                         work,
                         targets,
                         batches,
@@ -502,6 +505,12 @@ def quantize_model(
                         rsq_range=(rsq_r_min, rsq_r_max),
                         gptq_kw=gptq_kw,
                     )
+                for n in uncalled:  # never reached by the calibration forward: no Hessian, round to nearest
+                    lin = targets[n]
+                    lin.weight.data = quantize_weight(
+                        lin.weight.data, w_bits, group_size=group_size, sym=sym, clip=w_clip
+                    )
+                report.config["rtn_fallback"] = uncalled
             for n, lin in targets.items():
                 ref = originals[n] if n in originals else _original_weight(model, n)
                 denom = float(ref.double().norm())

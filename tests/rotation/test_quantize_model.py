@@ -317,3 +317,23 @@ def test_after_rotate_model_quantizes_inner_linears_and_rotated_kv() -> None:
     assert attn._orthokit_qk_rotation is not None and attn._orthokit_kv_quant is not None
     err = float((q(ids).logits - fp).norm() / fp.norm())
     assert 0 < err < 0.05, err
+
+
+class _TwoBranch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.used, self.unused = nn.Linear(12, 6), nn.Linear(12, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.used(x)
+
+
+def test_gptq_on_any_module_with_rtn_fallback_for_uncalled_linears() -> None:
+    torch.manual_seed(0)
+    m = _TwoBranch()
+    x = torch.randn(64, 12) @ torch.randn(12, 12)
+    q, rep = quantize_model(m, w_bits=3, method="gptq", calib=[{"x": x}], skip=())
+    h = 2.0 / 64 * x.double().T @ x.double()
+    assert torch.allclose(q.used.weight, gptq_mod.gptq_quantize(m.used.weight.data, h, 3), atol=1e-6)
+    assert torch.equal(q.unused.weight.data, quantize_weight(m.unused.weight.data, 3))
+    assert rep.config["rtn_fallback"] == ["unused"]
