@@ -52,6 +52,9 @@ def test_learned_rotation_is_orthogonal_and_apply_is_exact(
     with torch.no_grad():
         ref, out = gqa(ids).logits, rotated(ids).logits
     assert float((out - ref).norm() / ref.norm()) < 1e-4  # independent re-check of the proof
+    if method == "spinquant":  # with the default online sites (R4 before down_proj, R3 on q/k) too
+        _, rep = lr.apply(gqa)
+        assert rep.checked and rep.max_rel_error is not None and rep.max_rel_error < 1e-4 and rep.online
     if method == "ostquant":
         assert lr.scales is not None
         s = torch.cat([v for d in lr.scales.values() for v in d.values()])
