@@ -22,7 +22,7 @@ from tests.rotation._models import DECODERS, tiny_ids, tiny_model
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+    return float((a.detach().double() - b.detach().double()).abs().max() / b.detach().double().abs().max())
 
 
 def _haar(n: int, seed: int) -> torch.Tensor:
