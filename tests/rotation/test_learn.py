@@ -151,7 +151,8 @@ def test_bad_inputs_raise_clear_errors(gqa: torch.nn.Module) -> None:
 
 @pytest.mark.slow
 def test_stories260k_learned_beats_hadamard_init_on_held_out_kl() -> None:
-    """Real model (stories260K), W4A16 RTN: 20 Cayley-SGD steps on the KL to fp32 lower the held-out KL."""
+    """Real model (stories260K), W16A4 (per-token activations, R4): 20 SpinQuant steps (CE, Cayley SGD) lower the
+    held-out KL to fp32 below the randomized-Hadamard init they start from."""
     import transformers
 
     from orthokit.bench.data import data_dir
@@ -165,11 +166,10 @@ def test_stories260k_learned_beats_hadamard_init_on_held_out_kl() -> None:
                           min_new_tokens=63, top_k=0)  # fmt: skip
     calib, held = seqs[:64], seqs[64:]
     vocab = int(m.config.vocab_size)
-    lr = learn_rotation(m, calib, objective="kl_top", top_k=vocab, w_bits=4, a_bits=16, steps=20, batch_size=16,
-                        lr=0.01)  # fmt: skip
-    qf = QuantizedForward(m, w_bits=4, a_bits=16)
+    lr = learn_rotation(m, calib, objective="ce", w_bits=16, a_bits=4, steps=20, batch_size=16, lr=0.2)
+    qf = QuantizedForward(m, w_bits=16, a_bits=4, r4_seed=lr.meta["r4_seed"])  # the R4 learning used
     init1 = make_rotation("hadamard", 64, seed=0).matrix()
     init2 = make_rotation("hadamard", 8, seed=1).matrix()
     before = quantized_loss(qf, held, init1, init2, top_k=vocab)
     after = quantized_loss(qf, held, lr.r1, lr.r2, top_k=vocab)
-    assert after < before  # measured: 2.453 -> 2.421 nats
+    assert after < before  # measured: 2.042 -> 1.955 nats
