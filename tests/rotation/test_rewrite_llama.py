@@ -363,3 +363,29 @@ def test_deepcopy_of_rotated_model_still_exact() -> None:
     clone = copy.deepcopy(rotated)
     ids = tiny_ids()
     assert _rel(clone(ids).logits, model(ids).logits) < 1e-4
+
+
+@pytest.mark.parametrize("family", ["llama_tied", "bert"])
+def test_failed_proof_inplace_restores_every_object(family: str) -> None:
+    """An impossible tolerance makes the proof fail after a complete in-place rewrite: everything comes back."""
+    model = tiny_model(family)
+    modules = dict(model.named_modules())
+    params = {k: (p, p.detach().clone()) for k, p in model.named_parameters(remove_duplicate=False)}
+    with pytest.raises(ValueError, match="equivalence check failed"):
+        rotate_model(model, "haar", rtol=1e-30, inplace=True)
+    assert dict(model.named_modules()) == modules  # the same module objects at the same paths
+    for k, p in model.named_parameters(remove_duplicate=False):
+        assert p is params[k][0] and torch.equal(p, params[k][1]), k
+    assert model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize(
+    ("family", "model_class", "extra"),
+    [("llama_gqa", "LlamaForSequenceClassification", {"num_labels": 3}), ("bert", "BertForMaskedLM", {})],
+)
+def test_other_head_classes(family: str, model_class: str, extra: dict) -> None:
+    model = tiny_model(family, model_class=model_class, **extra)
+    ids = tiny_ids()
+    ref = model(ids).logits
+    rotated, rep = rotate_model(model, "haar", seed=2)
+    assert rep.max_rel_error < 1e-4 and _rel(rotated(ids).logits, ref) < 1e-4
