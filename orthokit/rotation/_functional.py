@@ -157,6 +157,8 @@ def _check_square(name: str, r: Tensor, n: int) -> None:
         raise TypeError(f"{name}: expected a Tensor, got {type(r).__name__}")
     if r.shape != (n, n):
         raise ValueError(f"{name}: expected shape ({n}, {n}), got {tuple(r.shape)}")
+    if not r.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got {r.dtype}")
 
 
 def rotate_llama_params(
@@ -245,11 +247,11 @@ def rotate_llama_params(
                 raise ValueError(f"{name}: layer index {i!r} out of range [0, {dims.n_layers})")
             _check_vec(f"{name}[{i}]", s, n)
 
-    dt = r1.dtype
+    dt, dev = r1.dtype, r1.device
     out = dict(params)
 
     def get(key: str) -> Tensor:
-        return params[key].to(dt)
+        return params[key].to(device=dev, dtype=dt)
 
     def read(key: str, s: Tensor | None) -> None:  # W ← W Q diag(1/s)
         w = get(key) @ r1
@@ -262,7 +264,7 @@ def rotate_llama_params(
 
     def gain(norm_key: str, s: Tensor | None) -> None:
         if s is not None:
-            out[f"{p}{norm_key}.weight"] = get(f"{p}{norm_key}.weight") * s.to(dt)
+            out[f"{p}{norm_key}.weight"] = get(f"{p}{norm_key}.weight") * s.to(device=dev, dtype=dt)
 
     out[embed_key] = get(embed_key) @ r1
     hd, nkv = dims.head_dim, dims.n_kv_heads
@@ -273,16 +275,22 @@ def rotate_llama_params(
         gain(f"layers.{i}.input_layernorm", s_in)
         gain(f"layers.{i}.post_attention_layernorm", s_post)
         for name in ("q_proj", "k_proj", "v_proj"):
-            read(_find(params, f"{lp}self_attn.{name}.weight"), None if s_in is None else s_in.to(dt))
+            read(
+                _find(params, f"{lp}self_attn.{name}.weight"),
+                None if s_in is None else s_in.to(device=dev, dtype=dt),
+            )
         for name in ("gate_proj", "up_proj"):
-            read(_find(params, f"{lp}mlp.{name}.weight"), None if s_post is None else s_post.to(dt))
+            read(
+                _find(params, f"{lp}mlp.{name}.weight"),
+                None if s_post is None else s_post.to(device=dev, dtype=dt),
+            )
 
         # value heads: R2 on the output side of v_proj, then the ov scale
         v_key = f"{lp}self_attn.v_proj"
         s_ov = ov_scales.get(i)
-        s_ov = None if s_ov is None else s_ov.to(dt)
+        s_ov = None if s_ov is None else s_ov.to(device=dev, dtype=dt)
         if r2 is not None or s_ov is not None:
-            wv = out[f"{v_key}.weight"].to(dt)
+            wv = out[f"{v_key}.weight"].to(device=dev, dtype=dt)
             if r2 is not None:
                 wv = torch.einsum("ji,gjk->gik", r2, wv.reshape(nkv, hd, -1)).reshape(nkv * hd, -1)
             if s_ov is not None:
@@ -312,7 +320,7 @@ def rotate_llama_params(
         )
         wd = get(_find(params, f"{d_key}.weight"))
         if s_ffn is not None:
-            s_ffn = s_ffn.to(dt)
+            s_ffn = s_ffn.to(device=dev, dtype=dt)
             up = f"{lp}mlp.up_proj"
             out[f"{up}.weight"] = out[f"{up}.weight"] * s_ffn[:, None]
             if f"{up}.bias" in params:
@@ -323,5 +331,5 @@ def rotate_llama_params(
     s_norm = norm_scales.get("norm")
     gain("norm", s_norm)
     if head_key is not None:
-        read(head_key, None if s_norm is None else s_norm.to(dt))
+        read(head_key, None if s_norm is None else s_norm.to(device=dev, dtype=dt))
     return out
