@@ -68,7 +68,7 @@ DENSE_MAX = 4096
 EXTRA_FULL = (64, 128, 768, 2560, 6144)
 EXTRA_QUICK = (128, 768)
 #: rows and interleaved rounds of the full and the quick run.
-FULL_BATCH, FULL_ROUNDS = 4096, 5
+FULL_BATCH, FULL_ROUNDS = 4096, 3
 QUICK_BATCH, QUICK_ROUNDS = 256, 3
 
 
@@ -110,6 +110,7 @@ def time_sizes(
     threads: int,
     dense_max: int = DENSE_MAX,
     with_pkg: bool = True,
+    verbose: bool = False,
 ) -> list[dict[str, Any]]:
     """Time every method on a float32 ``[batch, d]`` input per ``d`` with ``threads`` torch threads.
 
@@ -143,6 +144,10 @@ def time_sizes(
                 }
             )
             del x, fns
+            if verbose:
+                print(
+                    f"[rotation_speed] d={d}, {threads} thread(s): {out[-1]['fastest']} fastest", flush=True
+                )
     finally:
         torch.set_num_threads(old)
     return out
@@ -206,6 +211,62 @@ def _verdict(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _write(
+    paths: list[Any],
+    quick: bool,
+    pkg_version: str,
+    rows: list[dict[str, Any]],
+    extra_rows: list[dict[str, Any]],
+    corr: list[dict[str, Any]],
+    thread_counts: list[int],
+) -> str:
+    verdict = _verdict(rows)
+    corr_names = [OURS, "orthokit kron", "orthokit fwht", DENSE, PKG]
+    corr_table = md_table(
+        ["d"] + [f"{n} max abs err" for n in corr_names],
+        [
+            [c["d"]] + [f"{c['max_abs_err'][n]:.1e}" if n in c["max_abs_err"] else "–" for n in corr_names]
+            for c in corr
+        ],
+    )
+    done = sorted({r["threads"] for r in rows})
+    md = "\n\n".join(
+        [
+            "# Hadamard transform speed (fp32, CPU)",
+            f"Machine: {machine_line()}",
+            f"`hadamard-transform` package: {pkg_version}. Median wall time per call, interleaved rounds; "
+            "(×auto) = ratio of medians to `orthokit auto` in the same run; `auto →` = the dispatch's choice. "
+            f"Thread counts measured: {done} of {thread_counts}.",
+            _table(rows, pkg_version),
+            "## Goal: fastest of the three (ours, dense, hadamard-transform) for d ≥ 1024\n\n"
+            + "\n".join(f"- {v}" for v in verdict),
+            "## Small sizes (fixed-rule crossover) and Paley orders c·2^b (no package supports these)",
+            _table(extra_rows, "n/a"),
+            "## Correctness: max abs difference to float64 `x @ hadamard_matrix(d)` (64 rows, fp32 input)",
+            corr_table,
+            "Regenerate: `OMP_NUM_THREADS=2 python benchmarks/rotation_speed.py --out benchmarks/results`.",
+        ]
+    )
+    payload = {
+        "machine": machine_info(),
+        "machine_line": machine_line(),
+        "package": pkg_version,
+        "quick": quick,
+        "threads_done": done,
+        "rows": rows,
+        "extra_rows": extra_rows,
+        "correctness": corr,
+        "verdict": verdict,
+        "dispatch": [
+            {"key": [str(k) for k in d.key], "choice": d.choice, "times_ms": d.times_ms, "reason": d.reason}
+            for d in dispatch.dispatch_decisions()
+        ],
+    }
+    atomic_write_text(paths[0], md + "\n")
+    atomic_write_json(paths[1], payload)
+    return md
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; returns 0. ``--quick``: d ≤ 2048, batch 256, 3 rounds."""
     ap = argparse.ArgumentParser(prog="rotation_speed", description=__doc__.splitlines()[0])
@@ -221,55 +282,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(machine_line(), flush=True)
     rows: list[dict[str, Any]] = []
     extra_rows: list[dict[str, Any]] = []
-    for t in thread_counts:
-        dispatch.clear_cache()
-        rows += time_sizes(sizes, batch, rounds, t)
-        extra_rows += time_sizes(extra, batch, rounds, t, dense_max=8192, with_pkg=False)
-        print(f"[rotation_speed] {t} thread(s) done", flush=True)
     corr = correctness(list(sizes) + [d for d in extra if d not in sizes])
     stem = result_stem("rotation_speed", args.quick)
-    verdict = _verdict(rows)
-    corr_names = [OURS, "orthokit kron", "orthokit fwht", DENSE, PKG]
-    corr_table = md_table(
-        ["d"] + [f"{n} max abs err" for n in corr_names],
-        [
-            [c["d"]] + [f"{c['max_abs_err'][n]:.1e}" if n in c["max_abs_err"] else "–" for n in corr_names]
-            for c in corr
-        ],
-    )
-    md = "\n\n".join(
-        [
-            "# Hadamard transform speed (fp32, CPU)",
-            f"Machine: {machine_line()}",
-            f"`hadamard-transform` package: {pkg_version}. Median wall time per call, interleaved rounds; "
-            "(×auto) = ratio of medians to `orthokit auto` in the same run; `auto →` = the dispatch's choice.",
-            _table(rows, pkg_version),
-            "## Goal: fastest of the three (ours, dense, hadamard-transform) for d ≥ 1024\n\n"
-            + "\n".join(f"- {v}" for v in verdict),
-            "## Small sizes (fixed-rule crossover) and Paley orders c·2^b (no package supports these)",
-            _table(extra_rows, "n/a"),
-            "## Correctness: max abs difference to float64 `x @ hadamard_matrix(d)` (64 rows, fp32 input)",
-            corr_table,
-            "Regenerate: `OMP_NUM_THREADS=2 python benchmarks/rotation_speed.py --out benchmarks/results`.",
-        ]
-    )
-    payload = {
-        "machine": machine_info(),
-        "machine_line": machine_line(),
-        "package": pkg_version,
-        "quick": args.quick,
-        "rows": rows,
-        "extra_rows": extra_rows,
-        "correctness": corr,
-        "verdict": verdict,
-        "dispatch": [
-            {"key": [str(k) for k in d.key], "choice": d.choice, "times_ms": d.times_ms, "reason": d.reason}
-            for d in dispatch.dispatch_decisions()
-        ],
-    }
     paths = [out / f"{stem}.md", out / f"{stem}.json"]
-    atomic_write_text(paths[0], md + "\n")
-    atomic_write_json(paths[1], payload)
+    # results are (re)written after each thread count: a long run keeps what it measured
+    for t in thread_counts:
+        dispatch.clear_cache()
+        rows += time_sizes(sizes, batch, rounds, t, verbose=True)
+        extra_rows += time_sizes(extra, batch, rounds, t, dense_max=8192, with_pkg=False, verbose=True)
+        print(f"[rotation_speed] {t} thread(s) done", flush=True)
+        md = _write(paths, args.quick, pkg_version, rows, extra_rows, corr, thread_counts)
     print(md, flush=True)
     announce(paths, "rotation_speed")
     return 0
