@@ -56,6 +56,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from orthokit.bench.report import Section
 from orthokit.bench.rotation_exact import TOL, load_stories, max_rel_change, sample_sequences
 
 __all__ = [
@@ -830,6 +831,56 @@ def headline(res: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def reading(res: dict[str, Any]) -> list[str]:
+    """Plain-language observations derived from the rows (no hard-coded numbers)."""
+    rows, out = res["rows"], []
+
+    def dmg(model: str, conf: str, rot: str, method: str = "rtn") -> float:
+        r = _row(rows, model, conf, method, rot)
+        return r["mean"]["damage"] if r is not None and "damage" in r.get("mean", {}) else math.nan
+
+    for model in sorted({r["model"] for r in rows}):
+        w4, w4a8, w4a4 = dmg(model, "W4A16", "none"), dmg(model, "W4A8", "none"), dmg(model, "W4A4", "none")
+        if not math.isnan(w4) and not math.isnan(w4a8):
+            out.append(
+                f"{model}: W4A16 damage is {100 * w4 / w4a8:.0f} % of W4A8's — at W4A8 the 4-bit weights dominate "
+                "the damage."
+            )
+        ratios = [dmg(model, c, "hadamard") / dmg(model, c, "none") for c in ("W8A8", "W4A4")]
+        if not any(math.isnan(x) for x in ratios) and not math.isnan(w4a4):
+            out.append(
+                f"{model}: with Hadamard, W8A8 keeps {100 * ratios[0]:.0f} % and W4A4 {100 * ratios[1]:.0f} % of the "
+                "unrotated damage."
+            )
+        kv = [dmg(model, "KV4", r) for r in RANDOM_ROTATIONS]
+        if not any(math.isnan(x) for x in kv) and min(kv) > 0:
+            out.append(
+                f"{model}: KV4 damage differs by {100 * (max(kv) / min(kv) - 1):.2f} % across hadamard/haar/two-block: "
+                "K and V are rotated per head (R3 on Q/K, R2 on V), which rotate_model draws as Hadamard whatever the "
+                "R1 family, and R1 itself cancels inside q/k/v_proj."
+            )
+    fps = {
+        x["fingerprint"]
+        for x in res.get("rotated", [])
+        if x.get("model") == "stories260K" and "fingerprint" in x
+    }
+    if any(fp.startswith("R1=haar") for fp in fps):
+        out.append(
+            "On stories260K the haar / two-block rows differ from hadamard only in R1 (the residual stream); R2 (per "
+            "V/O head), R3 (Q/K) and R4 (before down_proj) are per-head / online Hadamards in every row, as in "
+            "QuaRot. On MiniLM every online input rotation uses the row's family (R2 stays Hadamard)."
+        )
+    learn = [x for x in res.get("rotated", []) if "loss_first_last" in x]
+    if learn:
+        gain = statistics.fmean(x["loss_first_last"][0] - x["loss_first_last"][1] for x in learn)
+        out.append(
+            f"Learned rotations: the training loss fell by {gain:+.3f} on average over "
+            f"{res['config']['learn_steps']} CPU steps — too few to move far from the Hadamard start; read these rows "
+            "as a lower bound on learning, not as the papers' result."
+        )
+    return out
+
+
 def _fmt(m: float, s: float, digits: int = 4) -> str:
     if math.isnan(m):
         return "—"
@@ -867,6 +918,9 @@ def markdown(res: dict[str, Any], level: int = 1) -> str:
         "Damage: stories260K mean KL(fp32 ‖ quant) per token (nats); MiniLM 1 − mean cosine.",
         "",
     ]
+    notes = reading(res)
+    if notes:
+        L += [f"{h}# Reading the numbers", "", *(f"* {n}" for n in notes), ""]
     L += [f"{h}# Goals", ""]
     gt = []
     for g in res["goals"]:
@@ -1014,10 +1068,8 @@ def _plot(res: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def demo(out_dir: Path) -> Any:
+def demo(out_dir: Path) -> Section:
     """``make demo`` section (quick run): share of W4A4 damage removed by a Hadamard rotation on stories260K."""
-    from orthokit.bench.report import Section
-
     res = run(out_dir, quick=True, log=lambda _s: None)
     e = next((x for x in res["headline"] if x["config"] == "W4A4"), None)
     had = e.get("hadamard") if e else None
