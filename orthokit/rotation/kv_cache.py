@@ -409,16 +409,16 @@ class RotatedQuantizedLayer(DynamicLayer):
         """Append the new states (quantizing whatever leaves the window); return all keys and values."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        self.cumulative_length += key_states.shape[-2]
         wk = torch.cat([self.keys, key_states], dim=-2)
         wv = torch.cat([self.values, value_states], dim=-2)
         spill = wk.shape[-2] - self.residual_length
-        if spill > 0:
+        if spill > 0:  # encode first: a failure (e.g. fp16 norm overflow) leaves the cache untouched
             enc = self._encode(wk[..., :spill, :], wv[..., :spill, :])
             self.store = {
                 n: torch.cat([self.store[n], t], dim=2) if n in self.store else t for n, t in enc.items()
             }
             wk, wv = wk[..., spill:, :], wv[..., spill:, :]
+        self.cumulative_length += key_states.shape[-2]
         self.keys, self.values = wk, wv
         kq, vq = self._decode()
         return torch.cat([kq.to(self.dtype), wk], dim=-2), torch.cat([vq.to(self.dtype), wv], dim=-2)
@@ -483,6 +483,10 @@ class RotatedQuantizedLayer(DynamicLayer):
         out: dict[str, Tensor] = {}
         if self.normalize:
             n = x.norm(dim=-1)
+            if bool((n > 65504.0).any()):
+                raise ValueError(
+                    f"RotatedQuantizedCache: a {tag.upper()} norm exceeds the fp16 range used to store it"
+                )
             out[f"{tag}_norm"] = n.to(torch.float16)
             x = _normalized(x, True)
         thr = self._p[f"thr_{tag}"]

@@ -161,6 +161,20 @@ def test_residual_window_keeps_recent_tokens_exact() -> None:
     assert not torch.allclose(kh[:, :, :6], k[:, :, :6], atol=1e-3)
 
 
+def test_norm_overflow_raises_and_leaves_layer_untouched() -> None:
+    cal = KVCalibration.data_free(tiny_model("llama_gqa").config, bits=3)
+    layer = RotatedQuantizedLayer(
+        cal, 0, correction="sign", correct_values=False, residual_length=0, qjl_matrix=None
+    )
+    k = torch.randn(1, 2, 3, 16, generator=torch.Generator().manual_seed(0))
+    layer.update(k, k.clone())
+    before = {n: t.clone() for n, t in layer.store.items()}
+    with pytest.raises(ValueError, match="fp16 range"):
+        layer.update(k[:, :, :1] * 1e5, k[:, :, :1])
+    assert layer.get_seq_length() == 3
+    assert all(torch.equal(before[n], layer.store[n]) for n in before) and set(before) == set(layer.store)
+
+
 def _layer_error(
     correction: str | None, cal: KVCalibration, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
