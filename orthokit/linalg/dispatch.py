@@ -389,9 +389,11 @@ def choose_batch_mode(
 
 # ------------------------------------------------------------------------------------------ hadamard
 #: fixed rule of :func:`choose_hadamard_method`: dense ``x @ H`` on CPU up to this size, the Kronecker-blocked
-#: GEMMs ("kron") above. Measured on the 2-core dev VM (AMD EPYC, AVX2, torch 2.13, fp32, 4096 rows, 1 thread;
-#: benchmarks/results/rotation_speed.md): dense ≈ kron at n = 128, kron 2-3× faster than dense at n = 256 and
-#: 5-15× from n = 1024 on; the butterfly is never the fastest there (2-6× slower than kron).
+#: GEMMs ("kron") above. Measured on the 2-core dev VM (AMD EPYC, AVX2, torch 2.13, fp32, 4096 rows;
+#: benchmarks/results/rotation_speed.md), 1 thread: dense 6.1 ms vs kron 7.9 ms at n = 128, kron 12.5 ms vs
+#: dense 28.1 ms at n = 256, 31 vs 252 ms at 1024, 228 vs 3964 ms at 4096; the butterfly 2.5-3.5× slower than
+#: kron throughout. With 2 threads dense won at n = 256 and 512 (dense 32 vs kron 288 ms, 47 vs 500 ms; noisy shared
+#: host), which the probe picks up; the fixed rule follows the 1-thread crossover.
 HADAMARD_FIXED_DENSE_MAX = 128
 #: the dense path is never probed (nor chosen) above this size: its cached matrix has n² entries.
 HADAMARD_DENSE_MAX_N = 8192

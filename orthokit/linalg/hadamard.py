@@ -217,7 +217,8 @@ def hadamard_matrix(
 #: the "kron" method splits H_{2^b} into Sylvester factors of at most 2**KRON_MAX_LOG2 rows, as equal as possible
 #: (larger first). 64 measured best on the 2-core dev VM (AMD EPYC, AVX2, 1 thread, fp32, 4096 rows; ms):
 #: n=1024 (32,32) 14-24 vs (8,8,16) 20; n=4096 (64,64) 123 vs (16,16,16) 180-250 vs (32,128) 310;
-#: n=16384 (32,32,16) 100-150 vs (128,128) 340 (benchmarks/results/rotation_speed.md has the full comparison).
+#: n=16384 (32,32,16) 100-150 vs (128,128) 340 (one-off prototype timings on a busy host; the method-level
+#: comparison is benchmarks/results/rotation_speed.md).
 KRON_MAX_LOG2 = 6
 #: the "kron" and "fwht" kernels work on row chunks of at most this many entries (bounded temporaries: the
 #: extra memory is O(chunk), the output O(input); also keeps a chunk's intermediates in cache).
