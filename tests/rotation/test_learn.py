@@ -28,9 +28,9 @@ def gqa() -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def learned(gqa: torch.nn.Module) -> dict[str, LearnedRotation]:
-    calib = _calib()
+    calib = _calib(4, 16)
     return {
-        m: learn_rotation(gqa, calib, method=m, w_bits=4, a_bits=4, steps=6, batch_size=8, lr=0.05)
+        m: learn_rotation(gqa, calib, method=m, w_bits=4, a_bits=4, steps=6, batch_size=4, lr=0.05)
         for m in ("spinquant", "ostquant")
     }
 
