@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from torch import nn
 
 from orthokit.rotation import gptq as gptq_mod
-from orthokit.rotation import quantize_model as qm_mod
 from orthokit.rotation.quant import quantize_activation, quantize_weight
 from orthokit.rotation.quantize_model import _discover_groups, quantize_model
 from tests.rotation._models import tiny_ids, tiny_model, tiny_padded_inputs
+
+# the submodule (the package exports the function of the same name)
+qm_mod = importlib.import_module("orthokit.rotation.quantize_model")
 
 
 def _linears(m: nn.Module) -> dict[str, nn.Linear]:
