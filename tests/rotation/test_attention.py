@@ -109,3 +109,49 @@ def test_unsupported_base_implementation_is_refused_untouched() -> None:
 def test_install_refuses_a_model_without_attention() -> None:
     with pytest.raises(ValueError, match="model:"):
         install_attention(torch.nn.Linear(3, 3))
+
+
+def test_kv_quantizer_sees_rotated_keys_and_rotated_query_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Order of the hooks: R3 first, then the KV quantizer (QuaRot/SpinQuant quantize the *rotated* K), and the
+    kernel gets the rotated q. Pass 1 records the unrotated post-RoPE q/k; pass 2 must see ``q Q`` / ``k Q``."""
+    import orthokit.rotation.attention as attn_mod
+
+    model = tiny_model("llama_gqa", attn_implementation="eager")
+    ids = {"input_ids": tiny_ids(1, 6)}
+    install_attention(model)
+    mods = list(attention_modules(model).values())
+    rot = make_rotation("haar", 16, seed=4)
+    quant_k: list[list[torch.Tensor]] = [[], []]
+    kernel_q: list[list[torch.Tensor]] = [[], []]
+    phase = [0]
+    real_base = attn_mod._base_function
+
+    def base_spy(module: torch.nn.Module, impl: str):  # noqa: ANN202
+        fn = real_base(module, impl)
+
+        def wrapped(mod, q, k, v, mask, **kw):  # noqa: ANN001, ANN202
+            kernel_q[phase[0]].append(q.detach().clone())
+            return fn(mod, q, k, v, mask, **kw)
+
+        return wrapped
+
+    def spy(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        quant_k[phase[0]].append(k.detach().clone())
+        return k, v
+
+    monkeypatch.setattr(attn_mod, "_base_function", base_spy)
+    for m in mods:
+        m._orthokit_kv_quant = spy
+    ref = _out(model, ids)
+    phase[0] = 1
+    for m in mods:
+        m._orthokit_qk_rotation = rot
+    got = _out(model, ids)
+    assert _rel(got, ref) < 1e-5  # the spy quantizer is the identity: rotation stays exact
+    q64 = rot.matrix(torch.float64)
+    for layer in range(2):
+        k0, k1 = quant_k[0][layer].double(), quant_k[1][layer].double()
+        q0, q1 = kernel_q[0][layer].double(), kernel_q[1][layer].double()
+        assert float((k1 - k0 @ q64).abs().max()) < 1e-4 * float(k0.abs().max())  # quantizer got rot.apply(K)
+        assert float((q1 - q0 @ q64).abs().max()) < 1e-4 * float(q0.abs().max())  # kernel got rot.apply(Q)
+        assert float((k1 - k0).abs().max()) > 1e-2 * float(k0.abs().max())  # and the rotation is not a no-op
