@@ -321,7 +321,7 @@ def _sequential_gptq(
                         finally:
                             stop.remove()
                     batch_weights[j] = rsq_token_weights(
-                        attention_concentration(probs[0]),
+                        attention_concentration(probs[0], _token_mask(b)),
                         _token_mask(b),
                         r_min=rsq_range[0],
                         r_max=rsq_range[1],

@@ -20,8 +20,9 @@ OriginalAttentionWeighting`` and ``fake_quant/gptq_utils.py::GPTQ.add_batch`` at
 3. **Quantize** with GPTQ on the weighted Hessian ``H = 2/n Σ_t r_t x_t x_tᵀ`` (same weights for every linear of
    the layer, as the released code's ``weighting_apply_module=all``).
 
-Padded positions (``attention_mask == 0``) get weight 0 and are left out of the min–max range (the reference
-runs unpadded sequences of equal length, batch 1; per-sequence normalization here is the same thing batched).
+Padded positions (``attention_mask == 0``) get weight 0, are left out of the min–max range, and as *queries*
+are left out of the sum ``Σ_i`` (the reference runs unpadded sequences of equal length, batch 1; per-sequence
+normalization and query masking make a padded batch give each sequence the weights it gets alone).
 
 Example:
     >>> import torch
@@ -44,19 +45,34 @@ from torch import Tensor, nn
 __all__ = ["attention_concentration", "eager_attention", "rsq_token_weights"]
 
 
-def attention_concentration(probs: Tensor) -> Tensor:
-    """AttnCon scores ``s[b, j] = Σ_heads Σ_queries A[b, h, i, j]`` from attention probabilities (batch, heads, q, k).
+def attention_concentration(probs: Tensor, mask: Tensor | None = None) -> Tensor:
+    """AttnCon scores ``s[b, j] = Σ_heads Σ_{valid queries i} A[b, h, i, j]`` from attention probabilities
+    (batch, heads, q, k).
+
+    ``mask`` (batch, q), the ``attention_mask`` of the batch, leaves padded *queries* out of the sum: a padded
+    query row still attends to the valid keys, and without the mask a sequence's scores would depend on how much
+    padding it got in its batch.
 
     Example:
         >>> import torch
         >>> attention_concentration(torch.full((2, 3, 4, 4), 0.25)).shape
         torch.Size([2, 4])
+        >>> attention_concentration(torch.full((1, 1, 3, 3), 1 / 3), torch.tensor([[1, 1, 0]]))
+        tensor([[0.6667, 0.6667, 0.6667]])
     """
     if not isinstance(probs, Tensor) or not probs.is_floating_point():
         raise TypeError("probs must be a floating-point tensor of attention probabilities")
     if probs.dim() != 4:
         raise ValueError(f"probs must be 4-D (batch, heads, queries, keys), got shape {tuple(probs.shape)}")
-    return probs.detach().float().sum(dim=(1, 2))
+    p = probs.detach().float()
+    if mask is not None:
+        if not isinstance(mask, Tensor) or tuple(mask.shape) != (p.shape[0], p.shape[2]):
+            got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+            raise ValueError(
+                f"mask must be a tensor of shape (batch, queries) = {(p.shape[0], p.shape[2])}, got {got}"
+            )
+        p = p * (mask.to(device=p.device) > 0).to(p.dtype)[:, None, :, None]
+    return p.sum(dim=(1, 2))
 
 
 def rsq_token_weights(

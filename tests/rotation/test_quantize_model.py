@@ -236,6 +236,30 @@ def test_rsq_layer0_hessian_uses_attention_concentration(monkeypatch: pytest.Mon
     assert not torch.allclose(seen[0], plain, rtol=1e-2, atol=1e-2)  # the weighting matters
 
 
+def test_rsq_padding_does_not_change_a_sequences_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """quantize_model passes the attention mask to AttnCon: a sequence alone and right-padded in a batch gets the
+    same layer-1 token weights (layer 0 skipped, so layer 1 sees the same fp32 input in both calls)."""
+    m = tiny_model("llama")
+    a, b = tiny_ids(1, 8, seed=3), tiny_ids(1, 16, seed=4)
+    ids = torch.cat([torch.cat([a, torch.zeros(1, 8, dtype=torch.long)], 1), b])
+    mask = torch.ones_like(ids)
+    mask[0, 8:] = 0
+    seen: list[torch.Tensor] = []
+    orig = qm_mod.rsq_token_weights
+
+    def rec(s, mk=None, **kw):
+        seen.append(orig(s, mk, **kw))
+        return seen[-1]
+
+    monkeypatch.setattr(qm_mod, "rsq_token_weights", rec)
+    kw = dict(w_bits=4, method="rsq", skip=("lm_head", "model.layers.0"))
+    quantize_model(m, calib=[{"input_ids": a}], **kw)
+    quantize_model(m, calib=[{"input_ids": ids, "attention_mask": mask}], **kw)
+    alone, padded = seen[0], seen[1]
+    assert alone.shape == (1, 8) and padded.shape == (2, 16)
+    assert torch.allclose(padded[0, :8], alone[0], atol=1e-5)
+
+
 def test_online_rotated_inner_linear_is_quantized() -> None:
     from orthokit.rotation.online import wrap_linear
     from orthokit.rotation.registry import make_rotation

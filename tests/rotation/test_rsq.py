@@ -86,3 +86,46 @@ def test_eager_probe_with_orthokit_attention_installed() -> None:
     assert torch.allclose(probs[0].sum(-1), torch.ones(2, 4, 7), atol=1e-5)  # rows are probabilities
     assert bool((probs[0].triu(1) == 0).all())  # causal
     assert attn._orthokit_base_impl == base and m.config._attn_implementation == "orthokit"
+
+
+def test_concentration_masks_padded_queries() -> None:
+    p = _causal_probs(2, 3, 6, seed=3)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    got = attention_concentration(p, mask)
+    ref = [
+        [sum(float(p[i, m, q, j]) for m in range(3) for q in range(6) if mask[i, q]) for j in range(6)]
+        for i in range(2)
+    ]
+    assert torch.allclose(got.double(), torch.tensor(ref, dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(got[0], attention_concentration(p)[0])  # an unpadded row is unchanged
+    with pytest.raises(ValueError, match="mask"):
+        attention_concentration(p, torch.ones(2, 5))
+
+
+def test_padding_does_not_change_a_sequences_weights() -> None:
+    """The same 8 tokens alone, and right-padded to 16 in a batch with another sequence, get the same RSQ weights
+    (layer 1 of a tiny Llama; without the query mask the padded queries' mass moves them by up to ~0.8)."""
+    from orthokit.rotation.quantize_model import _raise_stop, _run
+    from tests.rotation._models import tiny_ids, tiny_model
+
+    m = tiny_model("llama")
+    attn = m.model.layers[1].self_attn
+    a, b = tiny_ids(1, 8, seed=3), tiny_ids(1, 16, seed=4)
+
+    def weights(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with eager_attention(m, attn) as probs:
+            h = attn.register_forward_hook(_raise_stop)
+            try:
+                _run(m, batch)
+            finally:
+                h.remove()
+        mask = batch.get("attention_mask")
+        return rsq_token_weights(attention_concentration(probs[0], mask), mask)
+
+    alone = weights({"input_ids": a})[0]
+    ids = torch.cat([torch.cat([a, torch.zeros(1, 8, dtype=torch.long)], 1), b])
+    mask = torch.ones_like(ids)
+    mask[0, 8:] = 0
+    padded = weights({"input_ids": ids, "attention_mask": mask})
+    assert torch.allclose(padded[0, :8], alone, atol=1e-5)
+    assert bool((padded[0, 8:] == 0).all())
