@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 
 import pytest
@@ -89,15 +90,31 @@ def test_kv_spy_sees_per_head_grids(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def spy(k, v, bits, **kw):
         kq, vq = orig(k, v, bits, **kw)
-        seen.append((k.shape, kq))
+        seen.append((k.shape, kq, v.shape, vq))
         return kq, vq
 
     monkeypatch.setattr(qm_mod, "quantize_kv", spy)
     q(tiny_ids(1, 6))
-    shape, kq = seen[0]
-    assert shape == (1, 2, 6, 16)  # (batch, kv heads, seq, head_dim)
-    per_vec = kq.reshape(-1, 16)
-    assert max(int(r.unique().numel()) for r in per_vec) <= 4
+    kshape, kq, vshape, vq = seen[0]
+    assert kshape == vshape == (1, 2, 6, 16)  # (batch, kv heads, seq, head_dim)
+    for t in (kq, vq):
+        assert max(int(r.unique().numel()) for r in t.reshape(-1, 16)) <= 4
+
+
+def test_kv_quantizer_output_v_reaches_attention(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The quantized V (not the original) is what attention uses: a quantizer that maps V to 0 zeroes the input
+    of o_proj (no bias), and KVQuantizer returns quantize_kv's values for both K and V."""
+    k, v = torch.randn(1, 2, 5, 16), torch.randn(1, 2, 5, 16)
+    kq, vq = qm_mod.KVQuantizer(3)(k, v)
+    rk, rv = qm_mod.quantize_kv(k, v, 3)
+    assert torch.equal(kq, rk) and torch.equal(vq, rv) and not torch.equal(vq, v)
+    m = tiny_model("llama_gqa")
+    q, _ = quantize_model(m, kv_bits=4)
+    monkeypatch.setattr(qm_mod, "quantize_kv", lambda k, v, bits, **kw: (k, torch.zeros_like(v)))
+    seen = {}
+    q.model.layers[0].self_attn.o_proj.register_forward_pre_hook(lambda _m, a: seen.setdefault("x", a[0]))
+    q(tiny_ids(1, 6))
+    assert seen["x"].abs().max() == 0
 
 
 def test_group_discovery_order() -> None:
@@ -214,13 +231,26 @@ def test_rsq_equals_gptq_when_weights_are_flat() -> None:
     assert rep.config["rsq_r_min"] == 1.0 and b.config._attn_implementation == "sdpa"
 
 
-def test_rsq_layer0_hessian_uses_attention_concentration(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("layer", [0, 1])
+def test_rsq_hessian_uses_own_layers_attention_concentration(
+    layer: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Layer ℓ's q_proj Hessian = 2/n Σ r x xᵀ with r from layer ℓ's OWN attention on its current input (earlier
+    layers already quantized, layer ℓ not yet): rebuilt from ``output_attentions`` of the final model with layers
+    ≥ ℓ restored to full precision. Layer 1 catches a mutant that reuses layer 0's attention everywhere."""
     m = tiny_model("llama", attn_implementation="eager")
     ids = tiny_ids(2, 9)
+    seen = _record_hessians(monkeypatch)
+    q, rep = quantize_model(m, w_bits=4, method="rsq", calib=ids, rsq_r_min=0.05)
+    ref_model = copy.deepcopy(q)
+    for n, lin in _linears(ref_model).items():
+        if n.startswith("model.layers.") and int(n.split(".")[2]) >= layer:
+            lin.weight.data = m.get_submodule(n).weight.data.clone()
     x0 = {}
-    h = m.model.layers[0].self_attn.q_proj.register_forward_pre_hook(lambda _m, a: x0.setdefault("x", a[0]))
+    q_proj = ref_model.model.layers[layer].self_attn.q_proj
+    h = q_proj.register_forward_pre_hook(lambda _m, a: x0.setdefault("x", a[0]))
     with torch.no_grad():
-        probs = m(ids, output_attentions=True).attentions[0].double()
+        probs = ref_model(ids, output_attentions=True).attentions[layer].double()
     h.remove()
     s = probs.sum(dim=(1, 2))  # over heads and queries
     r = (s - s.amin(1, keepdim=True)) / (s.amax(1, keepdim=True) - s.amin(1, keepdim=True)) * (
@@ -229,11 +259,10 @@ def test_rsq_layer0_hessian_uses_attention_concentration(monkeypatch: pytest.Mon
     r = r / r.mean(1, keepdim=True)
     x = x0["x"].double().reshape(-1, 64)
     ref = 2.0 / x.shape[0] * (x * r.reshape(-1, 1)).T @ x
-    seen = _record_hessians(monkeypatch)
-    quantize_model(m, w_bits=4, method="rsq", calib=ids, rsq_r_min=0.05)
-    assert torch.allclose(seen[0], ref, rtol=1e-6, atol=1e-6)  # fp32 attention probabilities
+    i = list(rep.weight_rel_error).index(f"model.layers.{layer}.self_attn.q_proj")
+    assert torch.allclose(seen[i], ref, rtol=1e-6, atol=1e-6)  # fp32 attention probabilities
     plain = 2.0 / x.shape[0] * x.T @ x
-    assert not torch.allclose(seen[0], plain, rtol=1e-2, atol=1e-2)  # the weighting matters
+    assert not torch.allclose(seen[i], plain, rtol=1e-2, atol=1e-2)  # the weighting matters
 
 
 def test_rsq_padding_does_not_change_a_sequences_weights(monkeypatch: pytest.MonkeyPatch) -> None:
