@@ -213,7 +213,10 @@ def _r2_rotation(r2: Any, head_dim: int, seed: int) -> Rotation | None:
     if r2 is True:
         return make_rotation("hadamard", head_dim, seed=derive_seed(seed, "R2"))
     if isinstance(r2, (Tensor, Rotation)):
-        return make_rotation(r2, head_dim, seed=derive_seed(seed, "R2"))
+        try:
+            return make_rotation(r2, head_dim, seed=derive_seed(seed, "R2"))
+        except ValueError as exc:
+            raise ValueError(f"r2: {exc} (head_dim={head_dim})") from None
     raise TypeError(
         f"r2: expected True, False, a (head_dim, head_dim) Tensor or a Rotation, got {type(r2).__name__}"
     )

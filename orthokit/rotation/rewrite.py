@@ -15,7 +15,10 @@ over the compared outputs ``o`` (``logits`` when the model has them, else ``last
 ``ValueError`` and leaves the input model untouched. Inputs: ``inputs`` if given (a LongTensor of ids or a dict
 of model kwargs), else two seeded cases — random ids ``2 × 16`` and the same with the second row right-padded
 after 8 tokens. Models in fp16/bf16 are rewritten in their dtype (float64 arithmetic, cast back) and the proof runs
-the same rewrite on a float32 copy (rounding to half precision is not a rewrite error).
+the same rewrite on a float32 copy (rounding to half precision is not a rewrite error); the returned half model
+itself must then hold only finite tensors and give finite outputs on the proof inputs (a cast-back overflow, e.g.
+an fp16 weight pushed past 65504 by the rotation, raises and rolls back). Proof inputs are validated first: ids in
+``[0, vocab)``, an ``attention_mask`` of the ids' shape with at least one 1.
 
 Example:
     >>> import torch
@@ -104,6 +107,23 @@ def default_proof_inputs(
     return [{"input_ids": ids}, {"input_ids": ids.clone(), "attention_mask": mask}]
 
 
+def _check_case(model: nn.Module, case: dict[str, Any]) -> None:
+    """Token ids in ``[0, vocab)``; an attention mask of the ids' shape that selects at least one position."""
+    ids, mask = case.get("input_ids"), case.get("attention_mask")
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if isinstance(ids, Tensor) and ids.numel() and vocab is not None:
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= int(vocab):
+            raise ValueError(f"inputs: token ids must lie in [0, {int(vocab)}), got [{lo}, {hi}]")
+    if isinstance(mask, Tensor):
+        if isinstance(ids, Tensor) and mask.shape != ids.shape:
+            raise ValueError(
+                f"inputs: attention_mask shape {tuple(mask.shape)} != input_ids shape {tuple(ids.shape)}"
+            )
+        if not bool(mask.bool().any()):
+            raise ValueError("inputs: attention_mask is all zeros (no position to compare in the proof)")
+
+
 def _proof_inputs(model: nn.Module, inputs: Any) -> list[dict[str, Any]]:
     if inputs is None:
         return default_proof_inputs(model)
@@ -112,12 +132,16 @@ def _proof_inputs(model: nn.Module, inputs: Any) -> list[dict[str, Any]]:
             raise ValueError(
                 f"inputs: expected a 2-D LongTensor of token ids, got {inputs.dtype} {tuple(inputs.shape)}"
             )
-        return [{"input_ids": inputs}]
-    if isinstance(inputs, dict):
-        return [dict(inputs)]
-    raise TypeError(
-        f"inputs: expected None, a LongTensor of ids or a dict of model kwargs, got {type(inputs).__name__}"
-    )
+        cases = [{"input_ids": inputs}]
+    elif isinstance(inputs, dict):
+        cases = [dict(inputs)]
+    else:
+        raise TypeError(
+            f"inputs: expected None, a LongTensor of ids or a dict of model kwargs, got {type(inputs).__name__}"
+        )
+    for case in cases:
+        _check_case(model, case)
+    return cases
 
 
 def _outputs(model: nn.Module, cases: list[dict[str, Any]]) -> list[list[Tensor]]:
@@ -217,6 +241,24 @@ def _check_finite(model: nn.Module) -> None:
             raise ValueError(f"model: parameter {name} has non-finite values (NaN/inf); refusing to rotate")
 
 
+def _check_returned(model: nn.Module, cases: list[dict[str, Any]], dtype: torch.dtype) -> None:
+    """The model handed back (in its own dtype) must hold finite tensors and, on the proof inputs, give finite
+    outputs: the float32 proof twin cannot see a cast-back overflow (an fp16 weight pushed past 65504)."""
+    for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, t in named:
+            if t.is_floating_point() and not bool(torch.isfinite(t.detach()).all()):
+                raise ValueError(
+                    f"rotate_model: rotated {kind} {name} is not finite after casting back to {dtype} "
+                    "(overflow); rotate a float32 copy instead"
+                )
+    for i, outs in enumerate(_outputs(model, cases)):
+        if not all(bool(torch.isfinite(y).all()) for y in outs):
+            raise ValueError(
+                f"rotate_model: the rotated {dtype} model gives non-finite outputs on proof input {i} "
+                "(overflow); rotate a float32 copy instead"
+            )
+
+
 def _model_dtype(model: nn.Module) -> torch.dtype:
     return next(p.dtype for p in model.parameters() if p.is_floating_point())
 
@@ -275,8 +317,9 @@ def rotate_model(
         ``(rotated_model, report)``.
 
     Raises:
-        TypeError / ValueError: a bad argument, an unsupported model, NaN weights, or a failed proof
-        (``"rotate_model: equivalence check failed: …"``); the input model is unchanged.
+        TypeError / ValueError: a bad argument (e.g. ids outside the vocabulary, an all-zero attention mask), an
+        unsupported model, NaN weights, a failed proof (``"rotate_model: equivalence check failed: …"``) or a
+        non-finite half-precision result; the input model is unchanged.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
@@ -303,6 +346,8 @@ def rotate_model(
     report = RotationReport(family=family)
     try:
         _rewrite(family, target, report, kw)
+        if dtype != torch.float32:
+            _check_returned(target, cases, dtype)
         if check:
             cand = target
             if proof_twin is not None:

@@ -209,6 +209,29 @@ def test_rotate_model_half_precision_runs_proof_in_fp32(dtype: torch.dtype) -> N
     assert _rel(got, ref) < 0.05  # half-precision weight rounding only
 
 
+@pytest.mark.parametrize("inplace", [False, True])
+def test_half_precision_cast_back_overflow_is_refused_and_rolled_back(inplace: bool) -> None:
+    """fp16 embedding row ±9000 (representable) aligned with R1's first column becomes 72000 -> inf on cast-back;
+    the float32 proof twin cannot see it, the check of the returned half model must."""
+    from orthokit.rotation.registry import make_rotation
+
+    model = tiny_model("llama")
+    q = make_rotation("hadamard", 64, seed=0).matrix(torch.float64)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[5] = (72000.0 * q[:, 0]).float()
+    model = model.half()
+    assert bool(torch.isfinite(model.model.embed_tokens.weight).all())
+    before = _state(model)
+    with pytest.raises(
+        ValueError, match="rotate_model: rotated parameter model.embed_tokens.weight is not finite"
+    ):
+        rotate_model(model, "hadamard", seed=0, online=(), inplace=inplace)
+    _assert_unchanged(model, before, "sdpa", tied=False)
+    with pytest.raises(ValueError, match="not finite"):  # also without the proof
+        rotate_model(model, "hadamard", seed=0, online=(), check=False, inplace=inplace)
+    _assert_unchanged(model, before, "sdpa", tied=False)
+
+
 def test_rotate_model_custom_inputs_and_check_false() -> None:
     model = tiny_model("mistral")
     ids = tiny_ids(1, 9, seed=4)
@@ -321,6 +344,13 @@ def test_gemma_style_one_plus_gain_norm_fails_the_probe() -> None:
         ({"scales": {"ffn_scales": {0: -torch.ones(172)}}}, ValueError, "positive"),
         ({"inputs": [1, 2]}, TypeError, "inputs:"),
         ({"inputs": torch.ones(2, 3)}, ValueError, "inputs:"),
+        ({"inputs": torch.tensor([[300, 1]])}, ValueError, r"inputs: token ids must lie in \[0, 256\)"),
+        (
+            {"inputs": {"input_ids": tiny_ids(1, 4), "attention_mask": torch.zeros(1, 4, dtype=torch.long)}},
+            ValueError,
+            "inputs: attention_mask is all zeros",
+        ),
+        ({"r2": torch.eye(8)}, ValueError, r"r2: .*\(16, 16\)"),
     ],
 )
 @pytest.mark.parametrize("inplace", [False, True])
