@@ -26,6 +26,10 @@ What it does, on a deep copy unless ``inplace=True``:
   attention module: K and V are fake-quantized per token and per head (after RoPE and after an online R3
   rotation when :func:`~orthokit.rotation.rotate_model` installed one), asymmetric by default.
 
+A model that still carries an earlier call's activation hooks or KV quantizers is refused (a deep copy would keep
+them where neither report can remove them, and GPTQ would see quantized activations): call the earlier
+:meth:`QuantReport.remove` first. Weights quantized by an earlier call carry no hook and are accepted.
+
 Errors (bad bits/method/group size, GPTQ without ``calib``, non-finite weights, …) are one-line ``ValueError``/
 ``TypeError`` naming the argument, raised before anything changes; a failure during GPTQ restores every weight
 and hook, so the model is left untouched.
@@ -335,12 +339,26 @@ def _sequential_gptq(
     return [n for n in targets if n not in called]
 
 
-def _act_hook(bits: int, sym: bool, clip_ratio: float) -> Callable[..., tuple[Any, ...]]:
-    def pre(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        x = args[0]
-        return (ste(x, quantize_activation(x, bits, sym=sym, clip_ratio=clip_ratio)), *args[1:])
+class _ActQuantHook:
+    """Forward pre-hook: per-token fake quantization of a linear's input (a class, so a leftover one is found)."""
 
-    return pre
+    def __init__(self, bits: int, sym: bool, clip_ratio: float) -> None:
+        self.bits, self.sym, self.clip_ratio = bits, sym, clip_ratio
+
+    def __call__(self, _m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        x = args[0]
+        q = quantize_activation(x, self.bits, sym=self.sym, clip_ratio=self.clip_ratio)
+        return (ste(x, q), *args[1:])
+
+
+def _leftover_quantizer(model: nn.Module) -> str | None:
+    """Name of the first module carrying an activation hook or KV quantizer of an earlier call, else None."""
+    for name, mod in model.named_modules():
+        if "_orthokit_kv_quant" in mod.__dict__:
+            return f"{name or type(model).__name__} (KV quantizer)"
+        if any(isinstance(h, _ActQuantHook) for h in mod._forward_pre_hooks.values()):
+            return f"{name or type(model).__name__} (activation quantizer)"
+    return None
 
 
 def quantize_model(
@@ -413,6 +431,12 @@ def quantize_model(
     if not (0.0 <= rsq_r_min <= rsq_r_max and rsq_r_max > 0):
         raise ValueError(
             f"rsq_r_min/rsq_r_max must satisfy 0 <= rsq_r_min <= rsq_r_max, got {rsq_r_min}, {rsq_r_max}"
+        )
+    leftover = _leftover_quantizer(model)
+    if leftover is not None:
+        raise ValueError(
+            f"model already carries a quantizer from an earlier quantize_model call on {leftover}: call that "
+            "call's QuantReport.remove() first, or quantize the unquantized model"
         )
     needs_calib = method in ("gptq", "rsq") and w_bits < 16
     if needs_calib and calib is None:
@@ -518,7 +542,7 @@ def quantize_model(
                     denom, 1e-300
                 )
         if a_bits < 16:
-            hook = _act_hook(a_bits, a_sym, float(a_clip_ratio))
+            hook = _ActQuantHook(a_bits, a_sym, float(a_clip_ratio))
             for n, lin in targets.items():
                 report._handles.append(lin.register_forward_pre_hook(hook))
                 report.act_quantized.append(n)

@@ -348,6 +348,27 @@ def test_errors_leave_model_untouched(monkeypatch: pytest.MonkeyPatch) -> None:
     assert m.config._attn_implementation == "sdpa"
 
 
+def test_model_with_leftover_quantizers_is_refused() -> None:
+    """A deep copy would keep an earlier call's activation hooks and KV quantizers where no report can remove
+    them: such a model is refused (copy or inplace) until the earlier report's remove()."""
+    m = tiny_model("llama")
+    ids = tiny_ids(2, 10)
+    fp = m(ids).logits
+    q1, r1 = quantize_model(m, a_bits=4, kv_bits=4)
+    for kw in (dict(), dict(inplace=True), dict(w_bits=4, method="gptq", calib=ids)):
+        with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn .*QuantReport\.remove"):
+            quantize_model(q1, **kw)
+    qa, ra = quantize_model(m, a_bits=4)  # activation hooks alone are found too
+    with pytest.raises(ValueError, match="activation quantizer"):
+        quantize_model(qa)
+    r1.remove()
+    q2, r2 = quantize_model(q1, w_bits=16)
+    assert torch.allclose(q2(ids).logits, fp, atol=1e-5)  # nothing left on the copy
+    w4, _ = quantize_model(m, w_bits=4)  # quantized weights carry no hook: accepted
+    w4a8, r3 = quantize_model(w4, a_bits=8)
+    assert r3.act_quantized
+
+
 def test_inplace_and_summary() -> None:
     m = tiny_model("llama_tied")
     ids = tiny_ids(2, 8)
