@@ -19,6 +19,7 @@ from orthokit.dictionary import DICT_LEARNERS
 from orthokit.merge.registry import MERGE_METHODS
 from orthokit.optim import OPTIMIZERS
 from orthokit.projection import PROJECTIONS
+from orthokit.rotation import ROTATIONS
 from orthokit.steer import STEERERS
 from orthokit.vsa import BINDERS
 
@@ -37,6 +38,7 @@ SECTIONS = {
     "orthokit.diagnostics": DIAGNOSTICS,
     "orthokit.vsa": BINDERS,
     "orthokit.dictionary": DICT_LEARNERS,
+    "orthokit.rotation": ROTATIONS,
 }
 
 # first cell of a table row: [`name`](relative/path.md#anchor)
