@@ -101,8 +101,11 @@ def _resolve_rotation_class(path: str, current: object) -> type:
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"state_dict: rotation class {path!r} cannot be found ({exc})") from None
-    if not isinstance(obj, type) or not hasattr(obj, "from_state_dict"):
-        raise ValueError(f"state_dict: {path!r} is not a Rotation class with from_state_dict")
+    from orthokit.rotation.base import Rotation
+
+    # checked before anything of the class is called: only Rotation subclasses' from_state_dict may run
+    if not isinstance(obj, type) or not issubclass(obj, Rotation):
+        raise ValueError(f"state_dict: {path!r} is not a Rotation subclass; refusing to use it")
     return obj
 
 
@@ -240,7 +243,10 @@ class OnlineRotatedLinear(nn.Module):
             raise ValueError(
                 "state_dict: OnlineRotatedLinear extra state must be a dict with 'class', 'n', 'rotation'"
             )
-        if int(state["n"]) != self.linear.in_features:
+        n = state["n"]
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise ValueError(f"state_dict: saved rotation size 'n' must be an int, got {n!r}")
+        if n != self.linear.in_features:
             raise ValueError(
                 f"state_dict: saved rotation size {state['n']} does not match in_features "
                 f"{self.linear.in_features}"

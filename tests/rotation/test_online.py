@@ -160,6 +160,30 @@ def test_set_extra_state_rejects_bad_state_and_keeps_rotation() -> None:
     assert mod.rotation is before
 
 
+def test_set_extra_state_checks_rotation_subclass_before_calling_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A non-Rotation ``orthokit`` class is refused before its ``from_state_dict`` runs; a bad ``n`` is named."""
+    from orthokit.rotation import kv_cache
+
+    called: list[object] = []
+    monkeypatch.setattr(
+        kv_cache.KVCalibration, "from_state_dict", classmethod(lambda cls, d: called.append(d))
+    )
+    mod = OnlineRotatedLinear.wrap(_linear(8), make_rotation("hadamard", 8, seed=1))
+    before = mod.rotation
+    good = mod.rotation_state()
+    with pytest.raises(ValueError, match="not a Rotation subclass"):
+        mod.set_extra_state({**good, "class": "orthokit.rotation.kv_cache:KVCalibration"})
+    assert called == []  # never invoked
+    with pytest.raises(ValueError, match="not a Rotation subclass"):
+        mod.set_extra_state({**good, "class": "orthokit.rotation.registry:ROTATIONS"})
+    for bad_n in ("x", 8.0, True, None):
+        with pytest.raises(ValueError, match="size 'n' must be an int"):
+            mod.set_extra_state({**good, "n": bad_n})
+    assert mod.rotation is before
+    mod.set_extra_state(good)  # the genuine state still loads
+    assert mod.rotation.seed == 1
+
+
 def test_repr_names_the_rotation() -> None:
     mod = OnlineRotatedLinear.wrap(_linear(12), make_rotation("hadamard", 12, seed=4))
     assert "rotation=hadamard(n=12, seed=4)" in repr(mod)
