@@ -16,6 +16,7 @@ with any orthogonal ``Q``: ``rms(hQ) = rms(h)``, so ``RMSNorm(hQ) = RMSNorm(h) Q
 ``g`` ``W_g ← Rᵀ W_g`` (``b_g ← b_g R``) and o_proj's columns of query head ``h`` ``W_{:,h} ← W_{:,h} R``. The
 attention mix is linear in ``v`` and acts across tokens, so ``o_h R = softmax(·) (v_g R)``; with grouped-query
 attention query head ``h`` reads kv head ``g = h // (n_heads / n_kv_heads)`` (transformers' ``repeat_kv``).
+``R`` may differ per layer (SpinQuant learns one ``R2`` per layer): each layer's value/output pair is independent.
 
 *OstQuant scalings* (Hu et al., arXiv 2501.13987 §3): diagonal, positive, exact equivalent transforms applied in
 the rotated basis — norm-linear ``γ ← γ s``, reading linears' columns ``÷ s``; up/down ``W_up`` rows ``× s``,
@@ -161,11 +162,40 @@ def _check_square(name: str, r: Tensor, n: int) -> None:
         raise TypeError(f"{name}: expected a floating-point tensor, got {r.dtype}")
 
 
+def _per_layer_r2(
+    r2: Tensor | list[Tensor] | tuple[Tensor, ...] | None, dims: LlamaDims, r1: Tensor
+) -> list[Tensor] | None:
+    """``r2`` as one ``(head_dim, head_dim)`` matrix per layer: a single matrix is shared by every layer; a
+    ``(n_layers, head_dim, head_dim)`` tensor or a list of ``n_layers`` matrices gives one per layer (SpinQuant)."""
+    if r2 is None:
+        return None
+    hd, n = dims.head_dim, dims.n_layers
+    if isinstance(r2, Tensor) and r2.dim() == 3:
+        if r2.shape != (n, hd, hd):
+            raise ValueError(
+                f"r2: per-layer tensor must have shape ({n}, {hd}, {hd}) (n_layers, head_dim, head_dim), "
+                f"got {tuple(r2.shape)}"
+            )
+        mats: list[Any] = list(r2.unbind(0))
+    elif isinstance(r2, (list, tuple)):
+        if len(r2) != n:
+            raise ValueError(f"r2: expected one matrix per layer ({n}), got {len(r2)}")
+        mats = list(r2)
+    else:
+        mats = [r2] * n
+    for i, m in enumerate(mats):
+        name = "r2" if len(mats) == 1 or mats[0] is r2 else f"r2[{i}]"
+        _check_square(name, m, hd)
+        if m.dtype != r1.dtype:
+            raise TypeError(f"{name}: dtype {m.dtype} differs from r1's {r1.dtype}")
+    return mats
+
+
 def rotate_llama_params(
     params: dict[str, Tensor],
     config: Any,
     r1: Tensor,
-    r2: Tensor | None = None,
+    r2: Tensor | list[Tensor] | tuple[Tensor, ...] | None = None,
     *,
     norm_scales: dict[str, Tensor] | None = None,
     ffn_scales: dict[int, Tensor] | None = None,
@@ -181,7 +211,9 @@ def rotate_llama_params(
         r1: ``(hidden, hidden)`` residual rotation R1. Every output tensor is computed in ``r1.dtype`` (use
             float64 for an exact offline rewrite, float32 while learning) — no ``torch.no_grad``: gradients flow
             into ``r1``, ``r2`` and the scales.
-        r2: optional ``(head_dim, head_dim)`` rotation of every value head (v_proj output, o_proj input).
+        r2: optional rotation of the value heads (v_proj output, o_proj input): one ``(head_dim, head_dim)`` matrix
+            shared by every layer, or one per layer (SpinQuant's ``R2`` is per layer) as a
+            ``(n_layers, head_dim, head_dim)`` tensor or a list of ``n_layers`` matrices.
         norm_scales: ``{"layers.{i}.input_layernorm": s, "layers.{i}.post_attention_layernorm": s, "norm": s}``,
             positive, length hidden: norm gain ``× s``, reading linears' columns ``÷ s`` (after R1).
         ffn_scales: ``{i: s}`` length intermediate: up_proj rows ``× s``, down_proj columns ``÷ s``.
@@ -211,10 +243,7 @@ def rotate_llama_params(
     """
     dims = llama_dims(config)
     _check_square("r1", r1, dims.hidden)
-    if r2 is not None:
-        _check_square("r2", r2, dims.head_dim)
-        if r2.dtype != r1.dtype:
-            raise TypeError(f"r2: dtype {r2.dtype} differs from r1's {r1.dtype}")
+    r2_layers = _per_layer_r2(r2, dims, r1)
     embed_key = next((k for k in params if k.endswith("embed_tokens.weight")), None)
     if embed_key is None:
         raise ValueError("params: no '*embed_tokens.weight' (is this a Llama-family state dict?)")
@@ -289,24 +318,25 @@ def rotate_llama_params(
         v_key = f"{lp}self_attn.v_proj"
         s_ov = ov_scales.get(i)
         s_ov = None if s_ov is None else s_ov.to(device=dev, dtype=dt)
-        if r2 is not None or s_ov is not None:
+        r2_i = None if r2_layers is None else r2_layers[i].to(device=dev)
+        if r2_i is not None or s_ov is not None:
             wv = out[f"{v_key}.weight"].to(device=dev, dtype=dt)
-            if r2 is not None:
-                wv = torch.einsum("ji,gjk->gik", r2, wv.reshape(nkv, hd, -1)).reshape(nkv * hd, -1)
+            if r2_i is not None:
+                wv = torch.einsum("ji,gjk->gik", r2_i, wv.reshape(nkv, hd, -1)).reshape(nkv * hd, -1)
             if s_ov is not None:
                 wv = wv * s_ov[:, None]
             out[f"{v_key}.weight"] = wv
             if f"{v_key}.bias" in params:
                 bv = get(f"{v_key}.bias")
-                if r2 is not None:
-                    bv = (bv.reshape(nkv, hd) @ r2).reshape(-1)
+                if r2_i is not None:
+                    bv = (bv.reshape(nkv, hd) @ r2_i).reshape(-1)
                 out[f"{v_key}.bias"] = bv * s_ov if s_ov is not None else bv
 
         # o_proj: R2 then 1/s on the input (columns), R1ᵀ on the output
         o_key = f"{lp}self_attn.o_proj"
         wo = get(_find(params, f"{o_key}.weight"))
-        if r2 is not None:
-            wo = (wo.reshape(-1, dims.n_heads, hd) @ r2).reshape(wo.shape[0], -1)
+        if r2_i is not None:
+            wo = (wo.reshape(-1, dims.n_heads, hd) @ r2_i).reshape(wo.shape[0], -1)
         if s_ov is not None:
             wo = wo / s_ov.reshape(nkv, hd).repeat_interleave(dims.n_rep, dim=0).reshape(-1)
         write(o_key, wo)

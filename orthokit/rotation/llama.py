@@ -6,7 +6,8 @@ Sites (QuaRot arXiv 2404.00456 §4, SpinQuant arXiv 2405.16406 Fig. 1; the math 
 - **R1** (offline, ``hidden × hidden``): every RMSNorm gain folded into its readers, a tied head untied, then the
   residual stream rotated — embeddings, q/k/v, gate/up and the head read ``x Q``; o_proj and down_proj write
   ``y Q``. ``rotation`` and ``seed`` define it.
-- **R2** (offline, ``head_dim × head_dim``): the value heads (v_proj output, o_proj input), GQA-aware.
+- **R2** (offline, ``head_dim × head_dim``): the value heads (v_proj output, o_proj input), GQA-aware; one
+  rotation shared by every layer or one per layer (SpinQuant's learned ``R2`` is per layer).
 - **R4** (online ``"down_proj"``): a randomized Hadamard over the intermediate size on down_proj's input,
   ``down_proj`` becomes an :class:`~orthokit.rotation.online.OnlineRotatedLinear` holding ``W H``. Sizes without
   a Hadamard matrix use H2's block-diagonal fallback (e.g. 172 = 88 ⊕ 84), never zero padding.
@@ -207,18 +208,40 @@ def _check_sites(online: Any) -> tuple[str, ...]:
     return tuple(s for s in LLAMA_SITES if s in online)
 
 
-def _r2_rotation(r2: Any, head_dim: int, seed: int) -> Rotation | None:
+def _one_r2(r2: Any, head_dim: int, seed: int, name: str) -> Rotation:
+    if not isinstance(r2, (Tensor, Rotation)):
+        raise TypeError(
+            f"{name}: expected a (head_dim, head_dim) Tensor or a Rotation, got {type(r2).__name__}"
+        )
+    try:
+        return make_rotation(r2, head_dim, seed=seed)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc} (head_dim={head_dim})") from None
+
+
+def _r2_rotation(r2: Any, dims: LlamaDims, seed: int) -> Rotation | list[Rotation] | None:
+    """``None``, one Rotation shared by every layer, or one per layer (a 3-D tensor or a list/tuple)."""
     if r2 is False or r2 is None:
         return None
+    hd, n = dims.head_dim, dims.n_layers
     if r2 is True:
-        return make_rotation("hadamard", head_dim, seed=derive_seed(seed, "R2"))
+        return make_rotation("hadamard", hd, seed=derive_seed(seed, "R2"))
+    if isinstance(r2, Tensor) and r2.dim() == 3:
+        if r2.shape != (n, hd, hd):
+            raise ValueError(
+                f"r2: per-layer tensor must have shape ({n}, {hd}, {hd}) (n_layers, head_dim, head_dim), "
+                f"got {tuple(r2.shape)}"
+            )
+        r2 = list(r2.unbind(0))
+    if isinstance(r2, (list, tuple)):
+        if len(r2) != n:
+            raise ValueError(f"r2: expected one rotation per layer ({n}), got {len(r2)}")
+        return [_one_r2(r, hd, derive_seed(seed, f"R2.{i}"), f"r2[{i}]") for i, r in enumerate(r2)]
     if isinstance(r2, (Tensor, Rotation)):
-        try:
-            return make_rotation(r2, head_dim, seed=derive_seed(seed, "R2"))
-        except ValueError as exc:
-            raise ValueError(f"r2: {exc} (head_dim={head_dim})") from None
+        return _one_r2(r2, hd, derive_seed(seed, "R2"), "r2")
     raise TypeError(
-        f"r2: expected True, False, a (head_dim, head_dim) Tensor or a Rotation, got {type(r2).__name__}"
+        "r2: expected True, False, a (head_dim, head_dim) or (n_layers, head_dim, head_dim) Tensor, a Rotation "
+        f"or a list of per-layer ones, got {type(r2).__name__}"
     )
 
 
@@ -267,7 +290,7 @@ def rotate_llama(
     *,
     seed: int = 0,
     online: Any = "default",
-    r2: bool | Tensor | Rotation = True,
+    r2: Any = True,
     scales: dict[str, Any] | None = None,
     report: Any = None,
 ) -> None:
@@ -280,7 +303,10 @@ def rotate_llama(
             or a Rotation.
         seed: R1's seed; R2/R3/R4 use ``derive_seed(seed, tag)``.
         online: ``"default"`` (= ``("down_proj", "kv")``), ``()`` or a subset of :data:`LLAMA_SITES`.
-        r2: ``True`` (randomized Hadamard over head_dim), ``False``, a Tensor or a Rotation.
+        r2: ``True`` (one randomized Hadamard over head_dim for every layer), ``False``, a ``(head_dim, head_dim)``
+            Tensor or a Rotation (shared by every layer), or one per layer — SpinQuant learns a separate ``R2``
+            per layer — as a ``(n_layers, head_dim, head_dim)`` Tensor or a list of ``n_layers`` Tensors/Rotations
+            (each validated orthogonal; report keys ``"R2.layers.{i}"``).
         scales: OstQuant scalings ``{"norm_scales", "ffn_scales", "ov_scales"}`` for
             :func:`~orthokit.rotation._functional.rotate_llama_params`.
         report: a :class:`~orthokit.rotation.report.RotationReport` to fill, or ``None``.
@@ -295,9 +321,11 @@ def rotate_llama(
     scale_kw = _check_scales(scales)
     dev = model.get_input_embeddings().weight.device
     r1 = make_rotation(rotation, dims.hidden, seed=seed)
-    r2_rot = _r2_rotation(r2, dims.head_dim, seed)
+    r2_rot = _r2_rotation(r2, dims, seed)
     rotations: dict[str, Rotation] = {"R1": r1}
-    if r2_rot is not None:
+    if isinstance(r2_rot, list):
+        rotations.update({f"R2.layers.{i}": r for i, r in enumerate(r2_rot)})
+    elif r2_rot is not None:
         rotations["R2"] = r2_rot
     skipped: dict[str, str] = {}
     if "down_proj" in sites:
@@ -319,12 +347,14 @@ def rotate_llama(
 
     # compute every new tensor (float64) before touching the model
     fused = _fused_params(model, dims)
+    if r2_rot is None:
+        r2_mat = None
+    elif isinstance(r2_rot, list):
+        r2_mat = torch.stack([r.matrix(dtype=torch.float64, device=dev) for r in r2_rot])
+    else:
+        r2_mat = r2_rot.matrix(dtype=torch.float64, device=dev)
     new = rotate_llama_params(
-        fused,
-        model.config,
-        r1.matrix(dtype=torch.float64, device=dev),
-        None if r2_rot is None else r2_rot.matrix(dtype=torch.float64, device=dev),
-        **scale_kw,
+        fused, model.config, r1.matrix(dtype=torch.float64, device=dev), r2_mat, **scale_kw
     )
 
     # commit

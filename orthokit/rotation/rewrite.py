@@ -288,7 +288,7 @@ def rotate_model(
     *,
     seed: int = 0,
     online: Any = "default",
-    r2: bool | Tensor | Rotation = True,
+    r2: bool | Tensor | Rotation | list[Tensor | Rotation] = True,
     scales: dict[str, Any] | None = None,
     inputs: Tensor | dict[str, Any] | None = None,
     check: bool = True,
@@ -305,8 +305,9 @@ def rotate_model(
             the online input rotations (R1 is impossible on a post-LN encoder, reported as skipped).
         seed: base seed; per-site seeds are derived from it and recorded in the report's rotations.
         online: ``"default"`` — Llama ``("down_proj", "kv")``, BERT ``("linears", "kv")`` — or a tuple / ``()``.
-        r2: per-head value/output rotation: ``True`` (randomized Hadamard over head_dim), ``False``, a Tensor or a
-            Rotation.
+        r2: per-head value/output rotation: ``True`` (randomized Hadamard over head_dim), ``False``, a
+            ``(head_dim, head_dim)`` Tensor or a Rotation shared by every layer; Llama only: one per layer
+            (SpinQuant) as a ``(n_layers, head_dim, head_dim)`` Tensor or a list of ``n_layers`` Tensors/Rotations.
         scales: Llama only, OstQuant scalings ``{"norm_scales", "ffn_scales", "ov_scales"}``.
         inputs: proof inputs (ids or a kwargs dict); default: seeded random ids with and without padding.
         check: run the proof (see the module docstring); ``False`` skips it (``report.checked`` is False).
@@ -333,6 +334,8 @@ def rotate_model(
     family = rewriter_for(model)
     if family == "bert" and scales is not None:
         raise ValueError("scales: OstQuant scalings are only supported for the Llama family")
+    if family == "bert" and (isinstance(r2, (list, tuple)) or (isinstance(r2, Tensor) and r2.dim() == 3)):
+        raise ValueError("r2: per-layer R2 rotations are only supported for the Llama family")
     _check_finite(model)
     cases = _proof_inputs(model, inputs) if check else []
     kw = {"rotation": rotation, "seed": seed, "online": online, "r2": r2, "scales": scales}

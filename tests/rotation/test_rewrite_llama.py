@@ -83,6 +83,53 @@ def test_rotate_llama_params_exact_with_r2_and_all_scales(family: str) -> None:
     assert _rel(model(ids).logits, ref) < 1e-5
 
 
+@pytest.mark.parametrize("as_list", [False, True])
+def test_per_layer_r2_matches_closed_form_and_is_exact_through_rotate_model(as_list: bool) -> None:
+    """SpinQuant's R2 is one matrix PER LAYER: layer i's v_proj rows of kv head g become R2_iᵀ W_g (γ folded)."""
+    from orthokit.rotation.registry import make_rotation
+
+    model = tiny_model("llama_gqa")
+    d = llama_dims(model.config)
+    mats = torch.stack([_haar(d.head_dim, 10 + i) for i in range(d.n_layers)])
+    r2 = [make_rotation(m, d.head_dim) for m in mats] if as_list else mats
+    ids = tiny_ids()
+    ref = model(ids).logits
+    rotated, rep = rotate_model(model, "identity", r2=r2, online=())
+    assert rep.checked and rep.max_rel_error < 1e-5
+    assert sorted(k for k in rep.rotations if k.startswith("R2")) == ["R2.layers.0", "R2.layers.1"]
+    assert _rel(rotated(ids).logits, ref) < 1e-5
+    for i in range(d.n_layers):
+        layer = model.model.layers[i]
+        w = (layer.self_attn.v_proj.weight * layer.input_layernorm.weight).detach().double()
+        want = torch.einsum("ji,gjk->gik", mats[i], w.reshape(d.n_kv_heads, d.head_dim, -1)).reshape(w.shape)
+        got = rotated.model.layers[i].self_attn.v_proj.weight.detach().double()
+        assert float((got - want).abs().max()) < 1e-6, i
+    other = rotated.model.layers[1].self_attn.v_proj.weight.detach().double()
+    layer1 = model.model.layers[1]
+    w1 = (layer1.self_attn.v_proj.weight * layer1.input_layernorm.weight).detach().double()
+    shared = torch.einsum("ji,gjk->gik", mats[0], w1.reshape(d.n_kv_heads, d.head_dim, -1)).reshape(w1.shape)
+    assert float((other - shared).abs().max()) > 1e-2  # layer 1 did not get layer 0's R2
+
+
+@pytest.mark.parametrize(
+    ("r2", "exc", "match"),
+    [
+        (torch.stack([torch.eye(16)] * 3), ValueError, r"r2: per-layer tensor must have shape \(2, 16, 16\)"),
+        ([torch.eye(16)], ValueError, r"r2: expected one rotation per layer \(2\), got 1"),
+        ([torch.eye(16), torch.ones(16, 16)], ValueError, r"r2\[1\]: .*orthogonal"),
+        ([torch.eye(16), "x"], TypeError, r"r2\[1\]: expected"),
+    ],
+)
+def test_per_layer_r2_bad_values_are_named(r2: object, exc: type, match: str) -> None:
+    model = tiny_model("llama_gqa")
+    before = _state(model)
+    with pytest.raises(exc, match=match):
+        rotate_model(model, r2=r2, inplace=True)
+    _assert_unchanged(model, before, "sdpa", tied=False)
+    with pytest.raises(ValueError, match="r2: per-layer"):
+        rotate_model(tiny_model("bert"), r2=torch.stack([torch.eye(16)] * 2))
+
+
 def test_rotate_llama_params_is_not_a_noop_and_matches_closed_form() -> None:
     model = tiny_model("llama_gqa").double()
     fuse_llama_norms(model)
@@ -116,6 +163,14 @@ def test_rotate_llama_params_gradients_flow_into_r1_r2_and_scales() -> None:
     [
         ({"r1": torch.eye(3, dtype=torch.float64)}, "r1: expected shape"),
         ({"r2": torch.eye(5, dtype=torch.float64)}, "r2: expected shape"),
+        (
+            {"r2": torch.eye(16, dtype=torch.float64).expand(3, 16, 16)},
+            r"r2: per-layer tensor must have shape",
+        ),
+        (
+            {"r2": [torch.eye(16, dtype=torch.float64), torch.eye(5, dtype=torch.float64)]},
+            r"r2\[1\]: expected",
+        ),
         ({"norm_scales": {"layers.9.input_layernorm": torch.ones(64)}}, "norm_scales: unknown key"),
         ({"norm_scales": {"norm": -torch.ones(64)}}, "finite and positive"),
         ({"ffn_scales": {0: torch.ones(3)}}, r"ffn_scales\[0\]: expected a tensor of shape"),
