@@ -141,7 +141,14 @@ class KVCalibration:
     Lloyd–Max levels (ascending). ``res_k``/``res_v`` (layers, H): mean ``|u − Q(u)|`` (the sign correction's
     magnitude). ``rotation`` names how ``Π`` was made (``"svd"``, ``"hadamard"``, ``"identity"``) and ``seed`` the
     Hadamard signs' seed; ``lut`` is ``"calibrated"`` or ``"sphere"``; ``normalize`` whether per-token norms are
-    divided out before quantization. ``bits == 16`` means no quantization (rotation round trip only).
+    divided out before quantization. ``bits == 16`` means no quantization (rotation round trip only; the LUTs
+    then hold 256 placeholder levels).
+
+    Every field is validated on construction (also by :meth:`from_state_dict`), so a hostile or corrupt state
+    cannot give silently wrong attention: types; shapes ``(L, H, d, d)``, ``(L, H, 2^min(bits, 8))``,
+    ``(L, H)``; each ``Π`` orthogonal in float64 (``max |ΠᵀΠ − I| ≤ 1e-5``, loose enough for a state saved in
+    float32); codebooks finite and strictly increasing; residual magnitudes finite and ``≥ 0``. Tensors are
+    stored as float64 on the CPU. Errors are one-line ``TypeError``/``ValueError`` naming the field.
     """
 
     rotation: str
@@ -154,6 +161,9 @@ class KVCalibration:
     lut_v: Tensor
     res_k: Tensor
     res_v: Tensor
+
+    def __post_init__(self) -> None:
+        _validate_calibration(self)
 
     @property
     def num_layers(self) -> int:
@@ -218,12 +228,79 @@ class KVCalibration:
 
     @classmethod
     def from_state_dict(cls, d: dict[str, Any]) -> KVCalibration:
-        """Inverse of :meth:`state_dict`."""
+        """Inverse of :meth:`state_dict`; every field is validated (see the class docstring)."""
+        if not isinstance(d, dict):
+            raise TypeError(f"KVCalibration.from_state_dict: d must be a dict, got {type(d).__name__}")
         names = list(cls.__dataclass_fields__)
         missing = [n for n in names if n not in d]
         if missing:
             raise ValueError(f"KVCalibration.from_state_dict: missing keys {missing}")
+        extra = sorted(str(k) for k in d if k not in names)
+        if extra:
+            raise ValueError(f"KVCalibration.from_state_dict: unexpected keys {extra}")
         return cls(**{n: d[n] for n in names})
+
+
+_ORTHO_TOL = 1e-5
+
+
+def _float_tensor(c: KVCalibration, name: str, shape: tuple[int, ...] | None, what: str) -> Tensor:
+    """Field ``name`` as a detached float64 CPU tensor, after type/shape/finiteness checks."""
+    t = getattr(c, name)
+    if not isinstance(t, Tensor) or not t.dtype.is_floating_point:
+        got = t.dtype if isinstance(t, Tensor) else type(t).__name__
+        raise TypeError(f"KVCalibration: {name} must be a floating-point tensor, got {got}")
+    if shape is not None and tuple(t.shape) != shape:
+        raise ValueError(f"KVCalibration: {name} must have shape {what}={shape}, got {tuple(t.shape)}")
+    t = t.detach().to(device="cpu", dtype=torch.float64)
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"KVCalibration: {name} has non-finite entries")
+    return t
+
+
+def _validate_calibration(c: KVCalibration) -> None:
+    """Check every field of ``c`` (one-line errors naming the field); store its tensors as float64 CPU."""
+    if not isinstance(c.rotation, str) or c.rotation not in _ROTATIONS:
+        raise ValueError(f"KVCalibration: rotation must be one of {_ROTATIONS}, got {c.rotation!r}")
+    if c.seed is not None and (isinstance(c.seed, bool) or not isinstance(c.seed, int)):
+        raise TypeError(f"KVCalibration: seed must be an int or None, got {c.seed!r}")
+    if isinstance(c.bits, bool) or not isinstance(c.bits, int):
+        raise TypeError(f"KVCalibration: bits must be an int, got {c.bits!r}")
+    if not (1 <= c.bits <= 8 or c.bits == _NO_QUANT_BITS):
+        raise ValueError(f"KVCalibration: bits must be in 1..8, or 16 for no quantization, got {c.bits}")
+    if not isinstance(c.normalize, bool):
+        raise TypeError(f"KVCalibration: normalize must be a bool, got {c.normalize!r}")
+    if not isinstance(c.lut, str) or c.lut not in ("calibrated", "sphere"):
+        raise ValueError(f"KVCalibration: lut must be 'calibrated' or 'sphere', got {c.lut!r}")
+    if c.lut == "sphere" and not c.normalize:
+        raise ValueError("KVCalibration: lut='sphere' needs normalize=True (it models unit vectors)")
+    q = _float_tensor(c, "k_rotation", None, "")
+    if q.dim() != 4 or q.shape[-1] != q.shape[-2] or 0 in q.shape:
+        raise ValueError(
+            f"KVCalibration: k_rotation must have shape (layers, kv heads, d, d), got {tuple(q.shape)}"
+        )
+    n_l, n_h, d = q.shape[0], q.shape[1], q.shape[-1]
+    dev = float((q.transpose(-1, -2) @ q - torch.eye(d, dtype=torch.float64)).abs().amax())
+    if dev > _ORTHO_TOL:
+        raise ValueError(
+            f"KVCalibration: k_rotation is not orthogonal per head (max |QᵀQ − I| = {dev:.3g} > {_ORTHO_TOL})"
+        )
+    n_lv = 1 << min(c.bits, 8)
+    luts = {}
+    for name in ("lut_k", "lut_v"):
+        lv = _float_tensor(c, name, (n_l, n_h, n_lv), "(layers, kv heads, 2^min(bits, 8))")
+        if not bool((lv[..., 1:] > lv[..., :-1]).all()):
+            raise ValueError(f"KVCalibration: {name} levels must be strictly increasing per head")
+        luts[name] = lv
+    res = {}
+    for name in ("res_k", "res_v"):
+        r = _float_tensor(c, name, (n_l, n_h), "(layers, kv heads)")
+        if not bool((r >= 0).all()):
+            raise ValueError(f"KVCalibration: {name} (mean residual magnitudes) must be >= 0")
+        res[name] = r
+    c.k_rotation = q
+    for name, t in {**luts, **res}.items():
+        setattr(c, name, t)
 
 
 def _check_cache_bits(bits: object) -> int:

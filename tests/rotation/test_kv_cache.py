@@ -248,6 +248,119 @@ def test_errors(gqa: Any, ids: torch.Tensor) -> None:
         RotatedQuantizedCache(cfg).crop(-1)
 
 
+# ------------------------------------------------------------------------------------------------ hostile state
+def _bad(sd: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    return {**sd, **kw}
+
+
+def _hostile_cases() -> list[tuple[str, Any, type[Exception], str]]:
+    """(id, state → state, error type, message) for every invalid field."""
+    nan = float("nan")
+    return [
+        ("k_rot_scaled", lambda s: _bad(s, k_rotation=s["k_rotation"] * 2.0), ValueError, "k_rotation is not orth"),
+        ("k_rot_nonsquare", lambda s: _bad(s, k_rotation=s["k_rotation"][..., :8]), ValueError, "k_rotation must have"),
+        ("k_rot_3d", lambda s: _bad(s, k_rotation=s["k_rotation"][0]), ValueError, "k_rotation must have"),
+        ("k_rot_list", lambda s: _bad(s, k_rotation=s["k_rotation"].tolist()), TypeError, "k_rotation"),
+        ("k_rot_int", lambda s: _bad(s, k_rotation=s["k_rotation"].long()), TypeError, "k_rotation"),
+        ("k_rot_nan", lambda s: _bad(s, k_rotation=s["k_rotation"] * nan), ValueError, "k_rotation has non-finite"),
+        ("lut_k_reversed", lambda s: _bad(s, lut_k=s["lut_k"].flip(-1)), ValueError, "lut_k levels must be strictly"),
+        ("lut_v_repeated", lambda s: _bad(s, lut_v=s["lut_v"].clamp(max=0.0)), ValueError, "lut_v levels must be"),
+        ("lut_v_nan", lambda s: _bad(s, lut_v=s["lut_v"] * nan), ValueError, "lut_v has non-finite"),
+        ("bits_vs_lut", lambda s: _bad(s, bits=2), ValueError, "lut_k must have shape"),
+        ("lut_layers", lambda s: _bad(s, lut_k=s["lut_k"][:1]), ValueError, "lut_k must have shape"),
+        ("bits_bool", lambda s: _bad(s, bits=True), TypeError, "bits must be an int"),
+        ("bits_range", lambda s: _bad(s, bits=9), ValueError, "bits must be in"),
+        ("res_k_nan", lambda s: _bad(s, res_k=torch.full_like(s["res_k"], nan)), ValueError, "res_k has non-finite"),
+        ("res_v_neg", lambda s: _bad(s, res_v=-s["res_v"] - 1), ValueError, "res_v .* must be >= 0"),
+        ("res_k_shape", lambda s: _bad(s, res_k=s["res_k"][:, :1]), ValueError, "res_k must have shape"),
+        ("rotation_int", lambda s: _bad(s, rotation=5), ValueError, "rotation must be one of"),
+        ("seed_str", lambda s: _bad(s, seed="0"), TypeError, "seed must be"),
+        ("normalize_int", lambda s: _bad(s, normalize=1), TypeError, "normalize must be a bool"),
+        ("lut_name", lambda s: _bad(s, lut="kmeans"), ValueError, "lut must be"),
+        ("sphere_unnormalized", lambda s: _bad(s, normalize=False), ValueError, "lut='sphere' needs normalize"),
+        ("extra_key", lambda s: _bad(s, lut_q=s["lut_k"]), ValueError, "unexpected keys"),
+        ("not_a_dict", lambda s: list(s.items()), TypeError, "must be a dict"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", _hostile_cases(), ids=lambda c: c[0])
+def test_from_state_dict_rejects_hostile_state(case: tuple[str, Any, type[Exception], str]) -> None:
+    _, mutate, exc, msg = case
+    sd = KVCalibration.data_free(tiny_model("llama_gqa").config, bits=3).state_dict()
+    with pytest.raises(exc, match=msg):
+        KVCalibration.from_state_dict(mutate(sd))
+
+
+def test_calibration_validates_direct_construction_and_accepts_float32_state(
+    gqa: Any, ids: torch.Tensor
+) -> None:
+    cal = calibrate_kv_rotation(gqa, ids, rotation="svd", bits=3)
+    sd = cal.state_dict()
+    with pytest.raises(ValueError, match="k_rotation is not orth"):
+        KVCalibration(**{**sd, "k_rotation": sd["k_rotation"] + 1e-3})
+    # a state saved in float32 is within the documented 1e-5 orthogonality tolerance; stored back as float64
+    back = KVCalibration.from_state_dict(
+        {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in sd.items()}
+    )
+    assert back.k_rotation.dtype == torch.float64 and back.lut_v.dtype == torch.float64
+    assert torch.allclose(back.k_rotation, cal.k_rotation, atol=1e-6)
+    assert KVCalibration.from_state_dict(KVCalibration.data_free(gqa.config, bits=16).state_dict()).bits == 16
+
+
+# ------------------------------------------------------------------------------------------------ separate K/V codebooks
+class _SharedLut(RotatedQuantizedLayer):
+    """MUTANT: decodes V with the KEY codebook (TurboESM's separate V codebook lost)."""
+
+    def _decode_part(self, tag: str, correct: bool, d: int) -> torch.Tensor:
+        saved = self._p["lut_v"]
+        self._p["lut_v"] = self._p["lut_k"]
+        try:
+            return super()._decode_part(tag, correct, d)
+        finally:
+            self._p["lut_v"] = saved
+
+
+def _lloyd_reference(x: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+    """Per-token normalize (norm rounded to fp16 as stored), quantize per head with ``LloydMaxQuantizer``, rescale."""
+    from orthokit.rotation.lloyd_max import LloydMaxQuantizer
+
+    d = x.shape[-1]
+    norm = x.norm(dim=-1, keepdim=True)
+    u = x * (math.sqrt(d) / norm)
+    q = torch.stack([LloydMaxQuantizer(lut[h]).quantize(u[:, h]) for h in range(x.shape[1])], 1)
+    return q * (norm.to(torch.float16).to(x.dtype) / math.sqrt(d))
+
+
+def _calibrated_decode(cal: KVCalibration, k: torch.Tensor, v: torch.Tensor, layer_cls: type) -> Any:
+    layer = RotatedQuantizedLayer(
+        cal, 1, correction=None, correct_values=False, residual_length=0, qjl_matrix=None
+    )
+    layer.__class__ = layer_cls
+    return layer.update(k, v)
+
+
+def test_calibrated_cache_decodes_k_and_v_with_their_own_lloyd_max_codebooks(
+    gqa: Any, ids: torch.Tensor
+) -> None:
+    """K: Πᵀ·Q_k(√d·kΠ/‖k‖)·‖k‖/√d; V: Q_v(√d·v/‖v‖)·‖v‖/√d, against LloydMaxQuantizer; the shared-LUT mutant fails."""
+    from orthokit.rotation.kv_cache import _collect_kv
+
+    cal = calibrate_kv_rotation(gqa, ids, rotation="svd", bits=3, lut="calibrated")
+    assert float((cal.lut_k[1] - cal.lut_v[1]).abs().max()) > 0.05  # genuinely different codebooks
+    keys, values = _collect_kv(gqa, [ids])  # real post-RoPE K/V of layer 1: (H, N, d) float64
+    k, v = keys[1].unsqueeze(0), values[1].unsqueeze(0)
+    kh, vh = _calibrated_decode(cal, k, v, RotatedQuantizedLayer)
+    q = cal.k_rotation[1]
+    k_ref = torch.einsum(
+        "bhte,hde->bhtd", _lloyd_reference(torch.einsum("bhtd,hde->bhte", k, q), cal.lut_k[1]), q
+    )
+    v_ref = _lloyd_reference(v, cal.lut_v[1])
+    assert torch.allclose(kh, k_ref, rtol=0, atol=1e-10)
+    assert torch.allclose(vh, v_ref, rtol=0, atol=1e-10)
+    _, v_mut = _calibrated_decode(cal, k, v, _SharedLut)
+    assert not torch.allclose(v_mut, v_ref, atol=1e-2)
+
+
 # ------------------------------------------------------------------------------------------------ stories260K
 def _stories() -> Any:
     from orthokit.bench.data import DataNotFoundError, data_dir
