@@ -12,7 +12,11 @@ What it does, on a deep copy unless ``inplace=True``:
   - ``"gptq"``: GPTQ (:func:`~orthokit.rotation.gptq.gptq_quantize`), *sequential* like ``IST-DASLab/gptq``
     ``llama.py`` and QuaRot's ``gptq_fwrd``: the linears are visited in the order a forward pass calls them,
     grouped by shared input (q/k/v; gate/up), and each group's Hessian ``H = 2/n Σ x xᵀ`` is collected from
-    ``calib`` with every earlier group already quantized (padding tokens excluded through ``attention_mask``);
+    ``calib`` with every earlier group already quantized (padding tokens excluded through ``attention_mask``).
+    Like the reference, block inputs are cached: once a decoder/encoder block is final its output is stored, and
+    later passes run the model's own forward with the earlier blocks returning that output (about ``groups + 1``
+    block computations per block and batch instead of re-running every earlier block for each group); used only
+    when one verification forward shows the blocks form an exact chain, else every pass starts from the inputs;
   - ``"rsq"``: the same with RSQ token weights ``H = 2/n Σ r_t x_t x_tᵀ`` (:mod:`orthokit.rotation.rsq`:
     attention concentration of the linear's own decoder layer, computed on that layer's current input). RSQ's
     "rotate" step is :func:`orthokit.rotation.rotate_model`, applied *before* this call.
@@ -259,9 +263,8 @@ def _discover_groups(
 
 
 def _collect_hessians(
-    model: nn.Module,
+    run: Callable[[int], None],
     group: dict[str, nn.Linear],
-    batches: list[dict[str, Any]],
     batch_weights: list[Tensor | None],
     *,
     early: bool,
@@ -284,14 +287,122 @@ def _collect_hessians(
 
     handles = [lin.register_forward_pre_hook(make(n)) for n, lin in group.items()]
     try:
-        for b, w in zip(batches, batch_weights):
+        for j, w in enumerate(batch_weights):
             seen.clear()
             current[0] = w
-            _run(model, b)
+            run(j)
     finally:
         for h in handles:
             h.remove()
     return accs
+
+
+def _output_hidden(out: Any) -> Any:
+    return out[0] if isinstance(out, tuple) and out else out
+
+
+def _block_chain(
+    model: nn.Module, groups: list[list[str]], batch: dict[str, Any]
+) -> tuple[list[nn.Module], dict[str, int]] | None:
+    """The decoder/encoder blocks as a verified chain, or ``None`` when block-input caching would not be exact.
+
+    The blocks are the children of the container holding the groups' blocks (``model.layers``,
+    ``encoder.layer``). Caching is used only when, in one forward pass, every block is called once, in order, each
+    block's hidden-state input IS the previous block's output, and the groups visit the blocks in order.
+    """
+    prefixes = [_block_prefix(g[0]) for g in groups]
+    chained = [p for p in prefixes if p is not None]
+    if not chained:
+        return None
+    parent = chained[0].rsplit(".", 1)[0]
+    if any(p.rsplit(".", 1)[0] != parent for p in chained):
+        return None
+    try:
+        container = model.get_submodule(parent)
+    except AttributeError:
+        return None
+    blocks = list(container.children())
+    index = {f"{parent}.{name}": i for i, (name, _) in enumerate(container.named_children())}
+    if any(p not in index for p in chained) or any("forward" in b.__dict__ for b in blocks):
+        return None  # (an instance-level forward, e.g. an offloading wrapper's, is not ours to replace)
+    order = [index[p] if p is not None else None for p in prefixes]
+    first = next(i for i, o in enumerate(order) if o is not None)
+    last = max(i for i, o in enumerate(order) if o is not None)
+    inner = order[first : last + 1]
+    if any(o is None for o in inner) or any(a > b for a, b in zip(inner, inner[1:])):
+        return None
+    calls: list[tuple[int, Any, Any]] = []
+    handles = []
+    for i, blk in enumerate(blocks):
+
+        def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, i: int = i) -> None:
+            x = args[0] if args else kwargs.get("hidden_states")
+            calls.append((i, x, _output_hidden(out)))
+
+        handles.append(blk.register_forward_hook(hook, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            model(**batch)
+    finally:
+        for h in handles:
+            h.remove()
+    if [c[0] for c in calls] != list(range(len(blocks))):
+        return None
+    if any(calls[i + 1][1] is not calls[i][2] for i in range(len(calls) - 1)):
+        return None
+    return blocks, index
+
+
+class _BlockRunner:
+    """Runs calibration batch ``j``; blocks up to ``cached`` return their stored output instead of recomputing it
+    (the reference's layer-by-layer caching of block inputs, done through the model's own forward so masks,
+    position embeddings and attention implementations stay the model's)."""
+
+    def __init__(
+        self, model: nn.Module, batches: list[dict[str, Any]], blocks: list[nn.Module] | None
+    ) -> None:
+        self.model, self.batches, self.blocks = model, batches, blocks or []
+        self.cached = -1
+        self.outputs: list[Any] = []
+        self.skip = True
+
+    def __call__(self, j: int) -> None:
+        if not self.skip or self.cached < 0:
+            _run(self.model, self.batches[j])
+            return
+        out = self.outputs[j]
+
+        def fwd(*_a: Any, **_k: Any) -> Any:
+            if isinstance(out, tuple):
+                return (out[0].clone(), *out[1:])
+            return out.clone()
+
+        for blk in self.blocks[: self.cached + 1]:
+            blk.forward = fwd
+        try:
+            _run(self.model, self.batches[j])
+        finally:
+            for blk in self.blocks[: self.cached + 1]:
+                del blk.forward
+
+    def advance(self, upto: int) -> None:
+        """Cache the outputs of block ``upto`` (all blocks up to it are final) for every batch."""
+        if upto <= self.cached:
+            return
+        blk = self.blocks[upto]
+        new: list[Any] = []
+
+        def hook(_m: nn.Module, _a: Any, out: Any) -> None:
+            new.append(out)
+            raise _Stop()
+
+        h = blk.register_forward_hook(hook)
+        try:
+            for j in range(len(self.batches)):
+                self(j)
+        finally:
+            h.remove()
+        self.outputs, self.cached = new, upto
 
 
 def _sequential_gptq(
@@ -302,16 +413,23 @@ def _sequential_gptq(
     rsq: bool,
     rsq_range: tuple[float, float],
     gptq_kw: dict[str, Any],
+    cache_blocks: bool = True,
 ) -> list[str]:
     """GPTQ/RSQ every target called by a forward pass, group by group; returns the targets never called."""
     from orthokit.rotation.attention import attention_modules
 
     groups, counts = _discover_groups(model, targets, batches[0])
+    chain = _block_chain(model, groups, batches[0]) if cache_blocks else None
+    runner = _BlockRunner(model, batches, chain[0] if chain else None)
+    block_index = chain[1] if chain else {}
     attn_by_block = {_block_prefix(n): m for n, m in attention_modules(model).items()}
     weights_block: str | None = None
     batch_weights: list[Tensor | None] = [_token_mask(b) for b in batches]
     for group in groups:
         block = _block_prefix(group[0])
+        runner.skip = block in block_index
+        if runner.skip and block_index[block] > 0:
+            runner.advance(block_index[block] - 1)
         if rsq and block != weights_block:
             weights_block = block
             attn = attn_by_block.get(block)
@@ -321,7 +439,7 @@ def _sequential_gptq(
                     with eager_attention(model, attn) as probs:
                         stop = attn.register_forward_hook(_raise_stop)  # after the probe's hook
                         try:
-                            _run(model, b)
+                            runner(j)
                         finally:
                             stop.remove()
                     batch_weights[j] = rsq_token_weights(
@@ -331,7 +449,7 @@ def _sequential_gptq(
                         r_max=rsq_range[1],
                     )
         early = all(counts[n] == 1 for n in group)
-        accs = _collect_hessians(model, {n: targets[n] for n in group}, batches, batch_weights, early=early)
+        accs = _collect_hessians(runner, {n: targets[n] for n in group}, batch_weights, early=early)
         for n in group:
             lin = targets[n]
             lin.weight.data = gptq_quantize(lin.weight.data, accs[n].hessian, **gptq_kw)

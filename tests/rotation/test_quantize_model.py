@@ -151,19 +151,25 @@ def test_gptq_is_sequential(family: str, monkeypatch: pytest.MonkeyPatch) -> Non
     m = tiny_model(family)
     calib = tiny_padded_inputs(3, 10)
     seen = _record_hessians(monkeypatch)
-    q, rep = quantize_model(m, w_bits=3, method="gptq", calib=[calib])
+    two = [
+        {k: v[:2] for k, v in calib.items()},
+        {k: v[2:] for k, v in calib.items()},
+    ]  # cached block inputs x 2
+    q, rep = quantize_model(m, w_bits=3, method="gptq", calib=two)
     names = list(rep.weight_rel_error)
     assert len(seen) == len(names)
-    inputs: dict[str, torch.Tensor] = {}
+    per_batch: dict[str, list[torch.Tensor]] = {}
     hooks = [
-        lin.register_forward_pre_hook(lambda _m, a, n=n: inputs.setdefault(n, a[0].detach()))
+        lin.register_forward_pre_hook(lambda _m, a, n=n: per_batch.setdefault(n, []).append(a[0].detach()))
         for n, lin in _linears(q).items()
         if n in rep.weight_rel_error
     ]
     with torch.no_grad():
-        q(**calib)
+        for b in two:
+            q(**b)
     for h in hooks:
         h.remove()
+    inputs = {n: torch.cat(xs) for n, xs in per_batch.items()}
     order = {n: i for i, n in enumerate(names)}
     mask = calib["attention_mask"].double()
     for n, x in inputs.items():
@@ -178,6 +184,20 @@ def test_gptq_is_sequential(family: str, monkeypatch: pytest.MonkeyPatch) -> Non
         else:  # BERT pooler: one token per sequence, unweighted
             ref = 2.0 / x.shape[0] * x.T @ x
         assert torch.allclose(seen[order[n]], ref, rtol=1e-9, atol=1e-9), n
+
+
+def test_sequential_gptq_caches_block_inputs() -> None:
+    """Block inputs are cached as in the reference: each decoder layer runs about (groups + 1) times per batch
+    (4 groups on Llama), not once per group of every later layer (2·L·(L+1) from the embeddings)."""
+    m = tiny_model("llama", num_hidden_layers=4)
+    entries = [0]
+    for (
+        layer
+    ) in m.model.layers:  # the first submodule a layer's computation calls (a skipped layer calls none)
+        layer.input_layernorm.register_forward_pre_hook(lambda *_: entries.__setitem__(0, entries[0] + 1))
+    quantize_model(m, w_bits=4, method="gptq", calib=tiny_ids(4, 8), calib_batch_size=2)
+    n_layers, n_batches = 4, 2
+    assert entries[0] <= n_batches * 5 * n_layers + 2 * n_layers, entries  # + group discovery and chain check
 
 
 @pytest.fixture(scope="module")
