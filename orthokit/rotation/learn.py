@@ -1,14 +1,16 @@
 r"""Learned rotations for quantization: SpinQuant (Cayley SGD on R1/R2) and OstQuant (R1 + scalings, KL-Top).
 
 **SpinQuant** (Liu et al., arXiv 2405.16406; ``facebookresearch/SpinQuant`` ``optimize_rotation.py``,
-``train_utils/``): the residual rotation ``R1`` (hidden × hidden) and the value-head rotation ``R2``
-(head_dim × head_dim) are learned, starting from a randomized Hadamard, by :class:`~orthokit.rotation.cayley_sgd.
+``train_utils/``): the residual rotation ``R1`` (hidden × hidden) and one value-head rotation ``R2``
+(head_dim × head_dim) **per layer** (``model.layers[i].self_attn.R2`` in the reference) are learned, starting from a randomized Hadamard, by :class:`~orthokit.rotation.cayley_sgd.
 CayleySGD` on the Stiefel manifold, minimizing the next-token cross-entropy of the **quantized** network: the
 rotated weights (:func:`~orthokit.rotation._functional.rotate_llama_params`, pure and differentiable) are
 fake-quantized per output channel, every decoder linear's input is fake-quantized per token, both through a
 straight-through estimator (``ste``: forward value quantized, gradient identity), and with activations quantized
 (``a_bits < 16``) a fixed online Hadamard ``R4`` precedes ``down_proj`` (its transpose fused into the weight), as in
-SpinQuant. The model weights stay frozen; only the rotations train. The head (``lm_head``) and embeddings stay in
+SpinQuant. ``R4`` (and ``R3`` on q/k when ``kv_bits < 16``) are exactly the rotations
+:meth:`LearnedRotation.apply` → :func:`~orthokit.rotation.rewrite.rotate_model` installs (randomized Hadamards with
+seeds ``derive_seed(seed, "R4"|"R3")``), so the deployed model quantizes what the learning forward quantized. The model weights stay frozen; only the rotations train. The head (``lm_head``) and embeddings stay in
 16 bits (SpinQuant's recipe).
 
 **OstQuant** (Hu et al., arXiv 2501.13987; ``method="ostquant"``): ``R1`` (and ``R2``) by Cayley SGD plus positive
@@ -21,8 +23,7 @@ to the original.
 The quantized loss, in symbols: ``L(R1, R2, s) = E_batch ℓ(f(x; Q_w(Θ(R1, R2, s)), Q_a))`` with ``Θ`` the
 rotated/scaled parameters, ``Q_w``/``Q_a`` the STE fake quantizers and ``ℓ`` the CE or KL-Top loss.
 
-Deviations (also in ``docs/rotation/learn.md``): one ``R2`` shared by all layers (SpinQuant learns one per layer;
-``rotate_model`` takes one), fp32 instead of bf16, CPU-sized steps/batches, the final ``R1``/``R2`` projected to the
+Deviations (also in ``docs/rotation/learn.md``): fp32 instead of bf16, CPU-sized steps/batches, the final ``R1``/``R2`` projected to the
 nearest orthogonal matrix in float64 (the 5-iteration Cayley loop drifts by up to ~1e-4 at ``lr = 1.5``; the drift
 before projection is recorded).
 
@@ -35,8 +36,8 @@ Example:
     >>> m = LlamaForCausalLM(cfg).eval()
     >>> calib = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(0))
     >>> lr = learn_rotation(m, calib, a_bits=4, steps=3, batch_size=2)
-    >>> lr.r1.shape, lr.r2.shape, len(lr.losses)
-    (torch.Size([32, 32]), torch.Size([16, 16]), 3)
+    >>> lr.r1.shape, lr.r2.shape, len(lr.losses)  # R2: one per layer
+    (torch.Size([32, 32]), torch.Size([1, 16, 16]), 3)
     >>> float((lr.r1 @ lr.r1.T - torch.eye(32, dtype=torch.float64)).abs().max()) < 1e-12
     True
 """
@@ -56,6 +57,7 @@ from torch import Tensor, nn
 
 from orthokit.rotation._functional import fuse_llama_norms, llama_dims, rotate_llama_params
 from orthokit.rotation.base import Rotation
+from orthokit.rotation.bert import derive_seed
 from orthokit.rotation.cayley_sgd import CayleySGD
 from orthokit.rotation.ostquant import DEFAULT_TOP_K, OstQuantScales, kl_top
 from orthokit.rotation.quant import check_bits, quantize_activation, quantize_kv, quantize_weight, ste
@@ -110,8 +112,10 @@ class QuantizedForward:
         group_size: weight group size (``None``: per output channel). kv_group_size: K/V group (``None``: head_dim).
         w_sym, a_sym: symmetric weight grid (default) / activation grid (default asymmetric, SpinQuant's recipe).
         a_clip: activation clip ratio (QuaRot ``a_clip_ratio``).
-        r4_seed: seed of the online randomized Hadamard before ``down_proj`` (used when ``a_bits < 16``).
-        r3_seed: seed of the online randomized Hadamard on q/k (used when ``kv_bits < 16``).
+        r4_seed: seed of the online randomized Hadamard before ``down_proj`` (used when ``a_bits < 16``);
+            ``rotate_model(seed=s)`` installs the one with ``r4_seed = derive_seed(s, "R4")``.
+        r3_seed: seed of the online randomized Hadamard on q/k (used when ``kv_bits < 16``); ``rotate_model``'s is
+            ``derive_seed(s, "R3")``.
     """
 
     def __init__(self, model: nn.Module, *, w_bits: int = 16, a_bits: int = 16, kv_bits: int = 16,
@@ -173,7 +177,8 @@ class QuantizedForward:
     def params(
         self, r1: Tensor, r2: Tensor | None = None, scales: dict[str, Any] | None = None
     ) -> dict[str, Tensor]:
-        """Rotated (scaled), R4-fused, fake-quantized parameters; differentiable in ``r1``, ``r2`` and the scales."""
+        """Rotated (scaled), R4-fused, fake-quantized parameters; differentiable in ``r1``, ``r2`` and the scales.
+        ``r2``: one ``(head_dim, head_dim)`` matrix, a ``(n_layers, head_dim, head_dim)`` stack or a list per layer."""
         out = rotate_llama_params(self.fused, self.config, r1, r2, **(scales or {}))
         for key in self.weight_keys:
             w = out[key]
@@ -226,11 +231,16 @@ def quantized_loss(qf: QuantizedForward, calib: Tensor, r1: Tensor, r2: Tensor |
     return total / count
 
 
-def _nearest_orthogonal(r: Tensor) -> tuple[Tensor, float]:
+def _orth_error(r: Tensor) -> float:
     r64 = r.detach().to(torch.float64)
-    err = float((r64 @ r64.T - torch.eye(r64.shape[0], dtype=torch.float64)).abs().max())
+    return float((r64 @ r64.mT - torch.eye(r64.shape[-1], dtype=torch.float64)).abs().max())
+
+
+def _nearest_orthogonal(r: Tensor) -> tuple[Tensor, float]:
+    """Polar factor ``U Vᵀ`` (batched over leading dims) and the orthogonality error before projection."""
+    r64 = r.detach().to(torch.float64)
     u, _, vh = torch.linalg.svd(r64)
-    return u @ vh, err
+    return u @ vh, _orth_error(r64)
 
 
 @dataclass
@@ -238,7 +248,8 @@ class LearnedRotation:
     """The result of :func:`learn_rotation`: rotations (float64, orthogonal), optional scales, loss curve, metadata.
 
     Attributes:
-        r1: ``(hidden, hidden)`` residual rotation. r2: ``(head_dim, head_dim)`` value-head rotation or ``None``.
+        r1: ``(hidden, hidden)`` residual rotation. r2: value-head rotations, ``(n_layers, head_dim, head_dim)``
+            (one per layer, the default), ``(head_dim, head_dim)`` (``r2="shared"``) or ``None``.
         scales: ``None`` or ``{"norm_scales": ..., "ffn_scales": ..., "ov_scales": ...}`` (OstQuant), float64.
         losses: the training loss per step. meta: method, objective, bits, seeds, lrs, steps, time, drift.
     """
@@ -250,10 +261,13 @@ class LearnedRotation:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def apply(self, model: nn.Module, **rotate_kwargs: Any) -> tuple[nn.Module, Any]:
-        """``rotate_model(model, rotation=r1, r2=r2 or False, scales=scales, **rotate_kwargs)`` — exact, proven."""
+        """``rotate_model(model, rotation=r1, r2=r2 or False, scales=scales, seed=meta["seed"], **rotate_kwargs)``
+        — exact, proven. The default ``seed`` is the learning seed, so the online ``R4``/``R3`` installed are the
+        ones the quantized learning forward used."""
         from orthokit.rotation.rewrite import rotate_model
 
         r2: Any = self.r2 if self.r2 is not None else False
+        rotate_kwargs.setdefault("seed", int(self.meta.get("seed", 0)))
         return rotate_model(model, rotation=self.r1, r2=r2, scales=self.scales, **rotate_kwargs)
 
     def state_dict(self) -> dict[str, Any]:
@@ -276,8 +290,9 @@ class LearnedRotation:
         for name, r in (("r1", r1), ("r2", r2)):
             if r is not None:
                 r = r.to(torch.float64)
-                err = float((r @ r.T - torch.eye(r.shape[0], dtype=torch.float64)).abs().max())
-                if r.dim() != 2 or r.shape[0] != r.shape[1] or err > 1e-6:
+                ok_shape = r.dim() in (2, 3 if name == "r2" else 2) and r.shape[-1] == r.shape[-2]
+                err = _orth_error(r) if ok_shape else float("inf")
+                if not ok_shape or err > 1e-6:
                     raise ValueError(
                         f"LearnedRotation state: {name!r} is not an orthogonal matrix (error {err:.1e})"
                     )
@@ -291,8 +306,42 @@ class LearnedRotation:
         )
 
 
+def _r2_mode(r2: Any) -> str:
+    if r2 is True:
+        return "per_layer"
+    if isinstance(r2, str):
+        if r2 in ("per_layer", "shared"):
+            return r2
+        raise ValueError(f"r2: expected True, 'per_layer', 'shared', False or a fixed rotation, got {r2!r}")
+    if r2 is False or r2 is None:
+        return "none"
+    if isinstance(r2, (Tensor, Rotation, list, tuple)):
+        return "fixed"
+    raise TypeError(
+        f"r2: expected a bool, 'per_layer', 'shared', a Tensor, a Rotation or a list, got {type(r2).__name__}"
+    )
+
+
+def _fixed_r2(r2: Any, dims: Any, seed: int) -> Tensor:
+    """A fixed (not learned) R2 as float32: ``(head_dim, head_dim)`` or ``(n_layers, head_dim, head_dim)``."""
+    if isinstance(r2, Tensor) and r2.dim() == 3:
+        if r2.shape[0] != dims.n_layers:
+            raise ValueError(f"r2: expected {dims.n_layers} per-layer matrices, got {r2.shape[0]}")
+        r2 = list(r2.unbind(0))
+    if isinstance(r2, (list, tuple)):
+        if len(r2) != dims.n_layers:
+            raise ValueError(f"r2: expected one rotation per layer ({dims.n_layers}), got {len(r2)}")
+        return torch.stack(
+            [_init_matrix(r, dims.head_dim, seed, f"r2[{i}]") for i, r in enumerate(r2)]
+        ).float()
+    return _init_matrix(r2, dims.head_dim, seed + 1, "r2").float()
+
+
 def _init_matrix(spec: Any, n: int, seed: int, name: str) -> Tensor:
-    rot = make_rotation(spec, n, seed=seed)
+    try:
+        rot = make_rotation(spec, n, seed=seed)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
     if not isinstance(rot, Rotation):  # pragma: no cover - make_rotation contract
         raise TypeError(f"{name}: could not build a rotation")
     return rot.matrix(torch.float64)
@@ -313,7 +362,7 @@ def learn_rotation(
     scale_lr: float = 1e-2,
     seed: int = 0,
     init: Any = "hadamard",
-    r2: bool | Any = True,
+    r2: bool | str | Any = True,
     batch_size: int = 4,
     top_k: int = DEFAULT_TOP_K,
     a_sym: bool = False,
@@ -333,9 +382,13 @@ def learn_rotation(
         steps: optimizer steps (SpinQuant: 100); one mini-batch per step, cycling through a seeded shuffle.
         lr: Cayley SGD lr for the rotations (SpinQuant: 1.5), cosine-annealed to 0 over ``steps``.
         scale_lr: Adam lr for the OstQuant log-scales (cosine-annealed too; an orthokit choice).
-        seed: seeds the init rotations (R1 with ``seed``, R2 with ``seed + 1``), R4 and the batch order.
+        seed: seeds the init rotations (R1 with ``seed``; R2 of layer ``i`` with ``derive_seed(seed, "R2.{i}")``, a
+            shared R2 with ``seed + 1``), the batch order, and the online ``R4``/``R3`` exactly as ``rotate_model(
+            seed=seed)`` derives them (``derive_seed(seed, "R4"|"R3")``).
         init: R1/R2 initialization, any ``make_rotation`` spec (default the randomized Hadamard, as SpinQuant).
-        r2: ``True`` learn a shared R2 from ``init``; ``False`` none; a tensor/Rotation: a fixed R2 (not learned).
+        r2: ``True`` / ``"per_layer"`` (default): learn one R2 per layer from ``init`` (SpinQuant's reference);
+            ``"shared"``: learn one R2 shared by every layer; ``False``: none; a ``(head_dim, head_dim)`` or
+            ``(n_layers, head_dim, head_dim)`` tensor, a Rotation or a per-layer list: a fixed R2 (not learned).
         batch_size: sequences per step. top_k: ``k`` of KL-Top. a_sym/a_clip: activation grid options.
         log: optional ``log(step, loss)`` callback.
 
@@ -362,18 +415,25 @@ def learn_rotation(
     dims = llama_dims(model.config)
     calib = _check_calib(calib, int(model.config.vocab_size))
     t0 = time.perf_counter()
+    r2_mode = _r2_mode(r2)
+    r4_seed, r3_seed = derive_seed(seed, "R4"), derive_seed(seed, "R3")  # = rotate_model(seed=seed)'s R4/R3
     qf = QuantizedForward(model, w_bits=w_bits, a_bits=a_bits, kv_bits=kv_bits, group_size=group_size,
-                          a_sym=a_sym, a_clip=a_clip, r4_seed=seed + 2, r3_seed=seed + 3)  # fmt: skip
+                          a_sym=a_sym, a_clip=a_clip, r4_seed=r4_seed, r3_seed=r3_seed)  # fmt: skip
     r1 = nn.Parameter(_init_matrix(init, dims.hidden, seed, "init").float())
     rot_params = [r1]
-    r2_param: Tensor | None
-    if r2 is True:
+    r2_layers: list[Tensor] = []
+    r2_param: Tensor | None = None
+    if r2_mode == "per_layer":
+        r2_layers = [
+            nn.Parameter(_init_matrix(init, dims.head_dim, derive_seed(seed, f"R2.{i}"), "init").float())
+            for i in range(dims.n_layers)
+        ]
+        rot_params += r2_layers
+    elif r2_mode == "shared":
         r2_param = nn.Parameter(_init_matrix(init, dims.head_dim, seed + 1, "init").float())
         rot_params.append(r2_param)
-    elif r2 is False or r2 is None:
-        r2_param = None
-    else:
-        r2_param = _init_matrix(r2, dims.head_dim, seed + 1, "r2").float()
+    elif r2_mode == "fixed":
+        r2_param = _fixed_r2(r2, dims, seed)
     opt = CayleySGD(rot_params, lr=lr)
     opts: list[torch.optim.Optimizer] = [opt]
     scales = OstQuantScales(dims) if method == "ostquant" else None
@@ -394,7 +454,8 @@ def learn_rotation(
             fp = torch.cat([fp_cache.setdefault(int(i), qf.fp_logits(calib[int(i)][None])) for i in idx])
         for o in opts:
             o.zero_grad(set_to_none=True)
-        params = qf.params(r1, r2_param, None if scales is None else scales.as_kwargs())
+        r2_now: Any = r2_layers if r2_layers else r2_param
+        params = qf.params(r1, r2_now, None if scales is None else scales.as_kwargs())
         loss = _loss(objective, qf.logits(params, ids), ids, fp, top_k)
         if not torch.isfinite(loss):
             raise ValueError(f"learn_rotation: non-finite loss at step {step}; lower lr or check the model")
@@ -407,13 +468,19 @@ def learn_rotation(
         if log is not None:
             log(step, losses[-1])
     r1_out, drift1 = _nearest_orthogonal(r1)
-    r2_out, drift2 = (None, 0.0) if r2_param is None else _nearest_orthogonal(r2_param)
+    if r2_layers:
+        r2_out, drift2 = _nearest_orthogonal(torch.stack([r.detach() for r in r2_layers]))
+    elif r2_param is not None:
+        r2_out, drift2 = _nearest_orthogonal(r2_param)
+    else:
+        r2_out, drift2 = None, 0.0
     meta = {
         "method": method, "objective": objective, "w_bits": w_bits, "a_bits": a_bits, "kv_bits": kv_bits,
         "group_size": group_size, "steps": steps, "lr": lr, "scale_lr": scale_lr, "seed": seed,
-        "init": init if isinstance(init, str) else type(init).__name__, "r2_learned": r2 is True,
-        "batch_size": batch_size, "top_k": top_k, "r4_seed": seed + 2 if a_bits < 16 else None,
-        "r3_seed": seed + 3 if kv_bits < 16 else None,
+        "init": init if isinstance(init, str) else type(init).__name__, "r2_mode": r2_mode,
+        "r2_learned": r2_mode in ("per_layer", "shared"),
+        "batch_size": batch_size, "top_k": top_k, "r4_seed": r4_seed if a_bits < 16 else None,
+        "r3_seed": r3_seed if kv_bits < 16 else None,
         "orthogonality_drift": max(drift1, drift2), "time_s": time.perf_counter() - t0,
     }  # fmt: skip
     return LearnedRotation(
