@@ -44,22 +44,39 @@ def _is_prime(q: int) -> bool:
     return True
 
 
+def _prime_power(q: int) -> tuple[int, int] | None:
+    """``(p, k)`` with ``q = p^k``, ``p`` prime, ``k ≥ 1``; ``None`` if ``q`` is not a prime power."""
+    if q < 2:
+        return None
+    p = next((f for f in range(2, math.isqrt(q) + 1) if q % f == 0), q)
+    k, m = 0, q
+    while m % p == 0:
+        m //= p
+        k += 1
+    return (p, k) if m == 1 else None
+
+
 def _core(c: int) -> tuple[str, int] | None:
-    """The Paley construction of order ``c`` (``("paley1", q)`` / ``("paley2", q)``), or ``None``."""
-    q = c - 1
-    if q >= 3 and q % 4 == 3 and _is_prime(q):
-        return ("paley1", q)
-    if c % 2 == 0:
-        q = c // 2 - 1
-        if q >= 5 and q % 4 == 1 and _is_prime(q):
-            return ("paley2", q)
+    """The Paley construction of order ``c`` (``("paley1", q)`` / ``("paley2", q)``), or ``None``.
+
+    Over a prime field first (Paley I, then II: the constructions of every order supported before prime powers
+    were added, so those matrices are unchanged), then over ``GF(p^k)``, ``k ≥ 2`` (Paley I, then II).
+    """
+    q1, q2 = c - 1, (c // 2 - 1 if c % 2 == 0 else 0)
+    for prime_only in (True, False):
+        ok = _is_prime if prime_only else (lambda q: (pk := _prime_power(q)) is not None and pk[0] > 2)
+        if q1 >= 3 and q1 % 4 == 3 and ok(q1):
+            return ("paley1", q1)
+        if q2 >= 5 and q2 % 4 == 1 and ok(q2):
+            return ("paley2", q2)
     return None
 
 
 def _plan(n: int) -> tuple[str, int, int] | None:
     """``(kind, q, core order c)`` with ``n = c·2^b`` and the smallest core ``c``; ``None`` if unsupported.
 
-    ``kind`` is ``"sylvester"`` (``c = 1``), ``"paley1"`` or ``"paley2"`` (Paley I preferred on a tie).
+    ``kind`` is ``"sylvester"`` (``c = 1``), ``"paley1"`` or ``"paley2"`` (see :func:`_core` for the order of
+    preference at one ``c``).
     """
     if _is_pow2(n):
         return ("sylvester", 0, 1)
@@ -75,51 +92,129 @@ def _plan(n: int) -> tuple[str, int, int] | None:
     return None
 
 
-def _jacobsthal(q: int) -> list[list[int]]:
-    """``Q[i][j] = χ(j − i)`` with the quadratic character χ of GF(q), q an odd prime."""
-    residues = {(x * x) % q for x in range(1, q)}
-    chi = [0] + [1 if a in residues else -1 for a in range(1, q)]
-    return [[chi[(j - i) % q] for j in range(q)] for i in range(q)]
+def _irreducible(p: int, k: int) -> list[int]:
+    """Coefficients ``f_0 … f_{k−1}`` of the first monic irreducible ``x^k + f_{k−1}x^{k−1} + … + f_0`` over
+    ``GF(p)`` (search in lexicographic order of the coefficient digits, ``f_0 ≠ 0``): a polynomial of degree ``k``
+    is irreducible iff no monic polynomial of degree ``1 … ⌊k/2⌋`` divides it (trial division)."""
+
+    def divides(g: list[int], f: list[int]) -> bool:  # g, f: coefficients, lowest first, both monic
+        r = list(f)
+        for top in range(len(r) - 1, len(g) - 2, -1):
+            c = r[top] % p
+            if c:
+                for t in range(len(g)):
+                    r[top - len(g) + 1 + t] -= c * g[t]
+        return all(v % p == 0 for v in r[: len(g) - 1])
+
+    for code in range(p**k):
+        low = [(code // p**t) % p for t in range(k)]
+        if low[0] == 0:
+            continue
+        f = [*low, 1]
+        if not any(
+            divides([*((m // p**t) % p for t in range(d)), 1], f)
+            for d in range(1, k // 2 + 1)
+            for m in range(p**d)
+        ):
+            return low
+    raise AssertionError(f"no irreducible polynomial of degree {k} over GF({p})")  # pragma: no cover
+
+
+def _field_digits(q: int) -> tuple[int, int, torch.Tensor]:
+    """``(p, k, D)``: element ``e`` of ``GF(q)``, ``q = p^k``, is the polynomial with coefficients ``D[e]`` (its
+    base-``p`` digits, lowest first); addition is digit-wise mod ``p``."""
+    pk = _prime_power(q)
+    assert pk is not None
+    p, k = pk
+    e = torch.arange(q, dtype=torch.int64)
+    D = torch.stack([(e // p**t) % p for t in range(k)], dim=1)
+    return p, k, D
+
+
+def _quadratic_character(q: int) -> torch.Tensor:
+    """``χ`` over ``GF(q)`` (``q`` an odd prime power), int8 of length ``q`` indexed by element code: ``χ(0) = 0``,
+    ``1`` on the nonzero squares, ``−1`` elsewhere. The squares are enumerated: ``x²`` for every ``x``, computed as
+    a polynomial product reduced modulo the monic irreducible of :func:`_irreducible` (vectorized over ``x``)."""
+    p, k, D = _field_digits(q)
+    if k == 1:
+        sq = (D[:, 0] * D[:, 0]) % p
+    else:
+        f = _irreducible(p, k)
+        r = torch.zeros(q, 2 * k - 1, dtype=torch.int64)
+        for i in range(k):
+            for j in range(k):
+                r[:, i + j] += D[:, i] * D[:, j]
+        r %= p
+        for top in range(2 * k - 2, k - 1, -1):  # x^top ≡ −(f_0 + … + f_{k−1}x^{k−1})·x^{top−k}
+            c = r[:, top].clone()
+            r[:, top] = 0
+            for t in range(k):
+                r[:, top - k + t] -= c * f[t]
+            r %= p
+        sq = (r[:, :k] * torch.tensor([p**t for t in range(k)], dtype=torch.int64)).sum(dim=1)
+    chi = torch.full((q,), -1, dtype=torch.int8)
+    chi[sq] = 1
+    chi[0] = 0
+    return chi
+
+
+def _jacobsthal(q: int) -> torch.Tensor:
+    """``Q[i, j] = χ(x_j − x_i)`` (int8, ``q × q``) with the quadratic character χ of ``GF(q)``, ``q`` an odd prime
+    power, elements ordered by their code (:func:`_field_digits`; for a prime ``q`` the residues ``0 … q−1``).
+
+    Vectorized: the code of ``x_j − x_i`` is built digit by digit (``O(q²)`` vectorized work in row blocks, no
+    Python loop over entries)."""
+    p, k, D = _field_digits(q)
+    chi = _quadratic_character(q)
+    D32 = D.to(torch.int32)
+    out = torch.empty(q, q, dtype=torch.int8)
+    step = max(1, (1 << 20) // q)  # row blocks: O(2^20) int32 temporaries, not O(q²)
+    for r in range(0, q, step):
+        idx = torch.zeros(min(step, q - r), q, dtype=torch.int32)
+        for t in range(k):
+            idx += ((D32[None, :, t] - D32[r : r + step, None, t]) % p) * p**t
+        out[r : r + step] = chi[idx]
+    return out
 
 
 def _paley1(q: int) -> torch.Tensor:
-    """Paley I, order ``q + 1`` (``q ≡ 3 mod 4``): ``H = I + S``, ``S = [[0, 1ᵀ], [−1, Q]]`` skew, integers.
+    """Paley I, order ``q + 1`` (``q ≡ 3 mod 4``): ``H = I + S``, ``S = [[0, 1ᵀ], [−1, Q]]`` skew, int8 ±1.
 
     ``SSᵀ = qI`` (``Q1 = 0``, ``QQᵀ = qI − J``), so ``HHᵀ = I + S + Sᵀ + SSᵀ = (q + 1)I``.
     """
-    Q = torch.tensor(_jacobsthal(q), dtype=torch.int64)
-    S = torch.zeros(q + 1, q + 1, dtype=torch.int64)
-    S[0, 1:] = 1
-    S[1:, 0] = -1
-    S[1:, 1:] = Q
-    return torch.eye(q + 1, dtype=torch.int64) + S
+    H = torch.zeros(q + 1, q + 1, dtype=torch.int8)
+    H[0, 1:] = 1
+    H[1:, 0] = -1
+    H[1:, 1:] = _jacobsthal(q)
+    H.diagonal().add_(1)
+    return H
 
 
 def _paley2(q: int) -> torch.Tensor:
-    """Paley II, order ``2(q + 1)`` (``q ≡ 1 mod 4``), integers.
+    """Paley II, order ``2(q + 1)`` (``q ≡ 1 mod 4``), int8 ±1.
 
     ``C = [[0, 1ᵀ], [1, Q]]`` is a symmetric conference matrix (``C² = qI``); each ``±1`` entry becomes
     ``±[[1, 1], [1, −1]]`` and each zero (the diagonal) ``[[1, −1], [−1, −1]]``:
     ``H = C ⊗ A + I ⊗ B`` with ``AAᵀ = BBᵀ = 2I`` and ``ABᵀ`` skew, so ``HHᵀ = 2(q + 1)I``.
     """
-    C = torch.zeros(q + 1, q + 1, dtype=torch.int64)
+    C = torch.zeros(q + 1, q + 1, dtype=torch.int8)
     C[0, 1:] = 1
     C[1:, 0] = 1
-    C[1:, 1:] = torch.tensor(_jacobsthal(q), dtype=torch.int64)
-    A = torch.tensor([[1, 1], [1, -1]], dtype=torch.int64)
-    B = torch.tensor([[1, -1], [-1, -1]], dtype=torch.int64)
-    return torch.kron(C, A) + torch.kron(torch.eye(q + 1, dtype=torch.int64), B)
+    C[1:, 1:] = _jacobsthal(q)
+    A = torch.tensor([[1, 1], [1, -1]], dtype=torch.int8)
+    B = torch.tensor([[1, -1], [-1, -1]], dtype=torch.int8)
+    return torch.kron(C, A) + torch.kron(torch.eye(q + 1, dtype=torch.int8), B)
 
 
 @lru_cache(maxsize=16)
 def _integer_hadamard(n: int) -> torch.Tensor:
-    """The ±1 (int64) Hadamard matrix ``core ⊗ Sylvester(2^b)`` of a supported non-power-of-two ``n``."""
+    """The ±1 (int8) Hadamard matrix ``core ⊗ Sylvester(2^b)`` of a supported non-power-of-two ``n``."""
     plan = _plan(n)
     assert plan is not None and plan[0] != "sylvester"
     kind, q, c = plan
     core = _paley1(q) if kind == "paley1" else _paley2(q)
-    h = torch.ones(1, 1, dtype=torch.int64)
-    base = torch.tensor([[1, 1], [1, -1]], dtype=torch.int64)
+    h = torch.ones(1, 1, dtype=torch.int8)
+    base = torch.tensor([[1, 1], [1, -1]], dtype=torch.int8)
     while h.shape[0] * c < n:
         h = torch.kron(base, h)
     return torch.kron(core, h)
@@ -138,8 +233,8 @@ def _unsupported(n: int) -> ValueError:
     above = next(k for k in range(n + 1, 2 * n + 2) if _plan(k) is not None)
     near = f"{below} and {above}" if below is not None else f"{above}"
     return ValueError(
-        f"no Hadamard construction for order {n} (supported: 2^a·m with m = 1, m = q+1 for a prime "
-        f"q ≡ 3 mod 4, or m = 2(q+1) for a prime q ≡ 1 mod 4); nearest supported orders: {near}; "
+        f"no Hadamard construction for order {n} (supported: 2^a·m with m = 1, m = q+1 for an odd prime "
+        f"power q ≡ 3 mod 4, or m = 2(q+1) for an odd prime power q ≡ 1 mod 4); nearest supported orders: {near}; "
         f"a block-diagonal of smaller Hadamard matrices is the orthogonal fallback (zero-padding is not)"
     )
 
@@ -147,21 +242,26 @@ def _unsupported(n: int) -> ValueError:
 def hadamard_construction(n: int) -> str:
     r"""Which construction :func:`hadamard_matrix` uses for order ``n``.
 
-    ``n = c·2^b`` with the smallest core order ``c`` that has a construction (Paley I before Paley II on a
-    tie, which cannot occur for the same ``c``): ``"sylvester(n)"`` for powers of two, otherwise
-    ``"paley1(q=…)"`` (``c = q + 1``, ``q`` prime ``≡ 3 mod 4``) or ``"paley2(q=…)"`` (``c = 2(q + 1)``,
-    ``q`` prime ``≡ 1 mod 4``), followed by ``" ⊗ sylvester(2^b)"`` when ``b > 0``.
+    ``n = c·2^b`` with the smallest core order ``c`` that has a construction: ``"sylvester(n)"`` for powers of
+    two, otherwise ``"paley1(q=…)"`` (``c = q + 1``, ``q ≡ 3 mod 4``) or ``"paley2(q=…)"`` (``c = 2(q + 1)``,
+    ``q ≡ 1 mod 4``), ``q`` an odd prime power (``GF(q)`` arithmetic for ``q = p^k``, ``k ≥ 2``), followed by
+    ``" ⊗ sylvester(2^b)"`` when ``b > 0``. At one ``c``, a prime ``q`` is preferred (Paley I, then II), then a
+    prime power (Paley I, then II): every order supported before prime powers were added keeps its matrix when
+    its smallest core is unchanged. Orders whose smallest core became a prime-power one (below 3000: 104, 200, 208,
+    400, 416, 488, 800, 832, 976, 1448, 1600, 1664, 1952, 2504, 2664, 2720, 2896; and e.g. 11008 = 344·32, before
+    5504·2) now get that smaller core. Newly supported below 1200: 52, 100, 244, 340, 344, 580, 680, 688, 724,
+    1060, 1160. Still unsupported multiples of 4 below 200: 92, 116, 156, 172, 184, 188 (Williamson-type tables).
 
     Raises:
         TypeError: ``n`` is not an int.
-        ValueError: ``n < 1``, or no construction (e.g. 172 = 4·43: 43, 85 and 171 are not such primes);
+        ValueError: ``n < 1``, or no construction (e.g. 172 = 4·43: 43, 85 and 171 = 9·19 are no such q);
             the message names the nearest supported orders.
 
     Example:
         >>> hadamard_construction(8), hadamard_construction(12), hadamard_construction(24)
         ('sylvester(8)', 'paley1(q=11)', 'paley1(q=11) ⊗ sylvester(2)')
-        >>> hadamard_construction(36)
-        'paley2(q=17)'
+        >>> hadamard_construction(36), hadamard_construction(52), hadamard_construction(11008)
+        ('paley2(q=17)', 'paley2(q=25)', 'paley1(q=343) ⊗ sylvester(32)')
     """
     n = _check_order(n)
     plan = _plan(n)
@@ -182,11 +282,13 @@ def hadamard_matrix(
     Powers of two: the Sylvester matrix ``H_{2k} = [[H_k, H_k], [H_k, −H_k]]``, symmetric and involutive
     (``(H_n/√n)² = I``), as used by :func:`hadamard_transform`. Other orders ``n = c·2^b``:
     ``P_c ⊗ H_{2^b}`` with ``P_c`` a Paley matrix (Paley 1933; the QuaRot/QuIP# tables use such
-    ``H_12``, ``H_20``, ``H_28`` …): Paley I for ``c = q + 1`` (``q`` prime ``≡ 3 mod 4``, ``I + S`` with the
-    skew ``S = [[0, 1ᵀ], [−1, Q]]`` from the quadratic-residue Jacobsthal matrix ``Q``), Paley II for
-    ``c = 2(q + 1)`` (``q`` prime ``≡ 1 mod 4``, the symmetric conference matrix with ``2×2`` blocks); the
-    smallest such ``c`` is used (:func:`hadamard_construction` names it). These are orthogonal but in general
-    neither symmetric nor involutive. Built exactly in integers, scaled in float64, then cast to ``dtype``.
+    ``H_12``, ``H_20``, ``H_28`` …): Paley I for ``c = q + 1`` (``q ≡ 3 mod 4``, ``I + S`` with the
+    skew ``S = [[0, 1ᵀ], [−1, Q]]`` from the quadratic-character Jacobsthal matrix ``Q[i, j] = χ(x_j − x_i)``),
+    Paley II for ``c = 2(q + 1)`` (``q ≡ 1 mod 4``, the symmetric conference matrix with ``2×2`` blocks), ``q`` an
+    odd prime power: ``GF(p^k)`` is ``GF(p)[x]`` modulo the first monic irreducible of degree ``k`` (found by
+    search), ``χ(x) = 1`` on the nonzero squares (enumerated). The smallest such ``c`` is used
+    (:func:`hadamard_construction` names it). These are orthogonal but in general neither symmetric nor
+    involutive. Built exactly in integers (vectorized), scaled in float64, then cast to ``dtype``.
 
     Raises:
         TypeError: ``n`` not an int, ``dtype`` not a real floating dtype.
@@ -220,6 +322,11 @@ def hadamard_matrix(
 #: n=16384 (32,32,16) 100-150 vs (128,128) 340 (one-off prototype timings on a busy host; the method-level
 #: comparison is benchmarks/results/rotation_speed.md).
 KRON_MAX_LOG2 = 6
+#: in the kron mode products, a factor whose trailing size ``rest`` (product of the later factors) is at most this
+#: is applied by ``einsum`` instead of a batched ``F.T @ Y``. Measured (1 thread, fp32, ~1M-entry inputs, ms,
+#: matmul vs einsum): f=12: rest 2 2.18/0.32, 8 0.49/0.27, 16 0.19/0.27; f=172: rest 2 30.9/0.78, 8 8.1/0.78,
+#: 16 0.70/0.77; f=344: rest 2 68/1.4, 16 1.44/1.26; f=5504, rest 2, 8 rows: 5316/58 (the review's n=11008 case).
+KRON_EINSUM_MAX_REST = 8
 #: the "kron" and "fwht" kernels work on row chunks of at most this many entries (bounded temporaries: the
 #: extra memory is O(chunk), the output O(input); also keeps a chunk's intermediates in cache).
 CHUNK_ENTRIES = 1 << 18
@@ -278,14 +385,21 @@ def _mode_products(y: torch.Tensor, facs: list[torch.Tensor]) -> torch.Tensor:
 
     Row index ``i = (i_1, …, i_m)`` (``i_1`` slowest): factor ``k`` contracts axis ``k`` of the
     ``(R, f_1, …, f_m)`` view, as ``(F_kᵀ @ Y)`` on a ``(R·f_1⋯f_{k−1}, f_k, f_{k+1}⋯f_m)`` batch, or as one
-    plain GEMM ``(R·…, f_m) @ F_m`` for the last axis.
+    plain GEMM ``(R·…, f_m) @ F_m`` for the last axis. When the trailing size ``f_{k+1}⋯f_m`` is at most
+    ``KRON_EINSUM_MAX_REST`` the batched ``F_kᵀ @ Y`` degenerates into many skinny GEMMs; ``einsum`` (one GEMM on
+    a permuted copy) is used instead.
     """
     R, n = y.shape
     lead = 1
     for F in facs:
         f = F.shape[0]
         rest = n // (lead * f)
-        y = y.reshape(-1, f) @ F if rest == 1 else torch.matmul(F.T, y.reshape(R * lead, f, rest))
+        if rest == 1:
+            y = y.reshape(-1, f) @ F
+        elif rest <= KRON_EINSUM_MAX_REST:
+            y = torch.einsum("bfr,fg->bgr", y.reshape(R * lead, f, rest), F)
+        else:
+            y = torch.matmul(F.T, y.reshape(R * lead, f, rest))
         lead *= f
     return y.reshape(R, n)
 
@@ -407,8 +521,9 @@ def hadamard_transform(
     * ``"dense"`` — one GEMM with the cached ``H_n/√n`` (``n²`` entries);
     * ``"kron"`` — ``S_{2^b} = S_{2^{a_1}} ⊗ … ⊗ S_{2^{a_m}}`` with blocks of at most 64 rows
       (``KRON_MAX_LOG2``): one small GEMM per factor, ``2n·(c + Σ 2^{a_i})`` flops per row instead of
-      ``2n²`` — on CPU BLAS this beats both the Python-level butterfly and the dense product from
-      ``n ≈ 256`` on (``benchmarks/results/rotation_speed.md``);
+      ``2n²`` — on CPU BLAS (1 thread) it beat the Python-level butterfly at every measured size and the dense
+      product from ``n ≈ 256`` on (``benchmarks/results/rotation_speed.md``); a large Paley core ``c`` costs
+      ``2n·c`` flops per row, so ``orthokit.rotation`` caps it (``MAX_CORE``);
     * ``"fast_hadamard_transform"`` — the optional CUDA kernel of Dao-AILab's ``fast-hadamard-transform``
       (imported lazily, never required) on the ``2^b ≤ 32768`` axis, CUDA tensors in fp32/fp16/bf16 only;
     * ``"auto"`` — that CUDA kernel when usable, otherwise
@@ -464,6 +579,14 @@ def hadamard_transform(
     if _plan(n) is None:
         raise ValueError(f"hadamard_transform: size {n} along dim {dim}: {_unsupported(n)}")
     check_finite(x, "x")
+    return _transform(x, dim, method, transpose)
+
+
+def _transform(x: torch.Tensor, dim: int, method: str, transpose: bool) -> torch.Tensor:
+    """:func:`hadamard_transform` after validation, **without** the finiteness check: NaN/inf propagate as through
+    any GEMM, and no host sync. Internal callers (``orthokit.rotation``'s ``Rotation.apply``) use it with a valid
+    ``x`` whose size along ``dim`` is a supported order."""
+    n = x.shape[dim]
     cd = compute_dtype(x.dtype)
     y = x.to(cd).movedim(dim, -1)
     if method == "auto":

@@ -229,3 +229,40 @@ def test_cuda_kernel_absent_falls_back_and_cpu_never_imports(monkeypatch: pytest
     monkeypatch.setattr(Hm, "_cuda_ext", lambda: looked.append(1))
     hadamard_transform(torch.randn(4096, 256))
     assert looked == []  # CPU tensors never look for the CUDA package
+
+
+def test_large_core_with_short_trailing_axis_uses_one_gemm() -> None:
+    """2120 = paley2(q=529) ⊗ S_2: the core factor has trailing size 2, where the batched ``F.T @ Y`` degenerates into
+    skinny GEMMs (review rA: 4.49 s vs 0.03 s at n = 11008 with the old prime core). Mutant KRON_EINSUM_MAX_REST = 0
+    (batched matmul everywhere): ~0.54 s here vs ~0.02 s."""
+    import time
+
+    from orthokit.linalg import hadamard as hm
+
+    assert hm.hadamard_construction(2120) == "paley2(q=529) ⊗ sylvester(2)"
+    x = torch.randn(64, 2120, dtype=torch.float32)
+    H = hadamard_matrix(2120)
+
+    def best(
+        fn: object,
+    ) -> float:  # min of 3 (after a warm-up), relative to a dense GEMM: robust to host load
+        fn()  # type: ignore[operator]
+        ts = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()  # type: ignore[operator]
+            ts.append(time.perf_counter() - t0)
+        return min(ts)
+
+    y = hadamard_transform(x, method="kron")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared, loaded host: 2 threads make both timings erratic
+    try:
+        t_kron, t_dense = best(lambda: hadamard_transform(x, method="kron")), best(lambda: x @ H)
+    finally:
+        torch.set_num_threads(threads)
+    assert t_kron < 2 * t_dense, (t_kron, t_dense)
+    xd = x[:4].double()
+    ref = xd @ hadamard_matrix(2120, dtype=torch.float64)
+    assert (hadamard_transform(xd, method="kron") - ref).abs().max() < 1e-11
+    assert (y[:4].double() - ref).abs().max() < 1e-4

@@ -31,10 +31,10 @@ def _explicit_sylvester(n: int, dtype: torch.dtype = D) -> torch.Tensor:
 
 
 def test_every_supported_order_up_to_512_is_orthonormal_with_exact_entries() -> None:
-    assert len(SUPPORTED) == 102
-    # multiples of 4 below 120 not covered: 52 (needs Paley over GF(25), a prime power), 92 (Williamson),
-    # 100 and 116 (prime powers / other constructions); 172 = 4·43 is the issue's example
-    assert [n for n in range(4, 120, 4) if n not in SUPPORTED] == [52, 92, 100, 116]
+    assert len(SUPPORTED) == 107  # 102 over prime fields + 52, 100, 244, 340, 344 over GF(p^k)
+    # multiples of 4 below 120 not covered: 92 (Williamson), 116 (other constructions); 172 = 4·43 is the issue's
+    # example (43, 85 and 171 = 9·19 are no Paley q). 52 = Paley II over GF(25), 100 = Paley II over GF(49).
+    assert [n for n in range(4, 120, 4) if n not in SUPPORTED] == [92, 116]
     assert 172 not in SUPPORTED
     for n in SUPPORTED:
         H = hadamard_matrix(n, dtype=D)
@@ -124,8 +124,8 @@ def test_bad_arguments() -> None:
 def test_flipped_nonresidue_sign_is_not_orthogonal(monkeypatch: pytest.MonkeyPatch) -> None:
     """The orthogonality check can fail: a Jacobsthal matrix with the non-residue sign flipped breaks it."""
 
-    def mutant(q: int) -> list[list[int]]:
-        return [[0 if i == j else 1 for j in range(q)] for i in range(q)]
+    def mutant(q: int) -> torch.Tensor:
+        return 1 - torch.eye(q, dtype=torch.int8)
 
     monkeypatch.setattr(hmod, "_jacobsthal", mutant)
     hmod._integer_hadamard.cache_clear()
@@ -134,3 +134,59 @@ def test_flipped_nonresidue_sign_is_not_orthogonal(monkeypatch: pytest.MonkeyPat
         assert not torch.equal(H @ H.T, 12 * torch.eye(12, dtype=D))
     finally:
         hmod._integer_hadamard.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("q", "order", "kind"),
+    [(9, 20, "paley2"), (27, 28, "paley1"), (25, 52, "paley2"), (49, 100, "paley2"), (81, 164, "paley2")]
+    + [(121, 244, "paley2"), (243, 244, "paley1"), (343, 344, "paley1"), (125, 252, "paley2")],
+)
+def test_prime_power_paley_matrices_are_exactly_hadamard(q: int, order: int, kind: str) -> None:
+    """Paley I/II over GF(p^k), k ≥ 2: H Hᵀ = n·I exactly in float64 (integer entries ±1)."""
+    H = (hmod._paley1(q) if kind == "paley1" else hmod._paley2(q)).to(D)
+    assert H.shape == (order, order) and bool((H.abs() == 1).all())
+    assert torch.equal(H @ H.T, order * torch.eye(order, dtype=D))
+    chi = hmod._quadratic_character(q)
+    assert int((chi == 1).sum()) == int((chi == -1).sum()) == (q - 1) // 2 and int(chi[0]) == 0
+
+
+def test_prime_power_orders_in_hadamard_construction() -> None:
+    assert hadamard_construction(52) == "paley2(q=25)"  # unsupported before GF(p^k)
+    assert hadamard_construction(100) == "paley2(q=49)"
+    assert hadamard_construction(344) == "paley1(q=343)"
+    # the review's case: Llama-2-7B's 11008 = 172·64 had the prime core 5504 = paley1(q=5503) ⊗ S_2
+    assert hadamard_construction(11008) == "paley1(q=343) ⊗ sylvester(32)"
+    assert (
+        hadamard_construction(28) == "paley2(q=13)"
+    )  # at one core order a prime field still wins (unchanged)
+    for n in (52, 100, 344 * 4):
+        H = hadamard_matrix(n, dtype=D) * math.sqrt(n)
+        assert torch.equal(H @ H.T, n * torch.eye(n, dtype=D)), n
+
+
+def test_gf9_character_hand_checked() -> None:
+    # GF(9) = GF(3)[x]/(x² + 1) (the first monic irreducible: x² + 1, f_0 = 1, f_1 = 0), element a + b·x coded a + 3b.
+    # Nonzero squares: 1² = 1, 2² = 1, x² = −1 = 2, (1+x)² = 2x (code 6), (1+2x)² = −2x = x (code 3) → {1, 2, 3, 6}.
+    assert hmod._irreducible(3, 2) == [1, 0]
+    assert hmod._quadratic_character(9).tolist() == [0, 1, 1, 1, -1, -1, 1, -1, -1]
+
+
+def test_reducible_modulus_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mutant: GF(25) built modulo the reducible x² − 1 (a ring with zero divisors) is not a Hadamard matrix."""
+    monkeypatch.setattr(hmod, "_irreducible", lambda p, k: [p - 1, 0])
+    H = hmod._paley2(25).to(D)
+    assert not torch.equal(H @ H.T, 52 * torch.eye(52, dtype=D))
+
+
+def test_jacobsthal_is_vectorized_for_large_prime_cores() -> None:
+    """The prime core 5504 (q = 5503) took 15 s / 1.1 GB as Python lists; now a vectorized build (< 5 s)."""
+    import time
+
+    t0 = time.perf_counter()
+    Q = hmod._jacobsthal(5503)
+    assert time.perf_counter() - t0 < 5.0
+    assert Q.dtype == torch.int8 and Q.shape == (5503, 5503)
+    residues = {(x * x) % 5503 for x in range(1, 5503)}
+    for i, j in ((0, 1), (7, 3000), (5502, 2), (100, 99)):
+        assert int(Q[i, j]) == (1 if (j - i) % 5503 in residues else -1)
+    assert torch.equal(Q, -Q.T)  # q ≡ 3 mod 4: χ(−1) = −1
