@@ -416,7 +416,7 @@ def choose_hadamard_method(device: torch.device, n: int, rows: int, dtype: torch
     Fixed rule (incumbent; used off CPU, for tiny work ``n·rows < 2¹⁴``, and with probing off): dense on CPU for
     ``n ≤ HADAMARD_FIXED_DENSE_MAX`` (128), kron otherwise and on accelerators (a few GEMMs instead of ``log₂ n``
     memory-bound passes). Otherwise the candidates are timed once per key ``(device type, n, rows bucketed to a
-    power of two ≤ 4096, dtype)`` on a random ``[r, n]`` input, ``r = min(rows bucket, max(16, 2¹⁸/n))``: the
+    power of two ≤ 4096, dtype, torch.get_num_threads())`` (the crossovers move with the thread count) on a random ``[r, n]`` input, ``r = min(rows bucket, max(16, 2¹⁸/n))``: the
     butterfly, kron (when ``H_n`` has more than one Kronecker factor; otherwise kron *is* dense) and dense (only
     for ``n ≤ HADAMARD_DENSE_MAX_N``; the probe's dense matrix is built outside the cache and freed afterwards, so
     a losing dense path leaves no cached matrix behind).
@@ -434,7 +434,14 @@ def choose_hadamard_method(device: torch.device, n: int, rows: int, dtype: torch
     if device.type != "cpu":
         key = ("hadamard", device.type)
         return _cached(key, lambda: Decision("hadamard", key, "kron", "accelerator: kron GEMMs (fixed rule)"))
-    key = ("hadamard", "cpu", n, min(_bucket(max(rows, 1)), HADAMARD_MAX_ROWS), dtype)
+    key = (
+        "hadamard",
+        "cpu",
+        n,
+        min(_bucket(max(rows, 1)), HADAMARD_MAX_ROWS),
+        dtype,
+        torch.get_num_threads(),
+    )
     fixed = "dense" if n <= HADAMARD_FIXED_DENSE_MAX else "kron"
     if n * rows < TINY_ENTRIES or not probing_enabled():
         why = "tiny" if n * rows < TINY_ENTRIES else "probing off"

@@ -59,7 +59,9 @@ def test_auto_follows_measured_decision(
     assert (y.double() - _reference(x)).abs().max() < 1e-5
     d = dispatch.dispatch_decisions()[-1]
     assert (
-        d.kind == "hadamard" and d.choice == expected and d.key == ("hadamard", "cpu", n, 256, torch.float32)
+        d.kind == "hadamard"
+        and d.choice == expected
+        and d.key == ("hadamard", "cpu", n, 256, torch.float32, torch.get_num_threads())
     )
     assert set(d.times_ms) == {"dense", "fwht", "kron"}
 
@@ -127,7 +129,7 @@ def test_decision_is_cached_per_key(monkeypatch: pytest.MonkeyPatch) -> None:
     hadamard_transform(torch.randn(9000, 256))
     assert len(calls) == 3 * n
     keys = [d.key for d in dispatch.dispatch_decisions()]
-    assert ("hadamard", "cpu", 256, 4096, torch.float32) in keys
+    assert ("hadamard", "cpu", 256, 4096, torch.float32, torch.get_num_threads()) in keys
     assert "| hadamard |" in dispatch.dispatch_report()
 
 
@@ -171,3 +173,21 @@ def test_dense_and_fwht_agree_with_reference(dtype: torch.dtype) -> None:
             err = (y - ref).abs().max().item()
             assert err < TOL[dtype, method] * scale, (n, method, err)
         assert (out["dense"] - out["fwht"]).abs().max().item() < TOL[dtype, "dense"] * scale
+
+
+def test_decision_is_per_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that changes torch's thread count gets a fresh decision, not the other count's stale one."""
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        _fake_times(monkeypatch, {"dense": 1.0, "fwht": 0.5, "kron": 0.7})
+        hadamard_transform(torch.randn(100, 256))
+        torch.set_num_threads(2)
+        _fake_times(monkeypatch, {"dense": 0.2, "fwht": 0.5, "kron": 0.7})
+        taken = _spy(monkeypatch)
+        hadamard_transform(torch.randn(100, 256))
+        assert taken == ["dense"], dispatch.dispatch_report()  # the stale 1-thread choice was fwht
+        keys = {d.key[-1]: d.choice for d in dispatch.dispatch_decisions() if d.kind == "hadamard"}
+        assert keys == {1: "fwht", 2: "dense"}
+    finally:
+        torch.set_num_threads(old)
