@@ -6,7 +6,8 @@ Paley I/II ⊗ Sylvester otherwise, e.g. ``12 = paley1(q=11)``, ``768 = paley1(q
 row-vector map ``x ↦ x·diag(s)·H_n``: flip signs, then one Hadamard transform — QuaRot's ``random_hadamard_matrix``
 (``spcl/QuaRot``, ``hadamard_utils.py``; arXiv 2404.00456) in orthokit's row convention.
 
-**Orders without a construction** (e.g. ``172 = 4·43``): ``H`` becomes a block-diagonal
+**Orders without a construction** (e.g. ``172 = 4·43``), or whose Paley core exceeds :data:`MAX_CORE` (512; e.g.
+``29568 = 924·32``, too slow to apply — see :data:`MAX_CORE`): ``H`` becomes a block-diagonal
 ``H_{b_1} ⊕ H_{b_2} ⊕ ⋯`` of supported orders, chosen by :func:`block_orders`: the fewest blocks, and among those
 the largest *smallest* block (``172 = 88 ⊕ 84``), blocks listed largest first. The smallest block bounds the
 incoherence: an outlier in a block of order ``b`` is spread over only ``b`` coordinates (magnitude ``/√b``), so
@@ -35,7 +36,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from orthokit.linalg import hadamard_construction, hadamard_matrix, hadamard_transform
+from orthokit.linalg import hadamard_construction, hadamard_matrix
+from orthokit.linalg.hadamard import _plan, _transform
 from orthokit.rotation.base import Rotation
 from orthokit.rotation.registry import ROTATIONS
 
@@ -59,9 +61,33 @@ def is_hadamard_order(n: int) -> bool:
     return True
 
 
+#: largest Paley core order ``c`` (``n = c·2^b``) that :func:`block_orders` uses as one block. Applying
+#: ``H_n`` costs ``≈ 2n·(c + Σ 2^{a_i})`` flops per row (kron method), so the ``cost="n log n"`` capability holds
+#: only for a bounded core. Measured (1 thread, fp32, ``apply`` on 16 / 1024 rows, ms; full core vs the best
+#: two-block split with cores ≤ 256): 11008 = 344·32: 2.3 / 422 vs 2.3 / 271 (kept: one full block spreads an
+#: outlier over all 11008 coordinates for ≤ 1.6× the time); 11584 = 724·16: 19.5 / 742 vs 6.9 / 509;
+#: 29568 = 924·32 (Qwen2-72B): 31 / 2464 vs 8.6 / 809; 10016 = 1252·8: 11.2 / 1294 vs 2.1 / 361 — above 512 the
+#: full core is 1.5-5× slower, so those orders become a block-diagonal of orders with cores ≤ 512.
+MAX_CORE = 512
+
+
+@lru_cache(maxsize=4096)
+def is_fast_order(n: int) -> bool:
+    """Whether ``n`` is a Hadamard order whose Paley core is at most :data:`MAX_CORE` (a single block in
+    :func:`block_orders`).
+
+    Example:
+        >>> is_fast_order(11008), is_fast_order(29568), is_hadamard_order(29568)   # cores 344 and 924
+        (True, False, True)
+    """
+    plan = _plan(n) if is_hadamard_order(n) else None
+    return plan is not None and plan[2] <= MAX_CORE
+
+
 @lru_cache(maxsize=1024)
 def block_orders(n: int) -> tuple[int, ...]:
-    """Supported Hadamard orders summing to ``n``: ``(n,)`` if ``n`` is one, else the fewest blocks, largest minimum.
+    """Fast Hadamard orders (:func:`is_fast_order`) summing to ``n``: ``(n,)`` if ``n`` is one, else the fewest
+    blocks, largest minimum.
 
     Two blocks: the partition ``n = a + b`` (``a ≥ b``, both supported) with the largest ``b``. If none exists,
     the largest supported order ``a ≤ n`` is taken and the rest split recursively (3+ blocks are rare: every
@@ -73,30 +99,37 @@ def block_orders(n: int) -> tuple[int, ...]:
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"block_orders needs a positive int n, got {n!r}")
-    if is_hadamard_order(n):
+    if is_fast_order(n):
         return (n,)
     for b in range(n // 2, 0, -1):
-        if is_hadamard_order(b) and is_hadamard_order(n - b):
+        if is_fast_order(b) and is_fast_order(n - b):
             return (n - b, b)
-    a = next(k for k in range(n - 1, 0, -1) if is_hadamard_order(k))
+    a = next(k for k in range(n - 1, 0, -1) if is_fast_order(k))
     return tuple(sorted((a, *block_orders(n - a)), reverse=True))
 
 
 def right_hadamard(x: Tensor, n: int, *, transpose: bool = False) -> Tensor:
     """``x @ H_n`` (or ``x @ H_nᵀ``) over the last dim, ``H_n`` = :func:`orthokit.linalg.hadamard_matrix` ``(n)``.
 
-    Routed through :func:`orthokit.linalg.hadamard_transform` (Kronecker / butterfly / dense, chosen per host; every
-    supported order; ``transpose=True`` applies ``Hᵀ``, the inverse). Differentiable; ``n`` must equal
-    ``x.shape[-1]``.
+    Routed through :func:`orthokit.linalg.hadamard_transform`'s kernels (Kronecker / butterfly / dense, chosen per
+    host; every supported order; ``transpose=True`` applies ``Hᵀ``, the inverse). Differentiable; ``n`` must equal
+    ``x.shape[-1]``. NaN/inf **propagate** (as through ``x @ H`` or ``nn.Linear``; no finiteness check, so no host
+    sync on an accelerator) — unlike the public ``hadamard_transform``, which refuses non-finite input.
 
     Example:
         >>> x = torch.randn(2, 12, dtype=torch.float64)
         >>> bool(torch.allclose(right_hadamard(x, 12), x @ hadamard_matrix(12, dtype=torch.float64)))
         True
     """
+    if not isinstance(x, Tensor) or x.is_complex() or not x.is_floating_point() or x.dim() == 0:
+        raise TypeError(
+            f"right_hadamard: x must be a real floating tensor with >= 1 dim, got {type(x).__name__}"
+        )
     if x.shape[-1] != n:
         raise ValueError(f"right_hadamard: x has last dim {x.shape[-1]}, expected {n}")
-    return hadamard_transform(x, transpose=transpose)
+    if not is_hadamard_order(n):
+        raise ValueError(f"right_hadamard: no Hadamard construction for order {n}")
+    return _transform(x, -1, "auto", transpose)
 
 
 def rademacher_signs(shape: tuple[int, ...], seed: int) -> Tensor:
@@ -123,6 +156,13 @@ def check_signs(signs: object, shape: tuple[int, ...], what: str) -> Tensor:
     if s.numel() and not bool(((s == 1) | (s == -1)).all()):
         raise ValueError(f"{what} must hold only ±1 values")
     return s.to(torch.int8).clone()
+
+
+def _constructions(blocks: tuple[int, ...]) -> str:
+    """The Hadamard construction of every block (:func:`orthokit.linalg.hadamard_construction`), ``" ⊕ "``-joined:
+    stored in the state, so a rotation saved under another construction rule is refused instead of silently
+    rebuilt from different matrices (states without the field, from before it existed, still load)."""
+    return " ⊕ ".join(hadamard_construction(b) for b in blocks)
 
 
 def _check_blocks(blocks: object, n: int, what: str) -> tuple[int, ...]:
@@ -208,7 +248,11 @@ class HadamardRotation(Rotation):
         return self.signs.to(torch.float64)[:, None] * h
 
     def _state(self) -> dict[str, Any]:
-        return {"signs": self.signs.clone(), "blocks": torch.tensor(self.blocks, dtype=torch.int64)}
+        return {
+            "signs": self.signs.clone(),
+            "blocks": torch.tensor(self.blocks, dtype=torch.int64),
+            "constructions": _constructions(self.blocks),
+        }
 
     @classmethod
     def _from_state(cls, n: int, seed: int | None, d: dict[str, Any]) -> Rotation:
@@ -216,6 +260,11 @@ class HadamardRotation(Rotation):
             raise ValueError("hadamard rotation state needs 'signs' and 'blocks'")
         signs = check_signs(d["signs"], (n,), "hadamard rotation state 'signs'")
         blocks = _check_blocks(d["blocks"], n, "hadamard rotation state 'blocks'")
+        if "constructions" in d and d["constructions"] != _constructions(blocks):
+            raise ValueError(
+                f"hadamard rotation state 'constructions' {d['constructions']!r} differs from this version's "
+                f"{_constructions(blocks)!r}: the saved rotation used other Hadamard matrices"
+            )
         return cls(n, seed=seed, signs=signs, blocks=blocks)
 
     def __repr__(self) -> str:
