@@ -11,14 +11,17 @@ transformed by
 * ``hadamard-transform`` 0.2.0 (amitport, pure torch butterfly; PyPI), if importable, else the row says
   "not installed".
 
-All methods of one size are timed in interleaved rounds (:func:`orthokit.bench.report.time_interleaved`); the
-table gives the median wall time and the ratio of medians to ``orthokit auto`` in the same run, at 1 thread and
-at the default thread count. A correctness row per size gives each method's max abs difference to the float64
+All methods of one size are timed in interleaved rounds (:func:`orthokit.bench.report.time_interleaved`, 7 by
+default); the table gives the median wall time, its spread (min–max over the rounds) and the ratio of medians to
+``orthokit auto`` in the same run, at 1 thread and at the default thread count (``--threads`` picks others). A
+row where ``orthokit auto`` and the explicit method it dispatched to (the same code) differ by more than 20 %
+(:data:`NOISE_TOL`) is flagged **noisy**: its timings say more about the shared host than about the methods. The
+host load (``os.getloadavg()``) before and after the run is recorded. A correctness row per size gives each method's max abs difference to the float64
 reference ``x @ hadamard_matrix(d)`` on 64 rows. A second table times the methods on small sizes (the fixed
 rule's dense/kron crossover) and on Paley orders ``c·2^b`` (no package supports those without zero-padding,
 which is not orthogonal).
 
-Run: ``python benchmarks/rotation_speed.py [--quick] [--out DIR]``; writes ``rotation_speed{,_quick}.{md,json}``
+Run: ``python benchmarks/rotation_speed.py [--quick] [--threads 1,2] [--rounds N] [--out DIR]``; writes ``rotation_speed{,_quick}.{md,json}``
 into ``--out`` (default ``./orthokit_results``; committed results: ``--out benchmarks/results``).
 
 Example:
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any
@@ -68,8 +72,12 @@ DENSE_MAX = 4096
 EXTRA_FULL = (64, 128, 768, 2560, 6144)
 EXTRA_QUICK = (128, 768)
 #: rows and interleaved rounds of the full and the quick run.
-FULL_BATCH, FULL_ROUNDS = 4096, 3
-QUICK_BATCH, QUICK_ROUNDS = 256, 3
+FULL_BATCH, FULL_ROUNDS = 4096, 7
+QUICK_BATCH, QUICK_ROUNDS = 256, 7
+#: a row is flagged noisy when ``orthokit auto`` and the method it chose differ by more than this (relative).
+NOISE_TOL = 0.20
+#: the dispatch's method name → its column in the table.
+_COLUMN = {"kron": "orthokit kron", "fwht": "orthokit fwht", "dense": DENSE}
 
 
 def _package() -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, str]:
@@ -114,8 +122,10 @@ def time_sizes(
 ) -> list[dict[str, Any]]:
     """Time every method on a float32 ``[batch, d]`` input per ``d`` with ``threads`` torch threads.
 
-    Returns one dict per size: ``d``, ``threads``, ``batch``, ``ms`` (median per method), ``ratio`` (median of
-    the method / median of ``orthokit auto``), ``auto`` (the dispatch's choice), ``fastest``.
+    Returns one dict per size: ``d``, ``threads``, ``batch``, ``rounds``, ``ms`` (median per method), ``min_ms`` /
+    ``max_ms`` (spread over the rounds), ``ratio`` (median of the method / median of ``orthokit auto``), ``auto``
+    (the dispatch's choice), ``auto_gap`` (relative difference of ``orthokit auto`` and the column of the method it
+    chose), ``noisy`` (``auto_gap > NOISE_TOL``), ``fastest``.
     """
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -126,20 +136,35 @@ def time_sizes(
             x = torch.randn(batch, d, generator=g)
             pow2 = d & (d - 1) == 0
             fns = _methods(d, x, d <= dense_max, with_pkg and pow2)
-            r = rounds if d <= 4096 else max(2, rounds // 2)
-            med, _ = time_interleaved(fns, rounds=r, warmup=1)
+            r = rounds if d <= 4096 else max(3, rounds // 2)
+            raw: dict[str, list[float]] = {}
+            med, _ = time_interleaved(fns, rounds=r, warmup=1, times_out=raw)
             ms = {k: 1e3 * v for k, v in med.items()}
+            lo = {k: 1e3 * min(v) for k, v in raw.items()}
+            hi = {k: 1e3 * max(v) for k, v in raw.items()}
             if with_pkg and pow2 and PKG not in ms:
-                ms[PKG] = float("nan")
+                ms[PKG] = lo[PKG] = hi[PKG] = float("nan")
+            auto = _auto_choice(d)
+            col = _COLUMN.get(auto)
+            gap = (
+                abs(ms[OURS] - ms[col]) / min(ms[OURS], ms[col])
+                if col in ms and not math.isnan(ms[col])
+                else float("nan")
+            )
             out.append(
                 {
                     "d": d,
                     "construction": hadamard_construction(d),
                     "threads": threads,
                     "batch": batch,
+                    "rounds": r,
                     "ms": ms,
+                    "min_ms": lo,
+                    "max_ms": hi,
                     "ratio": {k: v / ms[OURS] for k, v in ms.items()},
-                    "auto": _auto_choice(d),
+                    "auto": auto,
+                    "auto_gap": gap,
+                    "noisy": bool(gap > NOISE_TOL),
                     "fastest": min((k for k in ms if not math.isnan(ms[k])), key=lambda k: ms[k]),
                 }
             )
@@ -178,7 +203,7 @@ def _fmt(v: float) -> str:
 
 def _table(rows: list[dict[str, Any]], pkg_version: str) -> str:
     names = [OURS, "orthokit kron", "orthokit fwht", DENSE, PKG]
-    head = ["d", "threads", "batch", "auto →"] + [f"{n} ms (×auto)" for n in names] + ["fastest"]
+    head = ["d", "threads", "batch", "auto →"] + [f"{n} ms [min–max] (×auto)" for n in names] + ["fastest"]
     body = []
     for r in rows:
         cells = []
@@ -188,8 +213,10 @@ def _table(rows: list[dict[str, Any]], pkg_version: str) -> str:
             elif n not in r["ms"] or math.isnan(r["ms"][n]):
                 cells.append("–")
             else:
-                cells.append(f"{_fmt(r['ms'][n])} ({r['ratio'][n]:.2f})")
-        body.append([r["d"], r["threads"], r["batch"], r["auto"], *cells, r["fastest"]])
+                spread = f" [{_fmt(r['min_ms'][n])}–{_fmt(r['max_ms'][n])}]" if "min_ms" in r else ""
+                cells.append(f"{_fmt(r['ms'][n])}{spread} ({r['ratio'][n]:.2f})")
+        noisy = f" **noisy** (auto vs {r['auto']}: {100 * r['auto_gap']:.0f} %)" if r.get("noisy") else ""
+        body.append([r["d"], r["threads"], r["batch"], r["auto"], *cells, r["fastest"] + noisy])
     return md_table(head, body)
 
 
@@ -203,10 +230,11 @@ def _verdict(rows: list[dict[str, Any]]) -> list[str]:
             continue
         best = min(rivals, key=lambda k: rivals[k])
         ok = r["ms"][OURS] <= rivals[best]
+        caveat = " — noisy row, not evidence" if r.get("noisy") else ""
         lines.append(
             f"d={r['d']}, {r['threads']} thread(s): orthokit auto {_fmt(r['ms'][OURS])} ms vs best rival "
             f"{best} {_fmt(rivals[best])} ms → {'FASTEST' if ok else 'NOT fastest'} "
-            f"({rivals[best] / r['ms'][OURS]:.2f}× rival/ours)"
+            f"({rivals[best] / r['ms'][OURS]:.2f}× rival/ours){caveat}"
         )
     return lines
 
@@ -219,6 +247,7 @@ def _write(
     extra_rows: list[dict[str, Any]],
     corr: list[dict[str, Any]],
     thread_counts: list[int],
+    load: dict[str, list[float]] | None = None,
 ) -> str:
     verdict = _verdict(rows)
     corr_names = [OURS, "orthokit kron", "orthokit fwht", DENSE, PKG]
@@ -230,13 +259,22 @@ def _write(
         ],
     )
     done = sorted({r["threads"] for r in rows})
+    load = load or {}
+    load_line = "Host load (`os.getloadavg()`, 1/5/15 min): " + "; ".join(
+        f"{k} {', '.join(f'{v:.2f}' for v in vals)}" for k, vals in load.items()
+    )
+    noisy = [f"d={r['d']}/{r['threads']}t" for r in rows + extra_rows if r.get("noisy")]
     md = "\n\n".join(
         [
             "# Hadamard transform speed (fp32, CPU)",
             f"Machine: {machine_line()}",
-            f"`hadamard-transform` package: {pkg_version}. Median wall time per call, interleaved rounds; "
+            load_line + f" (on {os.cpu_count()} logical cores shared with other jobs).",
+            f"`hadamard-transform` package: {pkg_version}. Median wall time per call over interleaved rounds "
+            f"({rows[0]['rounds'] if rows else '?'} for d ≤ 4096, fewer above), [min–max] over the rounds; "
             "(×auto) = ratio of medians to `orthokit auto` in the same run; `auto →` = the dispatch's choice. "
-            f"Thread counts measured: {done} of {thread_counts}.",
+            f"A row is **noisy** when `orthokit auto` and the method it chose (the same code) differ by more than "
+            f"{100 * NOISE_TOL:.0f} %: noisy rows are not evidence. Thread counts measured: {done} of "
+            f"{thread_counts}. Noisy rows: {', '.join(noisy) or 'none'}.",
             _table(rows, pkg_version),
             "## Goal: fastest of the three (ours, dense, hadamard-transform) for d ≥ 1024\n\n"
             + "\n".join(f"- {v}" for v in verdict),
@@ -244,7 +282,7 @@ def _write(
             _table(extra_rows, "n/a"),
             "## Correctness: max abs difference to float64 `x @ hadamard_matrix(d)` (64 rows, fp32 input)",
             corr_table,
-            "Regenerate: `OMP_NUM_THREADS=2 python benchmarks/rotation_speed.py --out benchmarks/results`.",
+            "Regenerate: `OMP_NUM_THREADS=1 python benchmarks/rotation_speed.py --threads 1 --out benchmarks/results`.",
         ]
     )
     payload = {
@@ -253,6 +291,8 @@ def _write(
         "package": pkg_version,
         "quick": quick,
         "threads_done": done,
+        "loadavg": load,
+        "noisy_rows": noisy,
         "rows": rows,
         "extra_rows": extra_rows,
         "correctness": corr,
@@ -271,13 +311,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; returns 0. ``--quick``: d ≤ 2048, batch 256, 3 rounds."""
     ap = argparse.ArgumentParser(prog="rotation_speed", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="d ≤ 2048, batch 256 (seconds)")
+    ap.add_argument(
+        "--threads", default=None, help="comma-separated thread counts (default: 1 and the default)"
+    )
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds per size (default 7)")
     add_out_argument(ap)
     args = ap.parse_args(argv)
     out = results_dir(args.out)
     sizes, extra = (QUICK_SIZES, EXTRA_QUICK) if args.quick else (FULL_SIZES, EXTRA_FULL)
     batch, rounds = (QUICK_BATCH, QUICK_ROUNDS) if args.quick else (FULL_BATCH, FULL_ROUNDS)
+    if args.rounds is not None:
+        if args.rounds < 1:
+            raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
+        rounds = args.rounds
     default_threads = torch.get_num_threads()
-    thread_counts = sorted({1, default_threads})
+    if args.threads is None:
+        thread_counts = sorted({1, default_threads})
+    else:
+        try:
+            thread_counts = sorted({int(t) for t in args.threads.split(",")})
+        except ValueError:
+            raise ValueError(f"--threads must be comma-separated ints, got {args.threads!r}") from None
+        if thread_counts[0] < 1:
+            raise ValueError(f"--threads must be positive, got {args.threads!r}")
+    load = {"start": list(os.getloadavg())}
     _, pkg_version = _package()
     print(machine_line(), flush=True)
     rows: list[dict[str, Any]] = []
@@ -286,12 +343,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     stem = result_stem("rotation_speed", args.quick)
     paths = [out / f"{stem}.md", out / f"{stem}.json"]
     # results are (re)written after each thread count: a long run keeps what it measured
-    for t in thread_counts:
-        dispatch.clear_cache()
+    for t in thread_counts:  # dispatch decisions are keyed by thread count: no cache clearing needed
         rows += time_sizes(sizes, batch, rounds, t, verbose=True)
         extra_rows += time_sizes(extra, batch, rounds, t, dense_max=8192, with_pkg=False, verbose=True)
         print(f"[rotation_speed] {t} thread(s) done", flush=True)
-        md = _write(paths, args.quick, pkg_version, rows, extra_rows, corr, thread_counts)
+        load["end"] = list(os.getloadavg())
+        md = _write(paths, args.quick, pkg_version, rows, extra_rows, corr, thread_counts, load)
     print(md, flush=True)
     announce(paths, "rotation_speed")
     return 0

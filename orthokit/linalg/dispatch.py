@@ -389,11 +389,11 @@ def choose_batch_mode(
 
 # ------------------------------------------------------------------------------------------ hadamard
 #: fixed rule of :func:`choose_hadamard_method`: dense ``x @ H`` on CPU up to this size, the Kronecker-blocked
-#: GEMMs ("kron") above. Measured on the 2-core dev VM (AMD EPYC, AVX2, torch 2.13, fp32, 4096 rows;
-#: benchmarks/results/rotation_speed.md), 1 thread: dense 6.1 ms vs kron 7.9 ms at n = 128, kron 12.5 ms vs
-#: dense 28.1 ms at n = 256, 31 vs 252 ms at 1024, 228 vs 3964 ms at 4096; the butterfly 2.5-3.5× slower than
-#: kron throughout. With 2 threads dense won at n = 256 and 512 (dense 32 vs kron 288 ms, 47 vs 500 ms; noisy shared
-#: host), which the probe picks up; the fixed rule follows the 1-thread crossover.
+#: GEMMs ("kron") above. Measured on the 2-core dev VM (AMD EPYC, AVX2, torch 2.13, fp32, 4096 rows, 1 thread,
+#: host load 5-8; medians of benchmarks/results/rotation_speed.md): dense 5.9 ms vs kron 11.1 ms at n = 128 (a row
+#: flagged noisy there), kron 20.0 vs dense 40.0 ms at n = 256, 39 vs 149 ms at 512, 282 vs 9667 ms at 4096; the
+#: butterfly 2-4× slower than kron throughout. Other thread counts move the crossover; the probe measures it per
+#: thread count (the key includes torch.get_num_threads()); the fixed rule follows the 1-thread crossover.
 HADAMARD_FIXED_DENSE_MAX = 128
 #: the dense path is never probed (nor chosen) above this size: its cached matrix has n² entries.
 HADAMARD_DENSE_MAX_N = 8192

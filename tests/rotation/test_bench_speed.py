@@ -55,3 +55,38 @@ def test_main_writes_md_and_json(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert {r["d"] for r in data["rows"]} == {1024} and {r["d"] for r in data["extra_rows"]} == {12}
     assert data["correctness"][0]["max_abs_err"][rs.OURS] < 1e-5
     assert all(r["auto"] in ("dense", "fwht", "kron") for r in data["rows"])
+    assert "Host load (`os.getloadavg()`" in md and len(data["loadavg"]["start"]) == 3 and "end" in data["loadavg"]
+    assert "[" in md and isinstance(data["noisy_rows"], list)
+
+
+def test_rows_report_spread_and_flag_noise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spread (min–max over rounds) is reported; a row where auto and the method it chose differ > 20 % is noisy."""
+    import orthokit.bench.rotation_speed as mod
+
+    def fake(fns: dict, rounds: int, warmup: int, times_out: dict) -> tuple[dict, dict]:
+        # auto dispatches to kron (n = 1024 under probing off): same code, but timed 50 % slower → noisy
+        table = {rs.OURS: [0.030, 0.015, 0.020], "orthokit kron": [0.010, 0.012, 0.011]}
+        times_out.update({k: table.get(k, [0.05, 0.05, 0.05]) for k in fns})
+        return {k: sorted(v)[1] for k, v in times_out.items()}, {}
+
+    monkeypatch.setattr(mod, "time_interleaved", fake)
+    monkeypatch.setenv("ORTHOKIT_DISPATCH", "fixed")
+    row = rs.time_sizes([1024], batch=16, rounds=3, threads=1, with_pkg=False)[0]
+    assert row["auto"] == "kron" and row["rounds"] == 3
+    assert row["min_ms"][rs.OURS] == pytest.approx(15.0) and row["max_ms"][rs.OURS] == pytest.approx(30.0)
+    assert row["ms"][rs.OURS] == pytest.approx(20.0) and row["auto_gap"] == pytest.approx(20.0 / 11.0 - 1)
+    assert row["noisy"] is True
+    assert "**noisy** (auto vs kron: 82 %)" in rs._table([row], "n/a")
+    assert "noisy row, not evidence" in rs._verdict([dict(row, ms={**row["ms"], rs.DENSE: 50.0})])[0]
+    # within 20 %: not flagged
+    table_ok = {rs.OURS: [0.011] * 3, "orthokit kron": [0.010] * 3}
+    monkeypatch.setattr(
+        mod,
+        "time_interleaved",
+        lambda fns, rounds, warmup, times_out: (
+            times_out.update({k: table_ok.get(k, [0.05] * 3) for k in fns})
+            or {k: v[0] for k, v in times_out.items()},
+            {},
+        ),
+    )
+    assert rs.time_sizes([1024], batch=16, rounds=3, threads=1, with_pkg=False)[0]["noisy"] is False
