@@ -55,7 +55,11 @@ def test_main_writes_md_and_json(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert {r["d"] for r in data["rows"]} == {1024} and {r["d"] for r in data["extra_rows"]} == {12}
     assert data["correctness"][0]["max_abs_err"][rs.OURS] < 1e-5
     assert all(r["auto"] in ("dense", "fwht", "kron") for r in data["rows"])
-    assert "Host load (`os.getloadavg()`" in md and len(data["loadavg"]["start"]) == 3 and "end" in data["loadavg"]
+    assert (
+        "Host load (`os.getloadavg()`" in md
+        and len(data["loadavg"]["start"]) == 3
+        and "end" in data["loadavg"]
+    )
     assert "[" in md and isinstance(data["noisy_rows"], list)
 
 
