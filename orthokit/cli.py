@@ -25,6 +25,9 @@ BENCHMARKS = (
     "diag_conflict",
     "vsa",
     "dictionary",
+    "rotation_exact",
+    "rotation_quant",
+    "rotation_speed",
 )
 
 

@@ -42,6 +42,7 @@ SECTIONS: list[str] = [
     "diag_conflict",  # Geometry Conflict vs measured forgetting (permuted MNIST)
     "vsa",  # MBAT binding: norm over nesting depth, JSON path decoding
     "dictionary",  # online Frank-Wolfe orthogonal DL vs batch on MNIST patches
+    "rotation_quant",  # quantization damage with/without rotations on stories260K and MiniLM, outlier plot
 ]
 
 

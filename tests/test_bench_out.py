@@ -30,6 +30,9 @@ PACKAGE_MAINS = [
     "diag_conflict",
     "vsa",
     "dictionary",
+    "rotation_exact",
+    "rotation_quant",
+    "rotation_speed",
 ]
 
 

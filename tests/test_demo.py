@@ -34,6 +34,7 @@ FAMILIES = [
     "diag_conflict",
     "vsa",
     "dictionary",
+    "rotation_quant",
 ]
 
 
@@ -99,6 +100,9 @@ def _fake_sections() -> dict[str, Section]:
         ),
         "vsa": Section("VSA", "vsa", "‖v‖ at depth 20", "1.00", "gaussian 1.07", "exact", body="| g |"),
         "dictionary": Section("Dict", "dictionary", "rel. error", "0.37", "batch 0.35", "+6 %", body="| h |"),
+        "rotation_quant": Section(
+            "Rot", "rotation", "W4A4 damage", "0.10", "none 0.25", "-61 %", body="| i |"
+        ),
     }
 
 

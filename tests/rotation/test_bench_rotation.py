@@ -130,6 +130,7 @@ def test_exactness_mutant_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
 
 _SMALL = replace(
     rq.QUICK,
+    models=("stories260K",),
     configs=("W8A8", "W4A4"),
     rotations=("none", "hadamard"),
     seeds=(0, 1),
