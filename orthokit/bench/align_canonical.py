@@ -42,7 +42,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import importlib
 import inspect
 import math
 import re
@@ -71,6 +70,7 @@ from orthokit.bench.report import (
     result_stem,
     results_dir,
 )
+from orthokit.io.minilm import _walk_module
 
 __all__ = [
     "wikitext_sentences",
@@ -219,31 +219,8 @@ def stdlib_docstrings(min_words: int = 6, max_words: int = 60) -> list[str]:
     ):  # deprecated modules (typing.io, ...) warn on import and on attribute access
         warnings.simplefilter("ignore")
         for name in STDLIB_MODULES:
-            _add_module(name, add)
+            _walk_module(name, add)
     return out
-
-
-def _add_module(name: str, add: Callable[[object], None]) -> None:
-    """Feed ``add`` the module ``name``, its public functions/classes and their public methods (sorted)."""
-    try:
-        mod = importlib.import_module(name)
-    except ImportError:  # not part of this Python build (e.g. no _ssl / _sqlite3)
-        return
-    add(mod)
-    for key, val in sorted(vars(mod).items()):
-        if key.startswith("_") or getattr(val, "__module__", None) != mod.__name__:
-            continue
-        if not (inspect.isfunction(val) or inspect.isclass(val) or inspect.isbuiltin(val)):
-            continue
-        add(val)
-        if inspect.isclass(val):
-            for k2, v2 in sorted(vars(val).items()):
-                if k2.startswith("_"):
-                    continue
-                if isinstance(v2, (classmethod, staticmethod)):
-                    add(v2.__func__)
-                elif isinstance(v2, property) or inspect.isfunction(v2) or inspect.ismethoddescriptor(v2):
-                    add(v2)
 
 
 # ---------------------------------------------------------------------------------------------- embeddings
