@@ -42,7 +42,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 import re
 import statistics
@@ -70,7 +69,7 @@ from orthokit.bench.report import (
     result_stem,
     results_dir,
 )
-from orthokit.io.minilm import _walk_module
+from orthokit.io.minilm import _first_paragraph, _walk_module
 
 __all__ = [
     "wikitext_sentences",
@@ -178,16 +177,6 @@ def wikitext_sentences(min_words: int = 8, max_words: int = 40) -> list[str]:
     """
     _check_word_range(min_words, max_words)
     return list(_wikitext_cached(min_words, max_words))
-
-
-def _first_paragraph(obj: object) -> str | None:
-    try:
-        doc = inspect.getdoc(obj)
-    except Exception:  # noqa: BLE001 - some C objects raise on attribute access
-        return None
-    if not doc:
-        return None
-    return " ".join(doc.split("\n\n")[0].split())
 
 
 def stdlib_docstrings(min_words: int = 6, max_words: int = 60) -> list[str]:
