@@ -41,7 +41,14 @@ from orthokit.linalg.hadamard import _plan, _transform
 from orthokit.rotation.base import Rotation
 from orthokit.rotation.registry import ROTATIONS
 
-__all__ = ["HadamardRotation", "block_orders", "is_hadamard_order", "rademacher_signs", "right_hadamard"]
+__all__ = [
+    "HadamardRotation",
+    "block_orders",
+    "is_hadamard_order",
+    "legacy_construction",
+    "rademacher_signs",
+    "right_hadamard",
+]
 
 
 @lru_cache(maxsize=4096)
@@ -161,8 +168,54 @@ def check_signs(signs: object, shape: tuple[int, ...], what: str) -> Tensor:
 def _constructions(blocks: tuple[int, ...]) -> str:
     """The Hadamard construction of every block (:func:`orthokit.linalg.hadamard_construction`), ``" ⊕ "``-joined:
     stored in the state, so a rotation saved under another construction rule is refused instead of silently
-    rebuilt from different matrices (states without the field, from before it existed, still load)."""
+    rebuilt from different matrices (states without the field are checked by :func:`legacy_construction`)."""
     return " ⊕ ".join(hadamard_construction(b) for b in blocks)
+
+
+def _is_prime(q: int) -> bool:
+    return q >= 2 and all(q % f for f in range(2, int(q**0.5) + 1))
+
+
+def legacy_construction(n: int) -> str | None:
+    """The construction :func:`orthokit.linalg.hadamard_construction` gave order ``n`` before prime-power Paley
+    cores (commit 8b2684d): ``n = c·2^b`` with the smallest core ``c`` that is Paley I (``c = q + 1``,
+    ``q ≡ 3 mod 4``) or Paley II (``c = 2(q + 1)``, ``q ≡ 1 mod 4``) over a **prime** ``q`` (Paley I first);
+    ``None`` if that rule had no construction (e.g. 52 = paley2(q=25), new with prime powers).
+
+    Hadamard states saved before the ``constructions`` field existed were built under this rule.
+
+    Example:
+        >>> legacy_construction(104), legacy_construction(24), legacy_construction(52)
+        ('paley1(q=103)', 'paley1(q=11) ⊗ sylvester(2)', None)
+    """
+    if n >= 1 and n & (n - 1) == 0:
+        return f"sylvester({n})"
+    c = n
+    while c % 2 == 0:
+        c //= 2
+    while c <= n:
+        q1, q2 = c - 1, (c // 2 - 1 if c % 2 == 0 else 0)
+        kind = None
+        if q1 >= 3 and q1 % 4 == 3 and _is_prime(q1):
+            kind = f"paley1(q={q1})"
+        elif q2 >= 5 and q2 % 4 == 1 and _is_prime(q2):
+            kind = f"paley2(q={q2})"
+        if kind is not None:
+            return kind if c == n else f"{kind} ⊗ sylvester({n // c})"
+        c *= 2
+    return None
+
+
+def _check_legacy(blocks: tuple[int, ...]) -> None:
+    """Refuse a state without ``constructions`` (saved before 8b2684d) if a block's matrix has changed since."""
+    for b in blocks:
+        old, new = legacy_construction(b), hadamard_construction(b)
+        if old != new:
+            was = "had no construction" if old is None else f"was {old}"
+            raise ValueError(
+                f"hadamard rotation state without 'constructions' (saved before prime-power Paley cores): block "
+                f"order {b} {was}, now {new}; refusing to rebuild it from another Hadamard matrix"
+            )
 
 
 def _check_blocks(blocks: object, n: int, what: str) -> tuple[int, ...]:
@@ -260,7 +313,9 @@ class HadamardRotation(Rotation):
             raise ValueError("hadamard rotation state needs 'signs' and 'blocks'")
         signs = check_signs(d["signs"], (n,), "hadamard rotation state 'signs'")
         blocks = _check_blocks(d["blocks"], n, "hadamard rotation state 'blocks'")
-        if "constructions" in d and d["constructions"] != _constructions(blocks):
+        if "constructions" not in d:
+            _check_legacy(blocks)
+        elif d["constructions"] != _constructions(blocks):
             raise ValueError(
                 f"hadamard rotation state 'constructions' {d['constructions']!r} differs from this version's "
                 f"{_constructions(blocks)!r}: the saved rotation used other Hadamard matrices"

@@ -9,6 +9,7 @@ Sizes: powers of two, Paley orders 12 / 20 / 44 / 768, and 172 (no Hadamard cons
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -529,6 +530,102 @@ def test_state_records_constructions_and_refuses_another() -> None:
     bad = dict(d, constructions="paley1(q=87) ⊕ paley1(q=83)")
     with pytest.raises(ValueError, match="constructions"):
         Rotation.from_state_dict(bad)
+
+
+def _legacy_state(n: int, blocks: tuple[int, ...], seed: int = 3) -> dict[str, Any]:
+    """A Hadamard state as written before commit 8b2684d: same fields, no 'constructions'."""
+    from orthokit.rotation.hadamard import rademacher_signs
+
+    return {
+        "name": "hadamard",
+        "n": n,
+        "transposed": 0,
+        "seed": seed,
+        "signs": rademacher_signs((n,), seed),
+        "blocks": torch.tensor(blocks, dtype=torch.int64),
+    }
+
+
+@pytest.mark.parametrize(
+    ("n", "old"),
+    [(104, "paley1(q=103)"), (200, "paley1(q=199)"), (11008, "paley1(q=5503) ⊗ sylvester(2)")],
+)
+def test_legacy_state_whose_matrix_changed_is_refused(n: int, old: str) -> None:
+    """Pre-prime-power states (no 'constructions') of orders whose core changed used to load silently with
+    other matrices (reviewer rC #1); under the old prime-only rule these blocks were ``old``."""
+    from orthokit.rotation.hadamard import legacy_construction
+
+    assert legacy_construction(n) == old
+    with pytest.raises(ValueError, match=rf"block order {n} was {re.escape(old)}, now"):
+        Rotation.from_state_dict(_legacy_state(n, (n,)))
+
+
+def test_legacy_construction_matches_the_documented_changed_orders() -> None:
+    from orthokit.linalg import hadamard_construction
+    from orthokit.rotation.hadamard import legacy_construction
+
+    changed = [
+        n
+        for n in range(4, 3000, 4)
+        if (o := legacy_construction(n)) is not None and o != hadamard_construction(n)
+    ]
+    assert changed == [
+        104,
+        200,
+        208,
+        400,
+        416,
+        488,
+        800,
+        832,
+        976,
+        1448,
+        1600,
+        1664,
+        1952,
+        2504,
+        2664,
+        2720,
+        2896,
+    ]
+    assert (
+        legacy_construction(52) is None and legacy_construction(172) is None
+    )  # 52 is new; 172 never a order
+    # a legacy state with a block the old rule did not have is no genuine old state: refused too
+    with pytest.raises(ValueError, match="block order 52 had no construction"):
+        Rotation.from_state_dict(_legacy_state(56, (52, 4)))
+
+
+def test_legacy_state_of_an_unchanged_order_still_loads_exactly() -> None:
+    for n, blocks in ((172, (88, 84)), (768, (768,)), (12, (12,))):
+        r = Rotation.from_state_dict(_legacy_state(n, blocks))
+        assert r.blocks == blocks
+        assert torch.equal(r.matrix(), HadamardRotation(n, seed=3, blocks=blocks).matrix())
+
+
+def test_legacy_rotated_model_state_is_refused_on_load() -> None:
+    """A rotated Llama (intermediate 104, online R4 before down_proj) saved before 8b2684d: strict
+    load_state_dict used to succeed and give other logits; now the R4 state is refused."""
+    import io
+
+    from orthokit.rotation.online import OnlineRotatedLinear
+    from orthokit.rotation.rewrite import rotate_model
+    from tests.rotation._models import tiny_ids, tiny_model
+
+    m = tiny_model("llama", intermediate_size=104, num_hidden_layers=1)
+    q, _ = rotate_model(m, "hadamard", seed=0, inputs=tiny_ids(1, 8))
+    sd = q.state_dict()
+    key = next(k for k in sd if k.endswith("down_proj._extra_state"))
+    down = q.get_submodule(key.rsplit(".", 1)[0])
+    assert isinstance(down, OnlineRotatedLinear) and down.rotation.blocks == (104,)
+    assert q.load_state_dict(sd, strict=True) is not None  # today's state round-trips
+    state = down.rotation_state()
+    del state["rotation"]["constructions"]  # what the old code wrote
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    sd[key] = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+    with pytest.raises(ValueError, match="block order 104 was paley1"):
+        q.load_state_dict(sd, strict=True)
 
 
 @pytest.mark.parametrize("name", ["hadamard", "two_block_hadamard", "haar", "identity", "dense"])
