@@ -301,14 +301,29 @@ def _output_hidden(out: Any) -> Any:
     return out[0] if isinstance(out, tuple) and out else out
 
 
+def _has_forward_hooks(blocks: list[nn.Module]) -> bool:
+    """Whether a block (or every module, through ``torch.nn.modules.module.register_module_forward_hook`` /
+    ``..._pre_hook``) has a forward hook or pre-hook: block-input caching replays a block's stored output through
+    ``Module.__call__``, which runs these hooks a second time on an output they already changed (out of place or
+    in place), so such models take the uncached path (reviewer rC #2)."""
+    from torch.nn.modules import module as nn_module
+
+    if getattr(nn_module, "_global_forward_hooks", None) or getattr(
+        nn_module, "_global_forward_pre_hooks", None
+    ):
+        return True
+    return any(b._forward_hooks or b._forward_pre_hooks for b in blocks)
+
+
 def _block_chain(
     model: nn.Module, groups: list[list[str]], batch: dict[str, Any]
 ) -> tuple[list[nn.Module], dict[str, int]] | None:
     """The decoder/encoder blocks as a verified chain, or ``None`` when block-input caching would not be exact.
 
     The blocks are the children of the container holding the groups' blocks (``model.layers``,
-    ``encoder.layer``). Caching is used only when, in one forward pass, every block is called once, in order, each
-    block's hidden-state input IS the previous block's output, and the groups visit the blocks in order.
+    ``encoder.layer``). Caching is used only when no block has forward hooks / pre-hooks (nor are there global
+    module hooks; :func:`_has_forward_hooks`), and, in one forward pass, every block is called once, in order,
+    each block's hidden-state input IS the previous block's output, and the groups visit the blocks in order.
     """
     prefixes = [_block_prefix(g[0]) for g in groups]
     chained = [p for p in prefixes if p is not None]
@@ -325,6 +340,8 @@ def _block_chain(
     index = {f"{parent}.{name}": i for i, (name, _) in enumerate(container.named_children())}
     if any(p not in index for p in chained) or any("forward" in b.__dict__ for b in blocks):
         return None  # (an instance-level forward, e.g. an offloading wrapper's, is not ours to replace)
+    if _has_forward_hooks(blocks):
+        return None  # a replayed block would run its hooks again on an output they already changed
     order = [index[p] if p is not None else None for p in prefixes]
     first = next(i for i, o in enumerate(order) if o is not None)
     last = max(i for i, o in enumerate(order) if o is not None)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -16,6 +18,15 @@ from tests.rotation._models import tiny_ids, tiny_model, tiny_padded_inputs
 
 # the submodule (the package exports the function of the same name)
 qm_mod = importlib.import_module("orthokit.rotation.quantize_model")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Hundreds of tiny matmuls: on a loaded 2-core host two intra-op threads make them 10-50x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _linears(m: nn.Module) -> dict[str, nn.Linear]:
@@ -201,6 +212,100 @@ def test_sequential_gptq_caches_block_inputs() -> None:
     quantize_model(m, w_bits=4, method="gptq", calib=tiny_ids(4, 8), calib_batch_size=2)
     n_layers, n_batches = 4, 2
     assert entries[0] <= n_batches * 5 * n_layers + 2 * n_layers, entries  # + group discovery and chain check
+
+
+def _gptq_weights(
+    model: nn.Module, calib: object, cache: bool, monkeypatch: pytest.MonkeyPatch, **kw: object
+) -> dict[str, torch.Tensor]:
+    """Quantized parameters with block-input caching on, or off (``cache=False``: every pass re-runs the model's
+    own full forward from the inputs — the reference the cache must reproduce bit for bit)."""
+    with monkeypatch.context() as mp:
+        mp.setattr(qm_mod, "_sequential_gptq", functools.partial(qm_mod._sequential_gptq, cache_blocks=cache))
+        q, _ = quantize_model(model, w_bits=3, method="gptq", calib=calib, **kw)
+    return {n: p.detach().clone() for n, p in q.named_parameters()}
+
+
+def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for n in a:
+        assert torch.equal(a[n], b[n]), (n, float((a[n] - b[n]).abs().max()))
+
+
+def _scale_out(out: object, f: float, inplace: bool) -> object:
+    h = out[0] if isinstance(out, tuple) else out
+    if inplace:
+        h.mul_(f)
+        return None
+    return (h * f, *out[1:]) if isinstance(out, tuple) else h * f
+
+
+@pytest.mark.parametrize("kind", ["out_of_place", "in_place", "global"])
+def test_block_cache_with_user_forward_hooks_equals_uncached(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forward hooks on decoder blocks (steering, scaling) changed the cached block outputs, and replaying them
+    through ``Module.__call__`` ran the hooks a second time: other Hessians than the model's own forward
+    (reviewer rC #2). Hooked models now take the uncached path; GPTQ weights equal it exactly."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    m = tiny_model("llama", num_hidden_layers=3)
+    layer_cls = type(m.model.layers[0])
+    if kind == "out_of_place":
+        handles = [m.model.layers[0].register_forward_hook(lambda _m, _a, out: _scale_out(out, 2.0, False))]
+    elif kind == "in_place":
+        handles = [m.model.layers[1].register_forward_hook(lambda _m, _a, out: _scale_out(out, 0.5, True))]
+    else:  # a global hook on every module, acting on the decoder layers
+        handles = [
+            register_module_forward_hook(
+                lambda mod, _a, out: _scale_out(out, 2.0, False) if isinstance(mod, layer_cls) else None
+            )
+        ]
+    try:
+        ids = tiny_ids(4, 8)
+        _assert_same(
+            _gptq_weights(m, ids, True, monkeypatch, calib_batch_size=2),
+            _gptq_weights(m, ids, False, monkeypatch, calib_batch_size=2),
+        )
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class _SharedBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(16, 32), nn.Linear(32, 16)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.down(torch.relu(self.up(h)))
+
+
+class _ReusesBlock0(nn.Module):
+    """Calls ``layers[0]`` twice (weight sharing): its blocks are no call-once chain."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 16)
+        self.layers = nn.ModuleList([_SharedBlock(), _SharedBlock()])
+        self.head = nn.Linear(16, 50)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        h = self.layers[0](self.layers[0](self.emb(input_ids)))
+        return self.head(self.layers[1](h))
+
+
+def test_block_chain_verification_refuses_a_reused_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_block_chain`` verifies by a forward pass that every block runs once, in order, fed by the previous one;
+    a model calling block 0 twice fails it and is quantized uncached. Without the verification (reviewer rC #3's
+    mutant) the second call of block 0 is replayed from the first call's output and layers[1] gets wrong inputs."""
+    torch.manual_seed(0)
+    net = _ReusesBlock0().eval()
+    ids = torch.randint(0, 50, (4, 8), generator=torch.Generator().manual_seed(1))
+    _assert_same(
+        _gptq_weights(net, ids, True, monkeypatch, calib_batch_size=2, skip=("head",)),
+        _gptq_weights(net, ids, False, monkeypatch, calib_batch_size=2, skip=("head",)),
+    )
+    assert qm_mod._block_chain(net, [["layers.0.up"], ["layers.1.up"]], {"input_ids": ids}) is None
 
 
 @pytest.fixture(scope="module")
