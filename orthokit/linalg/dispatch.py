@@ -390,10 +390,11 @@ def choose_batch_mode(
 # ------------------------------------------------------------------------------------------ hadamard
 #: fixed rule of :func:`choose_hadamard_method`: dense ``x @ H`` on CPU up to this size, the Kronecker-blocked
 #: GEMMs ("kron") above. Measured on the 2-core dev VM (AMD EPYC, AVX2, torch 2.13, fp32, 4096 rows, 1 thread,
-#: host load 5-8; medians of benchmarks/results/rotation_speed.md): dense 5.9 ms vs kron 11.1 ms at n = 128 (a row
-#: flagged noisy there), kron 20.0 vs dense 40.0 ms at n = 256, 39 vs 149 ms at 512, 282 vs 9667 ms at 4096; the
-#: butterfly 2-4× slower than kron throughout. Other thread counts move the crossover; the probe measures it per
-#: thread count (the key includes torch.get_num_threads()); the fixed rule follows the 1-thread crossover.
+#: host load ~2; medians of benchmarks/results/rotation_speed.md): dense 2.08 ms vs kron 3.16 ms at n = 128,
+#: kron 3.61 vs dense 8.13 ms at n = 256, 7.05 vs 29.5 ms at 512, 102 vs 1913 ms at 4096 (2 threads: the same
+#: crossover); the butterfly 2.5-3.5× slower than kron throughout. Other hosts and thread counts may move the
+#: crossover; the probe measures it per thread count (the key includes torch.get_num_threads()); the fixed rule
+#: follows the 1-thread crossover.
 HADAMARD_FIXED_DENSE_MAX = 128
 #: the dense path is never probed (nor chosen) above this size: its cached matrix has n² entries.
 HADAMARD_DENSE_MAX_N = 8192
