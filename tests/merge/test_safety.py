@@ -328,7 +328,10 @@ def test_os_errors_are_one_line(
 
 _SLOW_MERGE = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
+    # default dispositions whatever the parent set (e.g. SIGHUP ignored under nohup, inherited by children)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     from orthokit.io import safetensors_io
     from orthokit.merge.api import run_merge
     real = safetensors_io.StreamingShardWriter.write
