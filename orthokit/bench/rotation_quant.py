@@ -1146,7 +1146,7 @@ def demo(out_dir: Path) -> Section:
         ours=ours,
         anchor="no rotation: " + anchor,
         verdict=verdict,
-        body=markdown(res, level=2),
+        body=markdown(res, level=3),
         intro=(
             "An exact orthogonal change of basis (rotate_model proves the fp32 outputs unchanged) spreads activation "
             "outliers before fake quantization; the plot shows per-channel max |x| before and after."
